@@ -1,0 +1,66 @@
+"""Error classes with one exit code per class of problem.
+
+Every error the command line reports is one of these: it prints as a single line
+(``mstransform: error: ...``) naming the problem and what to do, and the process exits
+with the class's code. Anything else is a bug and prints a traceback.
+"""
+from __future__ import annotations
+
+
+class MstError(Exception):
+    """Base class; ``exit_code`` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class UsageError(MstError):
+    """Bad command-line values (negative alpha, unknown site in an override, ...)."""
+
+    exit_code = 2
+
+
+class ModelError(MstError):
+    """The model cannot be read or has nothing to harden (not ONNX, missing external data, no sites)."""
+
+    exit_code = 3
+
+
+class StatsError(MstError):
+    """The statistics file is unreadable or does not fit the model."""
+
+    exit_code = 4
+
+
+class DataError(MstError):
+    """Calibration or evaluation data is unreadable or does not fit the model's inputs."""
+
+    exit_code = 5
+
+
+class OutputError(MstError):
+    """An output cannot be written (equals an input, missing or read-only folder, disk full)."""
+
+    exit_code = 6
+
+
+class VerificationError(MstError):
+    """The written model failed a post-write check (checker, shape inference, ORT load, numerics)."""
+
+    exit_code = 7
+
+
+class DependencyError(MstError):
+    """An optional dependency (TensorRT, torch, ...) is not installed."""
+
+    exit_code = 8
+
+
+class Interrupted(MstError):
+    """SIGINT/SIGTERM arrived; no partial output was left."""
+
+    exit_code = 130
+
+
+EXIT_CODES = {cls.__name__: cls.exit_code for cls in
+              (UsageError, ModelError, StatsError, DataError, OutputError, VerificationError, DependencyError,
+               Interrupted)}

@@ -1,0 +1,33 @@
+"""A structural fingerprint of a model: which stats file belongs to which graph.
+
+It hashes the graph's wiring (inputs, op types, edge names, initializer names, shapes
+and types) but not the weight values, so it is cheap on large models. Stats measured
+on one export are rejected for another export; re-training the same architecture
+into the same graph is not detected (documented).
+"""
+from __future__ import annotations
+
+import hashlib
+
+import onnx_ir as ir
+
+
+def fingerprint(model: ir.Model) -> str:
+    h = hashlib.sha256()
+    g = model.graph
+
+    def put(*parts) -> None:
+        h.update("\x1f".join(str(p) for p in parts).encode())
+        h.update(b"\x1e")
+
+    for v in g.inputs:
+        put("in", v.name, v.dtype)
+    for v in g.outputs:
+        put("out", v.name)
+    for name, v in sorted(g.initializers.items()):
+        t = v.const_value
+        put("init", name, None if t is None else t.dtype, None if t is None else tuple(t.shape))
+    for node in g:
+        put("node", node.domain, node.op_type, *[i.name if i is not None else "" for i in node.inputs], "->",
+            *[o.name for o in node.outputs])
+    return h.hexdigest()[:16]

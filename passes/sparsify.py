@@ -1,0 +1,138 @@
+"""The pass that inserts the sparsify operator at each site.
+
+Per site, with per-channel constants pre-shaped for broadcasting (``[1,C,1,1]``,
+``[1,1,C]``, ...) in the site's own float type::
+
+    d = Sub(x, center); a = Abs(d); m = Less(a, threshold); y = Where(m, center, x)
+
+Strict ``Less`` keeps TensorRT's parser on a single comparison (``LessOrEqual`` is
+decomposed into two). The ``float`` formulation computes the same values without any
+bool tensor, for runtimes or precisions that reject bool ``Where``::
+
+    m = Relu(Sign(threshold - Abs(x - center)))   # 1 where |x-c| < t else 0
+    y = center * m + x * (1 - m)                  # exact: one term is always zero
+
+A site whose threshold is zero in every channel is the identity and is not inserted,
+so ``alpha = 0`` returns the model unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, PreconditionError
+
+from mstransform.passes.sites import Site
+
+FORMULATIONS = ("where", "float")
+
+
+@dataclass
+class SiteParams:
+    """Per-channel center and threshold for one site (1-D arrays of length C)."""
+
+    center: np.ndarray
+    threshold: np.ndarray
+
+    @property
+    def is_identity(self) -> bool:
+        return not np.any(self.threshold > 0)
+
+
+@dataclass
+class Inserted:
+    """What the pass added for one site: names a verifier can expose and check."""
+
+    site: str
+    x: str
+    y: str
+    center: str
+    threshold: str
+
+
+class InsertSparsifyPass(InPlacePass):
+    """Insert the sparsify operator before the readers of each site's tensor."""
+
+    def __init__(self, plan: list[tuple[Site, SiteParams]], formulation: str = "where"):
+        super().__init__()
+        if formulation not in FORMULATIONS:
+            raise ValueError(f"formulation must be one of {FORMULATIONS}, not {formulation!r}")
+        self.plan = plan
+        self.formulation = formulation
+        self.inserted: list[Inserted] = []
+        self.skipped: list[str] = []
+
+    def requires(self, model: ir.Model) -> None:
+        nodes = {id(n) for n in model.graph}
+        for site, params in self.plan:
+            if site.rank is None or site.axis is None:
+                raise PreconditionError(f"site {site.name!r} has no known rank/channel axis")
+            if params.center.shape != params.threshold.shape or params.center.ndim != 1:
+                raise PreconditionError(f"site {site.name!r}: center and threshold must be 1-D and equal in shape")
+            if any(id(n) not in nodes for n, _ in site.readers):
+                raise PreconditionError(f"site {site.name!r} reads from nodes that are not in the main graph")
+            if site.feed.dtype is not None and site.feed.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16,
+                                                                       ir.DataType.BFLOAT16, ir.DataType.DOUBLE):
+                raise PreconditionError(f"site {site.name!r} is of type {site.feed.dtype}, not a float type")
+
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
+        order = {id(n): i for i, n in enumerate(graph)}
+        for site, params in self.plan:
+            if params.is_identity:
+                self.skipped.append(site.name)
+                continue
+            first_reader = min((n for n, _ in site.readers), key=lambda n: order[id(n)])
+            nodes, y, names = self._build(graph, site, params)
+            graph.insert_before(first_reader, nodes)
+            for node, idx in site.readers:
+                node.replace_input_with(idx, y)
+            self.inserted.append(Inserted(site.name, site.feed.name, y.name, *names))
+        return PassResult(model, modified=bool(self.inserted))
+
+    def ensures(self, model: ir.Model) -> None:
+        for ins in self.inserted:
+            if ins.center not in model.graph.initializers:
+                raise PostconditionError(f"site {ins.site!r}: constants were not registered")
+
+    def _build(self, graph: ir.Graph, site: Site, params: SiteParams):
+        dtype = site.feed.dtype or ir.DataType.FLOAT
+        np_dtype = dtype.numpy()
+        shape = [1] * site.rank
+        shape[site.axis] = params.center.shape[0]
+        prefix = f"mstransform/{site.name}"
+
+        def const(tag: str, arr: np.ndarray) -> ir.Value:
+            tensor = ir.tensor(np.ascontiguousarray(arr.astype(np_dtype).reshape(shape)), name=f"{prefix}/{tag}")
+            value = ir.Value(name=tensor.name, shape=ir.Shape(shape), type=ir.TensorType(dtype), const_value=tensor)
+            graph.register_initializer(value)
+            return value
+
+        center, thr = const("center", params.center), const("threshold", params.threshold)
+        x = site.feed
+
+        def node(op: str, inputs, tag: str) -> ir.Node:
+            n = ir.Node("", op, inputs, name=f"{prefix}/{tag}", num_outputs=1)
+            n.outputs[0].name = f"{prefix}/{tag}_out"
+            n.outputs[0].shape = x.shape
+            n.outputs[0].type = ir.TensorType(ir.DataType.BOOL if op == "Less" else dtype)
+            return n
+
+        sub = node("Sub", [x, center], "Sub")
+        ab = node("Abs", [sub.outputs[0]], "Abs")
+        if self.formulation == "where":
+            less = node("Less", [ab.outputs[0], thr], "Less")
+            where = node("Where", [less.outputs[0], center, x], "Where")
+            nodes = [sub, ab, less, where]
+        else:
+            one = const("one", np.ones(params.center.shape))
+            gap = node("Sub", [thr, ab.outputs[0]], "Gap")
+            sign = node("Sign", [gap.outputs[0]], "Sign")
+            mask = node("Relu", [sign.outputs[0]], "Mask")
+            keep = node("Sub", [one, mask.outputs[0]], "Keep")
+            cm = node("Mul", [center, mask.outputs[0]], "CenterPart")
+            xk = node("Mul", [x, keep.outputs[0]], "InputPart")
+            out = node("Add", [cm.outputs[0], xk.outputs[0]], "Select")
+            nodes = [sub, ab, gap, sign, mask, keep, cm, xk, out]
+        return nodes, nodes[-1].outputs[0], (center.name, thr.name)

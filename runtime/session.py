@@ -1,0 +1,92 @@
+"""ONNX Runtime sessions, made from files or in-memory ``onnx_ir`` models.
+
+In-memory models are serialized to bytes, so calibration and self-checks never write
+an augmented model anywhere. Models whose weights live in external data files keep
+them there: the session is told which folder to read them from.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from mstransform.errors import DependencyError, ModelError
+from mstransform.runtime.data import InputSpec
+
+PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DependencyError("onnxruntime is not installed: pip install 'mstransform[cpu]' "
+                              "(or 'mstransform[gpu]' for onnxruntime-gpu; never both)") from None
+    return ort
+
+
+def choose_providers(requested: list[str] | None = None) -> tuple[list[str], str]:
+    """The providers to ask for, best first, and a sentence on why."""
+    ort = import_ort()
+    available = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ModelError(f"execution provider(s) {missing} are not available here (available: {available})")
+        return list(requested), "as requested"
+    chosen = [p for p in PREFERRED if p in available]
+    skipped = [p for p in PREFERRED[:-1] if p not in available]
+    why = "preferred order TensorRT > CUDA > CPU"
+    if skipped:
+        why += f"; not available in this onnxruntime build: {', '.join(skipped)}"
+    return chosen, why
+
+
+def make_session(model: ir.Model | str | Path, *, providers: list[str] | None = None, threads: int | None = None,
+                 optimize: bool = True):
+    ort = import_ort()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    chosen, _ = choose_providers(providers)
+    try:
+        if isinstance(model, ir.Model):
+            base = _external_base_dir(model)
+            if base is not None:
+                opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base))
+            data = ir.serde.serialize_model(model).SerializeToString()
+            return ort.InferenceSession(data, sess_options=opts, providers=chosen)
+        return ort.InferenceSession(str(model), sess_options=opts, providers=chosen)
+    except Exception as e:  # ORT raises its own exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None
+
+
+def _external_base_dir(model: ir.Model) -> Path | None:
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if isinstance(t, ir.ExternalTensor):
+            return Path(t.base_dir)
+    return None
+
+
+ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
+                "tensor(bool)": np.bool_, "tensor(int8)": np.int8}
+
+
+def input_specs(model: ir.Model) -> list[InputSpec]:
+    """The model's real inputs (initializers listed as inputs excluded)."""
+    specs = []
+    for v in model.graph.inputs:
+        if v.is_initializer():
+            continue
+        dtype = v.dtype.numpy() if v.dtype is not None else np.float32
+        shape = None if v.shape is None else tuple(d if isinstance(d, int) else None for d in v.shape)
+        specs.append(InputSpec(v.name, np.dtype(dtype), shape))
+    return specs

@@ -1,0 +1,202 @@
+"""Per-site statistics and their versioned ``.npz`` file format.
+
+Schema (format ``mstransform.stats``, version 1), all plain arrays, read with
+``allow_pickle=False``:
+
+=================  =========  ====================================================
+key                dtype      meaning
+=================  =========  ====================================================
+``format``         str        ``"mstransform.stats"``
+``version``        int64      ``1``
+``fingerprint``    str        structural fingerprint of the calibrated model
+``placement``      str        ``activations`` | ``activations+residual`` | ``linear-inputs``
+``selection``      str        JSON: include/exclude patterns, include_se, axis overrides
+``samples``        int64      number of input samples seen
+``site_names``     str (S,)   site names, in graph order
+``site_feeds``     str (S,)   name of the guarded tensor
+``site_kinds``     str (S,)   activation kind (``Relu``, ``Gelu``, ``residual``, ...)
+``site_axes``      int64 (S,) channel axis (non-negative)
+``site_ranks``     int64 (S,) rank of the guarded tensor
+``site_dtypes``    str (S,)   element type of the guarded tensor (``float32``, ``float16``)
+``site_counts``    int64 (S,) elements seen per channel
+``mean/<i>``       f64 (C,)   per-channel mean of site ``i``
+``var/<i>``        f64 (C,)   per-channel population variance of site ``i``
+``absmax/<i>``     f64 (C,)   per-channel max ``|x|`` of site ``i`` (forged mode)
+=================  =========  ====================================================
+"""
+from __future__ import annotations
+
+import hashlib
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mstransform.errors import StatsError
+from mstransform.runtime.moments import Moments
+
+FORMAT = "mstransform.stats"
+VERSION = 1
+
+
+@dataclass
+class SiteStats:
+    name: str
+    feed: str
+    kind: str
+    axis: int
+    rank: int
+    dtype: str
+    moments: Moments
+
+    @property
+    def channels(self) -> int:
+        return self.moments.channels
+
+
+@dataclass
+class Stats:
+    fingerprint: str
+    placement: str
+    sites: dict[str, SiteStats]
+    samples: int = 0
+    selection: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sites)
+
+    def save(self, path: str | Path) -> None:
+        """Write the stats file atomically (temporary file, then rename)."""
+        from mstransform.tools.atomic import atomic_output
+
+        with atomic_output(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **self.to_arrays())
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        sites = list(self.sites.values())
+        arrays = {
+            "format": np.array(FORMAT), "version": np.array(VERSION, dtype=np.int64),
+            "fingerprint": np.array(self.fingerprint), "placement": np.array(self.placement),
+            "selection": np.array(json.dumps(self.selection, sort_keys=True)),
+            "samples": np.array(self.samples, dtype=np.int64),
+            "site_names": np.array([s.name for s in sites], dtype=str),
+            "site_feeds": np.array([s.feed for s in sites], dtype=str),
+            "site_kinds": np.array([s.kind for s in sites], dtype=str),
+            "site_axes": np.array([s.axis for s in sites], dtype=np.int64),
+            "site_ranks": np.array([s.rank for s in sites], dtype=np.int64),
+            "site_dtypes": np.array([s.dtype for s in sites], dtype=str),
+            "site_counts": np.array([s.moments.count for s in sites], dtype=np.int64),
+        }
+        for i, s in enumerate(sites):
+            arrays[f"mean/{i}"] = s.moments.mean
+            arrays[f"var/{i}"] = s.moments.var
+            arrays[f"absmax/{i}"] = s.moments.absmax
+        return arrays
+
+    def sha256(self) -> str:
+        """A digest of the statistics' content, recorded in hardened models' metadata."""
+        h = hashlib.sha256()
+        for key, arr in sorted(self.to_arrays().items()):
+            h.update(key.encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Stats":
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except FileNotFoundError:
+            raise StatsError(f"stats file {path} does not exist; run `mstransform calibrate` first") from None
+        except ValueError as e:
+            if "pickle" in str(e).lower() or "object" in str(e).lower():
+                raise StatsError(f"stats file {path} holds object arrays; pickled data is refused") from None
+            raise StatsError(f"stats file {path} is not a readable .npz file ({e})") from None
+        except (OSError, zipfile.BadZipFile, EOFError) as e:
+            raise StatsError(f"stats file {path} is not a readable .npz file ({e})") from None
+        return cls.from_arrays(arrays, str(path))
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray], origin: str = "stats") -> "Stats":
+        def need(key):
+            if key not in a:
+                raise StatsError(f"{origin} is not an mstransform stats file: key {key!r} is missing")
+            return a[key]
+
+        if str(need("format")) != FORMAT:
+            raise StatsError(f"{origin} is not an mstransform stats file (format {str(a['format'])!r})")
+        version = int(need("version"))
+        if version != VERSION:
+            raise StatsError(f"{origin} has stats format version {version}; this mstransform reads version {VERSION}")
+        names = [str(x) for x in need("site_names")]
+        cols = {k: need(k) for k in ("site_feeds", "site_kinds", "site_axes", "site_ranks", "site_dtypes", "site_counts")}
+        if any(len(v) != len(names) for v in cols.values()):
+            raise StatsError(f"{origin} is inconsistent: site columns have different lengths")
+        if len(set(names)) != len(names):
+            raise StatsError(f"{origin} lists a site twice")
+        sites = {}
+        for i, name in enumerate(names):
+            mean, var, absmax = (np.asarray(need(f"{k}/{i}"), dtype=np.float64) for k in ("mean", "var", "absmax"))
+            if not (mean.shape == var.shape == absmax.shape and mean.ndim == 1):
+                raise StatsError(f"{origin}: site {name!r} has mean/var/absmax of different shapes")
+            for label, arr in (("mean", mean), ("var", var), ("absmax", absmax)):
+                if not np.all(np.isfinite(arr)):
+                    raise StatsError(f"{origin}: site {name!r} has NaN or Inf in its {label}; recalibrate")
+            if np.any(var < 0):
+                raise StatsError(f"{origin}: site {name!r} has a negative variance; the file is corrupt")
+            count = int(cols["site_counts"][i])
+            if count <= 0:
+                raise StatsError(f"{origin}: site {name!r} has no samples")
+            moments = Moments(count, mean, var * count, absmax)
+            sites[name] = SiteStats(name, str(cols["site_feeds"][i]), str(cols["site_kinds"][i]),
+                                    int(cols["site_axes"][i]), int(cols["site_ranks"][i]), str(cols["site_dtypes"][i]),
+                                    moments)
+        try:
+            selection = json.loads(str(a.get("selection", "{}")))
+        except json.JSONDecodeError:
+            raise StatsError(f"{origin}: the selection record is not valid JSON") from None
+        return cls(str(need("fingerprint")), str(need("placement")), sites, int(a.get("samples", 0)), selection)
+
+    def merge(self, other: "Stats") -> "Stats":
+        """Exact merge of two shards measured on the same model with the same sites."""
+        if other.fingerprint != self.fingerprint:
+            raise StatsError(f"cannot merge stats of different models (fingerprints {self.fingerprint} and {other.fingerprint})")
+        if list(other.sites) != list(self.sites) or other.placement != self.placement:
+            raise StatsError("cannot merge stats with different site lists; calibrate both shards with the same selection")
+        merged = {}
+        for name, s in self.sites.items():
+            o = other.sites[name]
+            if (o.axis, o.channels) != (s.axis, s.channels):
+                raise StatsError(f"cannot merge: site {name!r} differs in channel axis or channel count")
+            merged[name] = SiteStats(s.name, s.feed, s.kind, s.axis, s.rank, s.dtype, s.moments.merge(o.moments))
+        return Stats(self.fingerprint, self.placement, merged, self.samples + other.samples, self.selection)
+
+    def summary(self) -> str:
+        """What ``mstransform stats inspect`` prints."""
+        lines = [f"format {FORMAT} v{VERSION}; model fingerprint {self.fingerprint}; placement {self.placement}",
+                 f"{len(self.sites)} site(s) from {self.samples} sample(s); content sha256 {self.sha256()}"]
+        head = ("site", "kind", "axis", "C", "count/ch", "mean(avg)", "std(avg)", "std(min)", "|x|max")
+        rows = []
+        for s in self.sites.values():
+            std = np.sqrt(s.moments.var)
+            rows.append((s.name, s.kind, str(s.axis), str(s.channels), str(s.moments.count),
+                         f"{s.moments.mean.mean():.4g}", f"{std.mean():.4g}", f"{std.min():.4g}",
+                         f"{s.moments.absmax.max():.4g}"))
+        widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+        zero = [s.name for s in self.sites.values() if np.any(s.moments.var == 0)]
+        if zero:
+            lines.append(f"note: {len(zero)} site(s) have channels with zero variance (never sparsified): "
+                         + ", ".join(zero[:5]) + (" ..." if len(zero) > 5 else ""))
+        return "\n".join(lines)
+
+
+def load_stats(path: str | Path) -> Stats:
+    return Stats.load(path)
+
+

@@ -1,0 +1,78 @@
+"""Shared fixtures: real models exported from PyTorch (cached per session) and a CLI runner."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "fashion_mnist"
+
+# (label, exporter, opset, keep_bn): the legacy exporter folds BatchNorm unless constant folding is off;
+# the dynamo exporter folds it in its default optimizer.
+EXPORTS = [
+    ("legacy-17-folded", False, 17, False),
+    ("legacy-17-bn", False, 17, True),
+    ("legacy-20-folded", False, 20, False),
+    ("dynamo-18-folded", True, 18, False),
+    ("dynamo-20-folded", True, 20, False),
+]
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("exports")
+
+
+_CACHE: dict = {}
+
+
+def exported(name: str, label: str, export_dir: Path) -> Path:
+    """Export zoo model ``name`` with export setting ``label`` once per session."""
+    import torch  # noqa: F401  (import cost paid once)
+    import zoo
+
+    key = (name, label)
+    if key not in _CACHE:
+        _, dynamo, opset, keep_bn = next(e for e in EXPORTS if e[0] == label)
+        path = export_dir / f"{name}-{label}.onnx"
+        logging.disable(logging.WARNING)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            zoo.export(zoo.build(name), name, path, dynamo=dynamo, opset=opset, keep_bn=keep_bn)
+        logging.disable(logging.NOTSET)
+        os.chmod(path, 0o444)  # tests must never modify their inputs
+        _CACHE[key] = path
+    return _CACHE[key]
+
+
+def random_inputs(name: str, n: int, seed: int = 0) -> np.ndarray:
+    import zoo
+
+    return np.random.default_rng(seed).standard_normal((n, *zoo.INPUT_SHAPES[name])).astype(np.float32)
+
+
+class CLIResult:
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+
+
+def run_cli(*args) -> CLIResult:
+    from mstransform.tools.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return CLIResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    return run_cli

@@ -1,0 +1,1 @@
+"""Command line and the Python API behind it."""

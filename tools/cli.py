@@ -1,0 +1,261 @@
+"""The ``mstransform`` command: a thin argparse layer over :mod:`mstransform.tools.api`.
+
+``mstransform MODEL --stats stats.npz --alpha 0.2`` (no sub-command) hardens a model;
+sub-commands: ``sites``, ``calibrate``, ``stats inspect|merge``, ``harden``.
+Errors print one line and exit with the code of their class (see ``mstransform.errors``).
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from mstransform.errors import Interrupted, MstError, UsageError
+
+SUBCOMMANDS = ("sites", "calibrate", "stats", "harden")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, usage exit code 2
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _axis_overrides(specs):
+    out = {}
+    for spec in specs or []:
+        name, sep, axis = spec.rpartition("=")
+        try:
+            out[name] = int(axis)
+        except ValueError:
+            raise UsageError(f"--axis {spec!r}: expected SITE=AXIS with an integer axis") from None
+        if not sep:
+            raise UsageError(f"--axis {spec!r}: expected SITE=AXIS")
+    return out
+
+
+def _shard(spec):
+    if spec is None:
+        return None
+    i, sep, n = spec.partition("/")
+    try:
+        i, n = int(i), int(n)
+    except ValueError:
+        raise UsageError(f"--shard {spec!r}: expected I/N, e.g. 0/4") from None
+    if not sep or n < 1 or not 0 <= i < n:
+        raise UsageError(f"--shard {spec!r}: need 0 <= I < N")
+    return i, n
+
+
+def _floats(text):
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_selection(p):
+    p.add_argument("--placement", default="activations", choices=["activations", "activations+residual", "linear-inputs"],
+                   help="where operators go (default: activations, as in the paper)")
+    p.add_argument("--include", metavar="REGEX", help="keep only sites whose name or tensor matches")
+    p.add_argument("--exclude", metavar="REGEX", help="drop sites whose name or tensor matches")
+    p.add_argument("--include-se", action="store_true", help="also harden activations inside Squeeze-and-Excitation")
+    p.add_argument("--axis", action="append", metavar="SITE=AXIS", help="override a site's channel axis")
+
+
+def _add_data(p, required=False):
+    p.add_argument("--data", required=required, metavar="PATH",
+                   help="clean training data: .npy, .npz (keys = input names) or a folder of images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, metavar="N", help="use at most N samples")
+    p.add_argument("--scale", type=float, help="multiply raw values by this (default 1/255 for integer data)")
+    p.add_argument("--mean", help="per-channel mean to subtract after scaling, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", help="per-channel std to divide by after subtracting the mean")
+    p.add_argument("--size", help="resize images to W,H (default: the model input's size)")
+
+
+def _preprocess(a):
+    from mstransform.runtime.data import Preprocess
+
+    size = _floats(a.size)
+    return Preprocess(a.scale, _floats(a.mean), _floats(a.std), tuple(int(v) for v in size) if size else None)
+
+
+def _add_harden(p):
+    p.add_argument("model", help="input ONNX model (never modified)")
+    p.add_argument("--stats", metavar="NPZ", help="statistics from `mstransform calibrate`")
+    _add_data(p)
+    p.add_argument("--alpha", action="append", metavar="A|SITE=A",
+                   help="threshold multiplier (default 0.2); repeat SITE_REGEX=A for per-site values")
+    p.add_argument("-o", "--output", help="output model (default: MODEL.<mode>.onnx next to the input)")
+    p.add_argument("--mode", default="meansparse", choices=["meansparse", "forged"])
+    p.add_argument("--center", default="mean", choices=["mean", "zero", "global"],
+                   help="center of the blocked band (meansparse; paper A.7)")
+    p.add_argument("--formulation", default="where", choices=["where", "float"],
+                   help="Sub/Abs/Less/Where (default) or a bool-free float form")
+    p.add_argument("--placement", default=None, choices=["activations", "activations+residual", "linear-inputs"],
+                   help="placement when calibrating with --data (default: activations; linear-inputs for forged)")
+    p.add_argument("--include", metavar="REGEX")
+    p.add_argument("--exclude", metavar="REGEX")
+    p.add_argument("--save-stats", metavar="NPZ", help="with --data: where to keep the measured stats")
+    p.add_argument("--eval", metavar="DATA", help="labelled data (.npz with 'labels'): print clean accuracy before/after")
+    p.add_argument("--ignore-fingerprint", action="store_true", help="accept stats measured on another export")
+    p.add_argument("--no-verify", action="store_true", help="skip the post-write checks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mstransform import __version__
+
+    parser = _Parser(prog="mstransform", description="Harden exported ONNX models with MeanSparse operators.")
+    parser.add_argument("--version", action="version", version=f"mstransform {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p = sub.add_parser("harden", help="insert sparsify operators (the default command)")
+    _add_harden(p)
+
+    p = sub.add_parser("sites", help="print the site table and why other activations were not matched")
+    p.add_argument("model")
+    _add_selection(p)
+
+    p = sub.add_parser("calibrate", help="measure per-site statistics on clean training data")
+    p.add_argument("model")
+    _add_data(p, required=True)
+    _add_selection(p)
+    p.add_argument("-o", "--output", required=True, help="stats file to write (.npz)")
+    p.add_argument("--shard", metavar="I/N", help="only batches I, I+N, I+2N, ... (merge shards with `stats merge`)")
+
+    p = sub.add_parser("stats", help="inspect or merge stats files")
+    ss = p.add_subparsers(dest="stats_command", required=True, parser_class=_Parser)
+    q = ss.add_parser("inspect", help="summarise a stats file")
+    q.add_argument("stats")
+    q = ss.add_parser("merge", help="merge shards exactly")
+    q.add_argument("inputs", nargs="+")
+    q.add_argument("-o", "--output", required=True)
+    return parser
+
+
+def cmd_sites(a) -> int:
+    from mstransform.tools import api
+
+    table = api.find_sites(a.model, a.placement, include=a.include, exclude=a.exclude, include_se=a.include_se,
+                           axes=_axis_overrides(a.axis))
+    print(table.format())
+    return 0
+
+
+def cmd_calibrate(a) -> int:
+    from mstransform.tools import api
+    from mstransform.tools.atomic import check_output_path
+
+    out = check_output_path(a.output, a.model, a.data)
+    t0 = time.perf_counter()
+    stats = api.calibrate(a.model, a.data, placement=a.placement, include=a.include, exclude=a.exclude,
+                          include_se=a.include_se, axes=_axis_overrides(a.axis), batch_size=a.batch_size,
+                          limit=a.limit, preprocess=_preprocess(a), threads=a.threads, shard=_shard(a.shard))
+    stats.save(out)
+    print(f"calibrated {len(stats)} site(s) on {stats.samples} sample(s) in {time.perf_counter() - t0:.1f} s; "
+          f"wrote {out}")
+    return 0
+
+
+def cmd_stats(a) -> int:
+    from mstransform.runtime.stats import load_stats
+    from mstransform.tools.atomic import check_output_path
+
+    if a.stats_command == "inspect":
+        print(load_stats(a.stats).summary())
+        return 0
+    out = check_output_path(a.output, *a.inputs)
+    merged = load_stats(a.inputs[0])
+    for path in a.inputs[1:]:
+        merged = merged.merge(load_stats(path))
+    merged.save(out)
+    print(f"merged {len(a.inputs)} file(s): {len(merged)} site(s), {merged.samples} sample(s); wrote {out}")
+    return 0
+
+
+def cmd_harden(a) -> int:
+    from mstransform.runtime.data import DataSource
+    from mstransform.runtime.evaluate import accuracy
+    from mstransform.runtime.session import input_specs, make_session
+    from mstransform.tools import api
+    from mstransform.tools.atomic import check_output_path
+
+    if (a.stats is None) == (a.data is None):
+        raise UsageError("give either --stats NPZ (from `mstransform calibrate`) or --data PATH to calibrate now")
+    model_path = Path(a.model)
+    output = Path(a.output) if a.output else model_path.with_name(f"{model_path.stem}.{a.mode}.onnx")
+    check_output_path(output, model_path)
+    from mstransform.runtime.thresholds import parse_alpha_specs
+
+    parse_alpha_specs(a.alpha)  # reject bad alphas before any work
+    model = api.load_model(model_path)
+    specs = input_specs(model)
+    probe = None
+    stats = a.stats
+    if a.data is not None:
+        placement = a.placement or ("linear-inputs" if a.mode == "forged" else "activations")
+        stats_out = Path(a.save_stats) if a.save_stats else output.with_name(output.stem + ".stats.npz")
+        check_output_path(stats_out, model_path, a.data)
+        t0 = time.perf_counter()
+        stats = api.calibrate(model_path, a.data, placement=placement, include=None, exclude=None,
+                              batch_size=a.batch_size, limit=a.limit, preprocess=_preprocess(a), threads=a.threads)
+        stats.save(stats_out)
+        print(f"calibrated {len(stats)} site(s) on {stats.samples} sample(s) in {time.perf_counter() - t0:.1f} s; "
+              f"wrote {stats_out}")
+        probe = api.probe_from(DataSource(a.data, specs, batch_size=8, limit=8, preprocess=_preprocess(a)))
+    report = api.harden(model_path, stats, alpha=a.alpha, mode=a.mode, center=a.center, formulation=a.formulation,
+                        output=output, include=a.include, exclude=a.exclude,
+                        ignore_fingerprint=a.ignore_fingerprint, probe=probe, verify=not a.no_verify,
+                        threads=a.threads)
+    print(report.summary())
+    if a.eval:
+        rows = []
+        for label, path in (("base", model_path), ("hardened", output)):
+            data = DataSource(a.eval, specs, batch_size=a.batch_size, preprocess=_preprocess(a))
+            acc = accuracy(make_session(path, threads=a.threads), data)
+            rows.append((label, acc))
+        for label, acc in rows:
+            print(f"clean accuracy {label:9s} {acc.percent:6.2f}%  ({acc.correct}/{acc.total})")
+        print(f"clean accuracy change {rows[1][1].percent - rows[0][1].percent:+.2f} points")
+    return 0
+
+
+COMMANDS = {"sites": cmd_sites, "calibrate": cmd_calibrate, "stats": cmd_stats, "harden": cmd_harden}
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted("terminated (SIGTERM); no partial output was left")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    first = next((x for x in argv if not x.startswith("-")), None)
+    if first is not None and first not in SUBCOMMANDS and not any(x in argv for x in ("-h", "--help", "--version")):
+        argv.insert(argv.index(first), "harden")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        err = Interrupted("interrupted; no partial output was left")
+        print(f"mstransform: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except MstError as err:
+        if debug:
+            raise
+        print(f"mstransform: error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
