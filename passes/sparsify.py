@@ -115,8 +115,9 @@ class InsertSparsifyPass(InPlacePass):
         def node(op: str, inputs, tag: str) -> ir.Node:
             n = ir.Node("", op, inputs, name=f"{prefix}/{tag}", num_outputs=1)
             n.outputs[0].name = f"{prefix}/{tag}_out"
-            n.outputs[0].shape = x.shape
-            n.outputs[0].type = ir.TensorType(ir.DataType.BOOL if op == "Less" else dtype)
+            if x.type is not None and not x.meta.get("mstransform.inferred"):  # annotate only like the input
+                n.outputs[0].shape = x.shape
+                n.outputs[0].type = ir.TensorType(ir.DataType.BOOL if op == "Less" else dtype)
             return n
 
         sub = node("Sub", [x, center], "Sub")

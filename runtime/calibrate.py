@@ -7,6 +7,7 @@ O(channels) per site, whatever the number of samples.
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from mstransform.errors import DataError, ModelError
@@ -65,6 +66,7 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
             except Exception as e:
                 first = str(e).strip().splitlines()[0]
                 raise DataError(f"ONNX Runtime rejected batch starting at sample {batch.start}: {first}") from None
+            done = set()
             for site in table:
                 x = outs[feeds.index(site.feed.name)]
                 axis = axes.get(site.name)
@@ -72,14 +74,18 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
                     axis = site.axis if site.axis is not None else _axis_by_rank(x.ndim)
                     axes[site.name] = axis
                     ranks[site.name] = x.ndim
+                key = f"{site.feed.name}|{axis}"
+                if key in done:  # two sites on one tensor: fold the batch in once
+                    continue
+                done.add(key)
                 m = Moments.of_batch(x, axis)
-                if not (abs(m.mean).max(initial=0) < float("inf") and abs(m.m2).max(initial=0) < float("inf")):
+                if not (np.isfinite(m.mean).all() and np.isfinite(m.m2).all()):
                     raise DataError(f"site {site.name!r} produced NaN or Inf on the batch starting at sample "
                                     f"{batch.start}; check the data's scale")
-                prev = acc.get(site.feed.name + "|" + str(axis))
+                prev = acc.get(key)
                 if prev is not None and prev.channels != m.channels:
                     raise DataError(f"site {site.name!r} changed channel count from {prev.channels} to {m.channels}")
-                acc[site.feed.name + "|" + str(axis)] = m if prev is None else prev.merge(m)
+                acc[key] = m if prev is None else prev.merge(m)
             samples += len(batch)
             bar.update(len(batch))
     finally:
@@ -90,7 +96,7 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
     for s in table:
         axis = axes[s.name]
         m = acc[s.feed.name + "|" + str(axis)]
-        dtype = s.feed.dtype.numpy().__name__ if s.feed.dtype is not None else "float32"
+        dtype = np.dtype(s.feed.dtype.numpy()).name if s.feed.dtype is not None else "float32"
         rank = ranks[s.name]
         sites[s.name] = SiteStats(s.name, s.feed.name, s.kind, axis, rank, dtype, m)
     return Stats(fp, table.placement.value, sites, samples, selection or {})

@@ -41,18 +41,13 @@ class Moments:
         n = x.size // channels if channels else 0
         if n == 0:
             return cls.empty(channels)
+        w = x.astype(np.float64)  # exact: every float32/float16 value is a float64
+        mean = w.sum(axis=axes) / n
         bshape = [1] * x.ndim
         bshape[axis] = channels
-        work = x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
-        rough = work.sum(axis=axes, dtype=np.float64) / n
-        shift = rough.astype(work.dtype).reshape(bshape)
-        d = work - shift  # centred in the working precision; the residual mean is added back below
-        s1 = d.sum(axis=axes, dtype=np.float64)
-        sq = np.square(d, out=d)
-        s2 = sq.sum(axis=axes, dtype=np.float64)
-        mean = shift.reshape(-1).astype(np.float64) + s1 / n
-        m2 = np.maximum(s2 - s1 * s1 / n, 0.0)
-        absmax = np.maximum(work.max(axis=axes), -work.min(axis=axes)).astype(np.float64)
+        w -= mean.reshape(bshape)
+        m2 = np.einsum(_einsum_spec(x.ndim, axis), w, w)
+        absmax = np.maximum(x.max(axis=axes), -x.min(axis=axes)).astype(np.float64)
         return cls(n, mean, m2, absmax)
 
     def merge(self, other: "Moments") -> "Moments":
@@ -68,3 +63,9 @@ class Moments:
         mean = self.mean + delta * (other.count / total)
         m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / total)
         return Moments(total, mean, m2, np.maximum(self.absmax, other.absmax))
+
+
+def _einsum_spec(ndim: int, axis: int) -> str:
+    """``sum over all axes but axis of a*b``, e.g. ``abcd,abcd->b``."""
+    letters = "abcdefghijklmnop"[:ndim]
+    return f"{letters},{letters}->{letters[axis]}"

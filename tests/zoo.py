@@ -175,13 +175,15 @@ class CatalogueMLP(nn.Module):
             nn.LeakyReLU(0.1), nn.ELU(), nn.SELU(), nn.CELU(), nn.Softplus(), nn.Tanh(), nn.Sigmoid(),
             nn.PReLU(), nn.Hardsigmoid(),
         ])
-        self.fc = nn.Linear(d, classes)
+        self.fc = nn.Linear(d * len(self.ACTS), classes)
 
     def forward(self, x):
         x = self.inp(x)
+        taps = []
         for layer, act in zip(self.layers, self.acts):
             x = act(layer(x))
-        return self.fc(x.mean(1))
+            taps.append(x.mean(1))
+        return self.fc(torch.cat(taps, dim=-1))  # every activation reaches the output directly
 
 
 def build(name: str, seed: int = 0) -> nn.Module:
@@ -228,3 +230,34 @@ def export(model: nn.Module, name: str, path, *, dynamo: bool, opset: int, keep_
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(path), **kwargs)
     return path
+
+
+# Modules whose *input* is each activation site, in the ONNX graph's site order.
+SITE_MODULES = {
+    "resnet": ["act", "block1.act1", "block1.act2", "block2.act1", "block2.act2"],
+    "mobilenet": ["act", "block.act1", "block.act2"],
+    "silu": ["act1", "act2", "act3"],
+    "vit": ["block1.act", "block2.act"],
+    "mlp": [f"acts.{i}" for i in range(9)],
+}
+
+
+def with_reference_operator(model: nn.Module, name: str, params: list[tuple]) -> list:
+    """Attach the paper's operator (torch, written independently of the ONNX pass) before each site module.
+
+    ``params`` holds (center, threshold, axis) per site, in ``SITE_MODULES`` order.
+    Returns the hook handles.
+    """
+    modules = dict(model.named_modules())
+    handles = []
+    for mod_name, (center, threshold, axis) in zip(SITE_MODULES[name], params):
+        def hook(module, args, center=center, threshold=threshold, axis=axis):
+            (x,) = args
+            shape = [1] * x.ndim
+            shape[axis] = -1
+            c = torch.as_tensor(center, dtype=x.dtype).reshape(shape)
+            t = torch.as_tensor(threshold, dtype=x.dtype).reshape(shape)
+            return (torch.where((x - c).abs() < t, c.expand_as(x), x),)
+
+        handles.append(modules[mod_name].register_forward_pre_hook(hook))
+    return handles

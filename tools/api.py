@@ -61,8 +61,32 @@ def load_model(model: str | Path | ir.Model) -> ir.Model:
     ir.external_data.set_base_dir(m.graph, path.parent)
     m.meta["mstransform.path"] = str(path)
     NameFixPass()(m)
+    annotated = {id(v) for v in _all_values(m) if v.type is not None or v.shape is not None}
     ShapeInferencePass(strict_mode=False)(m)
+    for v in _all_values(m):
+        if id(v) not in annotated and (v.type is not None or v.shape is not None):
+            v.meta[INFERRED] = True
     return m
+
+
+INFERRED = "mstransform.inferred"
+
+
+def _all_values(m: ir.Model):
+    for node in m.graph:
+        yield from node.outputs
+
+
+def _drop_inferred(m: ir.Model) -> None:
+    """Forget shapes this tool inferred, so the written graph carries only the annotations it came with.
+
+    ONNX Runtime picks kernels and fusions from value_info; a model written with extra
+    annotations can compute different low-order bits even where nothing was inserted.
+    """
+    for v in _all_values(m):
+        if v.meta.get(INFERRED):
+            v.shape = None
+            v.type = None
 
 
 def find_sites(model, placement: Placement | str = "activations", *, include=None, exclude=None, include_se=False,
@@ -153,6 +177,7 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | list[str] = 0.2, 
     report = HardenReport(None, m, [i.site for i in pass_.inserted], pass_.skipped, alphas)
     if output is None:
         return report
+    _drop_inferred(m)
     _save(m, output, source_path)
     report.output = output
     if verify:

@@ -1,0 +1,120 @@
+"""Statistics against numpy over the whole data set, for any batching; exact shard merging; the file format."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import exported, random_inputs
+
+import mstransform as mst
+from mstransform.errors import StatsError
+from mstransform.runtime.moments import Moments
+from mstransform.runtime.stats import Stats
+
+
+def site_tensors(path, x):
+    """Every site tensor over the whole of ``x`` in one run (numpy reference input)."""
+    table = mst.find_sites(path)
+    m = onnx.load(str(path))
+    feeds = list(dict.fromkeys(s.feed_name for s in table))
+    m.graph.output.extend(onnx.ValueInfoProto(name=f) for f in feeds)
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = s.run(feeds, {"input": x})
+    return {site.name: outs[feeds.index(site.feed_name)] for site in table}
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 16, 50])
+def test_stats_equal_numpy_over_whole_dataset(batch_size, export_dir):
+    path = exported("resnet", "legacy-17-bn", export_dir)
+    x = random_inputs("resnet", 50, seed=2) * 1.5 + 0.3  # 50 = uneven last batch for 7 and 16
+    stats = mst.calibrate(path, {"input": x}, batch_size=batch_size, progress=False)
+    ref = site_tensors(path, x)
+    assert stats.samples == 50
+    for name, s in stats.sites.items():
+        t = ref[name].astype(np.float64)
+        axes = tuple(i for i in range(t.ndim) if i != s.axis)
+        # ONNX Runtime's float32 features themselves move by ~1e-7 with the batch size
+        np.testing.assert_allclose(s.moments.mean, t.mean(axis=axes), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(s.moments.var, t.var(axis=axes), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(s.moments.absmax, np.abs(t).max(axis=axes), rtol=1e-6)
+        assert s.moments.count == t.size // t.shape[s.axis]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16, 40, 64])
+def test_stats_exact_when_the_site_is_the_input(batch_size, tmp_path):
+    """A ReLU on the graph input: the site tensor is the data itself, so the stats must be numpy's to 1e-12."""
+    import contextlib
+    import io
+
+    import torch
+
+    path = tmp_path / "relu.onnx"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        torch.onnx.export(torch.nn.ReLU(), (torch.zeros(2, 3, 5, 5),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((40, 3, 5, 5)) * [[[[1e-2]], [[1.0]], [[30.0]]]] + [[[[100.0]], [[-2]], [[0]]]]).astype(np.float32)
+    stats = mst.calibrate(path, {"input": x}, batch_size=batch_size, progress=False)
+    (s,) = stats.sites.values()
+    ref = x.astype(np.float64)
+    np.testing.assert_allclose(s.moments.mean, ref.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(s.moments.var, ref.var(axis=(0, 2, 3)), rtol=1e-9)
+    np.testing.assert_array_equal(s.moments.absmax, np.abs(ref).max(axis=(0, 2, 3)))
+
+
+def test_token_stats_reduce_over_batch_and_tokens(export_dir):
+    path = exported("vit", "dynamo-20-folded", export_dir)
+    x = random_inputs("vit", 20, seed=4)
+    stats = mst.calibrate(path, {"input": x}, batch_size=6, progress=False)
+    ref = site_tensors(path, x)
+    for name, s in stats.sites.items():
+        assert s.axis == 2
+        np.testing.assert_allclose(s.moments.mean, ref[name].astype(np.float64).mean(axis=(0, 1)), rtol=1e-9,
+                                   atol=1e-12)
+
+
+def test_merged_shards_equal_one_pass(export_dir, tmp_path):
+    path = exported("resnet", "legacy-17-folded", export_dir)
+    x = random_inputs("resnet", 45, seed=9)
+    whole = mst.calibrate(path, {"input": x}, batch_size=10, progress=False)
+    shards = [mst.calibrate(path, {"input": x}, batch_size=10, progress=False, shard=(i, 3)) for i in range(3)]
+    for i, s in enumerate(shards):
+        s.save(tmp_path / f"s{i}.npz")
+    merged = Stats.load(tmp_path / "s0.npz").merge(Stats.load(tmp_path / "s1.npz")).merge(Stats.load(tmp_path / "s2.npz"))
+    assert merged.samples == whole.samples == 45
+    for name in whole.sites:
+        a, b = whole.sites[name].moments, merged.sites[name].moments
+        assert a.count == b.count
+        np.testing.assert_allclose(b.mean, a.mean, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(b.var, a.var, rtol=1e-10, atol=1e-14)
+
+
+def test_moments_merge_is_exact_against_numpy():
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((101, 3, 4)) * np.array([1e-3, 1.0, 1e3])[None, :, None] + 1e4
+    parts = [data[:1], data[1:40], data[40:]]
+    m = Moments.empty(3)
+    for p in parts:
+        m = m.merge(Moments.of_batch(p, axis=1))
+    np.testing.assert_allclose(m.mean, data.mean(axis=(0, 2)), rtol=1e-13)
+    np.testing.assert_allclose(m.var, data.var(axis=(0, 2)), rtol=1e-9)
+
+
+def test_stats_file_round_trip_and_schema(export_dir, tmp_path):
+    path = exported("silu", "legacy-17-folded", export_dir)
+    stats = mst.calibrate(path, {"input": random_inputs("silu", 8)}, progress=False)
+    f = tmp_path / "s.npz"
+    stats.save(f)
+    with np.load(f, allow_pickle=False) as z:
+        assert str(z["format"]) == "mstransform.stats" and int(z["version"]) == 1
+        assert list(z["site_names"]) == list(stats.sites)
+    again = Stats.load(f)
+    assert again.sha256() == stats.sha256() and again.fingerprint == stats.fingerprint
+
+
+def test_pickled_stats_are_refused(tmp_path):
+    f = tmp_path / "evil.npz"
+    np.savez(f, format=np.array("mstransform.stats"), payload=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(StatsError, match="object arrays"):
+        Stats.load(f)
