@@ -1,0 +1,161 @@
+"""The command line on the shipped example, as a new user runs it, and on bad input."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import EXAMPLE
+
+import mstransform as mst
+
+MODEL = EXAMPLE / "model.onnx"
+CALIB = EXAMPLE / "calib.npz"
+TEST = EXAMPLE / "test.npz"
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A folder with a copy of the example model and its stats (calibrated once)."""
+    d = tmp_path_factory.mktemp("cli")
+    shutil.copy(MODEL, d / "model.onnx")
+    mst.calibrate(d / "model.onnx", CALIB, limit=512, progress=False).save(d / "stats.npz")
+    return d
+
+
+def test_the_users_exact_command(work):
+    """`mstransform model.onnx --stats stats.npz --alpha 0.2`, run as a program, in the model's folder."""
+    exe = shutil.which("mstransform") or str(Path(sys.executable).parent / "mstransform")
+    before = sha(work / "model.onnx")
+    out = work / "model.meansparse.onnx"
+    out.unlink(missing_ok=True)
+    r = subprocess.run([exe, "model.onnx", "--stats", "stats.npz", "--alpha", "0.2"], cwd=work,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "inserted 7 sparsify operator(s)" in r.stdout
+    assert "max |diff| = 0" in r.stdout
+    assert out.is_file() and sha(work / "model.onnx") == before
+    assert not [p for p in os.listdir(work) if p.startswith(".")], "temporary files left behind"
+
+
+def test_one_step_form_with_accuracy(cli, tmp_path):
+    out = tmp_path / "hard.onnx"
+    r = cli(MODEL, "--data", CALIB, "--limit", "256", "--alpha", "0.2", "-o", out, "--eval", TEST)
+    assert r.code == 0, r.err
+    assert (tmp_path / "hard.stats.npz").is_file()
+    base = float(r.out.split("clean accuracy base")[1].split("%")[0])
+    hard = float(r.out.split("clean accuracy hardened")[1].split("%")[0])
+    assert base > 85 and abs(base - hard) < 5
+
+
+def test_calibrate_inspect_merge_and_per_site_alpha(cli, tmp_path):
+    a, b, m = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "m.npz"
+    assert cli("calibrate", MODEL, "--data", CALIB, "--limit", "300", "--shard", "0/2", "-o", a).code == 0
+    assert cli("calibrate", MODEL, "--data", CALIB, "--limit", "300", "--shard", "1/2", "-o", b).code == 0
+    r = cli("stats", "merge", a, b, "-o", m)
+    assert r.code == 0 and "300 sample(s)" in r.out
+    r = cli("stats", "inspect", m)
+    assert r.code == 0 and "/block2/Relu_1" in r.out
+    out = tmp_path / "h.onnx"
+    r = cli(MODEL, "--stats", m, "--alpha", "0.2", "--alpha", "/block2/.*=0", "-o", out)
+    assert r.code == 0, r.err
+    assert "inserted 5" in r.out and "2 site(s) left as identity" in r.out
+
+
+def test_forged_mode_and_centers(cli, tmp_path):
+    r = cli(MODEL, "--data", CALIB, "--limit", "128", "--mode", "forged", "--alpha", "0.0078125",
+            "-o", tmp_path / "f.onnx")
+    assert r.code == 0, r.err
+    # linear-inputs: 5 convs after the stem (which reads the raw image) and the 2 Gemms
+    assert "inserted 7 sparsify" in r.out
+    for center in ("zero", "global"):
+        r = cli(MODEL, "--data", CALIB, "--limit", "128", "--center", center, "-o", tmp_path / f"{center}.onnx")
+        assert r.code == 0, r.err
+
+
+def _stats_arrays(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _write(path, arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def bad_cases(work: Path, tmp: Path):
+    """(label, argv, expected exit code, words the message must contain)."""
+    good = work / "stats.npz"
+    arr = _stats_arrays(good)
+    other = dict(arr, fingerprint=np.array("0123456789abcdef"))
+    missing = {k: v for k, v in arr.items() if not k.endswith("/6")}
+    missing.update(site_names=arr["site_names"][:6], site_feeds=arr["site_feeds"][:6], site_kinds=arr["site_kinds"][:6],
+                   site_axes=arr["site_axes"][:6], site_ranks=arr["site_ranks"][:6], site_dtypes=arr["site_dtypes"][:6],
+                   site_counts=arr["site_counts"][:6])
+    channels = dict(arr, **{"mean/0": arr["mean/0"][:3], "var/0": arr["var/0"][:3], "absmax/0": arr["absmax/0"][:3]})
+    nan = dict(arr, **{"var/2": np.full_like(arr["var/2"], np.nan)})
+    neg = dict(arr, **{"var/1": -arr["var/1"]})
+    (tmp / "notonnx.onnx").write_text("this is not a model\n")
+    (tmp / "garbage.npz").write_bytes(b"PK\x03\x04garbage")
+    np.savez(tmp / "flat.npz", input=np.zeros((4, 28, 28), np.uint8))
+    np.savez(tmp / "nan.npz", input=np.full((4, 1, 28, 28), np.nan, np.float32))
+    np.savez(tmp / "empty.npz", input=np.zeros((0, 1, 28, 28), np.uint8))
+    np.savez(tmp / "pickled.npz", a=np.array([{"x": 1}], dtype=object))
+    out = tmp / "out.onnx"
+    m = work / "model.onnx"
+    return [
+        ("not an ONNX file", [tmp / "notonnx.onnx", "--stats", good, "-o", out], 3, "not an ONNX model"),
+        ("model missing", [tmp / "nope.onnx", "--stats", good, "-o", out], 3, "does not exist"),
+        ("stats of another model", [m, "--stats", _write(tmp / "other.npz", other), "-o", out], 4, "another model"),
+        ("missing site", [m, "--stats", _write(tmp / "missing.npz", missing), "-o", out], 4, "no statistics"),
+        ("channel-count mismatch", [m, "--stats", _write(tmp / "ch.npz", channels), "-o", out], 4, "channels"),
+        ("NaN in stats", [m, "--stats", _write(tmp / "nanstats.npz", nan), "-o", out], 4, "NaN"),
+        ("negative variance", [m, "--stats", _write(tmp / "neg.npz", neg), "-o", out], 4, "negative variance"),
+        ("pickled stats", [m, "--stats", tmp / "pickled.npz", "-o", out], 4, "object arrays"),
+        ("stats file missing", [m, "--stats", tmp / "none.npz", "-o", out], 4, "does not exist"),
+        ("negative alpha", [m, "--stats", good, "--alpha", "-0.1", "-o", out], 2, ">= 0"),
+        ("NaN alpha", [m, "--stats", good, "--alpha", "nan", "-o", out], 2, "finite"),
+        ("absurd alpha", [m, "--stats", good, "--alpha", "1e9", "-o", out], 2, "below 100"),
+        ("alpha for unknown site", [m, "--stats", good, "--alpha", "nosuch=0.1", "-o", out], 2, "matches no site"),
+        ("output equals input", [m, "--stats", good, "-o", m], 6, "is the input"),
+        ("output folder missing", [m, "--stats", good, "-o", tmp / "no" / "dir" / "x.onnx"], 6, "does not exist"),
+        ("unreadable data", ["calibrate", m, "--data", tmp / "garbage.npz", "-o", tmp / "s.npz"], 5, "cannot read"),
+        ("wrong input shape", ["calibrate", m, "--data", tmp / "flat.npz", "-o", tmp / "s.npz"], 5, "expects shape"),
+        ("NaN in data", ["calibrate", m, "--data", tmp / "nan.npz", "-o", tmp / "s.npz"], 5, "NaN"),
+        ("empty data", ["calibrate", m, "--data", tmp / "empty.npz", "-o", tmp / "s.npz"], 5, "no samples"),
+        ("neither stats nor data", [m, "-o", out], 2, "--stats"),
+        ("unknown option", [m, "--stats", good, "--frobnicate"], 2, "unrecognized"),
+    ]
+
+
+def test_bad_input_one_line_no_output(cli, work, tmp_path):
+    before = sha(work / "model.onnx")
+    for label, argv, code, words in bad_cases(work, tmp_path):
+        listing = set(os.listdir(tmp_path))
+        r = cli(*argv)
+        assert r.code == code, f"{label}: exit {r.code}, stderr {r.err!r}"
+        lines = r.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mstransform: error:"), f"{label}: {r.err!r}"
+        assert words.lower() in lines[0].lower(), f"{label}: {lines[0]!r}"
+        assert "Traceback" not in r.err
+        assert set(os.listdir(tmp_path)) == listing, f"{label}: left files {set(os.listdir(tmp_path)) - listing}"
+    assert sha(work / "model.onnx") == before
+
+
+def test_missing_external_data(cli, tmp_path):
+    import onnx
+
+    m = onnx.load(str(MODEL))
+    onnx.save(m, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    (tmp_path / "ext.onnx.data").unlink()
+    r = cli("sites", tmp_path / "ext.onnx")
+    assert r.code == 3 and "external data" in r.err
