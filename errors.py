@@ -55,6 +55,12 @@ class DependencyError(MstError):
     exit_code = 8
 
 
+class CompatibilityError(MstError):
+    """A static deployment check (``check-trt``) found a blocking problem."""
+
+    exit_code = 9
+
+
 class Interrupted(MstError):
     """SIGINT/SIGTERM arrived; no partial output was left."""
 
@@ -63,4 +69,4 @@ class Interrupted(MstError):
 
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in
               (UsageError, ModelError, StatsError, DataError, OutputError, VerificationError, DependencyError,
-               Interrupted)}
+               CompatibilityError, Interrupted)}

@@ -18,17 +18,19 @@ class Accuracy:
         return 100.0 * self.correct / max(self.total, 1)
 
 
-def predict(session, batches) -> tuple[np.ndarray, np.ndarray]:
-    """Arg-max predictions of the first output and the labels, over all batches."""
+def predict(session, batches, require_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arg-max predictions of the first output and the labels (None if the data has none)."""
     out = session.get_outputs()[0].name
     preds, labels = [], []
     for batch in batches:
-        if batch.labels is None:
+        if batch.labels is None and require_labels:
             raise DataError("evaluation data has no labels; add a 'labels' array (or use class sub-folders)")
         logits = session.run([out], batch.inputs)[0]
         preds.append(np.asarray(logits).reshape(len(batch), -1).argmax(axis=1))
-        labels.append(batch.labels)
-    return np.concatenate(preds), np.concatenate(labels)
+        if batch.labels is not None:
+            labels.append(batch.labels)
+    p = np.concatenate(preds)
+    return p, (np.concatenate(labels) if labels and sum(map(len, labels)) == len(p) else None)
 
 
 def accuracy(session, batches) -> Accuracy:

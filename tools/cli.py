@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mstransform.errors import Interrupted, MstError, UsageError
 
-SUBCOMMANDS = ("sites", "calibrate", "stats", "harden")
+SUBCOMMANDS = ("sites", "calibrate", "stats", "harden", "check-trt", "engine", "run")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -136,6 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
     q = ss.add_parser("merge", help="merge shards exactly")
     q.add_argument("inputs", nargs="+")
     q.add_argument("-o", "--output", required=True)
+
+    p = sub.add_parser("check-trt", help="static TensorRT compatibility check (no GPU needed)")
+    p.add_argument("model")
+    p.add_argument("--trt-version", default=None, help="TensorRT release to check against (default: newest known)")
+    p.add_argument("--fp16", action="store_true", help="also check constants are representable in fp16")
+
+    p = sub.add_parser("engine", help="build a TensorRT engine (needs TensorRT and a GPU)")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help="engine file (.plan)")
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--shapes", help="MIN/OPT/MAX batch sizes (1/8/64) or NAME:1x3x224x224/.../... per input")
+    p.add_argument("--workspace", type=int, default=1024, help="workspace limit in MiB")
+    p.add_argument("--timing-cache", help="timing cache file (read if present, written after the build)")
+
+    p = sub.add_parser("run", help="batch inference in ONNX Runtime: accuracy on labelled data, else predictions")
+    p.add_argument("model")
+    _add_data(p, required=True)
+    p.add_argument("--providers", help="comma-separated ONNX Runtime providers (default: TensorRT > CUDA > CPU)")
+    p.add_argument("-o", "--output", help="write predictions (.npy)")
     return parser
 
 
@@ -226,7 +246,74 @@ def cmd_harden(a) -> int:
     return 0
 
 
-COMMANDS = {"sites": cmd_sites, "calibrate": cmd_calibrate, "stats": cmd_stats, "harden": cmd_harden}
+def cmd_check_trt(a) -> int:
+    from mstransform.errors import CompatibilityError
+    from mstransform.runtime.trt_check import check_trt, support_table, versions
+    from mstransform.tools import api
+
+    version = a.trt_version or versions()[-1]
+    if version not in support_table()["versions"]:
+        raise UsageError(f"unknown --trt-version {version!r}; known: {', '.join(versions())}")
+    findings = check_trt(api.load_model(a.model), version, fp16=a.fp16)
+    for f in findings:
+        print(f)
+    errors = [f for f in findings if f.level == "error"]
+    if errors:
+        raise CompatibilityError(f"{len(errors)} problem(s) for TensorRT {version}; first: {errors[0]}")
+    print(f"ok: compatible with the TensorRT {version} ONNX parser's operator table"
+          + (" and fp16 constants" if a.fp16 else "") + f" ({len(findings)} warning(s))")
+    return 0
+
+
+def cmd_engine(a) -> int:
+    from mstransform.runtime.session import input_specs
+    from mstransform.runtime.trt_engine import build_engine, import_tensorrt, parse_shapes
+    from mstransform.tools import api
+    from mstransform.tools.atomic import check_output_path
+
+    out = check_output_path(a.output, a.model)
+    model = api.load_model(a.model)
+    profile = parse_shapes(a.shapes, {s.name: s.shape for s in input_specs(model)})
+    import_tensorrt()
+    build_engine(a.model, out, fp16=a.fp16, bf16=a.bf16, profile=profile, workspace_mib=a.workspace,
+                 timing_cache=a.timing_cache)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_run(a) -> int:
+    import numpy as np
+
+    from mstransform.runtime.data import DataSource
+    from mstransform.runtime.evaluate import Accuracy, predict
+    from mstransform.runtime.session import choose_providers, input_specs, make_session
+    from mstransform.tools import api
+    from mstransform.tools.atomic import atomic_output, check_output_path
+
+    out = check_output_path(a.output, a.model, a.data) if a.output else None
+    model = api.load_model(a.model)
+    providers = a.providers.split(",") if a.providers else None
+    chosen, why = choose_providers(providers)
+    session = make_session(a.model, providers=chosen, threads=a.threads)
+    print(f"provider: {session.get_providers()[0]} ({why})")
+    data = DataSource(a.data, input_specs(model), batch_size=a.batch_size, limit=a.limit,
+                      preprocess=_preprocess(a))
+    preds, labels = predict(session, data, require_labels=False)
+    if labels is not None:
+        acc = Accuracy(int((preds == labels).sum()), len(labels))
+        print(f"accuracy {acc.percent:.2f}% ({acc.correct}/{acc.total})")
+    else:
+        print(f"predictions for {len(preds)} sample(s): {preds[:20].tolist()}{' ...' if len(preds) > 20 else ''}")
+    if out is not None:
+        with atomic_output(out) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, preds)
+        print(f"wrote {out}")
+    return 0
+
+
+COMMANDS = {"sites": cmd_sites, "calibrate": cmd_calibrate, "stats": cmd_stats, "harden": cmd_harden,
+            "check-trt": cmd_check_trt, "engine": cmd_engine, "run": cmd_run}
 
 
 def _on_sigterm(signum, frame):

@@ -1,0 +1,113 @@
+"""Static TensorRT compatibility check: no GPU, no TensorRT install needed.
+
+It compares a model with the operator support matrix of the TensorRT ONNX parser
+(``data/trt_onnx_ops.json``, generated from ``docs/operators.md`` of onnx/onnx-tensorrt at
+each release commit named in the file) and with the deployment rules that matter for
+sparsify operators (``../shared/METHOD.md`` section 7):
+
+* every op of the default domain in the release's supported set, for its element type;
+* default-domain opset inside the release's range;
+* sparsify constants broadcastable as TensorRT requires: same rank as the guarded tensor,
+  each dim 1 or equal to the tensor's;
+* no bool graph inputs or outputs (they trip TensorRT's Myelin backend);
+* ``LessOrEqual``/``GreaterOrEqual`` flagged (the parser decomposes them into two comparisons and an Or);
+* with ``fp16``: constants representable in half precision (no overflow, no nonzero
+  threshold that underflows to zero).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+TABLE = Path(__file__).parent / "data" / "trt_onnx_ops.json"
+DEFAULT_VERSION = "10.1"
+TYPE_NAMES = {ir.DataType.FLOAT: "FP32", ir.DataType.FLOAT16: "FP16", ir.DataType.BFLOAT16: "BF16",
+              ir.DataType.INT32: "INT32", ir.DataType.INT64: "INT64", ir.DataType.BOOL: "BOOL",
+              ir.DataType.INT8: "INT8", ir.DataType.UINT8: "UINT8", ir.DataType.DOUBLE: "DOUBLE"}
+FP16_MAX = 65504.0
+FP16_TINY = 2.0**-24  # smallest positive subnormal
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "error" | "warning"
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.where}: {self.message}"
+
+
+@lru_cache(maxsize=1)
+def support_table() -> dict:
+    return json.loads(TABLE.read_text())
+
+
+def versions() -> list[str]:
+    return sorted(support_table()["versions"], key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+def check_trt(model: ir.Model, version: str = DEFAULT_VERSION, fp16: bool = False) -> list[Finding]:
+    table = support_table()["versions"].get(version)
+    if table is None:
+        raise KeyError(f"unknown TensorRT version {version!r}; known: {', '.join(versions())}")
+    ops, findings = table["ops"], []
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if opset is None or not table["opset_min"] <= opset <= table["opset_max"]:
+        findings.append(Finding("error", "model", f"opset {opset} is outside TensorRT {version}'s range "
+                                                  f"{table['opset_min']}..{table['opset_max']}"))
+    for v in [*model.graph.inputs, *model.graph.outputs]:
+        if v.dtype == ir.DataType.BOOL:
+            findings.append(Finding("error", f"graph I/O '{v.name}'", "bool graph input/output (breaks Myelin); keep masks internal"))
+    for node in model.graph:
+        where = f"node '{node.name}' ({node.op_type})"
+        if node.domain not in ("", "ai.onnx"):
+            findings.append(Finding("error", where, f"custom domain '{node.domain}' needs a TensorRT plugin"))
+            continue
+        if node.op_type not in ops:
+            findings.append(Finding("error", where, f"not supported by the TensorRT {version} ONNX parser"))
+            continue
+        types = ops[node.op_type]
+        dtype = next((v.dtype for v in node.inputs if v is not None and v.dtype is not None), None)
+        name = TYPE_NAMES.get(dtype)
+        if types and name and name not in types and node.op_type not in ("Shape", "Cast", "Constant"):
+            level = "warning" if name in ("INT64", "DOUBLE") else "error"
+            findings.append(Finding(level, where, f"input type {name} not in the supported types {types}"))
+        if node.op_type in ("LessOrEqual", "GreaterOrEqual"):
+            findings.append(Finding("warning", where, "decomposed by the parser into two comparisons and an Or; "
+                                                      "prefer strict Less/Greater"))
+    findings += _sparsify_constants(model, fp16)
+    return findings
+
+
+def _sparsify_constants(model: ir.Model, fp16: bool) -> list[Finding]:
+    out = []
+    for node in model.graph:
+        if not (node.name or "").startswith("mstransform/") or node.op_type not in ("Sub", "Less", "Where", "Mul"):
+            continue
+        data = next((v for v in node.inputs if v is not None and v.const_value is None), None)
+        for v in node.inputs:
+            if v is None or v.const_value is None:
+                continue
+            shape = tuple(v.const_value.shape)
+            if data is not None and data.shape is not None:
+                dims = list(data.shape)
+                ok = len(shape) == len(dims) and all(s == 1 or not isinstance(d, int) or s == d
+                                                     for s, d in zip(shape, dims))
+                if not ok:
+                    out.append(Finding("error", f"constant '{v.name}'",
+                                       f"shape {list(shape)} does not broadcast against {dims} with equal rank"))
+            if fp16:
+                arr = np.asarray(v.const_value.numpy(), dtype=np.float64)
+                if np.any(np.abs(arr) > FP16_MAX):
+                    out.append(Finding("error", f"constant '{v.name}'", "overflows fp16 (|value| > 65504)"))
+                tiny = (arr != 0) & (np.abs(arr) < FP16_TINY)
+                if np.any(tiny):
+                    out.append(Finding("warning", f"constant '{v.name}'",
+                                       f"{int(tiny.sum())} nonzero value(s) underflow to 0 in fp16"))
+    return out

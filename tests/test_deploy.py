@@ -1,0 +1,133 @@
+"""Deployment: the static TensorRT check on every hardened test model, the engine builder, the runtime."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import onnx
+import pytest
+from conftest import EXAMPLE, EXPORTS, exported, random_inputs
+
+import mstransform as mst
+import zoo
+from mstransform.runtime.trt_check import check_trt, versions
+from mstransform.tools.api import load_model
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture(scope="module")
+def hardened(export_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("hardened")
+    cache = {}
+
+    def get(name, label, formulation="where"):
+        key = (name, label, formulation)
+        if key not in cache:
+            src = exported(name, label, export_dir)
+            stats = mst.calibrate(src, {"input": random_inputs(name, 16)}, progress=False)
+            out = d / f"{name}-{label}-{formulation}.onnx"
+            mst.harden(src, stats, alpha=0.2, output=out, formulation=formulation)
+            cache[key] = out
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("label", [e[0] for e in EXPORTS])
+@pytest.mark.parametrize("name", list(zoo.EXPECTED))
+def test_check_trt_passes_on_every_hardened_test_model(name, label, hardened, cli):
+    path = hardened(name, label)
+    findings = check_trt(load_model(path), "10.1", fp16=True)
+    assert not [f for f in findings if f.level == "error"], [str(f) for f in findings]
+    r = cli("check-trt", path, "--fp16")
+    assert r.code == 0 and "ok: compatible" in r.out
+
+
+def test_float_formulation_has_no_bool_and_passes(hardened):
+    path = hardened("resnet", "legacy-17-bn", "float")
+    m = onnx.load(str(path))
+    for vi in [*m.graph.value_info, *m.graph.output, *m.graph.input]:
+        assert vi.type.tensor_type.elem_type != onnx.TensorProto.BOOL
+    assert not [f for f in check_trt(load_model(path)) if f.level == "error"]
+
+
+def test_check_trt_catches_bool_output_and_bad_broadcast(hardened, tmp_path, cli):
+    import onnx_ir as ir
+
+    m = ir.load(hardened("resnet", "legacy-17-folded"))
+    less = next(n for n in m.graph if n.op_type == "Less")
+    less.outputs[0].type = ir.TensorType(ir.DataType.BOOL)
+    m.graph.outputs.append(less.outputs[0])
+    center = next(v for name, v in m.graph.initializers.items() if name.endswith("/center"))
+    center.const_value = ir.tensor(center.const_value.numpy().reshape(-1))  # [C] instead of [1,C,1,1]
+    center.shape = ir.Shape(center.const_value.shape)
+    bad = tmp_path / "bad.onnx"
+    ir.save(m, bad)
+    findings = [str(f) for f in check_trt(load_model(bad)) if f.level == "error"]
+    assert any("bool graph input/output" in f for f in findings)
+    assert any("does not broadcast" in f for f in findings)
+    r = cli("check-trt", bad)
+    assert r.code == 9 and r.err.count("\n") == 1
+
+
+def test_check_trt_knows_release_differences(hardened):
+    path = hardened("vit", "dynamo-20-folded")  # opset 20 with Gelu and LayerNormalization ops
+    old = [str(f) for f in check_trt(load_model(path), "8.5") if f.level == "error"]
+    assert any("opset 20" in f for f in old) and any("(Gelu)" in f for f in old)
+    assert "10.1" in versions()
+
+
+def test_fp16_check_flags_overflowing_constants(hardened, tmp_path):
+    import onnx_ir as ir
+
+    m = ir.load(hardened("resnet", "legacy-17-folded"))
+    t = next(v for name, v in m.graph.initializers.items() if name.endswith("/threshold"))
+    t.const_value = ir.tensor(t.const_value.numpy() * 0 + 1e6)
+    bad = tmp_path / "big.onnx"
+    ir.save(m, bad)
+    assert any("overflows fp16" in str(f) for f in check_trt(load_model(bad), fp16=True))
+    assert not any("overflows fp16" in str(f) for f in check_trt(load_model(bad), fp16=False))
+
+
+@pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed on this machine (cannot be: see README)")
+def test_engine_builds_where_tensorrt_exists(hardened, tmp_path):
+    from mstransform.runtime.trt_engine import build_engine, parse_shapes
+
+    plan = tmp_path / "m.plan"
+    build_engine(hardened("resnet", "legacy-17-folded"), plan,
+                 profile=parse_shapes("1/4/8", {"input": (None, 1, 16, 16)}))
+    assert plan.stat().st_size > 0
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: the missing-dependency message cannot be shown")
+def test_engine_without_tensorrt_says_how_to_install(hardened, tmp_path, cli):
+    r = cli("engine", hardened("resnet", "legacy-17-folded"), "-o", tmp_path / "m.plan", "--shapes", "1/8/64")
+    assert r.code == 8 and "pip install tensorrt" in r.err and r.err.count("\n") == 1
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_run_reports_cpu_and_accuracy(cli):
+    r = cli("run", EXAMPLE / "model.onnx", "--data", EXAMPLE / "test.npz", "--limit", "500")
+    assert r.code == 0, r.err
+    assert r.out.startswith("provider: CPUExecutionProvider")
+    acc = float(r.out.split("accuracy ")[1].split("%")[0])
+    assert 80 < acc <= 100
+
+
+def test_run_writes_predictions(cli, tmp_path):
+    out = tmp_path / "p.npy"
+    r = cli("run", EXAMPLE / "model.onnx", "--data", EXAMPLE / "calib.npz", "--limit", "10", "-o", out)
+    assert r.code == 0 and np.load(out, allow_pickle=False).shape == (10,)
+
+
+def test_parse_shapes():
+    from mstransform.errors import UsageError
+    from mstransform.runtime.trt_engine import parse_shapes
+
+    p = parse_shapes("1/8/64", {"input": (None, 3, 224, 224)})
+    assert p.shapes["input"] == ((1, 3, 224, 224), (8, 3, 224, 224), (64, 3, 224, 224))
+    p = parse_shapes("x:1x3/2x3/4x3", {})
+    assert p.shapes["x"] == ((1, 3), (2, 3), (4, 3))
+    with pytest.raises(UsageError):
+        parse_shapes("8/1/64", {"input": (None, 3)})
