@@ -243,7 +243,14 @@ class DataSource:
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+def _magic(path: Path, expected: bytes, kind: str) -> None:
+    with open(path, "rb") as f:
+        if f.read(len(expected)) != expected:
+            raise DataError(f"cannot read data file {path}: not a {kind} file")
+
+
 def _load_npy(path: Path) -> np.ndarray:
+    _magic(path, b"\x93NUMPY", ".npy")
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r")
     except ValueError as e:
@@ -255,6 +262,7 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    _magic(path, b"PK\x03\x04", ".npz (zip)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}

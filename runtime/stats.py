@@ -108,6 +108,8 @@ class Stats:
     @classmethod
     def load(cls, path: str | Path) -> "Stats":
         path = Path(path)
+        if path.is_file() and not _is_zip(path):
+            raise StatsError(f"stats file {path} is not a readable .npz file (no zip header)")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
@@ -194,6 +196,11 @@ class Stats:
             lines.append(f"note: {len(zero)} site(s) have channels with zero variance (never sparsified): "
                          + ", ".join(zero[:5]) + (" ..." if len(zero) > 5 else ""))
         return "\n".join(lines)
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def load_stats(path: str | Path) -> Stats:

@@ -1,0 +1,239 @@
+"""Reliability: more bad inputs, interruption, zero-variance channels, property tests on random graphs."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from conftest import EXAMPLE
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mstransform as mst
+from mstransform.errors import OutputError
+from mstransform.runtime.moments import Moments
+
+MODEL = EXAMPLE / "model.onnx"
+CALIB = EXAMPLE / "calib.npz"
+
+
+def export(model: nn.Module, shape, path: Path) -> Path:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        torch.onnx.export(model.eval(), (torch.zeros(2, *shape),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def stats_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rel")
+    mst.calibrate(MODEL, CALIB, limit=256, progress=False).save(d / "stats.npz")
+    return d / "stats.npz"
+
+
+def more_bad_cases(tmp: Path, stats: Path):
+    """Bad inputs beyond tests/test_cli.py's table: (label, argv, exit code, words in the message)."""
+    raw = MODEL.read_bytes()
+    (tmp / "trunc.onnx").write_bytes(raw[: len(raw) // 2])
+    m = onnx.load(str(MODEL))
+    m.opset_import[0].version = 99
+    onnx.save(m, str(tmp / "opset99.onnx"))
+    export(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), (1, 28, 28), tmp / "linear.onnx")
+    with np.load(stats, allow_pickle=False) as z:
+        arr = {k: z[k] for k in z.files}
+    extra = dict(arr, site_names=np.append(arr["site_names"], "ghost"), site_feeds=np.append(arr["site_feeds"], "g"),
+                 site_kinds=np.append(arr["site_kinds"], "Relu"), site_axes=np.append(arr["site_axes"], 1),
+                 site_ranks=np.append(arr["site_ranks"], 4), site_dtypes=np.append(arr["site_dtypes"], "float32"),
+                 site_counts=np.append(arr["site_counts"], 10), **{"mean/7": arr["mean/0"], "var/7": arr["var/0"],
+                                                                  "absmax/7": arr["absmax/0"]})
+    np.savez(tmp / "extra.npz", **extra)
+    np.savez(tmp / "inf.npz", **dict(arr, **{"mean/3": np.full_like(arr["mean/3"], np.inf)}))
+    np.savez(tmp / "v2.npz", **dict(arr, version=np.array(2)))
+    (tmp / "text.npz").write_text("not a zip")
+    np.savez(tmp / "strings.npz", input=np.array([["a"] * 784] * 2).reshape(2, 1, 28, 28))
+    np.savez(tmp / "objdata.npz", input=np.array([object()] * 2, dtype=object))
+    (tmp / "imgs").mkdir()
+    (tmp / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    out = tmp / "o.onnx"
+    s = tmp / "s.npz"
+    return [
+        ("truncated ONNX", ["sites", tmp / "trunc.onnx"], 3, "not an ONNX model"),
+        ("unsupported opset", ["sites", tmp / "opset99.onnx"], 3, "opset 99"),
+        ("no activations", ["calibrate", tmp / "linear.onnx", "--data", CALIB, "-o", s], 3, "no sites"),
+        ("extra site in stats", [MODEL, "--stats", tmp / "extra.npz", "-o", out], 4, "lacks"),
+        ("Inf in stats", [MODEL, "--stats", tmp / "inf.npz", "-o", out], 4, "Inf"),
+        ("stats version", [MODEL, "--stats", tmp / "v2.npz", "-o", out], 4, "version 2"),
+        ("stats not a zip", [MODEL, "--stats", tmp / "text.npz", "-o", out], 4, "not a readable"),
+        ("merge stats of two models", ["stats", "merge", stats, tmp / "inf.npz", "-o", s], 4, "NaN or Inf"),
+        ("string data", ["calibrate", MODEL, "--data", tmp / "strings.npz", "-o", s], 5, "not numeric"),
+        ("pickled data", ["calibrate", MODEL, "--data", tmp / "objdata.npz", "-o", s], 5, "object arrays"),
+        ("unreadable image", ["calibrate", MODEL, "--data", tmp / "imgs", "-o", s], 5, "cannot read image"),
+        ("data path missing", ["calibrate", MODEL, "--data", tmp / "none.npz", "-o", s], 5, "does not exist"),
+        ("batch size 0", ["calibrate", MODEL, "--data", CALIB, "--batch-size", "0", "-o", s], 5, "batch size"),
+        ("bad shard", ["calibrate", MODEL, "--data", CALIB, "--shard", "3/2", "-o", s], 2, "shard"),
+        ("bad axis override", ["sites", MODEL, "--axis", "/Relu=x"], 2, "integer axis"),
+        ("axis for unknown site", ["sites", MODEL, "--axis", "nosuch=1"], 2, "unknown site"),
+        ("unknown TensorRT version", ["check-trt", MODEL, "--trt-version", "1.0"], 2, "trt-version"),
+        ("stats output equals data", ["calibrate", MODEL, "--data", CALIB, "-o", CALIB], 6, "is the input"),
+    ]
+
+
+def test_more_bad_inputs(cli, tmp_path, stats_file):
+    before = MODEL.read_bytes()
+    for label, argv, code, words in more_bad_cases(tmp_path, stats_file):
+        listing = set(os.listdir(tmp_path))
+        r = cli(*argv)
+        assert r.code == code, f"{label}: exit {r.code}, {r.err!r}"
+        lines = r.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mstransform: error:"), f"{label}: {r.err!r}"
+        assert words.lower() in lines[0].lower(), f"{label}: {lines[0]!r}"
+        assert set(os.listdir(tmp_path)) == listing, f"{label}: left {set(os.listdir(tmp_path)) - listing}"
+    assert MODEL.read_bytes() == before
+
+
+def test_debug_shows_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mstransform.tools.cli", "--debug", "sites", str(tmp_path / "x.onnx")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_nan_in_data_names_the_sample(tmp_path, cli):
+    x = np.zeros((10, 1, 28, 28), np.float32)
+    x[6, 0, 3, 3] = np.inf
+    np.savez(tmp_path / "d.npz", input=x)
+    r = cli("calibrate", MODEL, "--data", tmp_path / "d.npz", "--batch-size", "4", "-o", tmp_path / "s.npz")
+    assert r.code == 5 and "sample 6" in r.err
+
+
+def test_disk_full_maps_to_output_error(tmp_path, monkeypatch):
+    from mstransform.tools import atomic
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    with pytest.raises(OutputError, match="disk full"):
+        with atomic.atomic_output(tmp_path / "x.npz") as tmp:
+            tmp.write_bytes(b"data")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_calibration_leaves_nothing(sig, tmp_path):
+    big = tmp_path / "big.npz"
+    np.savez(big, input=np.random.default_rng(0).integers(0, 255, (20000, 1, 28, 28), dtype=np.uint8))
+    out = tmp_path / "stats.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "mstransform.tools.cli", "calibrate", str(MODEL), "--data", str(big),
+                             "--batch-size", "1", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(4.0)
+    assert proc.poll() is None, "calibration finished before it could be interrupted"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and ("interrupted" in err or "terminated" in err), err
+    assert sorted(os.listdir(tmp_path)) == ["big.npz"]
+
+
+def test_zero_variance_channel_is_left_alone(tmp_path):
+    path = export(nn.ReLU(), (3, 4, 4), tmp_path / "relu.onnx")
+    x = np.random.default_rng(1).standard_normal((16, 3, 4, 4)).astype(np.float32)
+    x[:, 0] = 0.25  # channel 0 is constant: variance 0
+    stats = mst.calibrate(path, {"input": x}, progress=False)
+    (s,) = stats.sites.values()
+    assert s.moments.var[0] == 0
+    out = tmp_path / "h.onnx"
+    mst.harden(path, stats, alpha=0.5, output=out)
+    import onnxruntime as ort
+
+    probe = x.copy()
+    probe[:, 0] = 0.25 + np.linspace(-1e-3, 1e-3, 16)[:, None, None]
+    y = ort.InferenceSession(str(out)).run(None, {"input": probe})[0]
+    np.testing.assert_array_equal(y[:, 0], np.maximum(probe[:, 0], 0))  # untouched: threshold 0, strict <
+    assert not np.array_equal(y[:, 1:], np.maximum(probe[:, 1:], 0))
+
+
+# -- property tests over random small graphs -------------------------------------------------
+
+ACTS = [nn.ReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.ELU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Mish, nn.Softplus,
+        nn.SELU, nn.ReLU6]
+
+
+@st.composite
+def graphs(draw):
+    conv = draw(st.booleans())
+    depth = draw(st.integers(1, 3))
+    acts = [draw(st.sampled_from(ACTS)) for _ in range(depth)]
+    widths = [draw(st.integers(2, 6)) for _ in range(depth)]
+    layers, c = [], 2
+    for act, w in zip(acts, widths):
+        layers += [nn.Conv2d(c, w, 3, padding=1) if conv else nn.Linear(c, w), act()]
+        c = w
+    torch.manual_seed(draw(st.integers(0, 1000)))
+    model = nn.Sequential(*layers)
+    shape = (2, 5, 5) if conv else (draw(st.integers(1, 4)), 2)
+    n = draw(st.integers(5, 20))
+    splits = draw(st.integers(1, n))
+    return model, shape, depth, n, splits, draw(st.integers(0, 2**16))
+
+
+PROPS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@PROPS
+@given(graphs())
+def test_random_graphs_properties(tmp_path, case):
+    model, shape, depth, n, batch, seed = case
+    path = export(model, shape, tmp_path / f"g{seed}.onnx")
+    x = np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
+    table = mst.find_sites(path)
+    assert len(table) == depth
+    stats = mst.calibrate(path, {"input": x}, batch_size=batch, progress=False)
+    # alpha = 0 is the identity, bit for bit
+    a0 = tmp_path / f"a0-{seed}.onnx"
+    mst.harden(path, stats, alpha=0.0, output=a0)
+    import onnxruntime as ort
+
+    run = lambda p: ort.InferenceSession(str(p)).run(None, {"input": x})[0]  # noqa: E731
+    assert np.array_equal(run(a0), run(path))
+    # every operator equals the numpy reference (checked on the probe batch by the verifier)
+    out1, out2 = tmp_path / f"h1-{seed}.onnx", tmp_path / f"h2-{seed}.onnx"
+    rep = mst.harden(path, stats, alpha=0.3, output=out1, probe={"input": x[:4]})
+    assert rep.verify.max_abs_diff == 0.0
+    # the transform is deterministic: same bytes twice
+    mst.harden(path, stats, alpha=0.3, output=out2, probe={"input": x[:4]})
+    assert out1.read_bytes() == out2.read_bytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 5), st.data())
+def test_moments_merge_associative_and_one_pass(n, channels, data):
+    rng = np.random.default_rng(n * 7 + channels)
+    x = (rng.standard_normal((n, channels, 3)) * rng.uniform(0.1, 10, channels)[None, :, None]
+         + rng.uniform(-5, 5, channels)[None, :, None])
+    cuts = sorted(data.draw(st.lists(st.integers(0, n), max_size=4)))
+    parts = [x[a:b] for a, b in zip([0, *cuts], [*cuts, n])]
+    ms = [Moments.of_batch(p, 1) for p in parts]
+    left = Moments.empty(channels)
+    for m in ms:
+        left = left.merge(m)
+    right = Moments.empty(channels)
+    for m in reversed(ms):
+        right = m.merge(right)
+    one = Moments.of_batch(x, 1)
+    for m in (left, right):
+        assert m.count == one.count
+        np.testing.assert_allclose(m.mean, x.mean(axis=(0, 2)), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(m.var, x.var(axis=(0, 2)), rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(m.absmax, one.absmax)
