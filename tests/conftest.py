@@ -76,3 +76,18 @@ def run_cli(*args) -> CLIResult:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def check_bad_inputs(cases, folder: Path, protected: list[Path]) -> None:
+    """Each case must fail with its exit code and one line naming the problem, leaving no file and inputs intact."""
+    before = {p: p.read_bytes() for p in protected}
+    for label, argv, code, words in cases:
+        listing = set(os.listdir(folder))
+        r = run_cli(*argv)
+        assert r.code == code, f"{label}: exit {r.code}, stderr {r.err!r}"
+        lines = r.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mstransform: error:"), f"{label}: {r.err!r}"
+        assert words.lower() in lines[0].lower(), f"{label}: {lines[0]!r}"
+        assert "Traceback" not in r.err
+        assert set(os.listdir(folder)) == listing, f"{label}: left files {set(os.listdir(folder)) - listing}"
+    assert all(p.read_bytes() == b for p, b in before.items()), "an input file was modified"
