@@ -178,6 +178,24 @@ class Stats:
             merged[name] = SiteStats(s.name, s.feed, s.kind, s.axis, s.rank, s.dtype, s.moments.merge(o.moments))
         return Stats(self.fingerprint, self.placement, merged, self.samples + other.samples, self.selection)
 
+    def aligned_to(self, sites: list[tuple[str, str, int | None]]) -> "Stats | None":
+        """These stats renamed to ``sites`` (name, kind, channels) when names differ but the
+        sequences agree site by site in kind and channel count; None when they do not.
+
+        This is the documented fallback between an FX graph and its ONNX export when the
+        exporter's optimizer renamed a node (e.g. ``elu`` -> ``node_Elu_13``).
+        """
+        mine = list(self.sites.values())
+        if len(mine) != len(sites):
+            return None
+        for s, (_, kind, channels) in zip(mine, sites):
+            if s.kind != kind or (channels not in (None, -1) and s.channels != channels):
+                return None
+        renamed = {}
+        for s, (name, _, _) in zip(mine, sites):
+            renamed[name] = SiteStats(name, s.feed, s.kind, s.axis, s.rank, s.dtype, s.moments)
+        return Stats(self.fingerprint, self.placement, renamed, self.samples, self.selection)
+
     def summary(self) -> str:
         """What ``mstransform stats inspect`` prints."""
         lines = [f"format {FORMAT} v{VERSION}; model fingerprint {self.fingerprint}; placement {self.placement}",

@@ -60,6 +60,7 @@ def load_model(model: str | Path | ir.Model) -> ir.Model:
         raise ModelError(f"{path} is a malformed ONNX model: {str(e).splitlines()[0]}") from None
     ir.external_data.set_base_dir(m.graph, path.parent)
     m.meta["mstransform.path"] = str(path)
+    _name_after_outputs(m)
     NameFixPass()(m)
     annotated = {id(v) for v in _all_values(m) if v.type is not None or v.shape is not None}
     ShapeInferencePass(strict_mode=False)(m)
@@ -70,6 +71,27 @@ def load_model(model: str | Path | ir.Model) -> ir.Model:
 
 
 INFERRED = "mstransform.inferred"
+
+
+def _name_after_outputs(m: ir.Model) -> None:
+    """Give unnamed nodes the dynamo exporter's convention, ``node_<first output>``.
+
+    The dynamo exporter names nodes ``node_<fx name>``, but nodes it inlines from
+    onnxscript functions come out unnamed or as ``n4``, ``n0_2``; their outputs still carry
+    the FX names, so this keeps site names equal to the FX pass's. Names already taken are
+    left as they are (NameFixPass fills the rest).
+    """
+    import re
+
+    generic = re.compile(r"n\d+(_\d+)*")
+    taken = {n.name for n in m.graph if n.name}
+    for node in m.graph:
+        unnamed = not node.name or generic.fullmatch(node.name)
+        if unnamed and node.outputs and node.outputs[0].name:
+            candidate = f"node_{node.outputs[0].name}"
+            if candidate not in taken:
+                node.name = candidate
+                taken.add(candidate)
 
 
 def _all_values(m: ir.Model):
@@ -102,7 +124,15 @@ def find_sites(model, placement: Placement | str = "activations", *, include=Non
 def calibrate(model, data, *, placement="activations", include=None, exclude=None, include_se=False, axes=None,
               batch_size: int = 64, limit: int | None = None, preprocess: Preprocess | None = None,
               progress: bool = True, threads: int | None = None, shard: tuple[int, int] | None = None) -> Stats:
-    """Measure per-site statistics of ``model`` on clean ``data``; returns :class:`Stats`."""
+    """Measure per-site statistics of ``model`` on clean ``data``; returns :class:`Stats`.
+
+    ``model`` is an ONNX path or ``onnx_ir`` model, or a torch ``nn.Module`` /
+    ``torch.export`` program (then ``data`` is a tensor, array or iterable of batches).
+    """
+    if _is_torch(model):
+        from mstransform.passes.fx import calibrate_fx
+
+        return calibrate_fx(model, data, placement=placement, batch_size=batch_size, include_se=include_se)
     m = load_model(model)
     table = find_sites(m, placement, include=include, exclude=exclude, include_se=include_se, axes=axes)
     selection = {"include": include, "exclude": exclude, "include_se": include_se, "axes": axes or {}}
@@ -135,9 +165,18 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | list[str] = 0.2, 
            probe: dict[str, np.ndarray] | None = None, verify: bool = True, threads: int | None = None) -> HardenReport:
     """Insert the sparsify operator at every site of ``stats`` and (if ``output``) write and verify the model.
 
+    For a torch ``nn.Module`` or ``torch.export`` program, returns a hardened ``GraphModule``
+    (see :func:`mstransform.passes.fx.harden_fx`) instead of a report.
+
     ``alpha`` is one number, or a list of ``--alpha`` strings (one plain number and
     ``SITE_PATTERN=NUMBER`` overrides). The input file is never modified.
     """
+    if _is_torch(model):
+        from mstransform.passes.fx import harden_fx
+
+        if not isinstance(stats, Stats):
+            stats = load_stats(stats)
+        return harden_fx(model, stats, alpha=float(alpha), mode=mode, center=center)
     source_path = None if isinstance(model, ir.Model) else Path(model)
     if output is not None:
         output = check_output_path(output, source_path)
@@ -146,13 +185,18 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | list[str] = 0.2, 
     base, overrides = parse_alpha_specs(alpha)
     m = load_model(model)
     fp = fingerprint(m)
-    if fp != stats.fingerprint and not ignore_fingerprint:
+    from_fx = (stats.selection or {}).get("framework") == "fx"  # names carry over; tensor names do not
+    if fp != stats.fingerprint and not ignore_fingerprint and not from_fx:
         raise StatsError(f"stats were measured on another model (fingerprint {stats.fingerprint}, this model {fp}); "
                          "calibrate this model or pass --ignore-fingerprint")
     sel = stats.selection or {}
     table = find_sites(m, stats.placement, include=sel.get("include"), exclude=sel.get("exclude"),
                        include_se=bool(sel.get("include_se")), axes=sel.get("axes") or None)
     by_name = table.by_name()
+    if from_fx and set(stats.sites) != set(by_name):
+        aligned = stats.aligned_to([(t.name, t.kind, t.channels if isinstance(t.channels, int) else None)
+                                    for t in table])
+        stats = aligned or stats
     extra = [n for n in stats.sites if n not in by_name]
     if extra:
         raise StatsError(f"stats hold site {extra[0]!r} that this model lacks ({len(extra)} in all); "
@@ -165,7 +209,7 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | list[str] = 0.2, 
     plan = []
     for s in plan_sites:
         st = stats.sites[s.name]
-        if st.feed != s.feed_name:
+        if st.feed != s.feed_name and not from_fx:
             raise StatsError(f"site {s.name!r} guards tensor {s.feed_name!r} but the stats measured {st.feed!r}")
         if s.channels is not None and isinstance(s.channels, int) and s.channels != st.channels:
             raise StatsError(f"site {s.name!r} has {s.channels} channels but its stats have {st.channels}")
@@ -192,6 +236,11 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | list[str] = 0.2, 
             _remove_output(output)
             raise
     return report
+
+
+def _is_torch(model) -> bool:
+    mod = type(model).__module__
+    return mod.startswith("torch") or hasattr(model, "named_modules")
 
 
 def _selected(site, include, exclude) -> bool:
