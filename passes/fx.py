@@ -88,7 +88,7 @@ def to_graph_module(model, example: tuple | None = None) -> tuple[fx.GraphModule
     if isinstance(model, torch.export.ExportedProgram):
         return model.module(), True
     if isinstance(model, fx.GraphModule):
-        gm, exported = model, any("val" in n.meta for n in model.graph.nodes)
+        gm, exported = model, any("val" in n.meta or "example_value" in n.meta for n in model.graph.nodes)
     else:
         gm, exported = fx.symbolic_trace(model), False
     if example is not None and not exported:
@@ -99,7 +99,7 @@ def to_graph_module(model, example: tuple | None = None) -> tuple[fx.GraphModule
 
 
 def _shape(node) -> tuple[int, ...] | None:
-    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    val = (node.meta.get("val", node.meta.get("example_value")) if isinstance(node, fx.Node) else None)
     if val is not None and hasattr(val, "shape"):
         return tuple(int(d) if isinstance(d, int) else -1 for d in val.shape)
     tm = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
@@ -294,3 +294,23 @@ def _batches(data, batch_size: int):
         return
     for item in data:
         yield torch.as_tensor(item) if not isinstance(item, torch.Tensor) else item
+
+
+def meansparse_backend(stats, alpha: float = 0.2, *, mode: str = "meansparse", center: str = "mean", inner=None):
+    """A ``torch.compile`` backend that hardens the captured graph, then hands it to Inductor.
+
+    ``torch.compile(model, backend=meansparse_backend(stats, alpha=0.2))``. Dynamo's node
+    names differ from ``torch.export``'s, so stats are matched by position (kind and channel
+    count must agree site by site; see :meth:`Stats.aligned_to`); a graph break that splits
+    the sites across graphs is refused with that message. ``inner`` defaults to Inductor.
+    """
+
+    def backend(gm: fx.GraphModule, example_inputs):
+        hardened = harden_fx(gm, stats, alpha, mode=mode, center=center)
+        if inner is not None:
+            return inner(hardened, example_inputs)
+        from torch._inductor.compile_fx import compile_fx
+
+        return compile_fx(hardened, example_inputs)
+
+    return backend

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+CHUNK_ELEMENTS = 1 << 15  # float64 temporaries of 256 KiB: they stay in cache
+
+
 @dataclass
 class Moments:
     count: int
@@ -35,19 +38,28 @@ class Moments:
 
     @classmethod
     def of_batch(cls, x: np.ndarray, axis: int) -> "Moments":
-        """Moments of one batch ``x`` per channel along ``axis``."""
-        axes = tuple(i for i in range(x.ndim) if i != axis)
+        """Moments of one batch ``x`` per channel along ``axis``.
+
+        Two passes, both exact in float64: the channel sums (cast on the fly, no float64
+        copy of the batch), then squared deviations from the batch mean over cache-sized
+        chunks, so the float64 temporaries stay small.
+        """
         channels = x.shape[axis]
-        n = x.size // channels if channels else 0
-        if n == 0:
+        pre = int(np.prod(x.shape[:axis], dtype=np.int64))
+        post = int(np.prod(x.shape[axis + 1:], dtype=np.int64))
+        n = pre * post
+        if n == 0 or channels == 0:
             return cls.empty(channels)
-        w = x.astype(np.float64)  # exact: every float32/float16 value is a float64
-        mean = w.sum(axis=axes) / n
-        bshape = [1] * x.ndim
-        bshape[axis] = channels
-        w -= mean.reshape(bshape)
-        m2 = np.einsum(_einsum_spec(x.ndim, axis), w, w)
-        absmax = np.maximum(x.max(axis=axes), -x.min(axis=axes)).astype(np.float64)
+        xr = x.reshape(pre, channels, post)
+        mean = xr.sum(axis=(0, 2), dtype=np.float64) / n
+        m2 = np.zeros(channels)
+        step = max(1, CHUNK_ELEMENTS // (channels * post))
+        centre = mean[None, :, None]
+        for i in range(0, pre, step):
+            d = xr[i:i + step].astype(np.float64)
+            d -= centre
+            m2 += np.einsum("acb,acb->c", d, d)
+        absmax = np.maximum(xr.max(axis=(0, 2)), -xr.min(axis=(0, 2))).astype(np.float64)
         return cls(n, mean, m2, absmax)
 
     def merge(self, other: "Moments") -> "Moments":
@@ -64,8 +76,3 @@ class Moments:
         m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / total)
         return Moments(total, mean, m2, np.maximum(self.absmax, other.absmax))
 
-
-def _einsum_spec(ndim: int, axis: int) -> str:
-    """``sum over all axes but axis of a*b``, e.g. ``abcd,abcd->b``."""
-    letters = "abcdefghijklmnop"[:ndim]
-    return f"{letters},{letters}->{letters[axis]}"

@@ -316,6 +316,22 @@ COMMANDS = {"sites": cmd_sites, "calibrate": cmd_calibrate, "stats": cmd_stats, 
             "check-trt": cmd_check_trt, "engine": cmd_engine, "run": cmd_run}
 
 
+GLOBAL_VALUED = {"--threads"}
+
+
+def _first_positional(argv: list[str]) -> int | None:
+    """Index of the first positional argument, skipping global options and their values."""
+    i = 0
+    while i < len(argv):
+        if argv[i] in GLOBAL_VALUED:
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
+
+
 def _on_sigterm(signum, frame):
     raise Interrupted("terminated (SIGTERM); no partial output was left")
 
@@ -323,9 +339,9 @@ def _on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    first = next((x for x in argv if not x.startswith("-")), None)
-    if first is not None and first not in SUBCOMMANDS and not any(x in argv for x in ("-h", "--help", "--version")):
-        argv.insert(argv.index(first), "harden")
+    first = _first_positional(argv)
+    if first is not None and argv[first] not in SUBCOMMANDS and not any(x in argv for x in ("-h", "--help", "--version")):
+        argv.insert(first, "harden")
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args = build_parser().parse_args(argv)
