@@ -8,6 +8,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[cpu,torch,dev,eval]'
+	# torchattacks declares torchvision, which would pull a CUDA torch; it runs without it (PGD only)
+	$(PY) -m pip install -q --no-deps torchattacks==3.5.1
 	touch $@
 
 install: $(VENV)/.installed

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mstransform.errors import Interrupted, MstError, UsageError
 
-SUBCOMMANDS = ("sites", "calibrate", "stats", "harden", "check-trt", "engine", "run")
+SUBCOMMANDS = ("sites", "calibrate", "stats", "harden", "check-trt", "engine", "run", "eval", "sweep", "plot")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -156,7 +156,59 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p, required=True)
     p.add_argument("--providers", help="comma-separated ONNX Runtime providers (default: TensorRT > CUDA > CPU)")
     p.add_argument("-o", "--output", help="write predictions (.npy)")
+
+    p = sub.add_parser("eval", help="clean, white-box, black-box and straight-through accuracy, side by side")
+    p.add_argument("models", nargs="+", help="ONNX models (base first, then hardened ones)")
+    p.add_argument("--data", required=True, help="labelled data in [0,1] after scaling (.npz with 'labels')")
+    _add_attack(p)
+    p.add_argument("--attacks", default=",".join(("apgd-ce", "apgd-dlr", "pgd", "square", "bpda")))
+    p.add_argument("--json", help="write the results as JSON")
+    p.add_argument("--csv", help="write the results as CSV")
+
+    p = sub.add_parser("sweep", help="choose alpha on a held-out split of the training data")
+    p.add_argument("model")
+    p.add_argument("--stats", required=True)
+    p.add_argument("--data", required=True, help="held-out TRAINING split with labels (never the test set)")
+    p.add_argument("--alphas", default="0.05,0.1,0.15,0.2,0.3,0.5")
+    p.add_argument("--max-clean-drop", type=float, default=0.5, help="clean-accuracy budget in points (default 0.5)")
+    _add_attack(p)
+    p.add_argument("--plot", help="PNG of clean, standard-robust and BPDA-robust accuracy against alpha")
+    p.add_argument("--json")
+    p.add_argument("--csv")
+
+    p = sub.add_parser("plot", help="feature histogram of one site/channel before and after the operator")
+    p.add_argument("model")
+    p.add_argument("--stats", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--site", required=True)
+    p.add_argument("--channel", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=0.2)
+    p.add_argument("--limit", type=int, default=512)
+    p.add_argument("-o", "--output", required=True, help="PNG file")
     return parser
+
+
+def _add_attack(p):
+    p.add_argument("--eps", type=float, default=0.1, help="perturbation budget (pixel scale [0,1]; default 0.1)")
+    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
+    p.add_argument("-n", "--images", type=int, default=500, help="number of images (default 500)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--apgd-iters", type=int, default=100)
+    p.add_argument("--pgd-steps", type=int, default=20)
+    p.add_argument("--square-queries", type=int, default=1000)
+
+
+def _attack_config(a, attacks=None):
+    from mstransform.runtime.robustness import AttackConfig
+
+    return AttackConfig(eps=a.eps, norm=a.norm, n=a.images, batch_size=a.batch_size, seed=a.seed,
+                        apgd_iters=a.apgd_iters, pgd_steps=a.pgd_steps, square_queries=a.square_queries,
+                        attacks=tuple(attacks or ()))
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def cmd_sites(a) -> int:
@@ -312,8 +364,97 @@ def cmd_run(a) -> int:
     return 0
 
 
+def cmd_eval(a) -> int:
+    from mstransform.runtime.robustness import evaluate_model, format_table, load_labelled, write_reports
+    from mstransform.runtime.session import input_specs
+    from mstransform.tools import api
+    from mstransform.tools.atomic import check_output_path
+
+    for out in (a.json, a.csv):
+        if out:
+            check_output_path(out, *a.models, a.data)
+    cfg = _attack_config(a, [x.strip() for x in a.attacks.split(",") if x.strip()])
+    specs = input_specs(api.load_model(a.models[0]))
+    x, y = load_labelled(a.data, specs, cfg.n)
+    t0 = time.perf_counter()
+    results = [evaluate_model(Path(m).stem, m, x, y, cfg, progress=_say, threads=a.threads) for m in a.models]
+    print(f"{cfg.norm} eps={cfg.eps:g}, {len(x)} images from {a.data}, seed {cfg.seed}; accuracy in %; "
+          f"every figure measured by ONNX Runtime on the .onnx file ({time.perf_counter() - t0:.0f} s)")
+    print(format_table(results))
+    write_reports(results, cfg, a.json, a.csv)
+    return 0
+
+
+def cmd_sweep(a) -> int:
+    from mstransform.runtime.robustness import choose_alpha, plot_sweep
+    from mstransform.runtime.stats import load_stats
+    from mstransform.runtime.sweep import sweep
+    from mstransform.tools.atomic import atomic_output, check_output_path
+
+    for out in (a.plot, a.json, a.csv):
+        if out:
+            check_output_path(out, a.model, a.data, a.stats)
+    alphas = [float(v) for v in _floats(a.alphas)]
+    from mstransform.runtime.thresholds import check_alpha
+
+    for v in alphas:
+        check_alpha(v)
+    stats = load_stats(a.stats)
+    cfg = _attack_config(a, ("apgd-ce", "bpda"))
+    t0 = time.perf_counter()
+    rows = sweep(a.model, stats, a.data, alphas, cfg, progress=_say, threads=a.threads)
+    alpha, reason = choose_alpha(rows, a.max_clean_drop)
+    print(f"sweep on {a.data} ({cfg.n} images, {cfg.norm} eps={cfg.eps:g}, APGD-CE {cfg.apgd_iters} iterations), "
+          f"{time.perf_counter() - t0:.0f} s")
+    print(f"{'alpha':>6}  {'clean':>6}  {'APGD-CE':>7}  {'BPDA':>6}  {'worst':>6}")
+    for r in rows:
+        print(f"{r.alpha:>6g}  {r.clean:6.2f}  {r.standard:7.2f}  {r.bpda:6.2f}  {r.robust:6.2f}")
+    print(f"chosen: {reason}")
+    if alpha > 0:
+        print(f"apply: mstransform {a.model} --stats {a.stats} --alpha {alpha:g}")
+    if a.plot:
+        plot_sweep(rows, a.plot, f"{Path(a.model).name}: alpha sweep on {Path(a.data).name}")
+        print(f"wrote {a.plot}")
+    import json
+
+    payload = {"rows": [r.__dict__ for r in rows], "chosen_alpha": alpha, "reason": reason,
+               "max_clean_drop": a.max_clean_drop, "config": cfg.__dict__}
+    if a.json:
+        with atomic_output(a.json) as tmp:
+            Path(tmp).write_text(json.dumps(payload, indent=2, default=list) + "\n")
+    if a.csv:
+        with atomic_output(a.csv) as tmp:
+            Path(tmp).write_text("alpha,clean,apgd_ce,bpda,worst\n" + "".join(
+                f"{r.alpha:g},{r.clean:.2f},{r.standard:.2f},{r.bpda:.2f},{r.robust:.2f}\n" for r in rows))
+    return 0
+
+
+def cmd_plot(a) -> int:
+    import numpy as np
+
+    from mstransform.runtime.histogram import plot_histogram, site_channel_values
+    from mstransform.runtime.stats import load_stats
+    from mstransform.runtime.thresholds import check_alpha
+    from mstransform.tools.atomic import check_output_path
+
+    out = check_output_path(a.output, a.model, a.data, a.stats)
+    alpha = check_alpha(a.alpha)
+    stats = load_stats(a.stats)
+    if a.site not in stats.sites:
+        raise UsageError(f"the stats have no site {a.site!r}; `mstransform stats inspect` lists them")
+    s = stats.sites[a.site]
+    if not 0 <= a.channel < s.channels:
+        raise UsageError(f"site {a.site!r} has {s.channels} channels; --channel {a.channel} is out of range")
+    values, _ = site_channel_values(a.model, a.site, a.channel, a.data, a.limit)
+    mean, sigma = float(s.moments.mean[a.channel]), float(np.sqrt(s.moments.var[a.channel]))
+    frac = plot_histogram(values, mean, sigma, alpha, out, f"{a.site}, channel {a.channel}, alpha {alpha:g}")
+    print(f"{len(values)} values; {100 * frac:.1f}% fall in the blocked band; wrote {out}")
+    return 0
+
+
 COMMANDS = {"sites": cmd_sites, "calibrate": cmd_calibrate, "stats": cmd_stats, "harden": cmd_harden,
-            "check-trt": cmd_check_trt, "engine": cmd_engine, "run": cmd_run}
+            "check-trt": cmd_check_trt, "engine": cmd_engine, "run": cmd_run, "eval": cmd_eval, "sweep": cmd_sweep,
+            "plot": cmd_plot}
 
 
 GLOBAL_VALUED = {"--threads"}

@@ -1,0 +1,255 @@
+"""Robustness evaluation of ONNX models: standard, black-box and straight-through, side by side.
+
+Every accuracy is measured by ONNX Runtime on the deployed ``.onnx`` file. Gradients for
+white-box attacks come from the differentiable twin (:mod:`mstransform.runtime.twin`),
+checked against ONNX Runtime first. Attacks come from libraries, not from here:
+APGD-CE, APGD-DLR and Square from ``pyautoattack``, PGD from ``torchattacks``.
+
+* ``apgd-ce``, ``apgd-dlr``, ``pgd``: white-box through the twin's true gradient, which is
+  zero wherever a sparsify operator replaced a value (gradient masking);
+* ``square``: black-box, querying the ONNX Runtime session itself;
+* ``bpda``: APGD-CE through the twin with every sparsify operator's backward replaced by
+  the identity (straight-through): the adaptive attack RobustBench used on MeanSparse;
+* ``worst-case``: a sample counts as robust only if it survives every attack run.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mstransform.errors import DataError, DependencyError, UsageError
+
+ATTACKS = ("apgd-ce", "apgd-dlr", "pgd", "square", "bpda")
+
+
+@dataclass
+class AttackConfig:
+    eps: float = 0.1
+    norm: str = "Linf"
+    n: int = 500
+    batch_size: int = 250
+    seed: int = 0
+    apgd_iters: int = 100
+    pgd_steps: int = 20
+    square_queries: int = 1000
+    attacks: tuple[str, ...] = ATTACKS
+
+    def __post_init__(self):
+        if self.norm not in ("Linf", "L2"):
+            raise UsageError(f"--norm must be Linf or L2, not {self.norm!r}")
+        if not self.eps > 0:
+            raise UsageError(f"--eps must be > 0, got {self.eps}")
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown:
+            raise UsageError(f"unknown attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
+
+
+@dataclass
+class ModelResult:
+    label: str
+    path: str
+    n: int
+    twin_max_abs_diff: float
+    sites: int
+    accuracy: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def load_labelled(path, specs, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` samples scaled to [0, 1] and their labels (attacks assume that box)."""
+    from mstransform.runtime.data import DataSource
+
+    xs, ys = [], []
+    for batch in DataSource(path, specs, batch_size=max(1, min(n, 1000)), limit=n):
+        if batch.labels is None:
+            raise DataError(f"{path} has no labels; evaluation needs a 'labels' array")
+        xs.append(next(iter(batch.inputs.values())))
+        ys.append(batch.labels)
+    x, y = np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+    if x.min() < 0 or x.max() > 1:
+        raise DataError("evaluation data must lie in [0, 1] after scaling (attacks work in pixel space)")
+    return x, y
+
+
+class _OrtPredict:
+    """The ONNX Runtime session as a torch callable (for the black-box Square attack)."""
+
+    def __init__(self, session):
+        self.session, self.name = session, session.get_inputs()[0].name
+
+    def __call__(self, x):
+        import torch
+
+        out = self.session.run(None, {self.name: x.detach().cpu().numpy().astype(np.float32)})[0]
+        return torch.from_numpy(out)
+
+
+def _predict(session, x: np.ndarray, batch: int) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i:i + batch]})[0].argmax(1) for i in range(0, len(x), batch)])
+
+
+def _attack(name: str, twin, session, x, y, cfg: AttackConfig):
+    import torch
+
+    try:
+        from pyautoattack.autopgd_base import APGDAttack
+        from pyautoattack.square import SquareAttack
+    except ImportError:
+        raise DependencyError("pyautoattack is not installed: pip install 'mstransform[eval]'") from None
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    if name in ("apgd-ce", "apgd-dlr", "bpda"):
+        loss = "dlr" if name == "apgd-dlr" else "ce"
+        atk = APGDAttack(twin, n_iter=cfg.apgd_iters, norm=cfg.norm, eps=cfg.eps, seed=cfg.seed, loss=loss,
+                         device="cpu")
+        twin.straight_through = name == "bpda"
+        try:
+            return atk.perturb(xt, yt).detach().numpy()
+        finally:
+            twin.straight_through = False
+    if name == "pgd":
+        try:
+            import torchattacks
+        except ImportError:
+            raise DependencyError("torchattacks is not installed: pip install --no-deps torchattacks==3.5.1 scipy") from None
+        torch.manual_seed(cfg.seed)
+        atk = (torchattacks.PGD(twin, eps=cfg.eps, alpha=2.5 * cfg.eps / cfg.pgd_steps, steps=cfg.pgd_steps)
+               if cfg.norm == "Linf" else
+               torchattacks.PGDL2(twin, eps=cfg.eps, alpha=2.5 * cfg.eps / cfg.pgd_steps, steps=cfg.pgd_steps))
+        return atk(xt, yt).detach().numpy()
+    if name == "square":
+        atk = SquareAttack(_OrtPredict(session), norm=cfg.norm, n_queries=cfg.square_queries, eps=cfg.eps,
+                           seed=cfg.seed, device="cpu")
+        return atk.perturb(xt, yt).detach().numpy()
+    raise UsageError(f"unknown attack {name!r}")
+
+
+def _check_budget(adv: np.ndarray, x: np.ndarray, cfg: AttackConfig, name: str) -> None:
+    delta = (adv - x).reshape(len(x), -1)
+    size = np.abs(delta).max(1) if cfg.norm == "Linf" else np.sqrt((delta.astype(np.float64) ** 2).sum(1))
+    if np.any(size > cfg.eps * (1 + 1e-4) + 1e-6) or adv.min() < -1e-6 or adv.max() > 1 + 1e-6:
+        raise RuntimeError(f"attack {name} left the threat model (max size {size.max():.4g} > eps {cfg.eps})")
+
+
+def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, progress=None,
+                   threads: int | None = None) -> ModelResult:
+    import time
+
+    import torch
+
+    from mstransform.runtime.session import make_session
+    from mstransform.runtime.twin import OnnxTwin, check_twin
+
+    torch.manual_seed(cfg.seed)
+    session = make_session(path, threads=threads)
+    twin = OnnxTwin(path).eval()
+    diff = check_twin(twin, session, x[: min(len(x), 64)])
+    res = ModelResult(label, str(path), len(x), diff, len(twin.sparsify_inputs))
+    clean = _predict(session, x, cfg.batch_size) == y
+    res.accuracy["clean"] = 100.0 * clean.mean()
+    survivors = clean.copy()
+    for name in cfg.attacks:
+        if name == "bpda" and not twin.sparsify_inputs and "apgd-ce" in res.accuracy:
+            res.accuracy["bpda"] = res.accuracy["apgd-ce"]  # no operator: the same attack
+            continue
+        t0 = time.perf_counter()
+        correct = np.zeros(len(x), dtype=bool)
+        for i in range(0, len(x), cfg.batch_size):
+            xb, yb = x[i:i + cfg.batch_size], y[i:i + cfg.batch_size]
+            adv = _attack(name, twin, session, xb, yb, cfg).astype(np.float32)
+            _check_budget(adv, xb, cfg, name)
+            correct[i:i + len(xb)] = (_predict(session, adv, cfg.batch_size) == yb) & clean[i:i + len(xb)]
+        survivors &= correct
+        res.accuracy[name] = 100.0 * correct.mean()
+        res.seconds[name] = time.perf_counter() - t0
+        if progress:
+            progress(f"{label}: {name} {res.accuracy[name]:.2f}% ({res.seconds[name]:.0f} s)")
+    res.accuracy["worst-case"] = 100.0 * survivors.mean()
+    return res
+
+
+def format_table(results: list[ModelResult]) -> str:
+    cols = ["clean", *[a for a in ATTACKS if any(a in r.accuracy for r in results)], "worst-case"]
+    head = ["model", "n", *cols, "twin |diff|"]
+    rows = [[r.label, str(r.n), *[f"{r.accuracy[c]:.2f}" if c in r.accuracy else "-" for c in cols],
+             f"{r.twin_max_abs_diff:.1e}"] for r in results]
+    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths)))
+                     for row in [head, *rows])
+
+
+def write_reports(results: list[ModelResult], cfg: AttackConfig, json_path=None, csv_path=None, extra=None) -> None:
+    from mstransform.tools.atomic import atomic_output
+
+    if json_path:
+        payload = {"config": asdict(cfg), "results": [asdict(r) for r in results], **(extra or {})}
+        with atomic_output(json_path) as tmp:
+            Path(tmp).write_text(json.dumps(payload, indent=2) + "\n")
+    if csv_path:
+        keys = sorted({k for r in results for k in r.accuracy})
+        with atomic_output(csv_path) as tmp:
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["model", "path", "n", "eps", "norm", *keys])
+                for r in results:
+                    w.writerow([r.label, r.path, r.n, cfg.eps, cfg.norm, *[f"{r.accuracy.get(k, float('nan')):.2f}"
+                                                                          for k in keys]])
+
+
+@dataclass
+class SweepRow:
+    alpha: float
+    clean: float
+    standard: float  # APGD-CE through the true gradient
+    bpda: float  # APGD-CE straight-through
+
+    @property
+    def robust(self) -> float:
+        """The honest robust figure: the worse of the standard and the adaptive attack."""
+        return min(self.standard, self.bpda)
+
+
+def choose_alpha(rows: list[SweepRow], max_clean_drop: float = 0.5) -> tuple[float, str]:
+    """The alpha with the largest worst-case robust gain over alpha = 0 within the clean budget.
+
+    ``rows`` must contain alpha = 0 (the base model). Returns (alpha, reason); alpha 0
+    when no alpha improves the worst-case robust accuracy within the budget.
+    """
+    base = next((r for r in rows if r.alpha == 0), None)
+    if base is None:
+        raise UsageError("the sweep needs alpha 0 (the base model) as its reference")
+    allowed = [r for r in rows if base.clean - r.clean <= max_clean_drop + 1e-9]
+    best = max(allowed, key=lambda r: (round(r.robust - base.robust, 9), -r.alpha))
+    if best.alpha == 0 or best.robust <= base.robust:
+        return 0.0, (f"no alpha raises the worst-case robust accuracy (min of standard and straight-through) "
+                     f"within a {max_clean_drop:g}-point clean budget; keep the base model")
+    return best.alpha, (f"alpha {best.alpha:g}: worst-case robust {best.robust:.2f}% vs {base.robust:.2f}% "
+                        f"(+{best.robust - base.robust:.2f}), clean {best.clean:.2f}% vs {base.clean:.2f}%")
+
+
+def plot_sweep(rows: list[SweepRow], path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mstransform.tools.atomic import atomic_output
+
+    a = [r.alpha for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(a, [r.clean for r in rows], "o-", label="clean")
+    ax.plot(a, [r.standard for r in rows], "s-", label="APGD-CE (standard gradient)")
+    ax.plot(a, [r.bpda for r in rows], "^-", label="APGD-CE straight-through (BPDA)")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "MeanSparse alpha sweep (held-out training split)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,273 @@
+"""A differentiable PyTorch twin of an ONNX graph, for gradient-based attacks.
+
+The twin interprets the ONNX graph node by node with torch operations (weights become
+frozen parameters), so attacks get gradients of the exact artifact that is deployed.
+No converter package could be used here (onnx2torch and its forks require torchvision,
+which drags in a multi-GB CUDA build), so this covers the operator set of exported
+image classifiers and transformer blocks; an unknown op fails loudly by name.
+
+``straight_through = True`` gives every sparsify operator inserted by mstransform an
+identity backward (BPDA) while its forward values stay exactly those of the graph.
+:func:`check_twin` proves twin and ONNX Runtime agree before any attack runs.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mstransform.errors import ModelError, VerificationError
+
+PREFIX = "mstransform/"
+
+
+class _PassThrough(torch.autograd.Function):
+    """Forward: ``value``; backward: the gradient goes to ``x`` unchanged (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, value, x):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, grad
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _pads(attrs, rank):
+    pads = list(attrs.get("pads", [0] * (2 * rank)))
+    return pads[:rank], pads[rank:]
+
+
+def _conv(x, w, b=None, **a):
+    rank = w.ndim - 2
+    begin, end = _pads(a, rank)
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise ModelError("Conv with auto_pad is not supported by the twin; re-export with explicit pads")
+    if begin != end:
+        x = F.pad(x, [p for pair in zip(reversed(begin), reversed(end)) for p in pair])
+        begin = [0] * rank
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[rank]
+    return fn(x, w, b, stride=a.get("strides", 1), padding=begin, dilation=a.get("dilations", 1),
+              groups=a.get("group", 1))
+
+
+def _gemm(a_, b_, c=None, **a):
+    if a.get("transA", 0):
+        a_ = a_.t()
+    if a.get("transB", 0):
+        b_ = b_.t()
+    y = a.get("alpha", 1.0) * (a_ @ b_)
+    return y if c is None else y + a.get("beta", 1.0) * c
+
+
+def _pool(x, kind, **a):
+    k = a["kernel_shape"]
+    begin, end = _pads(a, len(k))
+    if begin != end or a.get("ceil_mode", 0):
+        raise ModelError(f"{kind} with asymmetric pads or ceil_mode is not supported by the twin")
+    if kind == "MaxPool":
+        return F.max_pool2d(x, k, a.get("strides", k), begin, a.get("dilations", 1))
+    return F.avg_pool2d(x, k, a.get("strides", k), begin, count_include_pad=bool(a.get("count_include_pad", 0)))
+
+
+def _reduce_mean(x, axes=None, **a):
+    if axes is None:
+        axes = a.get("axes")
+    axes = list(range(x.ndim)) if axes is None else [int(v) for v in (axes.tolist() if torch.is_tensor(axes) else axes)]
+    return x.mean(dim=axes, keepdim=bool(a.get("keepdims", 1)))
+
+
+def _clip(x, lo=None, hi=None, **a):
+    lo = a.get("min", lo) if lo is None else lo
+    hi = a.get("max", hi) if hi is None else hi
+    return torch.clamp(x, min=lo if lo is None or not torch.is_tensor(lo) else lo.item(),
+                       max=hi if hi is None or not torch.is_tensor(hi) else hi.item())
+
+
+def _reshape(x, shape, **a):
+    shape = [int(s) for s in shape.tolist()]
+    shape = [x.shape[i] if s == 0 and not a.get("allowzero", 0) else s for i, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
+def _slice(x, starts, ends, axes=None, steps=None, **a):
+    axes = list(range(len(starts))) if axes is None else axes.tolist()
+    steps = [1] * len(axes) if steps is None else steps.tolist()
+    idx = [slice(None)] * x.ndim
+    for s, e, ax, st in zip(starts.tolist(), ends.tolist(), axes, steps):
+        dim = x.shape[ax]
+        s, e = max(-dim, min(s, dim)), max(-dim - 1, min(e, dim))
+        idx[ax] = slice(s, e, st)
+    return x[tuple(idx)]
+
+
+def _split(x, split=None, **a):
+    axis = a.get("axis", 0)
+    if split is None:
+        n = a.get("num_outputs")
+        return torch.chunk(x, n, dim=axis)
+    return torch.split(x, split.tolist(), dim=axis)
+
+
+def _layer_norm(x, w, b=None, **a):
+    axis = a.get("axis", -1) % x.ndim
+    return F.layer_norm(x, x.shape[axis:], w, b, a.get("epsilon", 1e-5))
+
+
+def _gelu(x, **a):
+    approx = a.get("approximate", b"none")
+    approx = approx.decode() if isinstance(approx, bytes) else approx
+    return F.gelu(x, approximate=approx)
+
+
+def _hard_sigmoid(x, **a):
+    return torch.clamp(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1)
+
+
+def _softmax(x, **a):
+    return F.softmax(x, dim=a.get("axis", -1))
+
+
+def _unsqueeze(x, axes=None, **a):
+    axes = (a["axes"] if axes is None else axes.tolist())
+    for ax in sorted(int(v) % (x.ndim + len(axes)) for v in axes):
+        x = x.unsqueeze(ax)
+    return x
+
+
+def _squeeze(x, axes=None, **a):
+    axes = a.get("axes") if axes is None else axes.tolist()
+    if axes is None:
+        return x.squeeze()
+    for ax in sorted((int(v) % x.ndim for v in axes), reverse=True):
+        x = x.squeeze(ax)
+    return x
+
+
+def _transpose(x, **a):
+    return x.permute(*a.get("perm", list(reversed(range(x.ndim)))))
+
+
+CAST = {1: torch.float32, 10: torch.float16, 11: torch.float64, 7: torch.int64, 6: torch.int32, 9: torch.bool,
+        16: torch.bfloat16}
+
+OPS = {
+    "Conv": _conv, "Gemm": _gemm, "MatMul": torch.matmul, "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul,
+    "Div": lambda a, b: a / b if a.is_floating_point() or b.is_floating_point() else torch.div(a, b, rounding_mode="floor"),
+    "Pow": torch.pow, "Sqrt": torch.sqrt, "Erf": torch.erf, "Tanh": torch.tanh, "Sigmoid": torch.sigmoid,
+    "Exp": torch.exp, "Log": torch.log, "Abs": torch.abs, "Neg": torch.neg, "Sign": torch.sign,
+    "Relu": F.relu, "LeakyRelu": lambda x, **a: F.leaky_relu(x, a.get("alpha", 0.01)),
+    "Elu": lambda x, **a: F.elu(x, a.get("alpha", 1.0)), "Selu": lambda x, **a: F.selu(x),
+    "Celu": lambda x, **a: F.celu(x, a.get("alpha", 1.0)), "Gelu": _gelu, "HardSigmoid": _hard_sigmoid,
+    "HardSwish": F.hardswish, "Mish": F.mish, "Softplus": F.softplus, "Softsign": F.softsign,
+    "PRelu": lambda x, s: torch.where(x >= 0, x, x * s), "Clip": _clip,
+    "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge, "Equal": torch.eq,
+    "Not": torch.logical_not, "And": torch.logical_and, "Or": torch.logical_or, "Where": torch.where,
+    "Min": torch.minimum, "Max": torch.maximum,
+    "BatchNormalization": lambda x, s, b, m, v, **a: F.batch_norm(x, m, v, s, b, False, 0.0, a.get("epsilon", 1e-5)),
+    "LayerNormalization": _layer_norm, "GlobalAveragePool": lambda x: x.mean(dim=tuple(range(2, x.ndim)), keepdim=True),
+    "GlobalMaxPool": lambda x: x.amax(dim=tuple(range(2, x.ndim)), keepdim=True),
+    "ReduceMean": _reduce_mean, "MaxPool": lambda x, **a: _pool(x, "MaxPool", **a),
+    "AveragePool": lambda x, **a: _pool(x, "AveragePool", **a),
+    "Flatten": lambda x, **a: x.flatten(a.get("axis", 1) % max(x.ndim, 1)).reshape(
+        math.prod(x.shape[:a.get("axis", 1) % max(x.ndim, 1)]), -1) if a.get("axis", 1) else x.reshape(1, -1),
+    "Reshape": _reshape, "Transpose": _transpose, "Softmax": _softmax, "Identity": lambda x: x,
+    "Dropout": lambda x, *r, **a: x, "Cast": lambda x, **a: x.to(CAST[a["to"]]),
+    "CastLike": lambda x, y: x.to(y.dtype),
+    "Shape": lambda x, **a: torch.tensor(x.shape[a.get("start", 0):a.get("end", None)], dtype=torch.int64),
+    "Gather": lambda x, i, **a: torch.index_select(x, a.get("axis", 0) % x.ndim, i.reshape(-1) % x.shape[a.get("axis", 0)])
+    .reshape(x.shape[:a.get("axis", 0) % x.ndim] + i.shape + x.shape[a.get("axis", 0) % x.ndim + 1:]),
+    "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Concat": lambda *xs, **a: torch.cat(xs, dim=a["axis"]),
+    "Slice": _slice, "Split": _split, "Expand": lambda x, s: x.expand(torch.broadcast_shapes(x.shape, tuple(s.tolist()))),
+    "ConstantOfShape": lambda s, **a: torch.full(tuple(s.tolist()), float(a["value"].reshape(-1)[0])
+                                                 if "value" in a else 0.0),
+}
+
+
+class OnnxTwin(nn.Module):
+    """Run an ONNX graph with torch ops; returns the first graph output (the logits)."""
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        model = onnx.load(str(path))
+        g = model.graph
+        self.weights = nn.ParameterDict()
+        self._consts: dict[str, torch.Tensor] = {}
+        self._keys: dict[str, str] = {}
+        for init in g.initializer:
+            arr = onnx.numpy_helper.to_array(init)
+            t = torch.from_numpy(np.array(arr))
+            if t.is_floating_point():
+                key = f"w{len(self._keys)}"
+                self._keys[init.name] = key
+                self.weights[key] = nn.Parameter(t, requires_grad=False)
+            else:
+                self._consts[init.name] = t
+        inits = {i.name for i in g.initializer}
+        self.inputs = [i.name for i in g.input if i.name not in inits]
+        self.outputs = [o.name for o in g.output]
+        self.nodes = []
+        for node in g.node:
+            if node.domain not in ("", "ai.onnx"):
+                raise ModelError(f"the twin cannot run custom op {node.domain}::{node.op_type} ({node.name})")
+            if node.op_type == "Constant":
+                self._consts[node.output[0]] = torch.from_numpy(
+                    np.array(onnx.numpy_helper.to_array(_attrs(node)["value"])))
+                continue
+            if node.op_type not in OPS:
+                raise ModelError(f"the twin does not implement ONNX op {node.op_type} (node {node.name!r})")
+            self.nodes.append((node.op_type, node.name, list(node.input), list(node.output), _attrs(node)))
+        self.sparsify_inputs = _sparsify_inputs(self.nodes)
+        self.straight_through = False
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        env: dict[str, torch.Tensor] = dict(self._consts)
+        env.update({name: self.weights[key] for name, key in self._keys.items()})
+        env.update(zip(self.inputs, xs))
+        for op, name, ins, outs, attrs in self.nodes:
+            args = [env[i] if i else None for i in ins]
+            while args and args[-1] is None:
+                args.pop()
+            result = OPS[op](*args, **attrs) if attrs else OPS[op](*args)
+            if isinstance(result, torch.Tensor):
+                result = (result,)
+            if self.straight_through and name in self.sparsify_inputs:
+                result = (_PassThrough.apply(result[0].detach(), env[self.sparsify_inputs[name]]),)
+            env.update(zip(outs, result))
+        return env[self.outputs[0]]
+
+
+def _sparsify_inputs(nodes) -> dict[str, str]:
+    """For each sparsify operator's last node, the name of the tensor it guards."""
+    groups: dict[str, dict] = {}
+    for op, name, ins, outs, _ in nodes:
+        if not name.startswith(PREFIX):
+            continue
+        site, _, tag = name[len(PREFIX):].rpartition("/")
+        g = groups.setdefault(site, {})
+        if tag == "Sub" and "x" not in g:
+            g["x"] = ins[0]
+        g["last"] = name
+    return {g["last"]: g["x"] for g in groups.values() if "x" in g}
+
+
+def check_twin(twin: OnnxTwin, session, x: np.ndarray, tolerance: float = 1e-5) -> float:
+    """Max |twin - ONNX Runtime| on ``x``; raises VerificationError above ``tolerance``."""
+    with torch.no_grad():
+        ours = twin(torch.from_numpy(x)).numpy()
+    ref = session.run(None, {session.get_inputs()[0].name: x})[0]
+    diff = float(np.max(np.abs(ours - ref)))
+    if not diff <= tolerance:
+        raise VerificationError(f"the differentiable twin differs from ONNX Runtime by {diff:.3g} (> {tolerance:g}); "
+                                "gradient attacks on it would not attack the deployed model")
+    return diff
