@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -27,6 +26,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from mstransform.errors import DataError
+from mstransform.runtime.npz import read_npz
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -262,16 +262,7 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    _magic(path, b"PK\x03\x04", ".npz (zip)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except ValueError as e:
-        if "pickle" in str(e).lower() or "object" in str(e).lower():
-            raise DataError(f"data file {path} holds object arrays; pickled data is refused") from None
-        raise DataError(f"data file {path} is not a readable .npz file ({e})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"cannot read data file {path}: {e}") from None
+    return read_npz(path, DataError, "data file")
 
 
 def _list_images(root: Path) -> list[tuple[Path, int | None]]:

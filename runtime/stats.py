@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import numpy as np
 
 from mstransform.errors import StatsError
 from mstransform.runtime.moments import Moments
+from mstransform.runtime.npz import read_npz
 
 FORMAT = "mstransform.stats"
 VERSION = 1
@@ -108,19 +108,9 @@ class Stats:
     @classmethod
     def load(cls, path: str | Path) -> "Stats":
         path = Path(path)
-        if path.is_file() and not _is_zip(path):
-            raise StatsError(f"stats file {path} is not a readable .npz file (no zip header)")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except FileNotFoundError:
-            raise StatsError(f"stats file {path} does not exist; run `mstransform calibrate` first") from None
-        except ValueError as e:
-            if "pickle" in str(e).lower() or "object" in str(e).lower():
-                raise StatsError(f"stats file {path} holds object arrays; pickled data is refused") from None
-            raise StatsError(f"stats file {path} is not a readable .npz file ({e})") from None
-        except (OSError, zipfile.BadZipFile, EOFError) as e:
-            raise StatsError(f"stats file {path} is not a readable .npz file ({e})") from None
+        if not path.exists():
+            raise StatsError(f"stats file {path} does not exist; run `mstransform calibrate` first")
+        arrays = read_npz(path, StatsError, "stats file")
         return cls.from_arrays(arrays, str(path))
 
     @classmethod
@@ -214,11 +204,6 @@ class Stats:
             lines.append(f"note: {len(zero)} site(s) have channels with zero variance (never sparsified): "
                          + ", ".join(zero[:5]) + (" ..." if len(zero) > 5 else ""))
         return "\n".join(lines)
-
-
-def _is_zip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
 
 
 def load_stats(path: str | Path) -> Stats:

@@ -109,7 +109,9 @@ def _add_harden(p):
 def build_parser() -> argparse.ArgumentParser:
     from mstransform import __version__
 
-    parser = _Parser(prog="mstransform", description="Harden exported ONNX models with MeanSparse operators.")
+    parser = _Parser(prog="mstransform", description="Harden exported ONNX models with MeanSparse operators.",
+                     epilog="example: mstransform model.onnx --stats stats.npz --alpha 0.2  (no sub-command = harden)",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mstransform {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
