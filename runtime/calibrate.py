@@ -56,36 +56,21 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
     axes: dict[str, int] = {}
     ranks: dict[str, int] = {}
     samples = 0
+    per_sample: list[int] = []  # bytes of exposed site tensors per sample, measured on the first run
     bar = _progress(len(data), progress)
     try:
         for k, batch in enumerate(data):
             if shard is not None and k % shard[1] != shard[0]:
                 continue
-            try:
-                outs = session.run(feeds, batch.inputs)
-            except Exception as e:
-                first = str(e).strip().splitlines()[0]
-                raise DataError(f"ONNX Runtime rejected batch starting at sample {batch.start}: {first}") from None
-            done = set()
-            for site in table:
-                x = outs[feeds.index(site.feed.name)]
-                axis = axes.get(site.name)
-                if axis is None:
-                    axis = site.axis if site.axis is not None else _axis_by_rank(x.ndim)
-                    axes[site.name] = axis
-                    ranks[site.name] = x.ndim
-                key = f"{site.feed.name}|{axis}"
-                if key in done:  # two sites on one tensor: fold the batch in once
-                    continue
-                done.add(key)
-                m = Moments.of_batch(x, axis)
-                if not (np.isfinite(m.mean).all() and np.isfinite(m.m2).all()):
-                    raise DataError(f"site {site.name!r} produced NaN or Inf on the batch starting at sample "
-                                    f"{batch.start}; check the data's scale")
-                prev = acc.get(key)
-                if prev is not None and prev.channels != m.channels:
-                    raise DataError(f"site {site.name!r} changed channel count from {prev.channels} to {m.channels}")
-                acc[key] = m if prev is None else prev.merge(m)
+            for start, sub in _sub_batches(batch, per_sample):
+                try:
+                    outs = session.run(feeds, sub)
+                except Exception as e:
+                    first = str(e).strip().splitlines()[0]
+                    raise DataError(f"ONNX Runtime rejected batch starting at sample {start}: {first}") from None
+                if not per_sample:
+                    per_sample.append(max(1, sum(o.nbytes for o in outs) // len(next(iter(sub.values())))))
+                _fold(table, outs, feeds, acc, axes, ranks, start)
             samples += len(batch)
             bar.update(len(batch))
     finally:
@@ -100,6 +85,50 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
         rank = ranks[s.name]
         sites[s.name] = SiteStats(s.name, s.feed.name, s.kind, axis, rank, dtype, m)
     return Stats(fp, table.placement.value, sites, samples, selection or {})
+
+
+MAX_EXPOSED_BYTES = 256 << 20
+
+
+def _sub_batches(batch, per_sample):
+    """Split a batch so the exposed site tensors of one ORT run stay under MAX_EXPOSED_BYTES.
+
+    Large models expose gigabytes per batch otherwise (ResNet-50: ~38 MB per image), and
+    fresh multi-GB outputs on every run cost more in page faults than the inference itself.
+    The first run uses one sample to measure the size per sample.
+    """
+    n = len(batch)
+    step = 1 if not per_sample else max(1, min(n, MAX_EXPOSED_BYTES // per_sample[0]))
+    i = 0
+    while i < n:
+        yield batch.start + i, {k: v[i:i + step] for k, v in batch.inputs.items()}
+        i += step
+        if per_sample:
+            step = max(1, min(n, MAX_EXPOSED_BYTES // per_sample[0]))
+
+
+def _fold(table, outs, feeds, acc, axes, ranks, start) -> None:
+    """Fold one run's site tensors into the running moments (a shared tensor counts once)."""
+    done = set()
+    for site in table:
+        x = outs[feeds.index(site.feed.name)]
+        axis = axes.get(site.name)
+        if axis is None:
+            axis = site.axis if site.axis is not None else _axis_by_rank(x.ndim)
+            axes[site.name] = axis
+            ranks[site.name] = x.ndim
+        key = f"{site.feed.name}|{axis}"
+        if key in done:
+            continue
+        done.add(key)
+        m = Moments.of_batch(x, axis)
+        if not (np.isfinite(m.mean).all() and np.isfinite(m.m2).all()):
+            raise DataError(f"site {site.name!r} produced NaN or Inf on the batch starting at sample {start}; "
+                            "check the data's scale")
+        prev = acc.get(key)
+        if prev is not None and prev.channels != m.channels:
+            raise DataError(f"site {site.name!r} changed channel count from {prev.channels} to {m.channels}")
+        acc[key] = m if prev is None else prev.merge(m)
 
 
 def _axis_by_rank(ndim: int) -> int:
