@@ -228,7 +228,7 @@ def section_scaleout(tmp: Path, quick: bool) -> list[str]:
 
     with np.load(EXAMPLE / "calib.npz") as z:
         base = z["input"]
-    n = 4000 if quick else 8000
+    n = 4000 if quick else 32000
     data = tmp / "scale.npz"
     np.savez(data, input=np.concatenate([base] * (n // len(base) + 1))[:n])
     model = str(EXAMPLE / "model.onnx")
