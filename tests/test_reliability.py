@@ -123,12 +123,12 @@ def test_disk_full_maps_to_output_error(tmp_path, monkeypatch):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_calibration_leaves_nothing(sig, tmp_path):
     big = tmp_path / "big.npz"
-    np.savez(big, input=np.random.default_rng(0).integers(0, 255, (20000, 1, 28, 28), dtype=np.uint8))
+    np.savez(big, input=np.random.default_rng(0).integers(0, 255, (60000, 1, 28, 28), dtype=np.uint8))
     out = tmp_path / "stats.npz"
     proc = subprocess.Popen([sys.executable, "-m", "mstransform.tools.cli", "calibrate", str(MODEL), "--data", str(big),
                              "--batch-size", "1", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    time.sleep(4.0)
+    time.sleep(3.0)
     assert proc.poll() is None, "calibration finished before it could be interrupted"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
