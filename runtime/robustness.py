@@ -152,6 +152,10 @@ def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackCo
     clean = _predict(session, x, cfg.batch_size) == y
     res.accuracy["clean"] = 100.0 * clean.mean()
     survivors = clean.copy()
+    from tqdm.auto import tqdm
+
+    batches = -(-len(x) // cfg.batch_size)
+    bar = tqdm(total=len(cfg.attacks) * batches, desc=f"attacking {label}", unit="batch", leave=False, disable=None)
     for name in cfg.attacks:
         if name == "bpda" and not twin.sparsify_inputs and "apgd-ce" in res.accuracy:
             res.accuracy["bpda"] = res.accuracy["apgd-ce"]  # no operator: the same attack
@@ -163,11 +167,13 @@ def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackCo
             adv = _attack(name, twin, session, xb, yb, cfg).astype(np.float32)
             _check_budget(adv, xb, cfg, name)
             correct[i:i + len(xb)] = (_predict(session, adv, cfg.batch_size) == yb) & clean[i:i + len(xb)]
+            bar.update()
         survivors &= correct
         res.accuracy[name] = 100.0 * correct.mean()
         res.seconds[name] = time.perf_counter() - t0
         if progress:
             progress(f"{label}: {name} {res.accuracy[name]:.2f}% ({res.seconds[name]:.0f} s)")
+    bar.close()
     res.accuracy["worst-case"] = 100.0 * survivors.mean()
     return res
 
