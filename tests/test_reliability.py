@@ -179,7 +179,8 @@ def graphs(draw):
     return model, shape, depth, n, splits, draw(st.integers(0, 2**16))
 
 
-PROPS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPS = settings(max_examples=30, deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @PROPS
@@ -207,7 +208,7 @@ def test_random_graphs_properties(tmp_path, case):
     assert out1.read_bytes() == out2.read_bytes()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(st.integers(1, 60), st.integers(1, 5), st.data())
 def test_moments_merge_associative_and_one_pass(n, channels, data):
     rng = np.random.default_rng(n * 7 + channels)
