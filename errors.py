@@ -67,6 +67,10 @@ class Interrupted(MstError):
     exit_code = 130
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that no ``except Exception`` on the way can swallow it."""
+
+
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in
               (UsageError, ModelError, StatsError, DataError, OutputError, VerificationError, DependencyError,
                CompatibilityError, Interrupted)}

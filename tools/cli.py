@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from mstransform.errors import Interrupted, MstError, UsageError
+from mstransform.errors import Interrupted, MstError, Terminated, UsageError
 
 SUBCOMMANDS = ("sites", "calibrate", "stats", "harden", "check-trt", "engine", "run", "eval", "sweep", "plot")
 
@@ -476,7 +476,7 @@ def _first_positional(argv: list[str]) -> int | None:
 
 
 def _on_sigterm(signum, frame):
-    raise Interrupted("terminated (SIGTERM); no partial output was left")
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,8 +492,9 @@ def main(argv: list[str] | None = None) -> int:
             build_parser().print_help()
             return 2
         return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        err = Interrupted("interrupted; no partial output was left")
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        err = Interrupted(f"{what}; no partial output was left")
         print(f"mstransform: error: {err}", file=sys.stderr)
         return err.exit_code
     except MstError as err:
