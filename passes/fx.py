@@ -154,7 +154,7 @@ def _in_squeeze_excite(feed: fx.Node, out: fx.Node, hops: int = 6) -> bool:
     return False
 
 
-def _axis(rank: int | None, feed: fx.Node) -> int | None:
+def _axis(rank: int | None) -> int | None:
     if rank is None:
         return None
     return rank - 1 if rank <= 3 else 1
@@ -180,7 +180,7 @@ def find_fx_sites(model, placement: Placement | str = "activations", *, example:
             continue
         shape = _shape(feed)
         rank = None if shape is None else len(shape)
-        axis = _axis(rank, feed)
+        axis = _axis(rank)
         name = f"node_{node.name}" if exported else (node.target if node.op == "call_module" else node.name)
         channels = shape[axis] if shape is not None and axis is not None else None
         sites.append(FxSite(name, kind, feed, [node], rank, axis, channels))
@@ -195,8 +195,8 @@ def find_fx_sites(model, placement: Placement | str = "activations", *, example:
             shape = _shape(node)
             rank = len(shape)
             name = f"node_{node.name}" if exported else node.name
-            sites.append(FxSite(name, "residual", node, list(node.users), rank, _axis(rank, node),
-                                shape[_axis(rank, node)], all_uses=True))
+            sites.append(FxSite(name, "residual", node, list(node.users), rank, _axis(rank),
+                                shape[_axis(rank)], all_uses=True))
         order = {n: i for i, n in enumerate(gm.graph.nodes)}
         sites.sort(key=lambda s: min(order[r] for r in s.readers))
     return gm, FxSiteTable(placement, sites, rejected)
@@ -230,9 +230,7 @@ def calibrate_fx(model, data, *, placement="activations", example: tuple | None 
     if not batches:
         raise ValueError("no calibration data")
     example = example or (batches[0][:1],)
-    gm, table = find_fx_sites(model, placement, example=example, include_se=include_se)
-    gm = copy.deepcopy(gm)
-    _, table = find_fx_sites(gm, placement, example=example, include_se=include_se)
+    gm, table = find_fx_sites(_editable(model, example), placement, example=example, include_se=include_se)
     observers = {}
     for i, site in enumerate(table):
         obs = MomentsObserver(site.axis if site.axis is not None else 1)
@@ -258,11 +256,8 @@ def harden_fx(model, stats, alpha: float = 0.2, *, mode: str = "meansparse", cen
     from mstransform.runtime.thresholds import check_alpha, site_params
 
     alpha = check_alpha(alpha)
-    gm, table = find_fx_sites(model, stats.placement, example=example,
+    gm, table = find_fx_sites(_editable(model, example), stats.placement, example=example,
                               include_se=bool((stats.selection or {}).get("include_se")))
-    gm = copy.deepcopy(gm)
-    _, table = find_fx_sites(gm, stats.placement, example=example,
-                             include_se=bool((stats.selection or {}).get("include_se")))
     names = [s.name for s in table]
     if set(names) != set(stats.sites):
         stats = stats.aligned_to([(s.name, s.kind, s.channels) for s in table]) or stats
@@ -278,11 +273,15 @@ def harden_fx(model, stats, alpha: float = 0.2, *, mode: str = "meansparse", cen
         params = site_params(st, alpha, mode, center)
         sigma = params.threshold / alpha if alpha > 0 else np.sqrt(st.moments.var)
         op = MeanSparse(params.center, sigma, alpha, rank=st.rank, axis=st.axis, site=site.name)
-        if alpha == 0:
-            op.set_alpha(0.0)
         _insert(gm, site, op, f"meansparse_{i}")
     gm.recompile()
     return gm
+
+
+def _editable(model, example) -> fx.GraphModule:
+    """A private copy of the model's graph, so inserting operators never edits the caller's."""
+    gm, _ = to_graph_module(model, example)
+    return copy.deepcopy(gm)
 
 
 def _batches(data, batch_size: int):

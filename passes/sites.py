@@ -152,11 +152,6 @@ def _describe_producer(value: ir.Value) -> str:
     return node.op_type
 
 
-def _shape_of(value: ir.Value) -> tuple[int | None, int | str | None, tuple | None]:
-    shape = static_shape(value)
-    return (None if shape is None else len(shape)), None, shape
-
-
 def _site(name, kind, form, feed, readers) -> Site:
     shape = static_shape(feed)
     rank = None if shape is None else len(shape)
@@ -239,6 +234,16 @@ def _linear_input_sites(graph: ir.Graph, include_se: bool, rejected, taken) -> l
     return sites
 
 
+def selection_rejects(site: Site, include: str | None, exclude: str | None) -> str | None:
+    """Why ``--include``/``--exclude`` drop ``site`` (patterns searched in its name and tensor), or None."""
+    keys = (site.name, site.feed_name)
+    if include and not any(re.search(include, k) for k in keys):
+        return f"not selected by include pattern {include!r}"
+    if exclude and any(re.search(exclude, k) for k in keys):
+        return f"excluded by pattern {exclude!r}"
+    return None
+
+
 def find_sites(
     model: ir.Model,
     placement: Placement | str = Placement.ACTIVATIONS,
@@ -270,11 +275,9 @@ def find_sites(
             sites.sort(key=lambda s: min(order[id(n)] for n, _ in s.readers))
     kept = []
     for s in sites:
-        keys = (s.name, s.feed_name)
-        if include and not any(re.search(include, k) for k in keys):
-            rejected.append(Rejection(s.name, s.kind, f"not selected by include pattern {include!r}"))
-        elif exclude and any(re.search(exclude, k) for k in keys):
-            rejected.append(Rejection(s.name, s.kind, f"excluded by pattern {exclude!r}"))
+        why = selection_rejects(s, include, exclude)
+        if why:
+            rejected.append(Rejection(s.name, s.kind, why))
         else:
             kept.append(s)
     for name, axis in (axes or {}).items():

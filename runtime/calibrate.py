@@ -19,7 +19,7 @@ from mstransform.runtime.session import input_specs, make_session
 from mstransform.runtime.stats import SiteStats, Stats
 
 
-def _expose(model: ir.Model, table: SiteTable) -> list[ir.Value]:
+def expose_sites(model: ir.Model, table: SiteTable) -> list[ir.Value]:
     """Add each distinct site tensor as a graph output; return the ones added (to remove later)."""
     added, seen = [], set()
     for site in table:
@@ -45,7 +45,7 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
     data = source if isinstance(source, DataSource) else DataSource(
         source, specs, batch_size=batch_size, limit=limit, preprocess=preprocess or Preprocess())
     fp = fingerprint(model)
-    added = _expose(model, table)
+    added = expose_sites(model, table)
     try:
         session = make_session(model, providers=providers, threads=threads)
     finally:

@@ -9,7 +9,7 @@ from mstransform.errors import UsageError
 
 def site_channel_values(model, site_name: str, channel: int, data, limit: int = 512) -> tuple[np.ndarray, int]:
     from mstransform.passes.sites import find_sites
-    from mstransform.runtime.calibrate import _expose
+    from mstransform.runtime.calibrate import expose_sites
     from mstransform.runtime.data import DataSource
     from mstransform.runtime.session import input_specs, make_session
     from mstransform.tools.api import load_model
@@ -19,7 +19,7 @@ def site_channel_values(model, site_name: str, channel: int, data, limit: int = 
     site = table.by_name().get(site_name)
     if site is None:
         raise UsageError(f"no site {site_name!r}; `mstransform sites` lists them")
-    _expose(m, table)
+    expose_sites(m, table)
     session = make_session(m)
     values = []
     axis = site.axis

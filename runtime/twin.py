@@ -154,6 +154,11 @@ def _squeeze(x, axes=None, **a):
     return x
 
 
+def _axis_index(axis: int, ndim: int) -> int:
+    """An ONNX axis attribute in [-ndim, ndim] as a non-negative index."""
+    return axis + ndim if axis < 0 else axis
+
+
 def _transpose(x, **a):
     return x.permute(*a.get("perm", list(reversed(range(x.ndim)))))
 
@@ -179,8 +184,7 @@ OPS = {
     "GlobalMaxPool": lambda x: x.amax(dim=tuple(range(2, x.ndim)), keepdim=True),
     "ReduceMean": _reduce_mean, "MaxPool": lambda x, **a: _pool(x, "MaxPool", **a),
     "AveragePool": lambda x, **a: _pool(x, "AveragePool", **a),
-    "Flatten": lambda x, **a: x.flatten(a.get("axis", 1) % max(x.ndim, 1)).reshape(
-        math.prod(x.shape[:a.get("axis", 1) % max(x.ndim, 1)]), -1) if a.get("axis", 1) else x.reshape(1, -1),
+    "Flatten": lambda x, **a: x.reshape(math.prod(x.shape[:_axis_index(a.get("axis", 1), x.ndim)]), -1),
     "Reshape": _reshape, "Transpose": _transpose, "Softmax": _softmax, "Identity": lambda x: x,
     "Dropout": lambda x, *r, **a: x, "Cast": lambda x, **a: x.to(CAST[a["to"]]),
     "CastLike": lambda x, y: x.to(y.dtype),

@@ -18,7 +18,7 @@ from onnx_ir.passes.common import NameFixPass, ShapeInferencePass
 import mstransform
 from mstransform.errors import ModelError, StatsError, UsageError
 from mstransform.passes.fingerprint import fingerprint
-from mstransform.passes.sites import Placement, SiteTable
+from mstransform.passes.sites import Placement, SiteTable, selection_rejects
 from mstransform.passes.sites import find_sites as _find_sites
 from mstransform.passes.sparsify import InsertSparsifyPass
 from mstransform.runtime.calibrate import calibrate_table
@@ -204,7 +204,7 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | list[str] = 0.2, 
     missing = [n for n in by_name if n not in stats.sites]
     if missing:
         raise StatsError(f"site {missing[0]!r} has no statistics ({len(missing)} missing); recalibrate")
-    plan_sites = [s for s in table if _selected(s, include, exclude)]
+    plan_sites = [s for s in table if selection_rejects(s, include, exclude) is None]
     alphas = alpha_per_site([s.name for s in plan_sites], base, overrides)
     plan = []
     for s in plan_sites:
@@ -241,15 +241,6 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | list[str] = 0.2, 
 def _is_torch(model) -> bool:
     mod = type(model).__module__
     return mod.startswith("torch") or hasattr(model, "named_modules")
-
-
-def _selected(site, include, exclude) -> bool:
-    import re
-
-    keys = (site.name, site.feed_name)
-    if include and not any(re.search(include, k) for k in keys):
-        return False
-    return not (exclude and any(re.search(exclude, k) for k in keys))
 
 
 def _provenance(m: ir.Model, mode, center, base, overrides, stats: Stats, n: int, formulation: str) -> None:
