@@ -54,7 +54,7 @@ def main() -> None:
     x = torch.randn(a.batch, 3, a.size, a.size)
     ep = torch.export.export(model, (x,))
     stats = mst.calibrate(ep, torch.randn(32, 3, a.size, a.size), batch_size=8)
-    hardened = mst.harden(ep, stats, alpha=0.2)
+    hardened = mst.harden_torch(ep, stats, alpha=0.2)
     with torch.no_grad():
         base_c = torch.compile(ep.module())
         hard_c = torch.compile(hardened)

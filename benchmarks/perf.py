@@ -183,7 +183,7 @@ def section_transform(tmp: Path, quick: bool) -> list[str]:
 
     import mstransform as mst
     from mstransform.passes.sparsify import InsertSparsifyPass
-    from mstransform.runtime.thresholds import site_params
+    from mstransform.core.params import site_params
     from mstransform.tools.api import find_sites, load_model
 
     rows = ["| model | params | size MB | transform s | transform peak MiB | peak / size |", "|---|---|---|---|---|---|"]
@@ -224,7 +224,7 @@ def section_transform(tmp: Path, quick: bool) -> list[str]:
 
 def section_scaleout(tmp: Path, quick: bool) -> list[str]:
     import mstransform as mst
-    from mstransform.runtime.stats import Stats
+    from mstransform.core.stats import Stats
 
     with np.load(EXAMPLE / "calib.npz") as z:
         base = z["input"]

@@ -1,19 +1,12 @@
-"""Graph passes: find MeanSparse sites in an ONNX graph and insert the sparsify operator.
+"""Graph passes over ONNX (``onnx_ir``) and torch.fx graphs: find MeanSparse sites and insert the
+sparsify operator.
 
-The ONNX passes work on an ``onnx_ir`` model. Site finding is an analysis that
-returns a :class:`SiteTable` (with a reason for every activation it did not
-match); insertion is an ``onnx_ir`` in-place pass whose result says whether
-anything changed.
+Site finding is one analysis (:func:`~mstransform.passes.sites.build_site_table`) over two
+adapters; insertion is an ``onnx_ir`` in-place pass whose result says whether anything changed
+and what was inserted. This room depends only on :mod:`mstransform.core`.
 """
-from mstransform.passes.sites import Placement, Rejection, Site, SiteTable, find_sites
-from mstransform.passes.sparsify import InsertSparsifyPass, SiteParams
+from mstransform.passes.onnx_view import find_sites
+from mstransform.passes.sites import Rejection, Site, SiteTable
+from mstransform.passes.sparsify import InsertSparsifyPass, SparsifyResult
 
-__all__ = [
-    "InsertSparsifyPass",
-    "Placement",
-    "Rejection",
-    "Site",
-    "SiteParams",
-    "SiteTable",
-    "find_sites",
-]
+__all__ = ["InsertSparsifyPass", "Rejection", "Site", "SiteTable", "SparsifyResult", "find_sites"]

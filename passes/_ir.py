@@ -51,15 +51,6 @@ def close(a: float | None, b: float, tol: float = 1e-3) -> bool:
     return a is not None and abs(a - b) <= tol * max(1.0, abs(b))
 
 
-def producer_op(value: ir.Value | None) -> str | None:
-    node = value.producer() if value is not None else None
-    return node.op_type if node is not None else None
-
-
-def consumers(value: ir.Value) -> list[tuple[ir.Node, int]]:
-    return [(use.node, use.idx) for use in value.uses()]
-
-
 def only_consumer(value: ir.Value) -> ir.Node | None:
     """The one node reading ``value``, or None when it has several readers or is a graph output."""
     uses = list(value.uses())
@@ -70,14 +61,22 @@ def only_consumer(value: ir.Value) -> ir.Node | None:
 
 def other_input(node: ir.Node, value: ir.Value) -> ir.Value | None:
     """For a binary node reading ``value``, the other operand."""
+    return next((b for a, b in operand_orders(node) if a is value), None)
+
+
+COMMUTATIVE = {"Add", "Mul", "Max", "Min", "And", "Or", "Equal"}
+
+
+def operand_orders(node: ir.Node) -> list[tuple[ir.Value, ir.Value]]:
+    """The (first, second) operand pairs a pattern may bind: both orders for a commutative op.
+
+    Rules write one operand order and match the other through this, as onnxscript's rewriter
+    commutes patterns instead of spelling out both.
+    """
     if len(node.inputs) != 2:
-        return None
+        return []
     a, b = node.inputs
-    if a is value:
-        return b
-    if b is value:
-        return a
-    return None
+    return [(a, b), (b, a)] if node.op_type in COMMUTATIVE else [(a, b)]
 
 
 def static_shape(value: ir.Value) -> tuple[int | str | None, ...] | None:

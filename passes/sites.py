@@ -1,53 +1,49 @@
 """Site finding: which tensors get a sparsify operator, and why others do not.
 
-A *site* is one tensor edge in the graph plus the nodes that read it through the
-operator. Three placements exist:
+A *site* is one tensor edge in the graph plus the nodes that read it through the operator.
+Three placements exist (:class:`~mstransform.core.options.Placement`):
 
 * ``activations`` -- the tensor entering every activation (the MeanSparse paper);
-* ``activations+residual`` -- also the output of each residual ``Add`` that does not
-  already feed an activation (what the official MeanSparse code does for WideResNet);
-* ``linear-inputs`` -- the data input of every Conv/Gemm/MatMul with constant weights
-  (the forged-function paper's placement).
+* ``activations+residual`` -- also the output of each residual ``Add`` that does not already
+  feed an activation (what the official MeanSparse code does for WideResNet);
+* ``linear-inputs`` -- the data input of every Conv/Gemm/MatMul with constant weights (the
+  forged-function paper's placement).
 
 Activations inside Squeeze-and-Excitation branches are skipped unless asked for.
+
+:func:`build_site_table` is the one finder; it asks a :class:`SiteSource` adapter
+(``passes/onnx_view.py`` for ONNX, ``passes/fx_view.py`` for torch.fx) about the graph and
+applies the catalogue's rules (:mod:`mstransform.core.catalogue`), so both graph kinds get
+the same sites, names aside.
 """
 from __future__ import annotations
 
-import enum
-import re
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-import onnx_ir as ir
-
-from mstransform.passes._ir import is_const, other_input, static_shape
-from mstransform.passes.catalogue import ActivationMatch, match_activations
-from mstransform.passes.layout import infer_axis
-
-
-class Placement(str, enum.Enum):
-    ACTIVATIONS = "activations"
-    ACTIVATIONS_RESIDUAL = "activations+residual"
-    LINEAR_INPUTS = "linear-inputs"
+from mstransform.core.catalogue import RESIDUAL, GraphView, channel_axis, is_residual, squeeze_excite_gate
+from mstransform.core.errors import UsageError
+from mstransform.core.options import Placement, Selection
 
 
-@dataclass
+@dataclass(frozen=True)
 class Site:
-    """One guarded tensor. ``readers`` (node, input index) will read the sparsified tensor."""
+    """One guarded tensor. ``readers`` will read the sparsified tensor; ``all_uses`` says the
+    operator replaces the tensor for every reader (residual sites)."""
 
     name: str
     kind: str
     form: str
     producer: str
-    feed: ir.Value = field(repr=False)
-    readers: list[tuple[ir.Node, int]] = field(repr=False)
+    feed: Any = field(repr=False, compare=False)
+    readers: tuple = field(repr=False, compare=False)
     rank: int | None
     axis: int | None
     axis_rule: str
     channels: int | str | None
-
-    @property
-    def feed_name(self) -> str:
-        return self.feed.name or ""
+    feed_name: str = ""
+    all_uses: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,70 +91,52 @@ class SiteTable:
         return "\n".join(lines)
 
 
-POOLS = {"GlobalAveragePool", "ReduceMean", "GlobalMaxPool", "ReduceMax"}
+@dataclass
+class Candidate:
+    """An activation an adapter found: ``nodes`` are claimed by it (not residual joins)."""
+
+    kind: str
+    form: str
+    feed: Any
+    out: Any
+    nodes: list
+    readers: list
+    name: str
 
 
-def _squeeze_source(value: ir.Value, hops: int = 6) -> ir.Value | None:
-    """If ``value`` descends from a global pooling within a few hops, the pooled feature map."""
-    for _ in range(hops):
-        node = value.producer()
-        if node is None:
-            return None
-        if node.op_type in POOLS:
-            return node.inputs[0]
-        dynamic = [v for v in node.inputs if v is not None and not is_const(v)]
-        if len(dynamic) != 1:
-            return None
-        value = dynamic[0]
-    return None
+class SiteSource(GraphView, Protocol):
+    """What :func:`build_site_table` asks of a graph, beyond the catalogue rules' view."""
 
+    def activations(self) -> tuple[list[Candidate], list[Rejection]]: ...
 
-def _gates(value: ir.Value, target: ir.Value, hops: int = 6) -> ir.Node | None:
-    """The Mul within a few hops downstream of ``value`` that scales ``target``, if any."""
-    frontier = [value]
-    for _ in range(hops):
-        nxt = []
-        for v in frontier:
-            for use in v.uses():
-                node = use.node
-                if node.op_type == "Mul" and other_input(node, v) is target:
-                    return node
-                nxt.extend(node.outputs)
-        frontier = nxt
-    return None
+    def is_const(self, value) -> bool: ...
 
+    def residual_adds(self) -> list[tuple[Any, Any, Any, Any]]:
+        """``(node, a, b, out)`` for every two-input Add."""
 
-def _in_squeeze_excite(feed: ir.Value, out: ir.Value) -> str | None:
-    source = _squeeze_source(feed)
-    if source is None:
-        return None
-    gate = _gates(out, source)
-    if gate is None:
-        return None
-    return f"inside a Squeeze-and-Excitation branch (gates '{gate.name}'); include_se/--include-se hardens it"
+    def linear_inputs(self) -> list[tuple[Any, Any, str]] | None:
+        """``(node, x, name)`` for every Conv/Gemm/MatMul with constant weights; None if unsupported."""
 
+    def shape(self, value) -> tuple | None: ...
 
-def _describe_producer(value: ir.Value) -> str:
-    node = value.producer()
-    if node is None:
-        return "graph input" if value.is_graph_input() else "constant"
-    if node.op_type == "Add":
-        dynamic = [v for v in node.inputs if not is_const(v)]
-        if len(dynamic) == 2:
-            return "Add (residual)"
-        prev = dynamic[0].producer() if dynamic else None
-        if prev is not None and prev.op_type in ("MatMul", "Conv", "Gemm"):
-            return f"{prev.op_type}+bias"
-    return node.op_type
+    def describe_producer(self, value) -> str: ...
 
+    def is_graph_output(self, value) -> bool: ...
 
-def _site(name, kind, form, feed, readers) -> Site:
-    shape = static_shape(feed)
-    rank = None if shape is None else len(shape)
-    axis, rule = infer_axis(feed, rank)
-    channels = shape[axis] if (shape is not None and axis is not None) else None
-    return Site(name=name, kind=kind, form=form, producer=_describe_producer(feed), feed=feed, readers=readers,
-                rank=rank, axis=axis, axis_rule=rule, channels=channels)
+    def is_graph_input(self, value) -> bool: ...
+
+    def all_readers(self, value) -> list: ...
+
+    def order(self) -> dict: ...
+
+    def reader_node(self, reader) -> Any: ...
+
+    def describe_linear(self, node) -> str: ...
+
+    def reader(self, node, index: int) -> Any:
+        """The handle insertion uses for input ``index`` of ``node``."""
+
+    def value_name(self, value) -> str: ...
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -169,126 +147,105 @@ def _unique(name: str, taken: set[str]) -> str:
     return name
 
 
-def _activation_sites(graph: ir.Graph, include_se: bool, rejected: list[Rejection], taken: set[str]):
-    matches, reasons = match_activations(graph)
-    for node, reason in reasons.items():
-        rejected.append(Rejection(node.name or "?", node.op_type, reason))
-    out: list[tuple[ActivationMatch, Site]] = []
-    for i, m in enumerate(matches):
-        node = m.output_node
-        if is_const(m.feed):
-            rejected.append(Rejection(node.name or "?", m.kind, "input is a constant"))
+def _site(src: SiteSource, name, kind, form, feed, readers, *, producer=None, all_uses=False) -> Site:
+    shape = src.shape(feed)
+    rank = None if shape is None else len(shape)
+    axis, rule = channel_axis(src, feed, rank)
+    channels = shape[axis] if (shape is not None and axis is not None) else None
+    return Site(name, kind, form, producer or src.describe_producer(feed), feed, tuple(readers), rank, axis, rule,
+                channels, src.value_name(feed), all_uses)
+
+
+def _activation_sites(src: SiteSource, include_se: bool, rejected: list, taken: set):
+    found, reasons = src.activations()
+    rejected.extend(reasons)
+    out = []
+    for m in found:
+        if src.is_const(m.feed):
+            rejected.append(Rejection(m.name, m.kind, "input is a constant"))
             continue
-        se = _in_squeeze_excite(m.feed, node.outputs[0])
-        if se and not include_se:
-            rejected.append(Rejection(node.name or "?", m.kind, se))
+        gate = squeeze_excite_gate(src, m.feed, m.out)
+        if gate and not include_se:
+            rejected.append(Rejection(m.name, m.kind, f"inside a Squeeze-and-Excitation branch (gates '{gate}'); "
+                                                      "include_se hardens it"))
             continue
-        name = _unique(node.name or f"{m.kind}_{i}", taken)
-        out.append((m, _site(name, m.kind, m.form, m.feed, m.readers)))
+        out.append((m, _site(src, _unique(m.name, taken), m.kind, m.form, m.feed, m.readers)))
     return out
 
 
-def _residual_sites(graph: ir.Graph, claimed: set[int], fed: set[int], rejected, taken) -> list[Site]:
+def _residual_sites(src: SiteSource, claimed: set, fed: set, rejected: list, taken: set) -> list[Site]:
     sites = []
-    for node in graph:
-        if node.op_type != "Add" or id(node) in claimed or len(node.inputs) != 2:
+    for node, a, b, out in src.residual_adds():
+        if id(node) in claimed or src.is_const(a) or src.is_const(b) or not is_residual(src.shape(a), src.shape(b)):
             continue
-        a, b = node.inputs
-        if is_const(a) or is_const(b):
-            continue
-        sa, sb = static_shape(a), static_shape(b)
-        if sa is None or sb is None or sa != sb or len(sa) < 2:
-            continue
-        out = node.outputs[0]
         if id(out) in fed:
             continue  # already guarded as the input of an activation
-        if out.is_graph_output():
-            rejected.append(Rejection(node.name or "?", "Add", "residual output is a graph output"))
+        name = src.node_name(node)
+        if src.is_graph_output(out):
+            rejected.append(Rejection(name, "Add", "residual output is a graph output"))
             continue
-        if _in_squeeze_excite(a, out):
+        if squeeze_excite_gate(src, a, out):
             continue
-        name = _unique(node.name or f"residual_{len(sites)}", taken)
-        site = _site(name, "residual", "Add", out, [(u.node, u.idx) for u in out.uses()])
-        site.producer = "Add (residual)"
-        sites.append(site)
+        sites.append(_site(src, _unique(name, taken), RESIDUAL, "Add", out, src.all_readers(out),
+                           producer="Add (residual)", all_uses=True))
     return sites
 
 
-LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-
-
-def _linear_input_sites(graph: ir.Graph, include_se: bool, rejected, taken) -> list[Site]:
+def _linear_input_sites(src: SiteSource, include_se: bool, rejected: list, taken: set) -> list[Site]:
+    found = src.linear_inputs()
+    if found is None:
+        raise UsageError("is not supported on this graph kind (use activations or activations+residual)",
+                         param="placement")
     sites = []
-    for node in graph:
-        if node.op_type not in LINEAR_OPS or len(node.inputs) < 2 or not is_const(node.inputs[1]):
+    for node, x, name in found:
+        node_name, op = src.node_name(node), src.describe_linear(node)
+        if src.is_graph_input(x) or src.is_const(x):
+            rejected.append(Rejection(node_name, op, "input is a graph input (raw data), not a feature"))
             continue
-        x = node.inputs[0]
-        if x.is_graph_input() or is_const(x):
-            rejected.append(Rejection(node.name or "?", node.op_type, "input is a graph input (raw data), not a feature"))
+        if not include_se and squeeze_excite_gate(src, x, src.outputs(node)[0]):
+            rejected.append(Rejection(node_name, op, "inside a Squeeze-and-Excitation branch"))
             continue
-        if not include_se and _in_squeeze_excite(x, node.outputs[0]):
-            rejected.append(Rejection(node.name or "?", node.op_type, "inside a Squeeze-and-Excitation branch"))
-            continue
-        name = _unique(f"{node.name or node.op_type}:input", taken)
-        sites.append(_site(name, node.op_type, "input", x, [(node, 0)]))
+        sites.append(_site(src, _unique(name, taken), op, "input", x, [src.reader(node, 0)]))
     return sites
 
 
-def selection_rejects(site: Site, include: str | None, exclude: str | None) -> str | None:
-    """Why ``--include``/``--exclude`` drop ``site`` (patterns searched in its name and tensor), or None."""
-    keys = (site.name, site.feed_name)
-    if include and not any(re.search(include, k) for k in keys):
-        return f"not selected by include pattern {include!r}"
-    if exclude and any(re.search(exclude, k) for k in keys):
-        return f"excluded by pattern {exclude!r}"
-    return None
-
-
-def find_sites(
-    model: ir.Model,
-    placement: Placement | str = Placement.ACTIVATIONS,
-    *,
-    include: str | None = None,
-    exclude: str | None = None,
-    include_se: bool = False,
-    axes: dict[str, int] | None = None,
-) -> SiteTable:
-    """Find the sites of ``placement`` in ``model``'s main graph.
-
-    ``include``/``exclude`` are regular expressions searched in the site name and the
-    guarded tensor's name; ``axes`` overrides the inferred channel axis per site name.
-    """
+def build_site_table(src: SiteSource, placement: Placement | str, selection: Selection = Selection()) -> SiteTable:
+    """The sites of ``placement`` in the graph behind ``src``, filtered and re-axed by ``selection``."""
     placement = Placement(placement)
-    graph = model.graph
     rejected: list[Rejection] = []
     taken: set[str] = set()
     if placement is Placement.LINEAR_INPUTS:
-        sites = _linear_input_sites(graph, include_se, rejected, taken)
+        sites = _linear_input_sites(src, selection.include_se, rejected, taken)
     else:
-        acts = _activation_sites(graph, include_se, rejected, taken)
+        acts = _activation_sites(src, selection.include_se, rejected, taken)
         sites = [s for _, s in acts]
         if placement is Placement.ACTIVATIONS_RESIDUAL:
             claimed = {id(n) for m, _ in acts for n in m.nodes}
             fed = {id(s.feed) for s in sites}
-            sites += _residual_sites(graph, claimed, fed, rejected, taken)
-            order = {id(n): i for i, n in enumerate(graph)}
-            sites.sort(key=lambda s: min(order[id(n)] for n, _ in s.readers))
+            sites += _residual_sites(src, claimed, fed, rejected, taken)
+            order = src.order()
+            sites.sort(key=lambda s: min(order[id(src.reader_node(r))] for r in s.readers))
     kept = []
     for s in sites:
-        why = selection_rejects(s, include, exclude)
+        why = selection.rejects((s.name, s.feed_name))
         if why:
             rejected.append(Rejection(s.name, s.kind, why))
         else:
             kept.append(s)
-    for name, axis in (axes or {}).items():
-        match = [s for s in kept if s.name == name]
-        if not match:
-            raise KeyError(f"axis override names unknown site {name!r}")
-        s = match[0]
+    return SiteTable(placement, _override_axes(kept, dict(selection.axes), src), rejected)
+
+
+def _override_axes(sites: list[Site], axes: dict[str, int], src: SiteSource) -> list[Site]:
+    """Sites with the user's channel axes; new Site objects, the found ones stay untouched."""
+    by_name = {s.name: s for s in sites}
+    for name, axis in axes.items():
+        s = by_name.get(name)
+        if s is None:
+            raise UsageError(f"names unknown site {name!r}; `mstransform sites` lists them", param="axes")
         if s.rank is not None and not -s.rank <= axis < s.rank:
-            raise ValueError(f"axis {axis} is out of range for site {name!r} of rank {s.rank}")
-        s.axis = axis % s.rank if s.rank is not None else axis
-        s.axis_rule = "override"
-        shape = static_shape(s.feed)
-        s.channels = shape[s.axis] if shape is not None else None
-    return SiteTable(placement, kept, rejected)
+            raise UsageError(f"{axis} is out of range for site {name!r} of rank {s.rank}", param="axes")
+        ax = axis % s.rank if s.rank is not None else axis
+        shape = src.shape(s.feed)
+        by_name[name] = dataclasses.replace(s, axis=ax, axis_rule="override",
+                                            channels=shape[ax] if shape is not None else None)
+    return [by_name[s.name] for s in sites]

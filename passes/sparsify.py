@@ -1,46 +1,37 @@
 """The pass that inserts the sparsify operator at each site.
 
-Per site, with per-channel constants pre-shaped for broadcasting (``[1,C,1,1]``,
-``[1,1,C]``, ...) in the site's own float type::
+Per site, with per-channel constants pre-shaped for broadcasting (``[1,C,1,1]``, ``[1,1,C]``,
+...) in the site's own float type::
 
     d = Sub(x, center); a = Abs(d); m = Less(a, threshold); y = Where(m, center, x)
 
-Strict ``Less`` keeps TensorRT's parser on a single comparison (``LessOrEqual`` is
-decomposed into two). The ``float`` formulation computes the same values without any
-bool tensor, for runtimes or precisions that reject bool ``Where``::
+Strict ``Less`` keeps TensorRT's parser on a single comparison (``LessOrEqual`` is decomposed
+into two). The ``float`` formulation computes the same values without any bool tensor, for
+runtimes or precisions that reject bool ``Where``::
 
     m = Relu(Sign(threshold - Abs(x - center)))   # 1 where |x-c| < t else 0
     y = center * m + x * (1 - m)                  # exact: one term is always zero
 
-A site whose threshold is zero in every channel is the identity and is not inserted,
-so ``alpha = 0`` returns the model unchanged.
+A site whose threshold is zero in every channel is the identity and is not inserted, so
+``alpha = 0`` returns the model unchanged. The pass keeps no state between calls: what it
+inserted comes back in its :class:`SparsifyResult`, so one instance can run on many models.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, PreconditionError
 
+from mstransform.core.options import Formulation
+from mstransform.core.params import SiteParams
 from mstransform.passes.sites import Site
 
-FORMULATIONS = ("where", "float")
+FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 
 
-@dataclass
-class SiteParams:
-    """Per-channel center and threshold for one site (1-D arrays of length C)."""
-
-    center: np.ndarray
-    threshold: np.ndarray
-
-    @property
-    def is_identity(self) -> bool:
-        return not np.any(self.threshold > 0)
-
-
-@dataclass
+@dataclass(frozen=True)
 class Inserted:
     """What the pass added for one site: names a verifier can expose and check."""
 
@@ -51,17 +42,19 @@ class Inserted:
     threshold: str
 
 
+@dataclass
+class SparsifyResult(PassResult):
+    inserted: list[Inserted] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
 class InsertSparsifyPass(InPlacePass):
     """Insert the sparsify operator before the readers of each site's tensor."""
 
-    def __init__(self, plan: list[tuple[Site, SiteParams]], formulation: str = "where"):
+    def __init__(self, plan: list[tuple[Site, SiteParams]], formulation: Formulation | str = Formulation.WHERE):
         super().__init__()
-        if formulation not in FORMULATIONS:
-            raise ValueError(f"formulation must be one of {FORMULATIONS}, not {formulation!r}")
-        self.plan = plan
-        self.formulation = formulation
-        self.inserted: list[Inserted] = []
-        self.skipped: list[str] = []
+        self.plan = list(plan)
+        self.formulation = Formulation(formulation)
 
     def requires(self, model: ir.Model) -> None:
         nodes = {id(n) for n in model.graph}
@@ -72,29 +65,30 @@ class InsertSparsifyPass(InPlacePass):
                 raise PreconditionError(f"site {site.name!r}: center and threshold must be 1-D and equal in shape")
             if any(id(n) not in nodes for n, _ in site.readers):
                 raise PreconditionError(f"site {site.name!r} reads from nodes that are not in the main graph")
-            if site.feed.dtype is not None and site.feed.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16,
-                                                                       ir.DataType.BFLOAT16, ir.DataType.DOUBLE):
+            if site.feed.dtype is not None and site.feed.dtype not in FLOAT_TYPES:
                 raise PreconditionError(f"site {site.name!r} is of type {site.feed.dtype}, not a float type")
 
-    def call(self, model: ir.Model) -> PassResult:
+    def call(self, model: ir.Model) -> SparsifyResult:
         graph = model.graph
         order = {id(n): i for i, n in enumerate(graph)}
+        result = SparsifyResult(model, False)
         for site, params in self.plan:
             if params.is_identity:
-                self.skipped.append(site.name)
+                result.skipped.append(site.name)
                 continue
             first_reader = min((n for n, _ in site.readers), key=lambda n: order[id(n)])
             nodes, y, names = self._build(graph, site, params)
             graph.insert_before(first_reader, nodes)
             for node, idx in site.readers:
                 node.replace_input_with(idx, y)
-            self.inserted.append(Inserted(site.name, site.feed.name, y.name, *names))
-        return PassResult(model, modified=bool(self.inserted))
+            result.inserted.append(Inserted(site.name, site.feed.name, y.name, *names))
+        result.modified = bool(result.inserted)
+        return result
 
     def ensures(self, model: ir.Model) -> None:
-        for ins in self.inserted:
-            if ins.center not in model.graph.initializers:
-                raise PostconditionError(f"site {ins.site!r}: constants were not registered")
+        for site, params in self.plan:
+            if not params.is_identity and f"mstransform/{site.name}/center" not in model.graph.initializers:
+                raise PostconditionError(f"site {site.name!r}: constants were not registered")
 
     def _build(self, graph: ir.Graph, site: Site, params: SiteParams):
         dtype = site.feed.dtype or ir.DataType.FLOAT
@@ -122,7 +116,7 @@ class InsertSparsifyPass(InPlacePass):
 
         sub = node("Sub", [x, center], "Sub")
         ab = node("Abs", [sub.outputs[0]], "Abs")
-        if self.formulation == "where":
+        if self.formulation is Formulation.WHERE:
             less = node("Less", [ab.outputs[0], thr], "Less")
             where = node("Where", [less.outputs[0], center, x], "Where")
             nodes = [sub, ab, less, where]

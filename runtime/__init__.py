@@ -1,6 +1,3 @@
-"""Runtime side: data, calibration, statistics, ONNX Runtime sessions and checks."""
-from mstransform.runtime.moments import Moments
-from mstransform.runtime.operator import sparsify
-from mstransform.runtime.stats import SiteStats, Stats, load_stats
-
-__all__ = ["Moments", "SiteStats", "Stats", "load_stats", "sparsify"]
+"""Running models: data, calibration, ONNX Runtime sessions, verification, the differentiable twin,
+robustness evaluation and TensorRT checks. Depends on :mod:`mstransform.passes` and
+:mod:`mstransform.core`, never on :mod:`mstransform.tools`."""

@@ -10,47 +10,42 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mstransform.errors import DataError, ModelError
+from mstransform.core.catalogue import axis_by_rank
+from mstransform.core.errors import DataError, ModelError
+from mstransform.core.moments import Moments
+from mstransform.core.options import Placement, Selection
+from mstransform.core.stats import SiteStats, Stats
+from mstransform.passes.expose import exposed
 from mstransform.passes.fingerprint import fingerprint
+from mstransform.passes.onnx_view import find_sites
+from mstransform.passes.prepare import load_model
 from mstransform.passes.sites import SiteTable
-from mstransform.runtime.data import DataSource
-from mstransform.runtime.moments import Moments
+from mstransform.runtime.data import DataSource, Preprocess
 from mstransform.runtime.session import input_specs, make_session
-from mstransform.runtime.stats import SiteStats, Stats
 
 
-def expose_sites(model: ir.Model, table: SiteTable) -> list[ir.Value]:
-    """Add each distinct site tensor as a graph output; return the ones added (to remove later)."""
-    added, seen = [], set()
-    for site in table:
-        v = site.feed
-        if id(v) in seen or v.is_graph_output():
-            seen.add(id(v))
-            continue
-        seen.add(id(v))
-        model.graph.outputs.append(v)
-        added.append(v)
-    return added
+def calibrate_onnx(model, data, *, placement: Placement | str = Placement.ACTIVATIONS,
+                   selection: Selection = Selection(), **options) -> Stats:
+    """Load ``model``, find its sites and measure them over ``data`` (see :func:`calibrate_table`)."""
+    m = load_model(model)
+    return calibrate_table(m, find_sites(m, placement, selection), data, selection=selection, **options)
 
 
 def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: int = 64, limit: int | None = None,
-                    preprocess=None, progress: bool = True, providers=None, threads=None, selection=None,
-                    shard: tuple[int, int] | None = None) -> Stats:
-    """Measure statistics for the sites of ``table`` in ``model`` over ``source``."""
-    from mstransform.runtime.data import Preprocess
+                    preprocess: Preprocess | None = None, progress: bool = True, providers=None, threads=None,
+                    selection: Selection = Selection(), shard: tuple[int, int] | None = None, log=None) -> Stats:
+    """Measure statistics for the sites of ``table`` in ``model`` over ``source``.
 
+    ``log`` (a callable taking one line) hears when the first batch has gone through: the sign
+    of progress the command line prints (bad data fails before it, with one line)."""
     if len(table) == 0:
         raise ModelError("the model has no sites to calibrate; `mstransform sites` says why")
     specs = input_specs(model)
     data = source if isinstance(source, DataSource) else DataSource(
         source, specs, batch_size=batch_size, limit=limit, preprocess=preprocess or Preprocess())
     fp = fingerprint(model)
-    added = expose_sites(model, table)
-    try:
+    with exposed(model, [s.feed for s in table]):
         session = make_session(model, providers=providers, threads=threads)
-    finally:
-        for v in added:
-            model.graph.outputs.remove(v)
     feeds = list(dict.fromkeys(s.feed.name for s in table))
     acc: dict[str, Moments] = {}
     axes: dict[str, int] = {}
@@ -71,6 +66,8 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
                 if not per_sample:
                     per_sample.append(max(1, sum(o.nbytes for o in outs) // len(next(iter(sub.values())))))
                 _fold(table, outs, feeds, acc, axes, ranks, start)
+            if samples == 0 and log is not None:  # the first batch went through: the data fits
+                log(f"calibrating {len(table)} site(s) on {data.origin}")
             samples += len(batch)
             bar.update(len(batch))
     finally:
@@ -84,7 +81,7 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
         dtype = np.dtype(s.feed.dtype.numpy()).name if s.feed.dtype is not None else "float32"
         rank = ranks[s.name]
         sites[s.name] = SiteStats(s.name, s.feed.name, s.kind, axis, rank, dtype, m)
-    return Stats(fp, table.placement.value, sites, samples, selection or {})
+    return Stats(fp, table.placement, sites, samples, selection)
 
 
 MAX_EXPOSED_BYTES = 256 << 20
@@ -114,7 +111,7 @@ def _fold(table, outs, feeds, acc, axes, ranks, start) -> None:
         x = outs[feeds.index(site.feed.name)]
         axis = axes.get(site.name)
         if axis is None:
-            axis = site.axis if site.axis is not None else _axis_by_rank(x.ndim)
+            axis = site.axis if site.axis is not None else axis_by_rank(x.ndim)[0]
             axes[site.name] = axis
             ranks[site.name] = x.ndim
         key = f"{site.feed.name}|{axis}"
@@ -129,10 +126,6 @@ def _fold(table, outs, feeds, acc, axes, ranks, start) -> None:
         if prev is not None and prev.channels != m.channels:
             raise DataError(f"site {site.name!r} changed channel count from {prev.channels} to {m.channels}")
         acc[key] = m if prev is None else prev.merge(m)
-
-
-def _axis_by_rank(ndim: int) -> int:
-    return ndim - 1 if ndim <= 3 else 1
 
 
 def _progress(total: int, enabled: bool):

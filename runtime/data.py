@@ -17,7 +17,6 @@ height and width (or ``size``). Everything is fed as the model input's float typ
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,9 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from mstransform.errors import DataError
-from mstransform.runtime.npz import read_npz
+from mstransform.core.errors import DataError
+from mstransform.core.npz import read_npz
+from mstransform.core.options import MAX_BATCH, check_count
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -61,10 +61,9 @@ class DataSource:
 
     def __init__(self, source: Any, specs: list[InputSpec], *, batch_size: int = 64, limit: int | None = None,
                  preprocess: Preprocess = Preprocess()):
-        if batch_size < 1:
-            raise DataError(f"batch size must be >= 1, got {batch_size}")
-        if limit is not None and limit < 1:
-            raise DataError(f"--limit must be >= 1, got {limit}")
+        check_count(batch_size, "batch_size", high=MAX_BATCH)
+        if limit is not None:
+            check_count(limit, "limit")
         self.specs, self.batch_size, self.limit, self.pre = specs, batch_size, limit, preprocess
         self._arrays: dict[str, np.ndarray] | None = None
         self._labels: np.ndarray | None = None
@@ -215,12 +214,12 @@ class DataSource:
             if v.size == 1:
                 v = np.repeat(v.reshape(1), c)
             if v.size != c:
-                raise DataError(f"--mean/--std have {v.size} values but the data has {c} channels")
+                raise DataError(f"has {v.size} values but the data has {c} channels", param="mean/std")
             return v.reshape(shape)
 
         std = vec(self.pre.std, 1.0)
         if np.any(std == 0):
-            raise DataError("--std must not contain 0")
+            raise DataError("must not contain 0", param="std")
         return (x - vec(self.pre.mean, 0.0)) / std
 
     def _read_image(self, path: Path) -> np.ndarray:
@@ -275,6 +274,3 @@ def _list_images(root: Path) -> list[tuple[Path, int | None]]:
         return [(p, index[p.parent]) for p in files]
     return [(p, None) for p in files]
 
-
-def batches_needed(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size) if n else 0

@@ -21,8 +21,8 @@ def gather_stats(stats, group=None):
     import torch
     import torch.distributed as dist
 
-    from mstransform.runtime.moments import Moments
-    from mstransform.runtime.stats import SiteStats, Stats
+    from mstransform.core.moments import Moments
+    from mstransform.core.stats import SiteStats, Stats
 
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     merged_sites = {}
@@ -48,7 +48,7 @@ def gather_stats(stats, group=None):
 def main(argv=None) -> int:
     import torch.distributed as dist
 
-    import mstransform as mst
+    from mstransform.runtime.calibrate import calibrate_onnx
 
     ap = argparse.ArgumentParser(description="calibrate under torchrun (gloo)")
     ap.add_argument("model")
@@ -60,8 +60,8 @@ def main(argv=None) -> int:
     dist.init_process_group("gloo")
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        local = mst.calibrate(a.model, a.data, batch_size=a.batch_size, limit=a.limit, progress=False,
-                              shard=(rank, world), threads=1)
+        local = calibrate_onnx(a.model, a.data, batch_size=a.batch_size, limit=a.limit, progress=False,
+                               shard=(rank, world), threads=1)
         merged = gather_stats(local)
         if merged is not None:
             merged.save(a.output)

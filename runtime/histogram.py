@@ -2,34 +2,59 @@
 with the mean and the blocked band, before and after the operator."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from mstransform.errors import UsageError
+from mstransform.core.errors import UsageError
+from mstransform.core.fileio import atomic_output
+from mstransform.core.operator import sparsify
+from mstransform.core.options import Placement
+from mstransform.core.stats import Stats
+from mstransform.passes.expose import exposed
+from mstransform.passes.onnx_view import find_sites
+from mstransform.passes.prepare import load_model
+from mstransform.runtime.data import DataSource
+from mstransform.runtime.session import input_specs, make_session
 
 
 def site_channel_values(model, site_name: str, channel: int, data, limit: int = 512) -> tuple[np.ndarray, int]:
-    from mstransform.passes.sites import find_sites
-    from mstransform.runtime.calibrate import expose_sites
-    from mstransform.runtime.data import DataSource
-    from mstransform.runtime.session import input_specs, make_session
-    from mstransform.tools.api import load_model
-
     m = load_model(model)
-    table = find_sites(m, "activations+residual")
+    table = find_sites(m, Placement.ACTIVATIONS_RESIDUAL)
     site = table.by_name().get(site_name)
     if site is None:
         raise UsageError(f"no site {site_name!r}; `mstransform sites` lists them")
-    expose_sites(m, table)
-    session = make_session(m)
+    with exposed(m, [site.feed]):
+        session = make_session(m)
     values = []
     axis = site.axis
     for batch in DataSource(data, input_specs(m), batch_size=64, limit=limit):
         x = session.run([site.feed.name], batch.inputs)[0]
-        axis = axis if axis is not None else (x.ndim - 1 if x.ndim <= 3 else 1)
         if not 0 <= channel < x.shape[axis]:
-            raise UsageError(f"site {site_name!r} has {x.shape[axis]} channels; --channel {channel} is out of range")
+            raise UsageError(f"{channel} is out of range: site {site_name!r} has {x.shape[axis]} channels",
+                             param="channel")
         values.append(np.take(x, channel, axis=axis).reshape(-1))
     return np.concatenate(values), axis
+
+
+@dataclass
+class HistogramResult:
+    values: int
+    replaced: float
+
+
+def plot_site_histogram(model, stats: Stats, data, site: str, channel: int, alpha: float, path,
+                        limit: int = 512) -> HistogramResult:
+    """Figure 1 of the paper for ``site``/``channel`` of ``model`` on ``data``, written to ``path``."""
+    if site not in stats.sites:
+        raise UsageError(f"the stats have no site {site!r}; `mstransform stats inspect` lists them")
+    s = stats.sites[site]
+    if not 0 <= channel < s.channels:
+        raise UsageError(f"{channel} is out of range: site {site!r} has {s.channels} channels", param="channel")
+    values, _ = site_channel_values(model, site, channel, data, limit)
+    mean, sigma = float(s.moments.mean[channel]), float(np.sqrt(s.moments.var[channel]))
+    frac = plot_histogram(values, mean, sigma, alpha, path, f"{site}, channel {channel}, alpha {alpha:g}")
+    return HistogramResult(len(values), frac)
 
 
 def plot_histogram(values: np.ndarray, mean: float, sigma: float, alpha: float, path, title: str) -> float:
@@ -38,9 +63,6 @@ def plot_histogram(values: np.ndarray, mean: float, sigma: float, alpha: float, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from mstransform.runtime.operator import sparsify
-    from mstransform.tools.atomic import atomic_output
 
     t = alpha * sigma
     after = sparsify(values[None, :], np.array([mean]), np.array([t]), axis=0)[0]

@@ -2,8 +2,11 @@
 
 Every accuracy is measured by ONNX Runtime on the deployed ``.onnx`` file. Gradients for
 white-box attacks come from the differentiable twin (:mod:`mstransform.runtime.twin`),
-checked against ONNX Runtime first. Attacks come from libraries, not from here:
-APGD-CE, APGD-DLR and Square from ``pyautoattack``, PGD from ``torchattacks``.
+proved equal to the deployed model first (:mod:`mstransform.runtime.twin_check`). Attacks come
+from libraries, not from here: APGD-CE, APGD-DLR and Square from ``pyautoattack`` (the
+``eval`` extra); PGD from ``torchattacks`` when it is installed. PGD is not in the default set:
+``torchattacks`` declares torchvision, which pulls a multi-GB CUDA torch, so no extra can
+install it, and APGD-CE is PGD with an adaptive step that is at least as strong.
 
 * ``apgd-ce``, ``apgd-dlr``, ``pgd``: white-box through the twin's true gradient, which is
   zero wherever a sparsify operator replaced a value (gradient masking);
@@ -21,9 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mstransform.errors import DataError, DependencyError, UsageError
+from mstransform.core.errors import DataError, DependencyError, UsageError
+from mstransform.core.fileio import atomic_output
+from mstransform.core.options import MAX_BATCH, MAX_ITERS, check_count
+from mstransform.runtime.data import DataSource
+from mstransform.runtime.session import make_session
 
 ATTACKS = ("apgd-ce", "apgd-dlr", "pgd", "square", "bpda")
+DEFAULT_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "bpda")
 
 
 @dataclass
@@ -36,16 +44,23 @@ class AttackConfig:
     apgd_iters: int = 100
     pgd_steps: int = 20
     square_queries: int = 1000
-    attacks: tuple[str, ...] = ATTACKS
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
 
     def __post_init__(self):
         if self.norm not in ("Linf", "L2"):
-            raise UsageError(f"--norm must be Linf or L2, not {self.norm!r}")
-        if not self.eps > 0:
-            raise UsageError(f"--eps must be > 0, got {self.eps}")
+            raise UsageError(f"must be Linf or L2, not {self.norm!r}", param="norm")
+        if not isinstance(self.eps, (int, float)) or not 0 < self.eps <= (1 if self.norm == "Linf" else 1e3):
+            raise UsageError(f"must be in (0, 1] for Linf (pixels lie in [0, 1]), got {self.eps}", param="eps")
+        check_count(self.n, "n", high=10_000_000)
+        check_count(self.batch_size, "batch_size", high=MAX_BATCH)
+        for name in ("apgd_iters", "pgd_steps", "square_queries"):
+            check_count(getattr(self, name), name, high=MAX_ITERS)
+        check_count(self.seed, "seed", low=0, high=2**32 - 1)
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
-            raise UsageError(f"unknown attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
+            raise UsageError(f"unknown attack(s) {unknown}; choose from {', '.join(ATTACKS)}", param="attacks")
+        if not self.attacks:
+            raise UsageError("names no attack", param="attacks")
 
 
 @dataclass
@@ -53,26 +68,41 @@ class ModelResult:
     label: str
     path: str
     n: int
-    twin_max_abs_diff: float
+    twin_max_rel_diff: float
     sites: int
+    twin_edge_flips: int
     accuracy: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 def load_labelled(path, specs, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` samples scaled to [0, 1] and their labels (attacks assume that box)."""
-    from mstransform.runtime.data import DataSource
-
     xs, ys = [], []
     for batch in DataSource(path, specs, batch_size=max(1, min(n, 1000)), limit=n):
         if batch.labels is None:
             raise DataError(f"{path} has no labels; evaluation needs a 'labels' array")
+        if batch.labels.dtype.kind not in "iu":
+            raise DataError(f"{path} has labels of type {batch.labels.dtype}; labels must be integers")
         xs.append(next(iter(batch.inputs.values())))
         ys.append(batch.labels)
     x, y = np.concatenate(xs), np.concatenate(ys).astype(np.int64)
     if x.min() < 0 or x.max() > 1:
         raise DataError("evaluation data must lie in [0, 1] after scaling (attacks work in pixel space)")
+    if y.min() < 0:
+        raise DataError(f"labels must be >= 0, found {int(y.min())}")
     return x, y
+
+
+def check_classifier(session, x: np.ndarray, y: np.ndarray) -> None:
+    """Refuse a model whose first output is not a score per class for the labels given."""
+    out = session.get_outputs()[0]
+    name = session.get_inputs()[0].name
+    logits = session.run([out.name], {name: x[:1]})[0]
+    if logits.ndim != 2:
+        raise DataError(f"output {out.name!r} has shape {list(logits.shape)}, not (batch, classes): "
+                        "evaluation needs class scores")
+    if int(y.max()) >= logits.shape[1]:
+        raise DataError(f"label {int(y.max())} is outside the model's {logits.shape[1]} classes")
 
 
 class _OrtPredict:
@@ -115,7 +145,9 @@ def _attack(name: str, twin, session, x, y, cfg: AttackConfig):
         try:
             import torchattacks
         except ImportError:
-            raise DependencyError("torchattacks is not installed: pip install --no-deps torchattacks==3.5.1 scipy") from None
+            raise DependencyError("the pgd attack needs torchattacks, which no extra installs (it declares "
+                                  "torchvision): pip install --no-deps torchattacks==3.5.1 scipy; or leave pgd out "
+                                  "(apgd-ce is at least as strong)") from None
         torch.manual_seed(cfg.seed)
         atk = (torchattacks.PGD(twin, eps=cfg.eps, alpha=2.5 * cfg.eps / cfg.pgd_steps, steps=cfg.pgd_steps)
                if cfg.norm == "Linf" else
@@ -141,14 +173,15 @@ def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackCo
 
     import torch
 
-    from mstransform.runtime.session import make_session
-    from mstransform.runtime.twin import OnnxTwin, check_twin
+    from mstransform.runtime.twin import OnnxTwin
+    from mstransform.runtime.twin_check import check_twin
 
     torch.manual_seed(cfg.seed)
     session = make_session(path, threads=threads)
+    check_classifier(session, x, y)
     twin = OnnxTwin(path).eval()
-    diff = check_twin(twin, session, x[: min(len(x), 64)])
-    res = ModelResult(label, str(path), len(x), diff, len(twin.sparsify_inputs))
+    twin_report = check_twin(twin, path, x[: min(len(x), 64)], threads=threads)
+    res = ModelResult(label, str(path), len(x), twin_report.max_rel_diff, len(twin.units), twin_report.flips)
     clean = _predict(session, x, cfg.batch_size) == y
     res.accuracy["clean"] = 100.0 * clean.mean()
     survivors = clean.copy()
@@ -157,7 +190,7 @@ def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackCo
     batches = -(-len(x) // cfg.batch_size)
     bar = tqdm(total=len(cfg.attacks) * batches, desc=f"attacking {label}", unit="batch", leave=False, disable=None)
     for name in cfg.attacks:
-        if name == "bpda" and not twin.sparsify_inputs and "apgd-ce" in res.accuracy:
+        if name == "bpda" and not twin.units and "apgd-ce" in res.accuracy:
             res.accuracy["bpda"] = res.accuracy["apgd-ce"]  # no operator: the same attack
             continue
         t0 = time.perf_counter()
@@ -180,17 +213,15 @@ def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackCo
 
 def format_table(results: list[ModelResult]) -> str:
     cols = ["clean", *[a for a in ATTACKS if any(a in r.accuracy for r in results)], "worst-case"]
-    head = ["model", "n", *cols, "twin |diff|"]
+    head = ["model", "n", *cols, "twin rel.diff", "edge flips"]
     rows = [[r.label, str(r.n), *[f"{r.accuracy[c]:.2f}" if c in r.accuracy else "-" for c in cols],
-             f"{r.twin_max_abs_diff:.1e}"] for r in results]
+             f"{r.twin_max_rel_diff:.1e}", str(r.twin_edge_flips)] for r in results]
     widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
     return "\n".join("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths)))
                      for row in [head, *rows])
 
 
 def write_reports(results: list[ModelResult], cfg: AttackConfig, json_path=None, csv_path=None, extra=None) -> None:
-    from mstransform.tools.atomic import atomic_output
-
     if json_path:
         payload = {"config": asdict(cfg), "results": [asdict(r) for r in results], **(extra or {})}
         with atomic_output(json_path) as tmp:
@@ -225,6 +256,8 @@ def choose_alpha(rows: list[SweepRow], max_clean_drop: float = 0.5) -> tuple[flo
     ``rows`` must contain alpha = 0 (the base model). Returns (alpha, reason); alpha 0
     when no alpha improves the worst-case robust accuracy within the budget.
     """
+    if not max_clean_drop >= 0:
+        raise UsageError(f"must be >= 0 points, got {max_clean_drop}", param="max_clean_drop")
     base = next((r for r in rows if r.alpha == 0), None)
     if base is None:
         raise UsageError("the sweep needs alpha 0 (the base model) as its reference")
@@ -242,8 +275,6 @@ def plot_sweep(rows: list[SweepRow], path, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from mstransform.tools.atomic import atomic_output
 
     a = [r.alpha for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))

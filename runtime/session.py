@@ -6,12 +6,14 @@ them there: the session is told which folder to read them from.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
-from mstransform.errors import DependencyError, ModelError
+from mstransform.core.errors import DependencyError, ModelError
+from mstransform.core.options import check_count
 from mstransform.runtime.data import InputSpec
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -43,9 +45,21 @@ def choose_providers(requested: list[str] | None = None) -> tuple[list[str], str
     return chosen, why
 
 
+def providers_for(device) -> list[str] | None:
+    """ONNX Runtime providers for a :class:`Device` (None: the preferred order TensorRT > CUDA > CPU)."""
+    from mstransform.core.options import Device, choice
+
+    if device is None:
+        return None
+    device = choice(Device, device, "device")
+    return ["CPUExecutionProvider"] if device is Device.CPU else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
 def make_session(model: ir.Model | str | Path, *, providers: list[str] | None = None, threads: int | None = None,
                  optimize: bool = True):
     ort = import_ort()
+    if threads is not None:
+        check_count(threads, "threads", high=max_threads())
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
@@ -67,17 +81,18 @@ def make_session(model: ir.Model | str | Path, *, providers: list[str] | None = 
         raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None
 
 
+def max_threads() -> int:
+    """More intra-op threads than four per core only oversubscribe the machine (one request for
+    thousands left a machine at a load near 900 for minutes)."""
+    return 4 * (os.cpu_count() or 1)
+
+
 def _external_base_dir(model: ir.Model) -> Path | None:
     for v in model.graph.initializers.values():
         t = v.const_value
         if isinstance(t, ir.ExternalTensor):
             return Path(t.base_dir)
     return None
-
-
-ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
-                "tensor(bool)": np.bool_, "tensor(int8)": np.int8}
 
 
 def input_specs(model: ir.Model) -> list[InputSpec]:

@@ -3,7 +3,7 @@
 It compares a model with the operator support matrix of the TensorRT ONNX parser
 (``data/trt_onnx_ops.json``, generated from ``docs/operators.md`` of onnx/onnx-tensorrt at
 each release commit named in the file) and with the deployment rules that matter for
-sparsify operators (``../shared/METHOD.md`` section 7):
+sparsify operators (``docs/deployment.md``):
 
 * every op of the default domain in the release's supported set, for its element type;
 * default-domain opset inside the release's range;
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+
+from mstransform.passes.sparsify_match import find_sparsify_ops
 
 TABLE = Path(__file__).parent / "data" / "trt_onnx_ops.json"
 DEFAULT_VERSION = "10.1"
@@ -87,12 +89,10 @@ def check_trt(model: ir.Model, version: str = DEFAULT_VERSION, fp16: bool = Fals
 
 def _sparsify_constants(model: ir.Model, fp16: bool) -> list[Finding]:
     out = []
-    for node in model.graph:
-        if not (node.name or "").startswith("mstransform/") or node.op_type not in ("Sub", "Less", "Where", "Mul"):
-            continue
-        data = next((v for v in node.inputs if v is not None and v.const_value is None), None)
-        for v in node.inputs:
-            if v is None or v.const_value is None:
+    for op in find_sparsify_ops(model.graph):
+        data = op.x
+        for v in op.constants:
+            if v.const_value is None:
                 continue
             shape = tuple(v.const_value.shape)
             if data is not None and data.shape is not None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mstransform.errors import DependencyError, ModelError, UsageError
+from mstransform.core.errors import DependencyError, ModelError, UsageError
+from mstransform.core.fileio import atomic_output
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,6 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, *, fp16: bool = F
                  profile: ShapeProfile | None = None, workspace_mib: int = 1024,
                  timing_cache: str | Path | None = None) -> Path:
     """Parse ``onnx_path``, build a serialized engine and write it atomically to ``plan_path``."""
-    from mstransform.tools.atomic import atomic_output
-
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

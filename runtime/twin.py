@@ -6,25 +6,28 @@ No converter package could be used here (onnx2torch and its forks require torchv
 which drags in a multi-GB CUDA build), so this covers the operator set of exported
 image classifiers and transformer blocks; an unknown op fails loudly by name.
 
-``straight_through = True`` gives every sparsify operator inserted by mstransform an
-identity backward (BPDA) while its forward values stay exactly those of the graph.
-:func:`check_twin` proves twin and ONNX Runtime agree before any attack runs.
+Sparsify operators are found by their structure
+(:func:`~mstransform.passes.sparsify_match.find_sparsify_ops`) and run as units, so
+``straight_through = True`` can give each one an identity backward (BPDA) while its forward
+values stay exactly those of the graph. :mod:`mstransform.runtime.twin_check` proves the twin
+is the deployed model before any attack runs.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
+import onnx_ir as ir
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mstransform.errors import ModelError, VerificationError
-
-PREFIX = "mstransform/"
+from mstransform.core.errors import ModelError
+from mstransform.passes.sparsify_match import find_sparsify_ops
 
 
 class _PassThrough(torch.autograd.Function):
@@ -198,6 +201,21 @@ OPS = {
 }
 
 
+@dataclass
+class Unit:
+    """One sparsify operator of the graph, run by the twin as a whole."""
+
+    x: str
+    y: str
+    center: torch.Tensor  # pre-shaped for broadcasting, as stored in the model
+    threshold: torch.Tensor
+
+    def __call__(self, x: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
+        c, t = self.center.to(x.dtype), self.threshold.to(x.dtype)
+        y = torch.where((x - c).abs() < t, c, x)
+        return _PassThrough.apply(y.detach(), x) if straight_through else y
+
+
 class OnnxTwin(nn.Module):
     """Run an ONNX graph with torch ops; returns the first graph output (the logits)."""
 
@@ -220,8 +238,14 @@ class OnnxTwin(nn.Module):
         inits = {i.name for i in g.initializer}
         self.inputs = [i.name for i in g.input if i.name not in inits]
         self.outputs = [o.name for o in g.output]
-        self.nodes = []
-        for node in g.node:
+        units, unit_nodes = self._units(path)
+        self.units = list(units.values())
+        self.program: list = []
+        for i, node in enumerate(g.node):
+            if i in unit_nodes:
+                if unit_nodes[i] is not None:
+                    self.program.append(units[unit_nodes[i]])
+                continue
             if node.domain not in ("", "ai.onnx"):
                 raise ModelError(f"the twin cannot run custom op {node.domain}::{node.op_type} ({node.name})")
             if node.op_type == "Constant":
@@ -230,48 +254,49 @@ class OnnxTwin(nn.Module):
                 continue
             if node.op_type not in OPS:
                 raise ModelError(f"the twin does not implement ONNX op {node.op_type} (node {node.name!r})")
-            self.nodes.append((node.op_type, node.name, list(node.input), list(node.output), _attrs(node)))
-        self.sparsify_inputs = _sparsify_inputs(self.nodes)
+            self.program.append((node.op_type, node.name, list(node.input), list(node.output), _attrs(node)))
         self.straight_through = False
 
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _units(path) -> tuple[dict[str, Unit], dict[int, str | None]]:
+        """The sparsify units by output name, and for each of their nodes' positions the unit to run there
+        (at the operator's last node) or None (its other nodes)."""
+        graph = ir.load(str(path)).graph
+        index = {id(n): i for i, n in enumerate(graph)}
+        units, where = {}, {}
+        for op in find_sparsify_ops(graph):
+            units[op.y.name] = Unit(op.x.name, op.y.name, torch.from_numpy(np.array(op.center)),
+                                    torch.from_numpy(np.array(op.threshold)))
+            positions = sorted(index[id(n)] for n in op.nodes)
+            where.update({i: None for i in positions})
+            where[positions[-1]] = op.y.name
+        return units, where
+
+    def forward(self, *xs: torch.Tensor, forced: dict[str, torch.Tensor] | None = None,
+                record: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """The first graph output. ``forced`` replaces units' outputs by given tensors (teacher
+        forcing, for the twin check); ``record`` receives each unit's (input, output)."""
         env: dict[str, torch.Tensor] = dict(self._consts)
         env.update({name: self.weights[key] for name, key in self._keys.items()})
         env.update(zip(self.inputs, xs))
-        for op, name, ins, outs, attrs in self.nodes:
-            args = [env[i] if i else None for i in ins]
+        for step in self.program:
+            if isinstance(step, Unit):
+                x = env[step.x]
+                y = step(x, self.straight_through)
+                if record is not None:
+                    record[step.y] = (x, y)
+                env[step.y] = forced[step.y] if forced is not None and step.y in forced else y
+                continue
+            op, name, ins, outs, attrs = step
+            try:
+                args = [env[i] if i else None for i in ins]
+            except KeyError as e:
+                raise ModelError(f"node {name!r} reads {e.args[0]!r}, an inner value of a sparsify operator; "
+                                 "the twin runs operators as units") from None
             while args and args[-1] is None:
                 args.pop()
             result = OPS[op](*args, **attrs) if attrs else OPS[op](*args)
             if isinstance(result, torch.Tensor):
                 result = (result,)
-            if self.straight_through and name in self.sparsify_inputs:
-                result = (_PassThrough.apply(result[0].detach(), env[self.sparsify_inputs[name]]),)
             env.update(zip(outs, result))
         return env[self.outputs[0]]
-
-
-def _sparsify_inputs(nodes) -> dict[str, str]:
-    """For each sparsify operator's last node, the name of the tensor it guards."""
-    groups: dict[str, dict] = {}
-    for op, name, ins, outs, _ in nodes:
-        if not name.startswith(PREFIX):
-            continue
-        site, _, tag = name[len(PREFIX):].rpartition("/")
-        g = groups.setdefault(site, {})
-        if tag == "Sub" and "x" not in g:
-            g["x"] = ins[0]
-        g["last"] = name
-    return {g["last"]: g["x"] for g in groups.values() if "x" in g}
-
-
-def check_twin(twin: OnnxTwin, session, x: np.ndarray, tolerance: float = 1e-5) -> float:
-    """Max |twin - ONNX Runtime| on ``x``; raises VerificationError above ``tolerance``."""
-    with torch.no_grad():
-        ours = twin(torch.from_numpy(x)).numpy()
-    ref = session.run(None, {session.get_inputs()[0].name: x})[0]
-    diff = float(np.max(np.abs(ours - ref)))
-    if not diff <= tolerance:
-        raise VerificationError(f"the differentiable twin differs from ONNX Runtime by {diff:.3g} (> {tolerance:g}); "
-                                "gradient attacks on it would not attack the deployed model")
-    return diff

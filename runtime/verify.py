@@ -1,9 +1,10 @@
 """Checks run on every written model: checker, shape inference, ORT load, numerics.
 
-The numerical check exposes, for each inserted operator, its input ``x`` and output
-``y`` on a probe batch and compares ``y`` with the numpy operator applied to ``x``
-(:func:`mstransform.runtime.operator.sparsify`) -- an implementation that shares no
-code with the graph pass.
+The numerical check finds every sparsify operator in the *written file* by its structure
+(:func:`~mstransform.passes.sparsify_match.find_sparsify_ops`), exposes its input ``x`` and
+output ``y`` on a probe batch and compares ``y`` with the numpy operator applied to ``x``
+(:func:`mstransform.core.operator.sparsify`) -- an implementation that shares no code with the
+graph pass. It also checks that every operator the pass says it inserted is in the file.
 """
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from mstransform.errors import VerificationError
+from mstransform.core.errors import VerificationError
+from mstransform.core.operator import sparsify
+from mstransform.passes.expose import exposed
 from mstransform.passes.sparsify import Inserted
-from mstransform.runtime.operator import sparsify
+from mstransform.passes.sparsify_match import find_sparsify_ops
 from mstransform.runtime.session import make_session
 
 
@@ -24,8 +27,7 @@ from mstransform.runtime.session import make_session
 class VerifyReport:
     checks: list[str] = field(default_factory=list)
     max_abs_diff: float = 0.0
-    probe: str = ""
-    worst_site: str | None = None
+    worst: str | None = None
 
 
 def check_file(path: Path) -> list[str]:
@@ -36,45 +38,43 @@ def check_file(path: Path) -> list[str]:
     return ["onnx.checker (full_check, includes strict shape inference)"]
 
 
-def numeric_check(path: Path, inserted: list[Inserted], probe: dict[str, np.ndarray], axes: dict[str, int],
-                  tolerance: float = 1e-6, threads: int | None = None) -> VerifyReport:
-    """Compare every inserted operator with the numpy reference on ``probe``."""
+def _axis(center: np.ndarray) -> int:
+    """The channel axis of a pre-shaped constant: its one dimension that is not 1 (1 if none)."""
+    big = [i for i, d in enumerate(center.shape) if d != 1]
+    return big[0] if big else min(1, center.ndim - 1)
+
+
+def numeric_check(path: Path, inserted: list[Inserted], probe: dict[str, np.ndarray], tolerance: float = 0.0,
+                  threads: int | None = None, providers=None) -> VerifyReport:
+    """Compare every sparsify operator of the file at ``path`` with the numpy reference on ``probe``."""
     report = VerifyReport()
-    session = make_session(path, threads=threads)
-    report.checks.append("onnxruntime load (" + ", ".join(session.get_providers()) + ")")
-    outputs = [o.name for o in session.get_outputs()]
-    final = session.run(outputs, probe)
-    if not inserted:
-        report.checks.append("no operator inserted: nothing to compare")
-        return report
-    model = ir.load(path)
-    init = model.graph.initializers
-    values = {v.name: v for n in model.graph for v in n.outputs}
-    values.update({v.name: v for v in model.graph.inputs})
-    wanted = []
-    for ins in inserted:
-        for name in (ins.x, ins.y):
-            v = values[name]
-            if not v.is_graph_output() and v not in wanted:
-                wanted.append(v)
-    model.graph.outputs.extend(wanted)
-    probe_session = make_session(model, threads=threads)
-    names = outputs + [v.name for v in wanted]
-    got = dict(zip(names, probe_session.run(names, probe)))
+    model = ir.load(str(path))
+    ops = find_sparsify_ops(model.graph)
+    found = {op.y.name for op in ops}
+    lost = [i.site for i in inserted if i.y not in found]
+    if lost:
+        raise VerificationError(f"site {lost[0]!r}: its operator is not in the written model ({len(lost)} missing)")
+    outputs = [v.name for v in model.graph.outputs]
+    final = make_session(path, threads=threads, providers=providers).run(outputs, probe)
+    with exposed(model, [v for op in ops for v in (op.x, op.y)]):
+        session = make_session(model, threads=threads, providers=providers)
+        report.checks.append("onnxruntime load (" + ", ".join(session.get_providers()) + ")")
+        names = outputs + [v for op in ops for v in (op.x.name, op.y.name) if v not in outputs]
+        got = dict(zip(names, session.run(names, probe)))
     for o, f in zip(outputs, final):
         if not np.array_equal(got[o], f, equal_nan=True):
-            raise VerificationError(f"exposing site tensors changed output {o!r}; the model is not deterministic")
-    for ins in inserted:
-        x, y = got[ins.x], got[ins.y]
-        c = init[ins.center].const_value.numpy().reshape(-1)
-        t = init[ins.threshold].const_value.numpy().reshape(-1)
-        ref = sparsify(x, c, t, axes[ins.site])
+            raise VerificationError(f"exposing operator tensors changed output {o!r}; the model is not deterministic")
+    if not ops:
+        report.checks.append("no operator in the model: nothing to compare")
+        return report
+    for op in ops:
+        x, y = got[op.x.name], got[op.y.name]
+        ref = sparsify(x, op.center.reshape(-1), op.threshold.reshape(-1), _axis(op.center))
         diff = float(np.max(np.abs(ref.astype(np.float64) - y.astype(np.float64)))) if y.size else 0.0
-        if diff > report.max_abs_diff:
-            report.max_abs_diff, report.worst_site = diff, ins.site
-    report.checks.append(f"numerics: {len(inserted)} operator(s) vs numpy reference, max |diff| = "
-                         f"{report.max_abs_diff:.3g}")
+        if diff >= report.max_abs_diff:
+            report.max_abs_diff, report.worst = diff, op.x.name
+    report.checks.append(f"numerics: {len(ops)} operator(s) vs numpy reference, max |diff| = {report.max_abs_diff:.3g}")
     if report.max_abs_diff > tolerance:
-        raise VerificationError(f"site {report.worst_site!r} differs from the reference operator by "
+        raise VerificationError(f"the operator at {report.worst!r} differs from the reference operator by "
                                 f"{report.max_abs_diff:.3g} (> {tolerance:g})")
     return report

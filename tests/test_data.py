@@ -7,7 +7,7 @@ from conftest import EXAMPLE
 from PIL import Image
 
 import mstransform as mst
-from mstransform.errors import DataError
+from mstransform.core.errors import DataError
 from mstransform.runtime.data import DataSource, InputSpec, Preprocess
 
 MODEL = EXAMPLE / "model.onnx"

@@ -11,7 +11,7 @@ from conftest import EXAMPLE, EXPORTS, exported, random_inputs
 import mstransform as mst
 import zoo
 from mstransform.runtime.trt_check import check_trt, versions
-from mstransform.tools.api import load_model
+from mstransform.passes.prepare import load_model
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -122,7 +122,7 @@ def test_run_writes_predictions(cli, tmp_path):
 
 
 def test_parse_shapes():
-    from mstransform.errors import UsageError
+    from mstransform.core.errors import UsageError
     from mstransform.runtime.trt_engine import parse_shapes
 
     p = parse_shapes("1/8/64", {"input": (None, 3, 224, 224)})

@@ -15,7 +15,7 @@ from conftest import random_inputs
 import mstransform as mst
 import zoo
 from mstransform.passes.fx import find_fx_sites
-from mstransform.runtime.torch_ops import MeanSparse, straight_through
+from mstransform.passes.fx_ops import MeanSparse, straight_through
 
 
 def dynamo_export(model, name, path, opset=20):
@@ -87,7 +87,7 @@ def test_stats_measured_on_fx_apply_to_onnx_and_back(tmp_path):
     fx_stats.save(tmp_path / "fx.npz")
     r = mst.harden(path, mst.load_stats(tmp_path / "fx.npz"), alpha=0.2, output=tmp_path / "h.onnx")
     assert len(r.sites) == 5 and r.verify.max_abs_diff == 0
-    gm = mst.harden(ep, onnx_stats, alpha=0.2)
+    gm = mst.harden_torch(ep, onnx_stats, alpha=0.2)
     assert sum(isinstance(m, MeanSparse) for m in gm.modules()) == 5
 
 
@@ -113,7 +113,7 @@ def test_export_parity(name, tmp_path):
     path = dynamo_export(model, name, tmp_path / "m.onnx")
     stats = mst.calibrate(path, {"input": x}, progress=False)
     mst.harden(path, stats, alpha=0.3, output=tmp_path / "pass.onnx")
-    gm = mst.harden(ep, stats, alpha=0.3)
+    gm = mst.harden_torch(ep, stats, alpha=0.3)
     fx_onnx = dynamo_export(gm, name, tmp_path / "fx.onnx")
     ops = [n.op_type for n in onnx.load(str(fx_onnx)).graph.node]
     n_sites = sum(zoo.EXPECTED[name].values())
@@ -129,7 +129,7 @@ def test_export_parity(name, tmp_path):
 def test_alpha_zero_is_the_identity():
     model, ep = export_program("vit")
     stats = mst.calibrate(ep, random_inputs("vit", 16))
-    gm = mst.harden(ep, stats, alpha=0.0)
+    gm = mst.harden_torch(ep, stats, alpha=0.0)
     x = torch.from_numpy(random_inputs("vit", 4, seed=2))
     with torch.no_grad():
         assert torch.equal(gm(x), ep.module()(x))

@@ -16,7 +16,7 @@ from conftest import EXPORTS, exported, random_inputs
 
 import mstransform as mst
 import zoo
-from mstransform.runtime.operator import sparsify
+from mstransform.core.operator import sparsify
 
 
 def run(path, x):

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mstransform as mst
-from mstransform.errors import OutputError
-from mstransform.runtime.moments import Moments
+from mstransform.core.errors import OutputError
+from mstransform.core.moments import Moments
 
 MODEL = EXAMPLE / "model.onnx"
 CALIB = EXAMPLE / "calib.npz"
@@ -80,7 +79,7 @@ def more_bad_cases(tmp: Path, stats: Path):
         ("pickled data", ["calibrate", MODEL, "--data", tmp / "objdata.npz", "-o", s], 5, "object arrays"),
         ("unreadable image", ["calibrate", MODEL, "--data", tmp / "imgs", "-o", s], 5, "cannot read image"),
         ("data path missing", ["calibrate", MODEL, "--data", tmp / "none.npz", "-o", s], 5, "does not exist"),
-        ("batch size 0", ["calibrate", MODEL, "--data", CALIB, "--batch-size", "0", "-o", s], 5, "batch size"),
+        ("batch size 0", ["calibrate", MODEL, "--data", CALIB, "--batch-size", "0", "-o", s], 2, "--batch-size"),
         ("bad shard", ["calibrate", MODEL, "--data", CALIB, "--shard", "3/2", "-o", s], 2, "shard"),
         ("bad axis override", ["sites", MODEL, "--axis", "/Relu=x"], 2, "integer axis"),
         ("axis for unknown site", ["sites", MODEL, "--axis", "nosuch=1"], 2, "unknown site"),
@@ -94,7 +93,7 @@ def test_more_bad_inputs(tmp_path, stats_file):
 
 
 def test_debug_shows_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "mstransform.tools.cli", "--debug", "sites", str(tmp_path / "x.onnx")],
+    r = subprocess.run([*CLI, "--debug", "sites", str(tmp_path / "x.onnx")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Traceback" in r.stderr
 
@@ -108,7 +107,7 @@ def test_nan_in_data_names_the_sample(tmp_path, cli):
 
 
 def test_disk_full_maps_to_output_error(tmp_path, monkeypatch):
-    from mstransform.tools import atomic
+    from mstransform.core import fileio as atomic
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -120,21 +119,51 @@ def test_disk_full_maps_to_output_error(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+CLI = [sys.executable, "-m", "mstransform.tools.entry"]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_calibration_leaves_nothing(sig, tmp_path):
+    """The signal goes out once the run shows progress (its first line on stderr), not after a fixed delay."""
     big = tmp_path / "big.npz"
     np.savez(big, input=np.random.default_rng(0).integers(0, 255, (60000, 1, 28, 28), dtype=np.uint8))
     out = tmp_path / "stats.npz"
-    proc = subprocess.Popen([sys.executable, "-m", "mstransform.tools.cli", "calibrate", str(MODEL), "--data", str(big),
-                             "--batch-size", "1", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    time.sleep(3.0)
-    assert proc.poll() is None, "calibration finished before it could be interrupted"
+    proc = subprocess.Popen([*CLI, "calibrate", str(MODEL), "--data", str(big), "--batch-size", "1", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()
+    assert first.startswith("calibrating"), first
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert len(err.strip().splitlines()) == 1 and ("interrupted" in err or "terminated" in err), err
     assert sorted(os.listdir(tmp_path)) == ["big.npz"]
+
+
+STARTUP = """
+import importlib.abc, os, signal, sys
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), {sig})
+        return None
+sys.meta_path.insert(0, Hook())
+from mstransform.tools.entry import main
+sys.exit(main({argv!r}))
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy", "onnx", "onnx_ir", "sympy", "onnxruntime", "tqdm"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_startup_imports(module, sig, tmp_path):
+    """The signal arrives while the command is still importing its libraries: one line, exit 130."""
+    out = tmp_path / "s.npz"
+    argv = ["calibrate", str(MODEL), "--data", str(CALIB), "-o", str(out)]
+    r = subprocess.run([sys.executable, "-c", STARTUP.format(module=module, sig=int(sig), argv=argv)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()
 
 
 def test_zero_variance_channel_is_left_alone(tmp_path):

@@ -8,9 +8,9 @@ import pytest
 from conftest import exported, random_inputs
 
 import mstransform as mst
-from mstransform.errors import StatsError
-from mstransform.runtime.moments import Moments
-from mstransform.runtime.stats import Stats
+from mstransform.core.errors import StatsError
+from mstransform.core.moments import Moments
+from mstransform.core.stats import Stats
 
 
 def site_tensors(path, x):

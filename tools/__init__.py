@@ -1,1 +1,1 @@
-"""Command line and the Python API behind it."""
+"""The API users import and the command line over it (the top room)."""

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 import mstransform as mst
-from mstransform.runtime.torch_ops import straight_through
+from mstransform.passes.fx_ops import straight_through
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import zoo  # noqa: E402  (small test architectures)
@@ -15,7 +15,7 @@ x = torch.randn(64, 1, 16, 16)
 ep = torch.export.export(model, (x[:2],), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}})
 
 stats = mst.calibrate(ep, x, batch_size=16)
-hardened = mst.harden(ep, stats, alpha=0.2)
+hardened = mst.harden_torch(ep, stats, alpha=0.2)
 print([line.strip() for line in hardened.code.splitlines() if "meansparse" in line][:3])
 
 with torch.no_grad():

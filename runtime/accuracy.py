@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mstransform.errors import DataError
+from mstransform.core.errors import DataError
 
 
 @dataclass
@@ -25,8 +25,15 @@ def predict(session, batches, require_labels: bool = True) -> tuple[np.ndarray, 
     for batch in batches:
         if batch.labels is None and require_labels:
             raise DataError("evaluation data has no labels; add a 'labels' array (or use class sub-folders)")
-        logits = session.run([out], batch.inputs)[0]
-        preds.append(np.asarray(logits).reshape(len(batch), -1).argmax(axis=1))
+        logits = np.asarray(session.run([out], batch.inputs)[0])
+        if logits.ndim != 2 or logits.shape[0] != len(batch):
+            raise DataError(f"output {out!r} has shape {list(logits.shape)}, not (batch, classes): "
+                            "accuracy needs class scores")
+        if batch.labels is not None and len(batch.labels) and (batch.labels.min() < 0
+                                                               or batch.labels.max() >= logits.shape[1]):
+            raise DataError(f"labels must lie in 0..{logits.shape[1] - 1} (the model's classes); found "
+                            f"{int(batch.labels.min())}..{int(batch.labels.max())}")
+        preds.append(logits.argmax(axis=1))
         if batch.labels is not None:
             labels.append(batch.labels)
     p = np.concatenate(preds)

@@ -10,7 +10,7 @@ key                dtype      meaning
 ``version``        int64      ``1``
 ``fingerprint``    str        structural fingerprint of the calibrated model
 ``placement``      str        ``activations`` | ``activations+residual`` | ``linear-inputs``
-``selection``      str        JSON: include/exclude patterns, include_se, axis overrides
+``selection``      str        JSON: include/exclude patterns, include_se, axis overrides, framework
 ``samples``        int64      number of input samples seen
 ``site_names``     str (S,)   site names, in graph order
 ``site_feeds``     str (S,)   name of the guarded tensor
@@ -27,16 +27,17 @@ key                dtype      meaning
 from __future__ import annotations
 
 import hashlib
-
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mstransform.errors import StatsError
-from mstransform.runtime.moments import Moments
-from mstransform.runtime.npz import read_npz
+from mstransform.core.errors import MstError, StatsError
+from mstransform.core.fileio import atomic_output
+from mstransform.core.moments import Moments
+from mstransform.core.npz import read_npz
+from mstransform.core.options import Placement, Selection
 
 FORMAT = "mstransform.stats"
 VERSION = 1
@@ -60,18 +61,16 @@ class SiteStats:
 @dataclass
 class Stats:
     fingerprint: str
-    placement: str
+    placement: Placement
     sites: dict[str, SiteStats]
     samples: int = 0
-    selection: dict = field(default_factory=dict)
+    selection: Selection = field(default_factory=Selection)
 
     def __len__(self) -> int:
         return len(self.sites)
 
     def save(self, path: str | Path) -> None:
         """Write the stats file atomically (temporary file, then rename)."""
-        from mstransform.tools.atomic import atomic_output
-
         with atomic_output(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **self.to_arrays())
@@ -80,8 +79,8 @@ class Stats:
         sites = list(self.sites.values())
         arrays = {
             "format": np.array(FORMAT), "version": np.array(VERSION, dtype=np.int64),
-            "fingerprint": np.array(self.fingerprint), "placement": np.array(self.placement),
-            "selection": np.array(json.dumps(self.selection, sort_keys=True)),
+            "fingerprint": np.array(self.fingerprint), "placement": np.array(Placement(self.placement).value),
+            "selection": np.array(self.selection.to_json()),
             "samples": np.array(self.samples, dtype=np.int64),
             "site_names": np.array([s.name for s in sites], dtype=str),
             "site_feeds": np.array([s.feed for s in sites], dtype=str),
@@ -121,7 +120,7 @@ class Stats:
             return a[key]
 
         if str(need("format")) != FORMAT:
-            raise StatsError(f"{origin} is not an mstransform stats file (format {str(a['format'])!r})")
+            raise StatsError(f"{origin} is not an mstransform stats file (format {str(a['format'])[:40]!r})")
         version = int(need("version"))
         if version != VERSION:
             raise StatsError(f"{origin} has stats format version {version}; this mstransform reads version {VERSION}")
@@ -149,15 +148,23 @@ class Stats:
                                     int(cols["site_axes"][i]), int(cols["site_ranks"][i]), str(cols["site_dtypes"][i]),
                                     moments)
         try:
-            selection = json.loads(str(a.get("selection", "{}")))
-        except json.JSONDecodeError:
-            raise StatsError(f"{origin}: the selection record is not valid JSON") from None
-        return cls(str(need("fingerprint")), str(need("placement")), sites, int(a.get("samples", 0)), selection)
+            selection = Selection.from_json(str(a.get("selection", "{}")))
+        except (json.JSONDecodeError, ValueError, TypeError) as e:
+            raise StatsError(f"{origin}: the selection record is not valid ({e})") from None
+        except MstError as e:  # a bad pattern inside the file
+            raise StatsError(f"{origin}: the selection record holds {e}") from None
+        try:
+            placement = Placement(str(need("placement")))
+        except ValueError:
+            raise StatsError(f"{origin}: unknown placement {str(a['placement'])!r}") from None
+        return cls(str(need("fingerprint")), placement, sites, int(a.get("samples", 0)), selection)
 
     def merge(self, other: "Stats") -> "Stats":
         """Exact merge of two shards measured on the same model with the same sites."""
         if other.fingerprint != self.fingerprint:
             raise StatsError(f"cannot merge stats of different models (fingerprints {self.fingerprint} and {other.fingerprint})")
+        if other.sha256() == self.sha256():
+            raise StatsError("the two stats are identical: a shard merged with itself would count its samples twice")
         if list(other.sites) != list(self.sites) or other.placement != self.placement:
             raise StatsError("cannot merge stats with different site lists; calibrate both shards with the same selection")
         merged = {}
@@ -186,9 +193,37 @@ class Stats:
             renamed[name] = SiteStats(name, s.feed, s.kind, s.axis, s.rank, s.dtype, s.moments)
         return Stats(self.fingerprint, self.placement, renamed, self.samples, self.selection)
 
+    def matched_to(self, sites: list[tuple[str, str, int | None, str]], *, by_position: bool,
+                   check_feeds: bool) -> "Stats":
+        """These stats for a graph whose sites are ``(name, kind, channels, feed)``, or StatsError.
+
+        ``by_position`` allows the documented fallback between an FX graph and its ONNX export
+        when an exporter renamed a node; ``check_feeds`` compares guarded tensor names too
+        (meaningful only when both sides are ONNX).
+        """
+        stats = self
+        names = [name for name, _, _, _ in sites]
+        if by_position and set(names) != set(self.sites):
+            stats = self.aligned_to([(n, k, c) for n, k, c, _ in sites]) or self
+        extra = [n for n in stats.sites if n not in names]
+        if extra:
+            raise StatsError(f"stats hold site {extra[0]!r} that this model lacks ({len(extra)} in all); "
+                             "stats of another model?")
+        missing = [n for n in names if n not in stats.sites]
+        if missing:
+            raise StatsError(f"site {missing[0]!r} has no statistics ({len(missing)} missing); recalibrate")
+        for name, _, channels, feed in sites:
+            st = stats.sites[name]
+            if check_feeds and st.feed != feed:
+                raise StatsError(f"site {name!r} guards tensor {feed!r} but the stats measured {st.feed!r}")
+            if isinstance(channels, int) and channels >= 0 and channels != st.channels:
+                raise StatsError(f"site {name!r} has {channels} channels but its stats have {st.channels}")
+        return stats
+
     def summary(self) -> str:
         """What ``mstransform stats inspect`` prints."""
-        lines = [f"format {FORMAT} v{VERSION}; model fingerprint {self.fingerprint}; placement {self.placement}",
+        lines = [f"format {FORMAT} v{VERSION}; model fingerprint {self.fingerprint}; "
+                 f"placement {Placement(self.placement).value}",
                  f"{len(self.sites)} site(s) from {self.samples} sample(s); content sha256 {self.sha256()}"]
         head = ("site", "kind", "axis", "C", "count/ch", "mean(avg)", "std(avg)", "std(min)", "|x|max")
         rows = []

@@ -8,9 +8,27 @@ from __future__ import annotations
 
 
 class MstError(Exception):
-    """Base class; ``exit_code`` is what the CLI returns."""
+    """Base class; ``exit_code`` is what the CLI returns.
+
+    ``param`` names the API parameter at fault (``alpha``, ``batch_size``, ...). The library
+    speaks of parameters; the command line maps them to its flags (:meth:`render`).
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+        self.detail = message
+
+    def __str__(self) -> str:
+        return f"{self.param} {self.detail}" if self.param else self.detail
+
+    def render(self, flags: dict[str, str]) -> str:
+        """The message with the parameter replaced by the flag that sets it (``alpha`` -> ``--alpha``)."""
+        if not self.param:
+            return self.detail
+        return f"{flags.get(self.param, self.param)} {self.detail}"
 
 
 class UsageError(MstError):
@@ -70,7 +88,3 @@ class Interrupted(MstError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that no ``except Exception`` on the way can swallow it."""
 
-
-EXIT_CODES = {cls.__name__: cls.exit_code for cls in
-              (UsageError, ModelError, StatsError, DataError, OutputError, VerificationError, DependencyError,
-               CompatibilityError, Interrupted)}

@@ -1,4 +1,4 @@
-"""The MeanSparse operator as a PyTorch module, and the calibration observer.
+"""The MeanSparse operator as a PyTorch module: what the FX pass inserts.
 
 ``MeanSparse`` holds its constants as buffers pre-shaped for broadcasting
 (``[1,C,1,1]``, ``[1,1,C]``, ...), so ``torch.onnx.export`` emits the same
@@ -6,6 +6,10 @@
 The forward has no Python branching on tensor values: it traces, exports and compiles.
 ``threshold = alpha * sigma`` is kept as a buffer (recomputed by :meth:`set_alpha`), so
 ``alpha = 0`` gives threshold 0 and strict ``<`` never fires: exactly the identity.
+
+The constants are buffers, so they follow ``.to(device)`` with the model; the pass creates
+them on the device of the tensors they guard. The comparison runs in the guarded tensor's
+dtype (fp32, fp16, bf16), as the exported ONNX operator does.
 
 ``straight_through = True`` switches the backward pass to the identity (BPDA, for
 adaptive evaluation) without touching the forward values or re-inserting anything.
@@ -18,13 +22,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mstransform.runtime.moments import Moments
 
 
-def _shaped(values: np.ndarray, rank: int, axis: int) -> torch.Tensor:
+def _shaped(values: np.ndarray, rank: int, axis: int, device=None) -> torch.Tensor:
     shape = [1] * rank
     shape[axis] = -1
-    return torch.as_tensor(np.asarray(values, dtype=np.float32)).reshape(shape).clone()
+    return torch.as_tensor(np.asarray(values, dtype=np.float32)).reshape(shape).clone().to(device)
 
 
 class _StraightThroughSparsify(torch.autograd.Function):
@@ -41,12 +44,12 @@ class MeanSparse(nn.Module):
     """``y = center where |x - center| < threshold else x``, per channel along ``axis``."""
 
     def __init__(self, center: np.ndarray, sigma: np.ndarray, alpha: float, *, rank: int, axis: int,
-                 site: str = "", scale: np.ndarray | None = None):
+                 site: str = "", device: torch.device | str | None = None):
         super().__init__()
         self.site, self.axis, self.rank = site, axis, rank
-        self.register_buffer("center", _shaped(center, rank, axis))
-        self.register_buffer("sigma", _shaped(sigma if scale is None else scale, rank, axis))
-        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.register_buffer("center", _shaped(center, rank, axis, device))
+        self.register_buffer("sigma", _shaped(sigma, rank, axis, device))
+        self.register_buffer("alpha", torch.tensor(float(alpha), device=device))
         self.register_buffer("threshold", self.sigma * self.alpha)
         self.straight_through = False
 
@@ -77,22 +80,3 @@ def straight_through(model: nn.Module, enabled: bool = True):
     finally:
         for m, p in zip(ops, previous):
             m.straight_through = p
-
-
-class MomentsObserver(nn.Module):
-    """Identity that folds every tensor it sees into exact float64 per-channel moments."""
-
-    def __init__(self, axis: int):
-        super().__init__()
-        self.axis = axis
-        self.moments: Moments | None = None
-        self.rank: int | None = None
-        self.dtype = "float32"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        arr = x.detach().cpu().numpy()
-        m = Moments.of_batch(arr, self.axis)
-        self.moments = m if self.moments is None else self.moments.merge(m)
-        self.rank = x.ndim
-        self.dtype = np.dtype(arr.dtype).name
-        return x

@@ -1,0 +1,185 @@
+"""The activation catalogue and the placement rules, declared once for every graph kind.
+
+Each :class:`ActivationKind` names one activation and how it appears in an ONNX graph (single
+op types) and in a torch.fx graph (modules, functions, ATen overloads and tensor methods, by
+qualified name so this floor never imports torch). The ONNX pattern rules for decomposed forms
+(``passes/onnx_rules.py``) and the FX matcher (``passes/fx_view.py``) both produce kinds from
+this table; a kind outside it is a programming error caught at import.
+
+The rules that decide placement are written once over :class:`GraphView`, a small protocol
+the ONNX and FX adapters implement:
+
+* :func:`squeeze_excite_gate` -- an activation whose input descends from a global pooling and
+  whose output scales the pooled feature map sits in a Squeeze-and-Excitation branch;
+* :func:`is_residual` -- an ``Add`` of two computed tensors of one static shape;
+* :func:`channel_axis` -- the channel axis from the rank and the layout of the producers.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Generic, Iterable, Protocol, TypeVar
+
+
+@dataclass(frozen=True)
+class ActivationKind:
+    name: str
+    onnx_ops: frozenset[str] = frozenset()
+    torch: tuple[str, ...] = ()  # "module:torch.nn.ReLU", "function:torch.nn.functional.relu", "aten:relu.default", "method:relu"
+
+
+def _kind(name, onnx=(), modules=(), functions=(), aten=(), methods=()) -> ActivationKind:
+    refs = ([f"module:torch.nn.{m}" for m in modules] + [f"function:{f}" for f in functions]
+            + [f"aten:{a}" for a in aten] + [f"method:{m}" for m in methods])
+    return ActivationKind(name, frozenset(onnx), tuple(refs))
+
+
+KINDS: dict[str, ActivationKind] = {k.name: k for k in (
+    _kind("Relu", ["Relu"], ["ReLU"], ["torch.nn.functional.relu", "torch.relu"], ["relu.default", "relu_.default"],
+          ["relu"]),
+    _kind("Clip(ReLU6)", [], ["ReLU6"], ["torch.nn.functional.relu6"]),  # ONNX: Clip(0, 6), see passes/onnx_rules.py
+    _kind("Clip(ReLU)"),  # ONNX only: Clip(min=0) without max
+    _kind("Gelu", ["Gelu"], ["GELU"], ["torch.nn.functional.gelu"], ["gelu.default"]),
+    _kind("SiLU", [], ["SiLU"], ["torch.nn.functional.silu"], ["silu.default", "silu_.default"]),
+    _kind("HardSwish", ["HardSwish"], ["Hardswish"], ["torch.nn.functional.hardswish"],
+          ["hardswish.default", "hardswish_.default"]),
+    _kind("Mish", ["Mish"], ["Mish"], ["torch.nn.functional.mish"], ["mish.default"]),
+    _kind("Softplus", ["Softplus"], ["Softplus"], ["torch.nn.functional.softplus"], ["softplus.default"]),
+    _kind("Elu", ["Elu"], ["ELU"], ["torch.nn.functional.elu"], ["elu.default"]),
+    _kind("LeakyRelu", ["LeakyRelu"], ["LeakyReLU"], ["torch.nn.functional.leaky_relu"], ["leaky_relu.default"]),
+    _kind("Selu", ["Selu"], ["SELU"], ["torch.nn.functional.selu", "torch.selu"], ["selu.default"]),
+    _kind("Celu", ["Celu"], ["CELU"], ["torch.nn.functional.celu"], ["celu.default"]),
+    _kind("PRelu", ["PRelu"], ["PReLU"], ["torch.nn.functional.prelu"], ["prelu.default", "_prelu_kernel.default"]),
+    _kind("Tanh", ["Tanh"], ["Tanh"], ["torch.tanh"], ["tanh.default"], ["tanh"]),
+    _kind("Sigmoid", ["Sigmoid"], ["Sigmoid"], ["torch.sigmoid"], ["sigmoid.default"], ["sigmoid"]),
+    _kind("HardSigmoid", ["HardSigmoid"], ["Hardsigmoid"], ["torch.nn.functional.hardsigmoid"],
+          ["hardsigmoid.default"]),
+    _kind("ThresholdedRelu", ["ThresholdedRelu"]),
+    _kind("Softsign", ["Softsign"], ["Softsign"], ["torch.nn.functional.softsign"]),
+)}
+# The kinds that are not activations but placements of their own.
+RESIDUAL, LINEAR_INPUT = "residual", "linear-input"
+
+# Ops (by kind of graph) that end a Squeeze-and-Excitation squeeze: global poolings.
+ONNX_POOLS = frozenset({"GlobalAveragePool", "ReduceMean", "GlobalMaxPool", "ReduceMax"})
+FX_POOLS = ("aten:adaptive_avg_pool2d.default", "aten:_adaptive_avg_pool2d.default", "aten:mean.dim",
+            "function:torch.nn.functional.adaptive_avg_pool2d", "function:torch.mean", "method:mean",
+            "module:torch.nn.AdaptiveAvgPool2d")
+SE_HOPS = 6  # how far a squeeze or an excitation may reach: an SE branch is a few ops long
+
+
+def kind(name: str) -> ActivationKind:
+    """The catalogue entry for ``name``; KeyError names a rule that produced an unknown kind."""
+    return KINDS[name]
+
+
+N = TypeVar("N")  # a node handle of the adapter's graph
+V = TypeVar("V")  # a value (tensor) handle of the adapter's graph
+
+
+class GraphView(Protocol, Generic[N, V]):
+    """What the placement rules need to ask a graph; ONNX and FX adapters implement it."""
+
+    def producer(self, value: V) -> N | None: ...
+
+    def is_pool(self, node: N) -> bool: ...
+
+    def pooled(self, node: N) -> V: ...
+
+    def computed_inputs(self, node: N) -> list[V]: ...
+
+    def users(self, value: V) -> Iterable[N]: ...
+
+    def outputs(self, node: N) -> list[V]: ...
+
+    def scales(self, node: N, value: V, target: V) -> bool:
+        """True when ``node`` multiplies ``value`` by ``target``."""
+
+    def layout(self, node: N) -> "Layout": ...
+
+    def node_name(self, node: N) -> str: ...
+
+
+def squeeze_source(view: GraphView, value, hops: int = SE_HOPS):
+    """If ``value`` descends from a global pooling within a few single-input hops, the pooled map."""
+    for _ in range(hops):
+        node = view.producer(value)
+        if node is None:
+            return None
+        if view.is_pool(node):
+            return view.pooled(node)
+        computed = view.computed_inputs(node)
+        if len(computed) != 1:
+            return None
+        value = computed[0]
+    return None
+
+
+def squeeze_excite_gate(view: GraphView, feed, out, hops: int = SE_HOPS) -> str | None:
+    """The name of the Mul that ``out`` gates when the activation sits in an SE branch, else None."""
+    source = squeeze_source(view, feed, hops)
+    if source is None:
+        return None
+    frontier = [out]
+    for _ in range(hops):
+        nxt = []
+        for v in frontier:
+            for node in view.users(v):
+                if view.scales(node, v, source):
+                    return view.node_name(node)
+                nxt.extend(view.outputs(node))
+        frontier = nxt
+    return None
+
+
+def is_residual(shape_a, shape_b) -> bool:
+    """An Add of two computed tensors is a residual join when both have one known shape of rank >= 2."""
+    return shape_a is not None and shape_b is not None and tuple(shape_a) == tuple(shape_b) and len(shape_a) >= 2
+
+
+class Layout(enum.Enum):
+    """What a producer says about the channel axis of its output."""
+
+    CONV = "conv"  # (N, C, spatial...) -> axis 1
+    TOKENS = "tokens"  # (N, L, C) or (..., C) -> last axis
+    CHANNELS_LAST = "channels-last"  # a Transpose/permute moved C last
+    TOKENS_TRANSPOSED = "tokens-transposed"  # (N, C, L) after a Transpose of tokens
+    KEEP = "keep"  # elementwise: look further up
+    UNKNOWN = "unknown"  # stop looking
+
+
+def axis_by_rank(rank: int) -> tuple[int, str]:
+    """The fallback rule: features (N,C) and tokens (N,L,C) -> last axis, conv maps -> axis 1."""
+    if rank <= 2:
+        return rank - 1, "features (N,C)"
+    if rank == 3:
+        return 2, "tokens (N,L,C) by rank"
+    return 1, "conv (N,C,...) by rank"
+
+
+def channel_axis(view: GraphView, value, rank: int | None, limit: int = 16) -> tuple[int | None, str]:
+    """The channel axis of ``value`` (non-negative) and the rule that chose it."""
+    if rank is None:
+        return None, "rank unknown"
+    if rank <= 2:
+        return axis_by_rank(rank)
+    frontier, seen = [value], 0
+    while frontier and seen < limit:
+        node = view.producer(frontier.pop(0))
+        seen += 1
+        if node is None:
+            continue
+        layout = view.layout(node)
+        if layout is Layout.CHANNELS_LAST and rank >= 4:
+            return rank - 1, "channels-last (after Transpose)"
+        if layout is Layout.TOKENS_TRANSPOSED:
+            return 2, "tokens (N,L,C) after Transpose"
+        if layout is Layout.CONV:
+            return 1, f"conv (N,C,{','.join('HWD'[:rank - 2])})" if rank <= 5 else "conv (N,C,...)"
+        if layout is Layout.TOKENS:
+            return rank - 1, "tokens (N,L,C)" if rank == 3 else "last axis (after MatMul/LayerNorm)"
+        if layout is Layout.KEEP:
+            frontier.extend(view.computed_inputs(node))
+            continue
+        break
+    return axis_by_rank(rank)

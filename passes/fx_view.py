@@ -1,0 +1,225 @@
+"""The torch.fx adapter of the site finder: a ``GraphModule`` seen through
+:class:`~mstransform.passes.sites.SiteSource`, with activations matched from the catalogue's
+torch references (:mod:`mstransform.core.catalogue`).
+
+Site names: for a ``torch.export`` program a site is named ``node_<fx name>`` of the node
+producing the activation's output -- exactly the name the dynamo ONNX exporter gives that
+node -- so stats measured on the FX graph apply to its ONNX export and back. For a
+``symbolic_trace`` graph the name is the activation module's path (``block1.act1``) or the FX
+node name for functional calls; those correspond to no ONNX export.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from mstransform.core.catalogue import FX_POOLS, KINDS, Layout
+from mstransform.passes.sites import Candidate, Rejection
+
+aten = torch.ops.aten
+
+
+def _resolve(ref: str):
+    """A catalogue reference (``module:torch.nn.ReLU``, ``aten:relu.default``, ...) as a torch object."""
+    how, _, name = ref.partition(":")
+    if how == "method":
+        return name
+    if how == "aten":
+        packet, _, overload = name.partition(".")
+        return getattr(getattr(aten, packet), overload)
+    mod, _, attr = name.rpartition(".")
+    return getattr(importlib.import_module(mod), attr)
+
+
+@functools.lru_cache(maxsize=1)
+def _tables():
+    modules, functions, methods = {}, {}, {}
+    for k in KINDS.values():
+        for ref in k.torch:
+            target = _resolve(ref)
+            {"module": modules, "method": methods}.get(ref.partition(":")[0], functions)[target] = k.name
+    pools = {_resolve(r) for r in FX_POOLS}
+    return modules, functions, methods, pools
+
+
+HARDTANH = ("function:torch.nn.functional.hardtanh", "aten:hardtanh.default", "aten:hardtanh_.default")
+ADDS = (operator.add, torch.add, aten.add.Tensor)
+MULS = (operator.mul, torch.mul, aten.mul.Tensor)
+CONV_TARGETS = ("conv1d", "conv2d", "conv3d", "convolution", "batch_norm", "_native_batch_norm_legit_no_training",
+                "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "max_pool2d_with_indices")
+TOKEN_TARGETS = ("linear", "matmul", "addmm", "mm", "bmm", "layer_norm")
+KEEP_TARGETS = ("add", "sub", "mul", "div", "dropout", "clone", "contiguous", "to", "_to_copy")
+CONV_MODULES = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.MaxPool2d, nn.AvgPool2d)
+TOKEN_MODULES = (nn.Linear, nn.LayerNorm)
+LINEAR_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
+LINEAR_TARGETS = ("linear", "conv1d", "conv2d", "conv3d", "convolution")
+
+
+def _target_name(node: fx.Node) -> str:
+    t = node.target
+    return getattr(t, "__name__", None) or str(t).split(".")[-2 if str(t).endswith(".default") else -1]
+
+
+class FxView:
+    """Read-only questions about one ``GraphModule``; FX nodes are both the ops and their values."""
+
+    def __init__(self, gm: fx.GraphModule, exported: bool):
+        self.gm, self.exported = gm, exported
+
+    # -- GraphView (catalogue rules) --------------------------------------------------------
+    def producer(self, value):
+        return value if value.op in ("call_function", "call_module", "call_method") else None
+
+    def is_pool(self, node) -> bool:
+        _, _, methods, pools = _tables()
+        if node.op == "call_module":
+            return type(self.gm.get_submodule(node.target)) in pools
+        if node.op == "call_method":
+            return node.target in pools
+        return node.target in pools
+
+    def pooled(self, node):
+        return self._first_input(node)
+
+    def computed_inputs(self, node):
+        return [a for a in node.all_input_nodes if a.op != "get_attr"]
+
+    def users(self, value):
+        return list(value.users)
+
+    def outputs(self, node):
+        return [node]
+
+    def scales(self, node, value, target) -> bool:
+        return node.op == "call_function" and node.target in MULS and value in node.args and target in node.args
+
+    def layout(self, node) -> Layout:
+        if node.op == "call_module":
+            mod = self.gm.get_submodule(node.target)
+            return (Layout.CONV if isinstance(mod, CONV_MODULES) else Layout.TOKENS if isinstance(mod, TOKEN_MODULES)
+                    else Layout.KEEP if self.kind_of(node) else Layout.UNKNOWN)
+        name = _target_name(node)
+        if name in ("permute", "transpose"):
+            rest = node.args[1:]
+            nested = len(rest) == 1 and isinstance(rest[0], (list, tuple))
+            dims = list(rest[0]) if nested else [d for d in rest if isinstance(d, int)]
+            if name == "permute" and len(dims) >= 4 and dims[0] == 0 and dims[-1] == 1:
+                return Layout.CHANNELS_LAST
+            return Layout.TOKENS_TRANSPOSED if list(dims) in ([0, 2, 1], [1, 2], [2, 1]) else Layout.UNKNOWN
+        if name in CONV_TARGETS:
+            return Layout.CONV
+        if name in TOKEN_TARGETS:
+            return Layout.TOKENS
+        return Layout.KEEP if name in KEEP_TARGETS or self.kind_of(node) else Layout.UNKNOWN
+
+    def node_name(self, node) -> str:
+        return f"node_{node.name}" if self.exported else (node.target if node.op == "call_module" else node.name)
+
+    # -- SiteSource ---------------------------------------------------------------------------
+    def kind_of(self, node: fx.Node) -> str | None:
+        modules, functions, methods, _ = _tables()
+        if node.op == "call_module":
+            mod = self.gm.get_submodule(node.target)
+            if isinstance(mod, nn.Hardtanh) and not isinstance(mod, nn.ReLU6):
+                return "Clip(ReLU6)" if (mod.min_val, mod.max_val) == (0.0, 6.0) else None
+            return modules.get(type(mod))
+        if node.op == "call_function":
+            if node.target in {_resolve(r) for r in HARDTANH}:
+                lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+                hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+                return "Clip(ReLU6)" if (lo, hi) == (0.0, 6.0) else None
+            return functions.get(node.target)
+        if node.op == "call_method":
+            return methods.get(node.target)
+        return None
+
+    def activations(self):
+        found, rejected = [], []
+        for node in self.gm.graph.nodes:
+            kind = self.kind_of(node)
+            if kind is None:
+                continue
+            feed = self._first_input(node)
+            if feed is None:
+                rejected.append(Rejection(self.node_name(node), kind, "has no tensor input"))
+                continue
+            found.append(Candidate(kind, "module" if node.op == "call_module" else "function", feed, node, [node],
+                                   [node], self.node_name(node)))
+        return found, rejected
+
+    def is_const(self, value) -> bool:
+        return value.op == "get_attr"
+
+    def residual_adds(self):
+        out = []
+        for node in self.gm.graph.nodes:
+            args = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+            if node.op == "call_function" and node.target in ADDS and len(args) == 2:
+                out.append((node, args[0], args[1], node))
+        return out
+
+    def linear_inputs(self):
+        out = []
+        for node in self.gm.graph.nodes:
+            if node.op == "call_module" and isinstance(self.gm.get_submodule(node.target), LINEAR_MODULES):
+                x = self._first_input(node)
+            elif node.op == "call_function" and _target_name(node) in LINEAR_TARGETS:
+                weight = node.args[1] if len(node.args) > 1 else None
+                if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
+                    continue
+                x = node.args[0]
+            else:
+                continue
+            if isinstance(x, fx.Node):
+                out.append((node, x, f"{self.node_name(node)}:input"))
+        return out
+
+    def describe_linear(self, node) -> str:
+        if node.op == "call_module":
+            mod = self.gm.get_submodule(node.target)
+            return "Gemm" if isinstance(mod, nn.Linear) else "Conv"
+        return "Gemm" if _target_name(node) == "linear" else "Conv"
+
+    def shape(self, value):
+        val = value.meta.get("val", value.meta.get("example_value"))
+        if val is not None and hasattr(val, "shape"):
+            return tuple(int(d) if isinstance(d, int) else None for d in val.shape)
+        tm = value.meta.get("tensor_meta")
+        return tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else None
+
+    def describe_producer(self, value) -> str:
+        if value.op == "placeholder":
+            return "graph input"
+        if value.op == "call_module":
+            return type(self.gm.get_submodule(value.target)).__name__
+        return _target_name(value)
+
+    def is_graph_output(self, value) -> bool:
+        return any(u.op == "output" for u in value.users)
+
+    def is_graph_input(self, value) -> bool:
+        return value.op == "placeholder"
+
+    def all_readers(self, value):
+        return list(value.users)
+
+    def order(self):
+        return {id(n): i for i, n in enumerate(self.gm.graph.nodes)}
+
+    def reader_node(self, reader):
+        return reader
+
+    def reader(self, node, index: int):
+        return node
+
+    def value_name(self, value) -> str:
+        return value.name
+
+    @staticmethod
+    def _first_input(node: fx.Node) -> fx.Node | None:
+        return next((a for a in node.args if isinstance(a, fx.Node)), None)

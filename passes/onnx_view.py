@@ -1,0 +1,131 @@
+"""The ONNX adapter of the site finder: an ``onnx_ir`` graph seen through
+:class:`~mstransform.passes.sites.SiteSource`, and :func:`find_sites`, the ONNX entry point."""
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from mstransform.core.catalogue import ONNX_POOLS, Layout
+from mstransform.core.options import Placement, Selection
+from mstransform.passes._ir import is_const, other_input, static_shape
+from mstransform.passes.onnx_rules import match_activations
+from mstransform.passes.sites import Candidate, Rejection, SiteTable, build_site_table
+
+CONV_LIKE = {"Conv", "ConvTranspose", "BatchNormalization", "MaxPool", "AveragePool", "InstanceNormalization",
+             "GlobalAveragePool", "LpPool", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth"}
+TOKEN_LIKE = {"MatMul", "Gemm", "LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"}
+LAYOUT_KEEPING = {"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu",
+                  "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Mish", "Clip", "Erf", "Where",
+                  "Identity", "Cast", "Dropout", "Pow", "Abs", "Neg", "Sqrt", "Less", "Greater", "Min", "Max"}
+LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+class OnnxView:
+    """Read-only questions about one ``onnx_ir`` graph, as the placement rules ask them."""
+
+    def __init__(self, graph: ir.Graph):
+        self.graph = graph
+
+    # -- GraphView (catalogue rules) --------------------------------------------------------
+    def producer(self, value):
+        return value.producer()
+
+    def is_pool(self, node) -> bool:
+        return node.op_type in ONNX_POOLS
+
+    def pooled(self, node):
+        return node.inputs[0]
+
+    def computed_inputs(self, node):
+        return [v for v in node.inputs if v is not None and not is_const(v)]
+
+    def users(self, value):
+        return [use.node for use in value.uses()]
+
+    def outputs(self, node):
+        return list(node.outputs)
+
+    def scales(self, node, value, target) -> bool:
+        return node.op_type == "Mul" and other_input(node, value) is target
+
+    def layout(self, node) -> Layout:
+        op = node.op_type
+        if op == "Transpose":
+            perm = node.attributes.get("perm")
+            perm = list(perm.as_ints()) if perm is not None else None
+            rank = len(perm) if perm else 0
+            if perm is not None and rank >= 4 and perm[0] == 0 and perm[-1] == 1:
+                return Layout.CHANNELS_LAST
+            return Layout.TOKENS_TRANSPOSED if perm == [0, 2, 1] else Layout.UNKNOWN
+        if op in CONV_LIKE:
+            return Layout.CONV
+        if op in TOKEN_LIKE:
+            return Layout.TOKENS
+        return Layout.KEEP if op in LAYOUT_KEEPING else Layout.UNKNOWN
+
+    def node_name(self, node) -> str:
+        return node.name or "?"
+
+    # -- SiteSource ---------------------------------------------------------------------------
+    def activations(self):
+        matches, reasons = match_activations(self.graph)
+        rejected = [Rejection(n.name or "?", n.op_type, r) for n, r in reasons.items()]
+        found = [Candidate(m.kind, m.form, m.feed, m.output_node.outputs[0], m.nodes, m.readers,
+                           m.output_node.name or f"{m.kind}_{i}") for i, m in enumerate(matches)]
+        return found, rejected
+
+    def is_const(self, value) -> bool:
+        return is_const(value)
+
+    def residual_adds(self):
+        return [(n, n.inputs[0], n.inputs[1], n.outputs[0]) for n in self.graph
+                if n.op_type == "Add" and len(n.inputs) == 2]
+
+    def linear_inputs(self):
+        return [(n, n.inputs[0], f"{n.name or n.op_type}:input") for n in self.graph
+                if n.op_type in LINEAR_OPS and len(n.inputs) >= 2 and is_const(n.inputs[1])]
+
+    def describe_linear(self, node) -> str:
+        return node.op_type
+
+    def shape(self, value):
+        return static_shape(value)
+
+    def describe_producer(self, value) -> str:
+        node = value.producer()
+        if node is None:
+            return "graph input" if value.is_graph_input() else "constant"
+        if node.op_type == "Add":
+            dynamic = [v for v in node.inputs if not is_const(v)]
+            if len(dynamic) == 2:
+                return "Add (residual)"
+            prev = dynamic[0].producer() if dynamic else None
+            if prev is not None and prev.op_type in ("MatMul", "Conv", "Gemm"):
+                return f"{prev.op_type}+bias"
+        return node.op_type
+
+    def is_graph_output(self, value) -> bool:
+        return value.is_graph_output()
+
+    def is_graph_input(self, value) -> bool:
+        return value.is_graph_input()
+
+    def all_readers(self, value):
+        return [(use.node, use.idx) for use in value.uses()]
+
+    def order(self):
+        return {id(n): i for i, n in enumerate(self.graph)}
+
+    def reader_node(self, reader):
+        return reader[0]
+
+    def reader(self, node, index: int):
+        return (node, index)
+
+    def value_name(self, value) -> str:
+        return value.name or ""
+
+
+def find_sites(model: ir.Model, placement: Placement | str = Placement.ACTIVATIONS,
+               selection: Selection = Selection()) -> SiteTable:
+    """The sites of ``placement`` in ``model``'s main graph (see :func:`build_site_table`)."""
+    return build_site_table(OnnxView(model.graph), placement, selection)

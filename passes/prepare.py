@@ -1,0 +1,138 @@
+"""Reading an ONNX file into an ``onnx_ir`` model ready for site finding, and the small passes
+that prepare it for writing back.
+
+:func:`load_model` refuses, with one line, anything that is not a usable ONNX model (wrong
+bytes, unknown opset, missing or escaping external data); then it names unnamed nodes
+(:class:`NameAfterOutputsPass`), fills in names onnx-ir needs and infers shapes, marking what
+it inferred so :class:`DropInferredPass` can forget it before the model is written.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes import InPlacePass, PassResult
+from onnx_ir.passes.common import NameFixPass, ShapeInferencePass
+
+from mstransform.core.errors import ModelError
+
+INFERRED = "mstransform.inferred"
+
+
+class NameAfterOutputsPass(InPlacePass):
+    """Give unnamed nodes the dynamo exporter's convention, ``node_<first output>``.
+
+    The dynamo exporter names nodes ``node_<fx name>``, but nodes it inlines from onnxscript
+    functions come out unnamed or as ``n4``, ``n0_2``; their outputs still carry the FX names,
+    so this keeps site names equal to the FX pass's. Names already taken are left as they are.
+    """
+
+    GENERIC = re.compile(r"n\d+(_\d+)*")
+
+    def call(self, model: ir.Model) -> PassResult:
+        taken = {n.name for n in model.graph if n.name}
+        changed = False
+        for node in model.graph:
+            unnamed = not node.name or self.GENERIC.fullmatch(node.name)
+            candidate = f"node_{node.outputs[0].name}" if node.outputs and node.outputs[0].name else None
+            if unnamed and candidate and candidate not in taken:
+                node.name = candidate
+                taken.add(candidate)
+                changed = True
+        return PassResult(model, changed)
+
+
+class MarkedShapeInferencePass(InPlacePass):
+    """Shape inference that marks each annotation it added, so it can be dropped again."""
+
+    def call(self, model: ir.Model) -> PassResult:
+        annotated = {id(v) for v in _node_outputs(model) if v.type is not None or v.shape is not None}
+        result = ShapeInferencePass(strict_mode=False)(model)
+        for v in _node_outputs(model):
+            if id(v) not in annotated and (v.type is not None or v.shape is not None):
+                v.meta[INFERRED] = True
+        return PassResult(model, result.modified)
+
+
+class DropInferredPass(InPlacePass):
+    """Forget the shapes this tool inferred, so the written graph carries only its own annotations.
+
+    ONNX Runtime picks kernels and fusions from value_info; a model written with extra
+    annotations can compute different low-order bits even where nothing was inserted.
+    """
+
+    def call(self, model: ir.Model) -> PassResult:
+        changed = False
+        for v in _node_outputs(model):
+            if v.meta.get(INFERRED):
+                v.shape, v.type = None, None
+                changed = True
+        return PassResult(model, changed)
+
+
+class ProvenancePass(InPlacePass):
+    """Record how a model was hardened in its ``metadata_props`` (read back by ``mstransform``)."""
+
+    def __init__(self, props: dict[str, str]):
+        super().__init__()
+        self.props = dict(props)
+
+    def call(self, model: ir.Model) -> PassResult:
+        changed = any(model.metadata_props.get(k) != v for k, v in self.props.items())
+        model.metadata_props.update(self.props)
+        return PassResult(model, changed)
+
+
+def _node_outputs(m: ir.Model):
+    for node in m.graph:
+        yield from node.outputs
+
+
+def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    folder = path.parent.resolve()
+    for init in proto.graph.initializer:
+        if init.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        loc = next((e.value for e in init.external_data if e.key == "location"), None)
+        if loc is None:
+            raise ModelError(f"tensor {init.name!r} of {path} is external but names no data file")
+        target = (folder / loc).resolve()
+        if Path(loc).is_absolute() or folder not in target.parents:
+            raise ModelError(f"external data {loc!r} of tensor {init.name!r} points outside the model's folder; "
+                             "refusing to read it")
+        if not target.is_file():
+            raise ModelError(f"external data file {loc!r} of tensor {init.name!r} is missing next to {path}")
+
+
+def load_model(model: str | Path | ir.Model) -> ir.Model:
+    """Load an ONNX model (external data stays memory-mapped), name unnamed nodes, infer shapes."""
+    if isinstance(model, ir.Model):
+        return model
+    path = Path(model)
+    try:
+        is_file = path.is_file()
+    except OSError as e:  # a symlink loop, a name too long
+        raise ModelError(f"model path {path} cannot be read ({e.strerror or e})") from None
+    if not is_file:
+        raise ModelError(f"model file {path} does not exist" if not path.exists() else
+                         f"model path {path} is not a regular file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and others
+        raise ModelError(f"{path} is not an ONNX model ({type(e).__name__}); pass an exported .onnx file") from None
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelError(f"{path} is not an ONNX model (no graph); pass an exported .onnx file")
+    _check_external_data(proto, path)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset < 7 or opset > onnx.defs.onnx_opset_version():
+        raise ModelError(f"{path} uses ONNX opset {opset}; supported opsets are 7..{onnx.defs.onnx_opset_version()}")
+    try:
+        m = ir.serde.deserialize_model(proto)
+    except Exception as e:
+        raise ModelError(f"{path} is a malformed ONNX model: {str(e).splitlines()[0]}") from None
+    ir.external_data.set_base_dir(m.graph, path.parent)
+    m.meta["mstransform.path"] = str(path)
+    ir.passes.Sequential(NameAfterOutputsPass(), NameFixPass(), MarkedShapeInferencePass())(m)
+    return m

@@ -1,0 +1,94 @@
+"""Recognise sparsify operators in any ONNX graph by their structure, not their names.
+
+``Where(Less(Abs(Sub(x, c)), t), c, x)`` with constant ``c`` and ``t`` (what the pass inserts
+and what ``torch.onnx.export`` of a :class:`~mstransform.passes.fx_ops.MeanSparse` module
+emits), and the bool-free ``Add(Mul(c, m), Mul(x, Sub(1, m)))`` with
+``m = Relu(Sign(Sub(t, Abs(Sub(x, c)))))``. The verifier, the differentiable twin and the
+TensorRT checker all find operators through this, so a renamed node cannot hide one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from mstransform.passes._ir import const_array, operand_orders
+
+
+@dataclass(frozen=True)
+class SparsifyOp:
+    x: ir.Value  # the guarded tensor
+    y: ir.Value  # the operator's output
+    center: np.ndarray  # as stored (pre-shaped for broadcasting)
+    threshold: np.ndarray
+    nodes: tuple[ir.Node, ...]
+    constants: tuple[ir.Value, ...]  # the center and threshold values, in that order
+
+
+def _producer(value, op: str):
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op else None
+
+
+def _abs_of_sub(value) -> tuple[ir.Value, ir.Value, list[ir.Node]] | None:
+    """``Abs(Sub(x, c))`` with a constant ``c`` -> (x, c value, nodes)."""
+    ab = _producer(value, "Abs")
+    sub = _producer(ab.inputs[0], "Sub") if ab is not None else None
+    if sub is None or const_array(sub.inputs[1]) is None or const_array(sub.inputs[0]) is not None:
+        return None
+    return sub.inputs[0], sub.inputs[1], [sub, ab]
+
+
+def _where_form(where: ir.Node) -> SparsifyOp | None:
+    cond, c_out, x = where.inputs
+    less = _producer(cond, "Less")
+    if less is None or const_array(less.inputs[1]) is None:
+        return None
+    found = _abs_of_sub(less.inputs[0])
+    if found is None or found[0] is not x:
+        return None
+    _, c, nodes = found
+    center = const_array(c)
+    if const_array(c_out) is None or not np.array_equal(const_array(c_out), center):
+        return None
+    t = less.inputs[1]
+    return SparsifyOp(x, where.outputs[0], center, const_array(t), (*nodes, less, where), (c, t))
+
+
+def _float_form(add: ir.Node) -> SparsifyOp | None:
+    for left, right in operand_orders(add):
+        cm, xk = _producer(left, "Mul"), _producer(right, "Mul")
+        if cm is None or xk is None:
+            continue
+        for c, m in operand_orders(cm):
+            mask = _producer(m, "Relu")
+            sign = _producer(mask.inputs[0], "Sign") if mask is not None else None
+            gap = _producer(sign.inputs[0], "Sub") if sign is not None else None
+            if gap is None or const_array(c) is None or const_array(gap.inputs[0]) is None:
+                continue
+            found = _abs_of_sub(gap.inputs[1])
+            for x, keep_v in operand_orders(xk):
+                keep = _producer(keep_v, "Sub")
+                if (found is None or found[0] is not x or keep is None or keep.inputs[1] is not m
+                        or not np.all(const_array(keep.inputs[0]) == 1)):
+                    continue
+                t = gap.inputs[0]
+                nodes = (*found[2], gap, sign, mask, keep, cm, xk, add)
+                return SparsifyOp(x, add.outputs[0], const_array(found[1]), const_array(t), nodes, (found[1], t))
+    return None
+
+
+def find_sparsify_ops(graph: ir.Graph) -> list[SparsifyOp]:
+    """Every sparsify operator of ``graph``, in graph order."""
+    ops = []
+    for node in graph:
+        if node.op_type == "Where" and len(node.inputs) == 3:
+            op = _where_form(node)
+        elif node.op_type == "Add" and len(node.inputs) == 2:
+            op = _float_form(node)
+        else:
+            continue
+        if op is not None:
+            ops.append(op)
+    return ops

@@ -1,0 +1,181 @@
+"""The command line's flags. Choices come from the option enums; counts are typed ints whose
+ranges the API checks (and the CLI reports under the flag's name)."""
+from __future__ import annotations
+
+import argparse
+
+from mstransform.core.errors import UsageError
+from mstransform.core.options import Center, Device, Formulation, Mode, Placement
+
+SUBCOMMANDS = ("sites", "calibrate", "stats", "harden", "check-trt", "engine", "run", "eval", "sweep", "plot")
+GLOBAL_VALUED = {"--threads"}
+# API parameter -> the flag that sets it, for error messages.
+FLAGS = {"alpha": "--alpha", "alphas": "--alphas", "batch_size": "--batch-size", "limit": "--limit",
+         "threads": "--threads", "eps": "--eps", "n": "-n/--images", "norm": "--norm", "mode": "--mode",
+         "center": "--center", "formulation": "--formulation", "placement": "--placement", "include": "--include",
+         "exclude": "--exclude", "axes": "--axis", "attacks": "--attacks", "apgd_iters": "--apgd-iters",
+         "pgd_steps": "--pgd-steps", "square_queries": "--square-queries", "seed": "--seed",
+         "max_clean_drop": "--max-clean-drop", "channel": "--channel", "mean/std": "--mean/--std", "std": "--std",
+         "probe": "--data", "data": "--data", "model": "MODEL", "shard": "--shard", "workspace": "--workspace"}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, usage exit code 2
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _values(enum_type) -> list[str]:
+    return [m.value for m in enum_type]
+
+
+def _add_selection(p):
+    p.add_argument("--placement", default=Placement.ACTIVATIONS.value, choices=_values(Placement),
+                   help="where operators go (default: activations, as in the paper)")
+    p.add_argument("--include", metavar="REGEX", help="keep only sites whose name or tensor matches")
+    p.add_argument("--exclude", metavar="REGEX", help="drop sites whose name or tensor matches")
+    p.add_argument("--include-se", action="store_true", help="also harden activations inside Squeeze-and-Excitation")
+    p.add_argument("--axis", action="append", metavar="SITE=AXIS", help="override a site's channel axis")
+
+
+def _add_data(p, required=False):
+    p.add_argument("--data", required=required, metavar="PATH",
+                   help="clean training data: .npy, .npz (keys = input names) or a folder of images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, metavar="N", help="use at most N samples")
+    p.add_argument("--scale", type=float, help="multiply raw values by this (default 1/255 for integer data)")
+    p.add_argument("--mean", help="per-channel mean to subtract after scaling, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", help="per-channel std to divide by after subtracting the mean")
+    p.add_argument("--size", help="resize images to W,H (default: the model input's size)")
+
+
+def _add_harden(p):
+    p.add_argument("model", help="input ONNX model (never modified)")
+    p.add_argument("--stats", metavar="NPZ", help="statistics from `mstransform calibrate`")
+    _add_data(p)
+    p.add_argument("--alpha", action="append", metavar="A|SITE=A",
+                   help="threshold multiplier (default 0.2); repeat SITE_REGEX=A for per-site values")
+    p.add_argument("-o", "--output", help="output model (default: MODEL.<mode>.onnx next to the input)")
+    p.add_argument("--mode", default=Mode.MEANSPARSE.value, choices=_values(Mode))
+    p.add_argument("--center", default=Center.MEAN.value, choices=_values(Center),
+                   help="center of the blocked band (meansparse; paper A.7)")
+    p.add_argument("--formulation", default=Formulation.WHERE.value, choices=_values(Formulation),
+                   help="Sub/Abs/Less/Where (default) or a bool-free float form")
+    p.add_argument("--placement", default=None, choices=_values(Placement),
+                   help="placement when calibrating with --data (default: activations; linear-inputs for forged)")
+    p.add_argument("--include", metavar="REGEX")
+    p.add_argument("--exclude", metavar="REGEX")
+    p.add_argument("--save-stats", metavar="NPZ", help="with --data: where to keep the measured stats")
+    p.add_argument("--eval", metavar="DATA", help="labelled data (.npz with 'labels'): print clean accuracy before/after")
+    p.add_argument("--ignore-fingerprint", action="store_true", help="accept stats measured on another export")
+    p.add_argument("--no-verify", action="store_true", help="skip the post-write checks")
+
+
+def _add_attack(p):
+    p.add_argument("--eps", type=float, default=0.1, help="perturbation budget (pixel scale [0,1]; default 0.1)")
+    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
+    p.add_argument("-n", "--images", type=int, default=500, help="number of images (default 500)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--apgd-iters", type=int, default=100)
+    p.add_argument("--pgd-steps", type=int, default=20)
+    p.add_argument("--square-queries", type=int, default=1000)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mstransform import __version__
+    from mstransform.runtime.robustness import DEFAULT_ATTACKS
+
+    parser = Parser(prog="mstransform", description="Harden exported ONNX models with MeanSparse operators.",
+                    epilog="example: mstransform model.onnx --stats stats.npz --alpha 0.2  (no sub-command = harden)",
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mstransform {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
+
+    _add_harden(sub.add_parser("harden", help="insert sparsify operators (the default command)"))
+
+    p = sub.add_parser("sites", help="print the site table and why other activations were not matched")
+    p.add_argument("model")
+    _add_selection(p)
+
+    p = sub.add_parser("calibrate", help="measure per-site statistics on clean training data")
+    p.add_argument("model")
+    _add_data(p, required=True)
+    _add_selection(p)
+    p.add_argument("-o", "--output", required=True, help="stats file to write (.npz)")
+    p.add_argument("--shard", metavar="I/N", help="only batches I, I+N, I+2N, ... (merge shards with `stats merge`)")
+
+    p = sub.add_parser("stats", help="inspect or merge stats files")
+    ss = p.add_subparsers(dest="stats_command", required=True, parser_class=Parser)
+    ss.add_parser("inspect", help="summarise a stats file").add_argument("stats")
+    q = ss.add_parser("merge", help="merge shards exactly")
+    q.add_argument("inputs", nargs="+")
+    q.add_argument("-o", "--output", required=True)
+
+    p = sub.add_parser("check-trt", help="static TensorRT compatibility check (no GPU needed)")
+    p.add_argument("model")
+    p.add_argument("--trt-version", default=None, help="TensorRT release to check against (default: newest known)")
+    p.add_argument("--fp16", action="store_true", help="also check constants are representable in fp16")
+
+    p = sub.add_parser("engine", help="build a TensorRT engine (needs TensorRT and a GPU)")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help="engine file (.plan)")
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--shapes", help="MIN/OPT/MAX batch sizes (1/8/64) or NAME:1x3x224x224/.../... per input")
+    p.add_argument("--workspace", type=int, default=1024, help="workspace limit in MiB")
+    p.add_argument("--timing-cache", help="timing cache file (read if present, written after the build)")
+
+    p = sub.add_parser("run", help="batch inference in ONNX Runtime: accuracy on labelled data, else predictions")
+    p.add_argument("model")
+    _add_data(p, required=True)
+    p.add_argument("--providers", help="comma-separated ONNX Runtime providers (default: TensorRT > CUDA > CPU)")
+    p.add_argument("--device", choices=_values(Device), help="cpu or cuda (maps to providers)")
+    p.add_argument("-o", "--output", help="write predictions (.npy)")
+
+    p = sub.add_parser("eval", help="clean, white-box, black-box and straight-through accuracy, side by side")
+    p.add_argument("models", nargs="+", help="ONNX models (base first, then hardened ones)")
+    p.add_argument("--data", required=True, help="labelled data in [0,1] after scaling (.npz with 'labels')")
+    _add_attack(p)
+    p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
+                   help="comma-separated; pgd also available when torchattacks is installed")
+    p.add_argument("--json", help="write the results as JSON")
+    p.add_argument("--csv", help="write the results as CSV")
+
+    p = sub.add_parser("sweep", help="choose alpha on a held-out split of the training data")
+    p.add_argument("model")
+    p.add_argument("--stats", required=True)
+    p.add_argument("--data", required=True, help="held-out TRAINING split with labels (never the test set)")
+    p.add_argument("--alphas", default="0.05,0.1,0.15,0.2,0.3,0.5")
+    p.add_argument("--max-clean-drop", type=float, default=0.5, help="clean-accuracy budget in points (default 0.5)")
+    _add_attack(p)
+    p.add_argument("--plot", help="PNG of clean, standard-robust and BPDA-robust accuracy against alpha")
+    p.add_argument("--json")
+    p.add_argument("--csv")
+
+    p = sub.add_parser("plot", help="feature histogram of one site/channel before and after the operator")
+    p.add_argument("model")
+    p.add_argument("--stats", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--site", required=True)
+    p.add_argument("--channel", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=0.2)
+    p.add_argument("--limit", type=int, default=512)
+    p.add_argument("-o", "--output", required=True, help="PNG file")
+    return parser
+
+
+def with_default_command(argv: list[str]) -> list[str]:
+    """``mstransform MODEL ...`` means ``mstransform harden MODEL ...``."""
+    i = 0
+    while i < len(argv):
+        if argv[i] in GLOBAL_VALUED:
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            break
+    if i < len(argv) and argv[i] not in SUBCOMMANDS and not any(x in argv for x in ("-h", "--help", "--version")):
+        return [*argv[:i], "harden", *argv[i:]]
+    return argv

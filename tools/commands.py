@@ -1,0 +1,263 @@
+"""One function per command: turn flags into typed options, call one API function, print.
+
+Output paths are checked against every input here, before any work, through the floor's
+:func:`~mstransform.core.fileio.check_outputs`; all other logic is in the API.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from mstransform.core.errors import UsageError
+from mstransform.core.fileio import atomic_output, check_outputs
+from mstransform.core.options import AlphaPlan
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _floats(text, flag: str):
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _axes(specs) -> dict[str, int]:
+    out = {}
+    for spec in specs or []:
+        name, sep, axis = spec.rpartition("=")
+        if not sep:
+            raise UsageError(f"--axis {spec!r}: expected SITE=AXIS")
+        try:
+            out[name] = int(axis)
+        except ValueError:
+            raise UsageError(f"--axis {spec!r}: expected SITE=AXIS with an integer axis") from None
+    return out
+
+
+def _shard(spec):
+    if spec is None:
+        return None
+    i, sep, n = spec.partition("/")
+    try:
+        i, n = int(i), int(n)
+    except ValueError:
+        raise UsageError(f"--shard {spec!r}: expected I/N, e.g. 0/4") from None
+    if not sep or n < 1 or not 0 <= i < n:
+        raise UsageError(f"--shard {spec!r}: need 0 <= I < N")
+    return i, n
+
+
+def _preprocess(a):
+    from mstransform.runtime.data import Preprocess
+
+    size = _floats(a.size, "--size")
+    if size is not None and (len(size) != 2 or min(size) < 1 or max(size) > 16384):
+        raise UsageError(f"--size {a.size!r}: expected W,H between 1 and 16384")
+    return Preprocess(a.scale, _floats(a.mean, "--mean"), _floats(a.std, "--std"),
+                      tuple(int(v) for v in size) if size else None)
+
+
+def _attack_config(a, attacks):
+    from mstransform.runtime.robustness import AttackConfig
+
+    return AttackConfig(eps=a.eps, norm=a.norm, n=a.images, batch_size=a.batch_size, seed=a.seed,
+                        apgd_iters=a.apgd_iters, pgd_steps=a.pgd_steps, square_queries=a.square_queries,
+                        attacks=tuple(attacks))
+
+
+def cmd_sites(a) -> int:
+    from mstransform.tools import api
+
+    print(api.find_sites(a.model, a.placement, include=a.include, exclude=a.exclude, include_se=a.include_se,
+                         axes=_axes(a.axis)).format())
+    return 0
+
+
+def cmd_calibrate(a) -> int:
+    from mstransform.tools import api
+
+    (out,) = check_outputs([a.output], [a.model, a.data])
+    t0 = time.perf_counter()
+    stats = api.calibrate(a.model, a.data, placement=a.placement, include=a.include, exclude=a.exclude,
+                          include_se=a.include_se, axes=_axes(a.axis), batch_size=a.batch_size, limit=a.limit,
+                          preprocess=_preprocess(a), threads=a.threads, shard=_shard(a.shard), log=say)
+    stats.save(out)
+    print(f"calibrated {len(stats)} site(s) on {stats.samples} sample(s) in {time.perf_counter() - t0:.1f} s; "
+          f"wrote {out}")
+    return 0
+
+
+def cmd_stats(a) -> int:
+    from mstransform.core.stats import load_stats
+
+    if a.stats_command == "inspect":
+        print(load_stats(a.stats).summary())
+        return 0
+    (out,) = check_outputs([a.output], a.inputs)
+    parts = [load_stats(p) for p in a.inputs]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = merged.merge(part)
+    merged.save(out)
+    print(f"merged {len(a.inputs)} file(s): {len(merged)} site(s), {merged.samples} sample(s); wrote {out}")
+    return 0
+
+
+def cmd_harden(a) -> int:
+    from mstransform.core.options import Mode
+    from mstransform.tools import api
+
+    if (a.stats is None) == (a.data is None):
+        raise UsageError("give either --stats NPZ (from `mstransform calibrate`) or --data PATH to calibrate now")
+    model = Path(a.model)
+    output = Path(a.output) if a.output else model.with_name(f"{model.stem}.{a.mode}.onnx")
+    alpha = AlphaPlan.parse(a.alpha)
+    pre = _preprocess(a)
+    if a.eval:
+        from mstransform.runtime.data import DataSource  # labelled data is opened (or refused) before any work
+        from mstransform.runtime.session import input_specs
+
+        DataSource(a.eval, input_specs(api.load_model(model)), batch_size=a.batch_size, preprocess=pre)
+    if a.data is not None:
+        stats_out = Path(a.save_stats) if a.save_stats else output.with_name(output.stem + ".stats.npz")
+        check_outputs([output, stats_out], [model, a.data, a.eval])
+        t0 = time.perf_counter()
+        done = api.calibrate_and_harden(model, a.data, output=output, stats_output=stats_out, alpha=alpha,
+                                        mode=a.mode, center=a.center, formulation=a.formulation,
+                                        placement=a.placement, include=a.include, exclude=a.exclude,
+                                        batch_size=a.batch_size, limit=a.limit, preprocess=pre,
+                                        verify=not a.no_verify, threads=a.threads, log=say)
+        print(f"calibrated {len(done.stats)} site(s) on {done.stats.samples} sample(s) in "
+              f"{time.perf_counter() - t0:.1f} s; wrote {done.stats_path}")
+        report = done.report
+    else:
+        check_outputs([output], [model, a.stats, a.eval])
+        report = api.harden(model, a.stats, alpha=alpha, mode=Mode(a.mode), center=a.center,
+                            formulation=a.formulation, output=output, include=a.include, exclude=a.exclude,
+                            ignore_fingerprint=a.ignore_fingerprint, verify=not a.no_verify, threads=a.threads)
+    print(report.summary())
+    if a.eval:
+        base, hard = api.compare_accuracy([model, output], a.eval, batch_size=a.batch_size, preprocess=pre,
+                                          threads=a.threads)
+        for label, acc in (("base", base), ("hardened", hard)):
+            print(f"clean accuracy {label:9s} {acc.percent:6.2f}%  ({acc.correct}/{acc.total})")
+        print(f"clean accuracy change {hard.percent - base.percent:+.2f} points")
+    return 0
+
+
+def cmd_check_trt(a) -> int:
+    from mstransform.core.errors import CompatibilityError
+    from mstransform.runtime.trt_check import check_trt, support_table, versions
+    from mstransform.tools import api
+
+    version = a.trt_version or versions()[-1]
+    if version not in support_table()["versions"]:
+        raise UsageError(f"unknown --trt-version {version!r}; known: {', '.join(versions())}")
+    findings = check_trt(api.load_model(a.model), version, fp16=a.fp16)
+    for f in findings:
+        print(f)
+    errors = [f for f in findings if f.level == "error"]
+    if errors:
+        raise CompatibilityError(f"{len(errors)} problem(s) for TensorRT {version}; first: {errors[0]}")
+    print(f"ok: compatible with the TensorRT {version} ONNX parser's operator table"
+          + (" and fp16 constants" if a.fp16 else "") + f" ({len(findings)} warning(s))")
+    return 0
+
+
+def cmd_engine(a) -> int:
+    from mstransform.runtime.session import input_specs
+    from mstransform.runtime.trt_engine import build_engine, import_tensorrt, parse_shapes
+    from mstransform.tools import api
+
+    (out,) = check_outputs([a.output], [a.model, a.timing_cache])
+    model = api.load_model(a.model)
+    specs = input_specs(model)
+    unknown = [s.name for s in specs if s.shape is None]
+    if unknown:
+        raise UsageError(f"input {unknown[0]!r} has no known shape; TensorRT needs ranked inputs (re-export with shapes)",
+                         param="model")
+    if not 1 <= a.workspace <= 1 << 20:
+        raise UsageError(f"--workspace must be between 1 and 1048576 MiB, got {a.workspace}")
+    profile = parse_shapes(a.shapes, {s.name: s.shape for s in specs})
+    import_tensorrt()
+    build_engine(a.model, out, fp16=a.fp16, bf16=a.bf16, profile=profile, workspace_mib=a.workspace,
+                 timing_cache=a.timing_cache)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_run(a) -> int:
+    import numpy as np
+
+    from mstransform.runtime.session import providers_for
+    from mstransform.tools import api
+
+    (out,) = check_outputs([a.output], [a.model, a.data])
+    providers = a.providers.split(",") if a.providers else providers_for(a.device)
+    result = api.run(a.model, a.data, providers=providers, batch_size=a.batch_size, limit=a.limit,
+                     preprocess=_preprocess(a), threads=a.threads)
+    print(f"provider: {result.provider} ({result.why})")
+    preds = result.predictions
+    if result.accuracy is not None:
+        print(f"accuracy {result.accuracy.percent:.2f}% ({result.accuracy.correct}/{result.accuracy.total})")
+    else:
+        print(f"predictions for {len(preds)} sample(s): {preds[:20].tolist()}{' ...' if len(preds) > 20 else ''}")
+    if out is not None:
+        with atomic_output(out) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, preds)
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from mstransform.tools.evaluation import evaluate
+
+    check_outputs([a.json, a.csv], [*a.models, a.data])
+    cfg = _attack_config(a, [x.strip() for x in a.attacks.split(",") if x.strip()])
+    report = evaluate(a.models, a.data, cfg, progress=say, threads=a.threads)
+    print(report.table())
+    report.write(a.json, a.csv)
+    return 0
+
+
+def cmd_sweep(a) -> int:
+    from mstransform.core.stats import load_stats
+    from mstransform.tools.sweep import sweep
+
+    check_outputs([a.plot, a.json, a.csv], [a.model, a.data, a.stats])
+    cfg = _attack_config(a, ("apgd-ce", "bpda"))
+    report = sweep(a.model, load_stats(a.stats), a.data, list(_floats(a.alphas, "--alphas")), cfg,
+                   max_clean_drop=a.max_clean_drop, progress=say, threads=a.threads)
+    print(f"sweep on {a.data} ({cfg.n} images, {cfg.norm} eps={cfg.eps:g}, APGD-CE {cfg.apgd_iters} iterations), "
+          f"{report.seconds:.0f} s")
+    print(report.table())
+    if report.alpha > 0:
+        print(f"apply: mstransform {a.model} --stats {a.stats} --alpha {report.alpha:g}")
+    report.write(a.json, a.csv, a.plot, f"{Path(a.model).name}: alpha sweep on {Path(a.data).name}")
+    if a.plot:
+        print(f"wrote {a.plot}")
+    return 0
+
+
+def cmd_plot(a) -> int:
+    from mstransform.core.options import check_alpha
+    from mstransform.core.stats import load_stats
+    from mstransform.runtime.histogram import plot_site_histogram
+
+    (out,) = check_outputs([a.output], [a.model, a.data, a.stats])
+    result = plot_site_histogram(a.model, load_stats(a.stats), a.data, a.site, a.channel, check_alpha(a.alpha),
+                                 out, a.limit)
+    print(f"{result.values} values; {100 * result.replaced:.1f}% fall in the blocked band; wrote {out}")
+    return 0
+
+
+COMMANDS = {"sites": cmd_sites, "calibrate": cmd_calibrate, "stats": cmd_stats, "harden": cmd_harden,
+            "check-trt": cmd_check_trt, "engine": cmd_engine, "run": cmd_run, "eval": cmd_eval, "sweep": cmd_sweep,
+            "plot": cmd_plot}

@@ -1,0 +1,175 @@
+"""Hardening an ONNX model: plan the operators from statistics, run the pass, write, verify.
+
+Everything the command line does for ``mstransform MODEL --stats S --alpha A`` happens here,
+so a user importing :func:`harden` gets the same checks: inputs are never modified, a model
+that fails verification is removed, and nothing is left behind on any error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+import mstransform
+from mstransform.core.errors import OutputError, StatsError, UsageError
+from mstransform.core.fileio import atomic_folder, check_output_path, remove_quietly, replace_into
+from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Selection, choice
+from mstransform.core.params import site_params
+from mstransform.core.stats import Stats, load_stats
+from mstransform.passes.fingerprint import fingerprint
+from mstransform.passes.onnx_view import find_sites
+from mstransform.passes.prepare import DropInferredPass, ProvenancePass, load_model
+from mstransform.passes.sparsify import InsertSparsifyPass
+from mstransform.runtime.data import DataSource
+from mstransform.runtime.session import input_specs
+from mstransform.runtime.verify import VerifyReport, check_file, numeric_check
+
+MAX_PROTO = 2**31 - 1
+HARDENED_MARK = "mstransform.sites"
+
+
+@dataclass
+class HardenReport:
+    output: Path | None
+    model: ir.Model
+    sites: list[str]
+    skipped: list[str]
+    alphas: dict[str, float]
+    verify: VerifyReport | None = None
+    checks: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"inserted {len(self.sites)} sparsify operator(s)"
+                 + (f"; {len(self.skipped)} site(s) left as identity (threshold 0)" if self.skipped else "")]
+        if self.output is not None:
+            lines.append(f"wrote {self.output}")
+        lines += [f"check: {c}" for c in self.checks]
+        return "\n".join(lines)
+
+
+def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, mode: Mode | str = Mode.MEANSPARSE,
+           center: Center | str = Center.MEAN, formulation: Formulation | str = Formulation.WHERE,
+           output: str | Path | None = None, include: str | None = None, exclude: str | None = None,
+           ignore_fingerprint: bool = False, probe: dict[str, np.ndarray] | None = None, verify: bool = True,
+           threads: int | None = None) -> HardenReport:
+    """Insert the sparsify operator at every site of ``stats``; with ``output``, write and verify the model.
+
+    ``alpha`` is one number or an :class:`AlphaPlan` (per-site overrides). ``include`` and
+    ``exclude`` narrow the calibrated sites further. The input file is never modified.
+    """
+    if type(model).__module__.startswith("torch") or hasattr(model, "named_modules"):
+        raise UsageError("is a torch model; use mstransform.harden_torch for nn.Module / torch.export programs",
+                         param="model")
+    plan_alpha = AlphaPlan.of(alpha)
+    mode, center = choice(Mode, mode, "mode"), choice(Center, center, "center")
+    formulation = choice(Formulation, formulation, "formulation")
+    narrow = Selection(include, exclude)
+    source_path = None if isinstance(model, ir.Model) else Path(model)
+    if output is not None:
+        output = check_output_path(output, source_path, stats if not isinstance(stats, Stats) else None)
+        check_output_path(output.with_name(output.name + ".data"), source_path)
+    if not isinstance(stats, Stats):
+        stats = load_stats(stats)
+    m = load_model(model)
+    if HARDENED_MARK in m.metadata_props:
+        raise UsageError(f"already holds {m.metadata_props[HARDENED_MARK]} sparsify operator(s) from mstransform; "
+                         "harden the base model instead", param="model")
+    from_fx = stats.selection.framework == "fx"  # names carry over; tensor names do not
+    fp = fingerprint(m)
+    if fp != stats.fingerprint and not ignore_fingerprint and not from_fx:
+        raise StatsError(f"stats were measured on another model (fingerprint {stats.fingerprint}, this model {fp}); "
+                         "calibrate this model or pass ignore_fingerprint")
+    sel = dataclasses.replace(stats.selection, framework="onnx")
+    table = find_sites(m, stats.placement, sel)
+    stats = stats.matched_to([(s.name, s.kind, s.channels, s.feed_name) for s in table], by_position=from_fx,
+                             check_feeds=not from_fx)
+    chosen = [s for s in table if narrow.rejects((s.name, s.feed_name)) is None]
+    alphas = plan_alpha.per_site([s.name for s in chosen])
+    plan = []
+    for s in chosen:
+        st = stats.sites[s.name]
+        plan.append((dataclasses.replace(s, axis=st.axis, rank=st.rank),
+                     site_params(st, alphas[s.name], mode, center)))
+    result = InsertSparsifyPass(plan, formulation)(m)
+    ProvenancePass(_provenance(mode, center, plan_alpha, stats, len(result.inserted), formulation))(m)
+    report = HardenReport(None, m, [i.site for i in result.inserted], result.skipped, alphas)
+    if output is None:
+        return report
+    DropInferredPass()(m)
+    _save(m, output)
+    report.output = output
+    if verify:
+        try:
+            report.checks += check_file(output)
+            report.verify = numeric_check(output, result.inserted, probe if probe is not None else synthetic_probe(m),
+                                          threads=threads)
+            report.checks += report.verify.checks
+        except BaseException:
+            remove_output(output)
+            raise
+    return report
+
+
+def _provenance(mode: Mode, center: Center, alpha: AlphaPlan, stats: Stats, n: int, formulation: Formulation):
+    return {"mstransform.version": mstransform.__version__, "mstransform.mode": mode.value,
+            "mstransform.center": Center.ZERO.value if mode is Mode.FORGED else center.value,
+            "mstransform.alpha": alpha.describe(), "mstransform.stats_sha256": stats.sha256(),
+            "mstransform.stats_fingerprint": stats.fingerprint, HARDENED_MARK: str(n),
+            "mstransform.formulation": formulation.value}
+
+
+def _external(m: ir.Model) -> bool:
+    return any(isinstance(v.const_value, ir.ExternalTensor) for v in m.graph.initializers.values())
+
+
+def _save(m: ir.Model, output: Path) -> None:
+    """Write the model (and its external data, if any) atomically next to ``output``."""
+    big = _external(m) or sum(v.const_value.nbytes for v in m.graph.initializers.values()
+                              if v.const_value is not None) > MAX_PROTO // 2
+    data_name = output.name + ".data"
+    with atomic_folder(output.resolve().parent) as tmp:
+        try:
+            if big:
+                ir.save(m, tmp / output.name, external_data=data_name)
+            else:
+                ir.save(m, tmp / output.name)
+        except OSError as e:
+            raise _as_output_error(e, output) from None
+        if big:
+            replace_into(tmp / data_name, output.parent / data_name)
+        replace_into(tmp / output.name, output)
+
+
+def _as_output_error(e: OSError, output: Path) -> OutputError:
+    if e.errno == errno.ENOSPC:
+        return OutputError(f"disk full while writing {output}; free space and run again")
+    return OutputError(f"cannot write {output}: {e.strerror or e}")
+
+
+def remove_output(output: Path) -> None:
+    remove_quietly(output, output.parent / (output.name + ".data"))
+
+
+def synthetic_probe(m: ir.Model, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """A small random batch shaped like the model's inputs (dynamic dims -> ``batch`` or 1)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in input_specs(m):
+        if spec.shape is None:
+            raise UsageError(f"input {spec.name!r} has unknown shape; pass probe data (--data)", param="probe")
+        shape = [batch if i == 0 and d is None else (d or 1) for i, d in enumerate(spec.shape)]
+        if spec.dtype.kind == "f":
+            out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        else:
+            out[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return out
+
+
+def probe_from(data_source: DataSource, n: int = 8) -> dict[str, np.ndarray]:
+    for batch in data_source:
+        return {k: v[:n] for k, v in batch.inputs.items()}
+    raise UsageError("holds no probe batch", param="data")
