@@ -16,6 +16,11 @@ class MstError(Exception):
 
     exit_code = 1
 
+    def __init_subclass__(cls, exit_code: int | None = None, **kw):
+        super().__init_subclass__(**kw)
+        if exit_code is not None:
+            cls.exit_code = exit_code
+
     def __init__(self, message: str, *, param: str | None = None):
         super().__init__(message)
         self.param = param
@@ -31,58 +36,40 @@ class MstError(Exception):
         return f"{flags.get(self.param, self.param)} {self.detail}"
 
 
-class UsageError(MstError):
+class UsageError(MstError, exit_code=2):
     """Bad command-line values (negative alpha, unknown site in an override, ...)."""
 
-    exit_code = 2
 
-
-class ModelError(MstError):
+class ModelError(MstError, exit_code=3):
     """The model cannot be read or has nothing to harden (not ONNX, missing external data, no sites)."""
 
-    exit_code = 3
 
-
-class StatsError(MstError):
+class StatsError(MstError, exit_code=4):
     """The statistics file is unreadable or does not fit the model."""
 
-    exit_code = 4
 
-
-class DataError(MstError):
+class DataError(MstError, exit_code=5):
     """Calibration or evaluation data is unreadable or does not fit the model's inputs."""
 
-    exit_code = 5
 
-
-class OutputError(MstError):
+class OutputError(MstError, exit_code=6):
     """An output cannot be written (equals an input, missing or read-only folder, disk full)."""
 
-    exit_code = 6
 
-
-class VerificationError(MstError):
+class VerificationError(MstError, exit_code=7):
     """The written model failed a post-write check (checker, shape inference, ORT load, numerics)."""
 
-    exit_code = 7
 
-
-class DependencyError(MstError):
+class DependencyError(MstError, exit_code=8):
     """An optional dependency (TensorRT, torch, ...) is not installed."""
 
-    exit_code = 8
 
-
-class CompatibilityError(MstError):
+class CompatibilityError(MstError, exit_code=9):
     """A static deployment check (``check-trt``) found a blocking problem."""
 
-    exit_code = 9
 
-
-class Interrupted(MstError):
+class Interrupted(MstError, exit_code=130):
     """SIGINT/SIGTERM arrived; no partial output was left."""
-
-    exit_code = 130
 
 
 class Terminated(KeyboardInterrupt):

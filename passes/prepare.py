@@ -116,6 +116,8 @@ def load_model(model: str | Path | ir.Model) -> ir.Model:
     except OSError as e:  # a symlink loop, a name too long
         raise ModelError(f"model path {path} cannot be read ({e.strerror or e})") from None
     if not is_file:
+        if path.is_symlink() and not path.exists():
+            raise ModelError(f"model path {path} is a broken or looping symbolic link and cannot be read")
         raise ModelError(f"model file {path} does not exist" if not path.exists() else
                          f"model path {path} is not a regular file")
     try:

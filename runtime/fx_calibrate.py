@@ -1,6 +1,8 @@
 """Calibration of torch models through the FX pass: observers at the sites, exact float64 moments."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -13,7 +15,14 @@ from mstransform.passes.fx import editable, fx_fingerprint, insert_module, site_
 
 
 class MomentsObserver(nn.Module):
-    """Identity that folds every tensor it sees into exact float64 per-channel moments."""
+    """Identity that folds every tensor it sees into per-channel moments, reduced where the tensor is.
+
+    Each batch is reduced on its own device in float64 (whatever the model's dtype: fp32, fp16,
+    bf16), so only C-sized vectors reach the host, where batches merge with Chan's rule in
+    float64. Summing in float64 keeps the batch moments exact to float64 rounding: fp16/bf16
+    inputs convert to float64 exactly, and a batch is far below the 2^53 terms where float64
+    sums of squares start to lose integers.
+    """
 
     def __init__(self, axis: int):
         super().__init__()
@@ -23,32 +32,69 @@ class MomentsObserver(nn.Module):
         self.dtype = "float32"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        arr = x.detach().cpu().numpy()
-        m = Moments.of_batch(arr, self.axis)
+        with torch.no_grad():
+            d = x.detach().double()
+            dims = [i for i in range(d.ndim) if i != self.axis]
+            n = d.numel() // max(d.shape[self.axis], 1)
+            mean = d.mean(dim=dims)
+            shape = [1] * d.ndim
+            shape[self.axis] = -1
+            m2 = (d - mean.reshape(shape)).square().sum(dim=dims)
+            absmax = d.abs().amax(dim=dims)
+            packed = torch.stack([mean, m2, absmax]).cpu().numpy()
+        m = Moments(n, packed[0], packed[1], packed[2])
         self.moments = m if self.moments is None else self.moments.merge(m)
         self.rank = x.ndim
-        self.dtype = np.dtype(arr.dtype).name
+        self.dtype = str(x.dtype).removeprefix("torch.")
         return x
 
 
-def _batches(data, batch_size: int):
+def _inputs(item):
+    """The model input of one batch as PyTorch users pass it: a tensor, ``(inputs, labels)``, or a dict."""
+    if isinstance(item, dict):
+        tensors = [v for k, v in item.items() if k not in ("label", "labels", "target", "targets", "y")]
+        if len(tensors) != 1:
+            raise DataError(f"a batch dict has {len(tensors)} input tensors; give one (labels under 'labels')")
+        item = tensors[0]
+    elif isinstance(item, (tuple, list)):
+        if not item:
+            raise DataError("a batch is an empty tuple")
+        item = item[0]
+    return item if isinstance(item, torch.Tensor) else torch.as_tensor(np.asarray(item))
+
+
+def _batches(data, batch_size: int, limit: int | None):
+    """Batches streamed from ``data`` (never materialised), cut at ``limit`` samples."""
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
-    if isinstance(data, torch.Tensor):
-        for i in range(0, len(data), batch_size):
-            yield data[i:i + batch_size]
-        return
-    for item in data:
-        yield torch.as_tensor(item) if not isinstance(item, torch.Tensor) else item
+    source = ((data[i:i + batch_size]) for i in range(0, len(data), batch_size)) if isinstance(data, torch.Tensor) \
+        else (_inputs(item) for item in data)
+    seen = 0
+    for x in source:
+        if limit is not None:
+            x = x[:limit - seen]
+        seen += len(x)
+        yield x
+        if limit is not None and seen >= limit:
+            return  # stop before pulling another batch from a lazy source
 
 
 def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATIONS, example: tuple | None = None,
-                 batch_size: int = 64, include_se: bool = False) -> Stats:
-    """Exact per-site statistics of a torch model over ``data`` (same schema as the ONNX path)."""
-    batches = list(_batches(data, batch_size))
-    if not batches:
+                 batch_size: int = 64, limit: int | None = None, include_se: bool = False,
+                 progress: bool = True) -> Stats:
+    """Per-site statistics of a torch model over ``data`` (same schema as the ONNX path).
+
+    ``data``: a tensor or array (cut into ``batch_size`` batches), or any iterable of batches --
+    tensors, ``(inputs, labels)`` tuples or dicts, e.g. a ``DataLoader``. It is streamed: memory
+    does not grow with the number of samples. Batches run on the device they come on.
+    """
+    from tqdm.auto import tqdm
+
+    batches = _batches(data, batch_size, limit)
+    first = next(batches, None)
+    if first is None:
         raise DataError("no calibration data")
-    example = example or (batches[0][:1],)
+    example = example or (first[:1],)
     selection = Selection(include_se=include_se, framework="fx")
     gm, exported = editable(model, example)
     table = site_table(gm, exported, placement, selection)
@@ -60,10 +106,13 @@ def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATI
     gm.recompile()
     gm.eval()
     samples = 0
+    bar = tqdm(unit="img", desc="calibrating", disable=None if progress else True, leave=False)
     with torch.no_grad():
-        for x in batches:
+        for x in itertools.chain([first], batches):
             gm(x)
             samples += len(x)
+            bar.update(len(x))
+    bar.close()
     sites = {name: SiteStats(name, site.feed.name, site.kind, obs.axis, obs.rank, obs.dtype, obs.moments)
              for (name, obs), site in zip(observers.items(), table)}
     return Stats(fx_fingerprint(gm), table.placement, sites, samples, selection)

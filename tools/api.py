@@ -54,7 +54,8 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
     if _is_torch(model):
         from mstransform.runtime.fx_calibrate import calibrate_fx
 
-        return calibrate_fx(model, data, placement=placement, batch_size=batch_size, include_se=include_se)
+        return calibrate_fx(model, data, placement=placement, batch_size=batch_size, limit=limit,
+                            include_se=include_se, progress=progress)
     m = load_model(model)
     selection = Selection(include, exclude, include_se, tuple((axes or {}).items()))
     return calibrate_table(m, _find_sites(m, placement, selection), data, batch_size=batch_size, limit=limit,
@@ -96,6 +97,8 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
                                                 else Placement.ACTIVATIONS), "placement")
     output, stats_output = check_outputs([output, stats_output], [model, data if isinstance(data, (str, Path)) else None])
     m = load_model(model)
+    narrow = Selection(include, exclude)
+    AlphaPlan.of(alpha).per_site([s.name for s in _find_sites(m, placement) if narrow.rejects((s.name, s.feed_name)) is None])
     preprocess = preprocess or Preprocess()
     probe = probe_from(DataSource(data, input_specs(m), batch_size=8, limit=8, preprocess=preprocess))
     stats = calibrate(model, data, placement=placement, batch_size=batch_size, limit=limit, preprocess=preprocess,

@@ -119,11 +119,9 @@ def cmd_harden(a) -> int:
     output = Path(a.output) if a.output else model.with_name(f"{model.stem}.{a.mode}.onnx")
     alpha = AlphaPlan.parse(a.alpha)
     pre = _preprocess(a)
-    if a.eval:
-        from mstransform.runtime.data import DataSource  # labelled data is opened (or refused) before any work
-        from mstransform.runtime.session import input_specs
-
-        DataSource(a.eval, input_specs(api.load_model(model)), batch_size=a.batch_size, preprocess=pre)
+    base = None
+    if a.eval:  # the base model's accuracy first: bad labelled data fails before any output exists
+        (base,) = api.compare_accuracy([model], a.eval, batch_size=a.batch_size, preprocess=pre, threads=a.threads)
     if a.data is not None:
         stats_out = Path(a.save_stats) if a.save_stats else output.with_name(output.stem + ".stats.npz")
         check_outputs([output, stats_out], [model, a.data, a.eval])
@@ -143,8 +141,7 @@ def cmd_harden(a) -> int:
                             ignore_fingerprint=a.ignore_fingerprint, verify=not a.no_verify, threads=a.threads)
     print(report.summary())
     if a.eval:
-        base, hard = api.compare_accuracy([model, output], a.eval, batch_size=a.batch_size, preprocess=pre,
-                                          threads=a.threads)
+        (hard,) = api.compare_accuracy([output], a.eval, batch_size=a.batch_size, preprocess=pre, threads=a.threads)
         for label, acc in (("base", base), ("hardened", hard)):
             print(f"clean accuracy {label:9s} {acc.percent:6.2f}%  ({acc.correct}/{acc.total})")
         print(f"clean accuracy change {hard.percent - base.percent:+.2f} points")
