@@ -79,6 +79,11 @@ def _map_os_error(e: OSError, path: Path) -> OutputError | None:
     return None
 
 
+def as_output_error(e: OSError, path: Path) -> OutputError:
+    """Any failed write of ``path`` as one OutputError line."""
+    return _map_os_error(e, path) or OutputError(f"cannot write {path}: {e.strerror or e}")
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path):
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success."""
@@ -120,7 +125,7 @@ def replace_into(src: Path, dst: Path) -> None:
     try:
         os.replace(src, dst)
     except OSError as e:
-        raise (_map_os_error(e, dst) or OutputError(f"cannot write {dst}: {e.strerror or e}")) from None
+        raise as_output_error(e, dst) from None
 
 
 def remove_quietly(*paths: Path) -> None:

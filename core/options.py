@@ -188,7 +188,6 @@ class Selection:
 
 # Upper bounds on sizes a user can ask for, checked before any work: past these, one value hung
 # a machine for minutes (thread counts) or crashed inside a library (batch sizes).
-MAX_THREADS = 1024
 MAX_BATCH = 1 << 20
 MAX_ITERS = 1_000_000
 

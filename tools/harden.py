@@ -7,7 +7,6 @@ that fails verification is removed, and nothing is left behind on any error.
 from __future__ import annotations
 
 import dataclasses
-import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import numpy as np
 import onnx_ir as ir
 
 import mstransform
-from mstransform.core.errors import OutputError, StatsError, UsageError
-from mstransform.core.fileio import atomic_folder, check_output_path, remove_quietly, replace_into
+from mstransform.core.errors import StatsError, UsageError
+from mstransform.core.fileio import as_output_error, atomic_folder, check_output_path, remove_quietly, replace_into
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Selection, choice
 from mstransform.core.params import site_params
 from mstransform.core.stats import Stats, load_stats
@@ -138,16 +137,10 @@ def _save(m: ir.Model, output: Path) -> None:
             else:
                 ir.save(m, tmp / output.name)
         except OSError as e:
-            raise _as_output_error(e, output) from None
+            raise as_output_error(e, output) from None
         if big:
             replace_into(tmp / data_name, output.parent / data_name)
         replace_into(tmp / output.name, output)
-
-
-def _as_output_error(e: OSError, output: Path) -> OutputError:
-    if e.errno == errno.ENOSPC:
-        return OutputError(f"disk full while writing {output}; free space and run again")
-    return OutputError(f"cannot write {output}: {e.strerror or e}")
 
 
 def remove_output(output: Path) -> None:
