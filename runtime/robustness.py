@@ -270,7 +270,8 @@ def choose_alpha(rows: list[SweepRow], max_clean_drop: float = 0.5) -> tuple[flo
                         f"(+{best.robust - base.robust:.2f}), clean {best.clean:.2f}% vs {base.clean:.2f}%")
 
 
-def plot_sweep(rows: list[SweepRow], path, title: str = "") -> None:
+def sweep_figure(rows: list[SweepRow], title: str = ""):
+    """The sweep as a matplotlib figure: one line per accuracy, alpha on x (kept apart so it can be checked)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -287,6 +288,13 @@ def plot_sweep(rows: list[SweepRow], path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_sweep(rows: list[SweepRow], path, title: str = "") -> None:
+    import matplotlib.pyplot as plt
+
+    fig = sweep_figure(rows, title)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

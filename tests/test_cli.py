@@ -71,15 +71,43 @@ def test_calibrate_inspect_merge_and_per_site_alpha(cli, tmp_path):
     assert "inserted 5" in r.out and "2 site(s) left as identity" in r.out
 
 
-def test_forged_mode_and_centers(cli, tmp_path):
+def test_forged_mode(cli, tmp_path):
     r = cli(MODEL, "--data", CALIB, "--limit", "128", "--mode", "forged", "--alpha", "0.0078125",
             "-o", tmp_path / "f.onnx")
     assert r.code == 0, r.err
     # linear-inputs: 5 convs after the stem (which reads the raw image) and the 2 Gemms
     assert "inserted 7 sparsify" in r.out
-    for center in ("zero", "global"):
-        r = cli(MODEL, "--data", CALIB, "--limit", "128", "--center", center, "-o", tmp_path / f"{center}.onnx")
-        assert r.code == 0, r.err
+
+
+@pytest.mark.parametrize("center", ["zero", "global"])
+def test_centers_match_the_papers_ablation(cli, center, export_dir, tmp_path):
+    """--center zero/global: ONNX Runtime on the result vs the torch model with the paper's operator,
+    its constants read straight from the stats file (0, or the mean over all channels; alpha * sigma_c)."""
+    import onnxruntime as ort
+    import torch
+    import zoo
+    from conftest import exported, random_inputs
+
+    path, alpha = exported("resnet", "legacy-17-folded", export_dir), 0.5
+    np.save(tmp_path / "calib.npy", random_inputs("resnet", 48, seed=2))
+    assert cli("calibrate", path, "--data", tmp_path / "calib.npy", "-o", tmp_path / "s.npz").code == 0
+    r = cli(path, "--stats", tmp_path / "s.npz", "--alpha", alpha, "--center", center, "-o", tmp_path / "h.onnx")
+    assert r.code == 0, r.err
+    raw = _stats_arrays(tmp_path / "s.npz")
+    params = []
+    for i, axis in enumerate(raw["site_axes"]):
+        mean, var = raw[f"mean/{i}"], raw[f"var/{i}"]
+        c = np.zeros_like(mean) if center == "zero" else np.full_like(mean, mean.mean())
+        params.append((c, alpha * np.sqrt(var), int(axis)))
+    model = zoo.build("resnet")
+    zoo.with_reference_operator(model, "resnet", params)
+    x = random_inputs("resnet", 4, seed=5)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]  # noqa: E731
+    got = run(tmp_path / "h.onnx")
+    assert np.max(np.abs(got - run(path))) > 1e-3  # the operator moved the output
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
 
 
 def _stats_arrays(path):

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnx.helper
 import onnx.numpy_helper
+import onnxruntime as ort
 import pytest
 import torch
 from conftest import EXAMPLE
@@ -148,8 +149,30 @@ def test_sweep_end_to_end(cli, hardened, tmp_path):
             tmp_path / "s.json")
     assert r.code == 0, r.err
     assert "chosen:" in r.out and (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
-    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    report = json.loads((tmp_path / "s.json").read_text())
+    rows = report["rows"]
     assert [row["alpha"] for row in rows] == [0.0, 0.2]
+    # clean accuracies recomputed here, independently: ONNX Runtime on the first 32 held-out images
+    val = np.load(EXAMPLE / "val.npz")
+    x, y = (val["input"][:32] / 255).astype(np.float32), val["labels"][:32]
+    mst.harden(MODEL, mst.load_stats(hardened / "stats.npz"), alpha=0.2, output=tmp_path / "a.onnx")
+    for row, path in zip(rows, (MODEL, tmp_path / "a.onnx")):
+        logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        assert row["clean"] == pytest.approx(100 * np.mean(logits.argmax(1) == y))
+        assert row["standard"] <= row["clean"] and row["bpda"] <= row["clean"]
+    assert report["chosen_alpha"] == choose_alpha([SweepRow(**r) for r in rows], report["max_clean_drop"])[0]
+
+
+def test_sweep_plot_draws_the_rows():
+    from mstransform.runtime.robustness import sweep_figure
+
+    rows = [SweepRow(0.0, 90.0, 10.0, 10.0), SweepRow(0.1, 89.0, 30.0, 12.0), SweepRow(0.3, 80.0, 50.0, 5.0)]
+    fig = sweep_figure(rows)
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    for label, field in (("clean", "clean"), ("APGD-CE (standard gradient)", "standard"),
+                         ("APGD-CE straight-through (BPDA)", "bpda")):
+        assert list(lines[label].get_xdata()) == [r.alpha for r in rows]
+        assert list(lines[label].get_ydata()) == [getattr(r, field) for r in rows]
 
 
 def test_plot_histogram(cli, hardened, tmp_path):

@@ -70,8 +70,11 @@ def test_token_stats_reduce_over_batch_and_tokens(export_dir):
     ref = site_tensors(path, x)
     for name, s in stats.sites.items():
         assert s.axis == 2
-        np.testing.assert_allclose(s.moments.mean, ref[name].astype(np.float64).mean(axis=(0, 1)), rtol=1e-9,
-                                   atol=1e-12)
+        r = ref[name].astype(np.float64)
+        np.testing.assert_allclose(s.moments.mean, r.mean(axis=(0, 1)), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(s.moments.var, r.var(axis=(0, 1)), rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(s.moments.absmax, np.abs(r).max(axis=(0, 1)))
+        assert s.moments.count == r.shape[0] * r.shape[1]
 
 
 def test_merged_shards_equal_one_pass(export_dir, tmp_path):
