@@ -1,9 +1,10 @@
-"""Exact streaming per-channel moments (count, mean, M2, max |x|) in float64.
+"""Streaming per-channel moments (count, mean, M2, max |x|) in float64.
 
-Each batch is reduced to its own (count, mean, M2) and folded in with Chan et al.'s
-pairwise merge, so the result does not depend on batch size or order beyond float64
-rounding, memory does not grow with the number of samples, and shards measured in
-separate processes merge into exactly what one pass would give.
+Each batch arrives as its own sums (:meth:`Moments.of_shifted_sums`, from the in-graph
+reductions or the FX observer) and is folded in with Chan et al.'s pairwise merge, so the
+merge adds only float64 rounding whatever the batch size or order, memory does not grow
+with the number of samples, and shards measured in separate processes merge into what one
+pass gives. The error of a batch's own sums is stated in ``docs/method.md``.
 """
 from __future__ import annotations
 
@@ -11,8 +12,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MAX_OFFSET_RATIO = 0.25  # (mean - shift)^2 / E[(x - shift)^2] above which a batch is summed again
 
-CHUNK_ELEMENTS = 1 << 15  # float64 temporaries of 256 KiB: they stay in cache
+
+def offset_ratio(count: int, s1: np.ndarray, s2: np.ndarray) -> float:
+    """The share of ``E[d^2]`` that comes from the offset of the shift: (s1/n)^2 / (s2/n), worst channel.
+
+    The float32 sum ``s2`` carries a relative error; ``M2 = s2 - s1^2/n`` amplifies it by
+    ``1 / (1 - ratio)``, so a ratio kept under 1/4 bounds the amplification by 4/3.
+    """
+    s1, s2 = np.asarray(s1, np.float64), np.asarray(s2, np.float64)
+    offset = s1 * s1 / count
+    ratio = np.divide(offset, s2, out=np.zeros_like(offset), where=s2 > 0)
+    return float(ratio.max(initial=0.0))
 
 
 @dataclass
@@ -37,30 +49,19 @@ class Moments:
         return self.m2 / max(self.count, 1)
 
     @classmethod
-    def of_batch(cls, x: np.ndarray, axis: int) -> "Moments":
-        """Moments of one batch ``x`` per channel along ``axis``.
+    def of_shifted_sums(cls, count: int, shift: np.ndarray, s1: np.ndarray, s2: np.ndarray, hi: np.ndarray,
+                        lo: np.ndarray) -> "Moments":
+        """Moments from sums of ``d = x - shift`` per channel: ``s1 = sum d``, ``s2 = sum d*d``.
 
-        Two passes, both exact in float64: the channel sums (cast on the fly, no float64
-        copy of the batch), then squared deviations from the batch mean over cache-sized
-        chunks, so the float64 temporaries stay small.
+        This is how the in-graph reductions report a batch (float32 sums, combined here in
+        float64). ``M2 = s2 - s1^2/n`` loses nothing as long as the shift lies near the mean,
+        which the caller ensures (see :func:`offset_ratio`).
         """
-        channels = x.shape[axis]
-        pre = int(np.prod(x.shape[:axis], dtype=np.int64))
-        post = int(np.prod(x.shape[axis + 1:], dtype=np.int64))
-        n = pre * post
-        if n == 0 or channels == 0:
-            return cls.empty(channels)
-        xr = x.reshape(pre, channels, post)
-        mean = xr.sum(axis=(0, 2), dtype=np.float64) / n
-        m2 = np.zeros(channels)
-        step = max(1, CHUNK_ELEMENTS // (channels * post))
-        centre = mean[None, :, None]
-        for i in range(0, pre, step):
-            d = xr[i:i + step].astype(np.float64)
-            d -= centre
-            m2 += np.einsum("acb,acb->c", d, d)
-        absmax = np.maximum(xr.max(axis=(0, 2)), -xr.min(axis=(0, 2))).astype(np.float64)
-        return cls(n, mean, m2, absmax)
+        s1, s2 = np.asarray(s1, np.float64), np.asarray(s2, np.float64)
+        mean = np.asarray(shift, np.float64) + s1 / count
+        m2 = np.maximum(s2 - s1 * s1 / count, 0.0)
+        absmax = np.maximum(np.asarray(hi, np.float64), -np.asarray(lo, np.float64))
+        return cls(int(count), mean, m2, absmax)
 
     def merge(self, other: "Moments") -> "Moments":
         """Chan's parallel merge of two disjoint sets of samples."""

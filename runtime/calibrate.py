@@ -1,9 +1,14 @@
 """Calibration: run the model on clean data and measure every site's per-channel statistics.
 
-The site tensors are exposed as extra graph outputs of an in-memory copy of the graph
-(nothing is written to disk), the model runs batch by batch in ONNX Runtime, and each
-batch is folded into float64 streaming moments. Memory is that of one batch plus
-O(channels) per site, whatever the number of samples.
+The statistics are reduced where the data is: each site tensor gets an in-graph reduction
+(:mod:`mstransform.passes.site_reductions`) to a few channel-sized vectors -- shifted sums,
+sums of squares, max and min -- so a session returns kilobytes per batch on any execution
+provider (CPU, CUDA, TensorRT) and never copies a site tensor to the host. The host turns
+each batch into float64 moments and merges them with Chan's rule, so batch size, shards and
+ranks agree up to the float32 sums inside one batch. The graph carries the reductions only
+while the session is made (nothing is written to disk); memory is that of one batch plus
+O(channels) per site, whatever the number of samples. ``docs/method.md`` derives the
+numerical guarantee.
 """
 from __future__ import annotations
 
@@ -12,16 +17,19 @@ import onnx_ir as ir
 
 from mstransform.core.catalogue import axis_by_rank
 from mstransform.core.errors import DataError, ModelError
-from mstransform.core.moments import Moments
+from mstransform.core.moments import MAX_OFFSET_RATIO, Moments, offset_ratio
 from mstransform.core.options import Placement, Selection
 from mstransform.core.stats import SiteStats, Stats
 from mstransform.passes.expose import exposed
 from mstransform.passes.fingerprint import fingerprint
 from mstransform.passes.onnx_view import find_sites
 from mstransform.passes.prepare import load_model
-from mstransform.passes.sites import SiteTable
+from mstransform.passes.site_reductions import reducing
+from mstransform.passes.sites import Site, SiteTable
 from mstransform.runtime.data import DataSource, Preprocess
 from mstransform.runtime.session import input_specs, make_session
+
+MAX_RESUMS = 2  # a batch is summed at most this many more times, each with a shift nearer its mean
 
 
 def calibrate_onnx(model, data, *, placement: Placement | str = Placement.ACTIVATIONS,
@@ -40,92 +48,120 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
     of progress the command line prints (bad data fails before it, with one line)."""
     if len(table) == 0:
         raise ModelError("the model has no sites to calibrate; `mstransform sites` says why")
-    specs = input_specs(model)
     data = source if isinstance(source, DataSource) else DataSource(
-        source, specs, batch_size=batch_size, limit=limit, preprocess=preprocess or Preprocess())
+        source, input_specs(model), batch_size=batch_size, limit=limit, preprocess=preprocess or Preprocess())
     fp = fingerprint(model)
-    with exposed(model, [s.feed for s in table]):
-        session = make_session(model, providers=providers, threads=threads)
-    feeds = list(dict.fromkeys(s.feed.name for s in table))
-    acc: dict[str, Moments] = {}
-    axes: dict[str, int] = {}
-    ranks: dict[str, int] = {}
+    run: ReducedRun | None = None
     samples = 0
-    per_sample: list[int] = []  # bytes of exposed site tensors per sample, measured on the first run
     bar = _progress(len(data), progress)
     try:
         for k, batch in enumerate(data):
             if shard is not None and k % shard[1] != shard[0]:
                 continue
-            for start, sub in _sub_batches(batch, per_sample):
-                try:
-                    outs = session.run(feeds, sub)
-                except Exception as e:
-                    first = str(e).strip().splitlines()[0]
-                    raise DataError(f"ONNX Runtime rejected batch starting at sample {start}: {first}") from None
-                if not per_sample:
-                    per_sample.append(max(1, sum(o.nbytes for o in outs) // len(next(iter(sub.values())))))
-                _fold(table, outs, feeds, acc, axes, ranks, start)
+            if run is None:
+                layout = site_layout(model, table, batch.inputs, providers, threads)
+                run = ReducedRun(model, table, layout, providers, threads)
+            run.add(batch.inputs, batch.start)
             if samples == 0 and log is not None:  # the first batch went through: the data fits
                 log(f"calibrating {len(table)} site(s) on {data.origin}")
             samples += len(batch)
             bar.update(len(batch))
     finally:
         bar.close()
-    if samples == 0:
+    if run is None or samples == 0:
         raise DataError("no samples were calibrated (empty data, or an empty shard)")
     sites = {}
     for s in table:
-        axis = axes[s.name]
-        m = acc[s.feed.name + "|" + str(axis)]
+        axis, rank, _ = run.layout[s.name]
         dtype = np.dtype(s.feed.dtype.numpy()).name if s.feed.dtype is not None else "float32"
-        rank = ranks[s.name]
-        sites[s.name] = SiteStats(s.name, s.feed.name, s.kind, axis, rank, dtype, m)
+        sites[s.name] = SiteStats(s.name, s.feed.name, s.kind, axis, rank, dtype, run.moments[(s.feed.name, axis)])
     return Stats(fp, table.placement, sites, samples, selection)
 
 
-MAX_EXPOSED_BYTES = 256 << 20
+def site_layout(model: ir.Model, table: SiteTable, feed: dict, providers=None,
+                threads=None) -> dict[str, tuple[int, int, int]]:
+    """(channel axis, rank, channels) per site, from the static shapes.
 
-
-def _sub_batches(batch, per_sample):
-    """Split a batch so the exposed site tensors of one ORT run stay under MAX_EXPOSED_BYTES.
-
-    Large models expose gigabytes per batch otherwise (ResNet-50: ~38 MB per image), and
-    fresh multi-GB outputs on every run cost more in page faults than the inference itself.
-    The first run uses one sample to measure the size per sample.
+    Where a rank or channel count is not known statically, one sample of ``feed`` runs with
+    those tensors exposed, and their shapes are read off it.
     """
-    n = len(batch)
-    step = 1 if not per_sample else max(1, min(n, MAX_EXPOSED_BYTES // per_sample[0]))
-    i = 0
-    while i < n:
-        yield batch.start + i, {k: v[i:i + step] for k, v in batch.inputs.items()}
-        i += step
-        if per_sample:
-            step = max(1, min(n, MAX_EXPOSED_BYTES // per_sample[0]))
+    layout = {}
+    for s in table:
+        shape = s.feed.shape
+        if shape is not None:
+            axis = s.axis if s.axis is not None else axis_by_rank(len(shape))[0]
+            if 0 <= axis < len(shape) and isinstance(shape[axis], int):
+                layout[s.name] = (axis, len(shape), shape[axis])
+    unknown = [s for s in table if s.name not in layout]
+    if unknown:
+        with exposed(model, [s.feed for s in unknown]):
+            session = make_session(model, providers=providers, threads=threads)
+        names = list(dict.fromkeys(s.feed.name for s in unknown))
+        outs = dict(zip(names, _run(session, names, {k: v[:1] for k, v in feed.items()}, 0)))
+        for s in unknown:
+            x = outs[s.feed.name]
+            axis = s.axis if s.axis is not None else axis_by_rank(x.ndim)[0]
+            layout[s.name] = (axis, x.ndim, x.shape[axis])
+    return layout
 
 
-def _fold(table, outs, feeds, acc, axes, ranks, start) -> None:
-    """Fold one run's site tensors into the running moments (a shared tensor counts once)."""
-    done = set()
-    for site in table:
-        x = outs[feeds.index(site.feed.name)]
-        axis = axes.get(site.name)
-        if axis is None:
-            axis = site.axis if site.axis is not None else axis_by_rank(x.ndim)[0]
-            axes[site.name] = axis
-            ranks[site.name] = x.ndim
-        key = f"{site.feed.name}|{axis}"
-        if key in done:
-            continue
-        done.add(key)
-        m = Moments.of_batch(x, axis)
-        if not (np.isfinite(m.mean).all() and np.isfinite(m.m2).all()):
-            raise DataError(f"site {site.name!r} produced NaN or Inf on the batch starting at sample {start}; "
-                            "check the data's scale")
-        prev = acc.get(key)
-        if prev is not None and prev.channels != m.channels:
-            raise DataError(f"site {site.name!r} changed channel count from {prev.channels} to {m.channels}")
-        acc[key] = m if prev is None else prev.merge(m)
+class ReducedRun:
+    """One session that carries the in-graph reductions, and the float64 moments folded from it.
+
+    Each distinct (tensor, axis) is reduced once, however many sites share it. Every shift
+    starts at 0; a batch whose mean lies far from its shift, relative to its spread
+    (:func:`offset_ratio` above ``MAX_OFFSET_RATIO``), is summed again with the shift moved to
+    that batch's mean -- so the first batch runs twice and, on well-mixed data, no other does.
+    """
+
+    def __init__(self, model: ir.Model, table: SiteTable, layout: dict[str, tuple[int, int, int]], providers=None,
+                 threads=None):
+        self.layout = layout
+        sites: dict[tuple[str, int], Site] = {}
+        for s in table:
+            sites.setdefault((s.feed.name, layout[s.name][0]), s)
+        self.keys = list(sites)
+        targets = [(s.feed, layout[s.name][0], layout[s.name][1]) for s in sites.values()]
+        with reducing(model, targets) as reductions:
+            self.session = make_session(model, providers=providers, threads=threads)
+        self.fetch = [v.name for r in reductions for v in r.outputs]
+        self.shift_inputs = [(r.shift.name, r.shift_shape) for r in reductions]
+        self.site_names = [s.name for s in sites.values()]
+        self.shifts = [np.zeros(layout[s.name][2], np.float32) for s in sites.values()]
+        self.moments: dict[tuple[str, int], Moments] = {}
+
+    def add(self, inputs: dict[str, np.ndarray], start: int) -> None:
+        for attempt in range(MAX_RESUMS + 1):
+            feed = dict(inputs)
+            for (name, shape), shift in zip(self.shift_inputs, self.shifts):
+                feed[name] = shift.reshape(shape)
+            outs = _run(self.session, self.fetch, feed, start)
+            batch = [self._moments(i, outs[5 * i:5 * i + 5], start) for i in range(len(self.keys))]
+            far = [i for i, (_, ratio) in enumerate(batch) if ratio > MAX_OFFSET_RATIO]
+            if not far or attempt == MAX_RESUMS:
+                break
+            for i in far:
+                self.shifts[i] = batch[i][0].mean.astype(np.float32)
+        for key, (m, _) in zip(self.keys, batch):
+            prev = self.moments.get(key)
+            self.moments[key] = m if prev is None else prev.merge(m)
+
+    def _moments(self, i: int, outs: list[np.ndarray], start: int) -> tuple[Moments, float]:
+        s1, s2, hi, lo, shape = outs
+        if not all(np.isfinite(a).all() for a in (s1, s2, hi, lo)):
+            raise DataError(f"site {self.site_names[i]!r} produced NaN or Inf on the batch starting at sample "
+                            f"{start}; check the data's scale")
+        count = int(np.prod(shape, dtype=np.int64)) // max(1, len(s1))
+        return (Moments.of_shifted_sums(count, self.shifts[i], s1, s2, hi, lo),
+                offset_ratio(count, s1, s2))
+
+
+def _run(session, fetch: list[str], feed: dict, start: int) -> list[np.ndarray]:
+    try:
+        return session.run(fetch, feed)
+    except Exception as e:  # ORT raises its own exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"ONNX Runtime rejected batch starting at sample {start}: {first}") from None
 
 
 def _progress(total: int, enabled: bool):

@@ -59,6 +59,33 @@ def random_inputs(name: str, n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, *zoo.INPUT_SHAPES[name])).astype(np.float32)
 
 
+U32 = 2.0**-24  # float32 unit roundoff
+
+
+def ingraph_tolerance(shape, axis: int, batch: int) -> tuple[float, float]:
+    """The bound of docs/method.md (*Numerical guarantee*) for in-graph statistics of a site of ``shape``.
+
+    With K elements per channel inside one sample and batches of N, a float32 sum spans at most
+    L = K + N terms: |mean error| <= 1.2 L u sigma and |var error| <= 5 L u var (u = 2^-24).
+    Returned as the factors (1.2 L u, 5 L u).
+    """
+    inner = int(np.prod([d for i, d in enumerate(shape) if i not in (0, axis)], dtype=np.int64))
+    span = inner + batch
+    return 1.2 * span * U32, 5 * span * U32
+
+
+def numpy_moments(x: np.ndarray, axis: int, shift=None):
+    """float64 moments of one batch, through the shifted-sums constructor the calibration uses."""
+    from mstransform.core.moments import Moments
+
+    x = np.moveaxis(np.asarray(x, np.float64), axis, -1).reshape(-1, x.shape[axis])
+    c = np.zeros(x.shape[1]) if shift is None else np.asarray(shift, np.float64)
+    d = x - c
+    if len(x) == 0:
+        return Moments.empty(x.shape[1])
+    return Moments.of_shifted_sums(len(x), c, d.sum(0), (d * d).sum(0), x.max(0), x.min(0))
+
+
 class CLIResult:
     def __init__(self, code, out, err):
         self.code, self.out, self.err = code, out, err

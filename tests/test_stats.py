@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import exported, random_inputs
+from conftest import exported, ingraph_tolerance, numpy_moments, random_inputs
 
 import mstransform as mst
 from mstransform.core.errors import StatsError
@@ -24,26 +24,34 @@ def site_tensors(path, x):
     return {site.name: outs[feeds.index(site.feed_name)] for site in table}
 
 
+def assert_within_bound(moments, t: np.ndarray, axis: int, batch: int):
+    """``moments`` against float64 numpy on the site tensor ``t``, within the derived in-graph bound."""
+    axes = tuple(i for i in range(t.ndim) if i != axis)
+    t = t.astype(np.float64)
+    mean_f, var_f = ingraph_tolerance(t.shape, axis, batch)
+    sigma, var = t.std(axis=axes), t.var(axis=axes)
+    assert np.all(np.abs(moments.mean - t.mean(axis=axes)) <= mean_f * sigma + 1e-300)
+    assert np.all(np.abs(moments.var - var) <= var_f * var + 1e-300)
+    np.testing.assert_array_equal(moments.absmax, np.abs(t).max(axis=axes))  # max and min are exact
+    assert moments.count == t.size // t.shape[axis]
+
+
 @pytest.mark.parametrize("batch_size", [1, 7, 16, 50])
 def test_stats_equal_numpy_over_whole_dataset(batch_size, export_dir):
     path = exported("resnet", "legacy-17-bn", export_dir)
     x = random_inputs("resnet", 50, seed=2) * 1.5 + 0.3  # 50 = uneven last batch for 7 and 16
     stats = mst.calibrate(path, {"input": x}, batch_size=batch_size, progress=False)
-    ref = site_tensors(path, x)
     assert stats.samples == 50
     for name, s in stats.sites.items():
-        t = ref[name].astype(np.float64)
-        axes = tuple(i for i in range(t.ndim) if i != s.axis)
-        # ONNX Runtime's float32 features themselves move by ~1e-7 with the batch size
-        np.testing.assert_allclose(s.moments.mean, t.mean(axis=axes), rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(s.moments.var, t.var(axis=axes), rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(s.moments.absmax, np.abs(t).max(axis=axes), rtol=1e-6)
-        assert s.moments.count == t.size // t.shape[s.axis]
+        # the reference runs the site tensors batch by batch too: ONNX Runtime's float32 features
+        # themselves move by ~1e-7 with the batch size, which is not the statistics' error
+        t = np.concatenate([site_tensors(path, x[i:i + batch_size])[name] for i in range(0, 50, batch_size)])
+        assert_within_bound(s.moments, t, s.axis, batch_size)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16, 40, 64])
-def test_stats_exact_when_the_site_is_the_input(batch_size, tmp_path):
-    """A ReLU on the graph input: the site tensor is the data itself, so the stats must be numpy's to 1e-12."""
+def test_stats_within_bound_on_a_large_mean(batch_size, tmp_path):
+    """A ReLU on the graph input, channel means up to 10^4 spreads: the site tensor is the data itself."""
     import contextlib
     import io
 
@@ -57,10 +65,7 @@ def test_stats_exact_when_the_site_is_the_input(batch_size, tmp_path):
     x = (rng.standard_normal((40, 3, 5, 5)) * [[[[1e-2]], [[1.0]], [[30.0]]]] + [[[[100.0]], [[-2]], [[0]]]]).astype(np.float32)
     stats = mst.calibrate(path, {"input": x}, batch_size=batch_size, progress=False)
     (s,) = stats.sites.values()
-    ref = x.astype(np.float64)
-    np.testing.assert_allclose(s.moments.mean, ref.mean(axis=(0, 2, 3)), rtol=1e-12)
-    np.testing.assert_allclose(s.moments.var, ref.var(axis=(0, 2, 3)), rtol=1e-9)
-    np.testing.assert_array_equal(s.moments.absmax, np.abs(ref).max(axis=(0, 2, 3)))
+    assert_within_bound(s.moments, x, 1, min(batch_size, 40))
 
 
 def test_token_stats_reduce_over_batch_and_tokens(export_dir):
@@ -70,11 +75,7 @@ def test_token_stats_reduce_over_batch_and_tokens(export_dir):
     ref = site_tensors(path, x)
     for name, s in stats.sites.items():
         assert s.axis == 2
-        r = ref[name].astype(np.float64)
-        np.testing.assert_allclose(s.moments.mean, r.mean(axis=(0, 1)), rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(s.moments.var, r.var(axis=(0, 1)), rtol=1e-9, atol=1e-12)
-        np.testing.assert_array_equal(s.moments.absmax, np.abs(r).max(axis=(0, 1)))
-        assert s.moments.count == r.shape[0] * r.shape[1]
+        assert_within_bound(s.moments, ref[name], 2, 6)
 
 
 def test_merged_shards_equal_one_pass(export_dir, tmp_path):
@@ -86,11 +87,15 @@ def test_merged_shards_equal_one_pass(export_dir, tmp_path):
         s.save(tmp_path / f"s{i}.npz")
     merged = Stats.load(tmp_path / "s0.npz").merge(Stats.load(tmp_path / "s1.npz")).merge(Stats.load(tmp_path / "s2.npz"))
     assert merged.samples == whole.samples == 45
+    shapes = {k: v.shape for k, v in site_tensors(path, x[:1]).items()}
     for name in whole.sites:
         a, b = whole.sites[name].moments, merged.sites[name].moments
         assert a.count == b.count
-        np.testing.assert_allclose(b.mean, a.mean, rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(b.var, a.var, rtol=1e-10, atol=1e-14)
+        # each side is within the bound of the truth, so they are within twice of each other
+        mean_f, var_f = ingraph_tolerance(shapes[name], whole.sites[name].axis, 10)
+        assert np.all(np.abs(b.mean - a.mean) <= 2 * mean_f * np.sqrt(a.var) + 1e-300)
+        assert np.all(np.abs(b.var - a.var) <= 2 * var_f * a.var + 1e-300)
+        np.testing.assert_array_equal(a.absmax, b.absmax)
 
 
 def test_moments_merge_is_exact_against_numpy():
@@ -99,7 +104,7 @@ def test_moments_merge_is_exact_against_numpy():
     parts = [data[:1], data[1:40], data[40:]]
     m = Moments.empty(3)
     for p in parts:
-        m = m.merge(Moments.of_batch(p, axis=1))
+        m = m.merge(numpy_moments(p, 1, shift=p[0].mean(axis=1)))
     np.testing.assert_allclose(m.mean, data.mean(axis=(0, 2)), rtol=1e-13)
     np.testing.assert_allclose(m.var, data.var(axis=(0, 2)), rtol=1e-9)
 

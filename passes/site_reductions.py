@@ -1,0 +1,144 @@
+"""Per-channel reductions of site tensors, computed inside the graph (in-graph calibration).
+
+For each (tensor, channel axis) the pass appends a small subgraph that leaves the model
+with only channel-sized vectors::
+
+    d  = Cast(x, float) - shift                   # shift: a graph input, one value per channel
+    S1 = sum(d), S2 = sum(d*d), hi = max(x), lo = min(x)   over every axis but the channel's
+    shape = Shape(x)                              # the element count per channel, on the host
+
+Each sum runs in two stages -- first over the axes inside one sample (``H*W`` or the
+tokens), then over the batch -- so a float32 sum never spans more than ``max(H*W, N)``
+terms (see ``docs/method.md``, *Numerical guarantee*). For an NCHW tensor the spatial
+axes are first flattened, ``(N, C, H*W)``, which keeps every reduction a contiguous one
+on the CPU and CUDA providers alike. The site tensor itself never leaves the session.
+
+The pass changes the model in place; :func:`reducing` adds the subgraph for the lifetime of
+one session and removes it again, like :func:`mstransform.passes.expose.exposed`.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes import InPlacePass, PassResult
+
+# opset from which an op takes its axes as an input rather than an attribute
+_AXES_AS_INPUT = {"ReduceSum": 13, "ReduceSumSquare": 18, "ReduceMax": 18, "ReduceMin": 18}
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """What one (tensor, axis) contributes: the shift input to feed and the outputs to fetch."""
+
+    feed: ir.Value
+    axis: int
+    rank: int
+    shift: ir.Value
+    shift_shape: tuple[int, ...]  # (C, 1, ...): the shape the host gives the shift
+    sum: ir.Value
+    sum_squares: ir.Value
+    max: ir.Value
+    min: ir.Value
+    shape: ir.Value
+
+    @property
+    def outputs(self) -> tuple[ir.Value, ...]:
+        return self.sum, self.sum_squares, self.max, self.min, self.shape
+
+
+@dataclass
+class ReductionResult(PassResult):
+    reductions: list[Reduction] = field(default_factory=list)
+    nodes: list[ir.Node] = field(default_factory=list)
+
+
+class AddSiteReductionsPass(InPlacePass):
+    """Append the reductions for each ``(value, axis, rank)``; the value's rank must be known."""
+
+    def __init__(self, targets: list[tuple[ir.Value, int, int]]):
+        super().__init__()
+        self.targets = targets
+
+    def requires(self, model: ir.Model) -> None:
+        for value, axis, rank in self.targets:
+            if not 1 <= axis < rank:  # axis 0 is the batch: statistics are per channel over samples
+                raise ValueError(f"channel axis {axis} is not in 1..{rank - 1} for {value.name!r}")
+
+    def call(self, model: ir.Model) -> ReductionResult:
+        opset = model.opset_imports.get("", 1)
+        nodes: list[ir.Node] = []
+        reductions = []
+        for i, (x, axis, rank) in enumerate(self.targets):
+            b = _Builder(nodes, opset, f"mst_reduce_{i}")
+            xf = x if x.dtype == ir.DataType.FLOAT else b.op("Cast", [x], to=ir.DataType.FLOAT)
+            view, inner, shift_shape = _channel_view(b, xf, axis, rank)
+            shift = ir.Value(name=f"mst_shift/{i}", type=ir.TensorType(ir.DataType.FLOAT),
+                             shape=ir.Shape([None, *[1] * (len(shift_shape) - 1)]))
+            d = b.op("Sub", [view, shift])
+            outs = [b.two_stage(op, d if op.startswith("ReduceSum") else view, inner)
+                    for op in ("ReduceSum", "ReduceSumSquare", "ReduceMax", "ReduceMin")]
+            shape = b.op("Shape", [x])
+            for v, name in zip([*outs, shape], ("sum", "sum_squares", "max", "min", "shape")):
+                v.name = f"mst_{name}/{i}"
+            reductions.append(Reduction(x, axis, rank, shift, shift_shape, *outs, shape))
+        model.graph.extend(nodes)
+        for r in reductions:
+            model.graph.inputs.append(r.shift)
+            model.graph.outputs.extend(r.outputs)
+        return ReductionResult(model, bool(reductions), reductions, nodes)
+
+
+def _channel_view(b: "_Builder", x: ir.Value, axis: int, rank: int):
+    """A view of ``x`` in which the reduction axes are few: (N, C, H*W) for NCHW tensors.
+
+    Returns the view, the axes to reduce within one sample, and the shape the shift takes.
+    """
+    if axis == 1 and rank > 3:
+        flat = b.op("Reshape", [x, b.const(np.array([0, 0, -1], np.int64))])
+        return flat, [2], (-1, 1)
+    inner = [a for a in range(1, rank) if a != axis]
+    return x, inner, (-1, *[1] * (rank - 1 - axis))
+
+
+class _Builder:
+    """Appends nodes with unique names to one list, in the model's opset."""
+
+    def __init__(self, nodes: list[ir.Node], opset: int, prefix: str):
+        self.nodes, self.opset, self.prefix = nodes, opset, prefix
+
+    def op(self, op_type: str, inputs, **attributes) -> ir.Value:
+        node = ir.node(op_type, inputs, attributes=attributes, name=f"{self.prefix}/{len(self.nodes)}")
+        self.nodes.append(node)
+        return node.outputs[0]
+
+    def const(self, array: np.ndarray) -> ir.Value:
+        return self.op("Constant", [], value=ir.tensor(array))
+
+    def reduce(self, op_type: str, x: ir.Value, axes: list[int]) -> ir.Value:
+        if self.opset >= _AXES_AS_INPUT[op_type]:
+            return self.op(op_type, [x, self.const(np.array(axes, np.int64))], keepdims=0)
+        return self.op(op_type, [x], axes=axes, keepdims=0)
+
+    def two_stage(self, op_type: str, x: ir.Value, inner: list[int]) -> ir.Value:
+        """Reduce within each sample first, then over the batch (ReduceSumSquare squares once)."""
+        if not inner:
+            return self.reduce(op_type, x, [0])
+        partial = self.reduce(op_type, x, inner)
+        return self.reduce("ReduceSum" if op_type == "ReduceSumSquare" else op_type, partial, [0])
+
+
+@contextlib.contextmanager
+def reducing(model: ir.Model, targets: list[tuple[ir.Value, int, int]]):
+    """Within the block, ``model`` carries the reductions of ``targets``; afterwards it is as before."""
+    result = AddSiteReductionsPass(targets)(model)
+    try:
+        yield result.reductions
+    finally:
+        for r in result.reductions:
+            for v in r.outputs:
+                model.graph.outputs.remove(v)
+            model.graph.inputs.remove(r.shift)
+        model.graph.remove(result.nodes, safe=True)
