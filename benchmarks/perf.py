@@ -5,8 +5,9 @@
 1. inference overhead: hardened / base latency in ONNX Runtime CPU (2 intra-op threads,
    median of interleaved repeats) for ResNet-50 at 224 (batch 1 and 8), ViT-B/16 (batch 1)
    and the shipped example, for both formulations of the operator;
-2. calibration: time for N images / plain ONNX Runtime inference over the same batches,
-   and peak RSS for N and 4N images (separate processes);
+2. calibration: time for N images / plain ONNX Runtime inference over the same batches, end to
+   end (load, session, every batch) and warm (both sessions made and run once, then every
+   batch again), and peak RSS for N and 4N images (separate processes);
 3. transform: time and peak Python memory to harden a ~100M-parameter model (load and save
    excluded), and a >2 GB model with external data hardened and loaded in ONNX Runtime;
 4. scale-out: calibration sharded over processes (``--shard`` + ``stats merge``) and with
@@ -107,46 +108,66 @@ def section_overhead(tmp: Path, quick: bool) -> list[str]:
 CAL_SCRIPT = """
 import sys, time, numpy as np
 import mstransform as mst
+from mstransform.passes.onnx_view import find_sites
+from mstransform.runtime.calibrate import ReducedRun, site_layout
 from mstransform.runtime.data import DataSource
 from mstransform.runtime.session import input_specs, make_session
-model, data, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model, data, n, bs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+# end to end, as a user sees it: load, session, every batch
 t0 = time.perf_counter()
-stats = mst.calibrate(model, data, batch_size=64, limit=n, progress=False, threads=2)
+stats = mst.calibrate(model, data, batch_size=bs, limit=n, progress=False, threads=2)
 t_cal = time.perf_counter() - t0
 rss_cal = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))  # kB, this process only
-s = make_session(model, threads=2)
-src = DataSource(data, input_specs(mst.load_model(model)), batch_size=64, limit=n)
 t0 = time.perf_counter()
-for b in src:
-    s.run(None, b.inputs)
+s = make_session(model, threads=2)
+batches = [b.inputs for b in DataSource(data, input_specs(mst.load_model(model)), batch_size=bs, limit=n)]
+for b in batches:
+    s.run(None, b)
 t_inf = time.perf_counter() - t0
-print(f"{t_cal} {t_inf} {rss_cal}")
+# steady state: both sessions warm, every batch again, one phase after the other
+m = mst.load_model(model)
+table = find_sites(m)
+run = ReducedRun(m, table, site_layout(m, table, batches[0]), threads=2)
+run.add(batches[0], 0)
+t0 = time.perf_counter()
+for b in batches:
+    s.run(None, b)
+t_plain = time.perf_counter() - t0
+t0 = time.perf_counter()
+for b in batches:
+    run.add(b, 0)
+t_red = time.perf_counter() - t0
+print(f"{t_cal} {t_inf} {rss_cal} {t_red / t_plain}")
 """
 
 
 def section_calibration(tmp: Path, quick: bool) -> list[str]:
+    import torch
+    from models import ResNet50, ViTB16, randomize_bn
+
     with np.load(EXAMPLE / "calib.npz") as z:
         base = z["input"]
     n = 2000 if quick else 4000
     data = tmp / "calib4n.npz"
     np.savez(data, input=np.concatenate([base] * (4 * n // len(base) + 1))[: 4 * n])
-    rows = ["| model | images | calibration s | plain inference s | ratio | peak RSS MiB |", "|---|---|---|---|---|---|"]
-    cases = [("example", EXAMPLE / "model.onnx", data, n), ("example", EXAMPLE / "model.onnx", data, 4 * n)]
+    rows = ["| model | images | batch | calibration s | plain inference s | ratio | warm ratio | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|"]
+    cases = [("example", EXAMPLE / "model.onnx", data, n, 64), ("example", EXAMPLE / "model.onnx", data, 4 * n, 64)]
     if not quick:
-        import torch
-        from models import ResNet50, randomize_bn
-
-        r50 = tmp / "ResNet-50.onnx"
-        if not r50.exists():
-            export(randomize_bn(ResNet50()), torch.randn(1, 3, 224, 224), r50)
-        img = tmp / "r50.npz"
-        np.savez(img, input=np.random.default_rng(0).standard_normal((128, 3, 224, 224)).astype(np.float32))
-        cases += [("ResNet-50 224", r50, img, 32), ("ResNet-50 224", r50, img, 128)]
-    for label, model, source, count in cases:
-        out = subprocess.run([sys.executable, "-c", CAL_SCRIPT, str(model), str(source), str(count)],
+        img = tmp / "img224.npz"
+        np.savez(img, input=np.random.default_rng(0).standard_normal((256, 3, 224, 224)).astype(np.float32))
+        for label, build, count in (("ResNet-50 224", lambda: randomize_bn(ResNet50()), 256),
+                                    ("ViT-B/16 224", lambda: ViTB16().eval(), 64)):
+            path = tmp / f"{label.split()[0].replace('/', '')}.onnx"
+            if not path.exists():
+                export(build(), torch.randn(1, 3, 224, 224), path)
+            cases.append((label, path, img, count, 32))
+    for label, model, source, count, bs in cases:
+        out = subprocess.run([sys.executable, "-c", CAL_SCRIPT, str(model), str(source), str(count), str(bs)],
                              capture_output=True, text=True, check=True).stdout.split()
-        t_cal, t_inf, rss = float(out[0]), float(out[1]), int(out[2]) / 1024
-        rows.append(f"| {label} | {count} | {t_cal:.2f} | {t_inf:.2f} | {t_cal / t_inf:.2f}x | {rss:.0f} |")
+        t_cal, t_inf, rss, warm = float(out[0]), float(out[1]), int(out[2]) / 1024, float(out[3])
+        rows.append(f"| {label} | {count} | {bs} | {t_cal:.2f} | {t_inf:.2f} | {t_cal / t_inf:.2f}x | {warm:.2f}x | "
+                    f"{rss:.0f} |")
         print(rows[-1], flush=True)
     return rows
 

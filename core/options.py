@@ -54,6 +54,13 @@ class Device(str, enum.Enum):
     CUDA = "cuda"
 
 
+class Runtime(str, enum.Enum):
+    """Which inference runtime runs an ONNX file: both read it directly, with no Python model code."""
+
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+
+
 def choice(enum_type: type[enum.Enum], value, param: str):
     """``value`` as a member of ``enum_type``; a one-line UsageError naming ``param`` otherwise."""
     if isinstance(value, enum_type):

@@ -72,6 +72,7 @@ class AddSiteReductionsPass(InPlacePass):
         nodes: list[ir.Node] = []
         reductions = []
         for i, (x, axis, rank) in enumerate(self.targets):
+            start = len(nodes)
             b = _Builder(nodes, opset, f"mst_reduce_{i}")
             xf = x if x.dtype == ir.DataType.FLOAT else b.op("Cast", [x], to=ir.DataType.FLOAT)
             view, inner, shift_shape = _channel_view(b, xf, axis, rank)
@@ -84,11 +85,21 @@ class AddSiteReductionsPass(InPlacePass):
             for v, name in zip([*outs, shape], ("sum", "sum_squares", "max", "min", "shape")):
                 v.name = f"mst_{name}/{i}"
             reductions.append(Reduction(x, axis, rank, shift, shift_shape, *outs, shape))
-        model.graph.extend(nodes)
+            _place(model.graph, x, nodes[start:])
         for r in reductions:
             model.graph.inputs.append(r.shift)
             model.graph.outputs.extend(r.outputs)
         return ReductionResult(model, bool(reductions), reductions, nodes)
+
+
+def _place(graph: ir.Graph, x: ir.Value, nodes: list[ir.Node]) -> None:
+    """Right after ``x`` is made: runtimes that follow the node order then reduce ``x`` before
+    moving on, instead of keeping every site tensor alive until the end of the graph."""
+    producer = x.producer()
+    if producer is not None and producer.graph is graph:
+        graph.insert_after(producer, nodes)
+    else:  # a graph input (or a value from an outer scope)
+        graph.insert_before(next(iter(graph)), nodes)
 
 
 def _channel_view(b: "_Builder", x: ir.Value, axis: int, rank: int):

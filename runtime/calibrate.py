@@ -27,7 +27,7 @@ from mstransform.passes.prepare import load_model
 from mstransform.passes.site_reductions import reducing
 from mstransform.passes.sites import Site, SiteTable
 from mstransform.runtime.data import DataSource, Preprocess
-from mstransform.runtime.session import input_specs, make_session
+from mstransform.runtime.session import describe, input_specs, make_session
 
 MAX_RESUMS = 2  # a batch is summed at most this many more times, each with a shift nearer its mean
 
@@ -63,7 +63,7 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
                 run = ReducedRun(model, table, layout, providers, threads)
             run.add(batch.inputs, batch.start)
             if samples == 0 and log is not None:  # the first batch went through: the data fits
-                log(f"calibrating {len(table)} site(s) on {data.origin}")
+                log(f"calibrating {len(table)} site(s) on {data.origin}; {describe(run.session)}")
             samples += len(batch)
             bar.update(len(batch))
     finally:
@@ -108,10 +108,10 @@ def site_layout(model: ir.Model, table: SiteTable, feed: dict, providers=None,
 class ReducedRun:
     """One session that carries the in-graph reductions, and the float64 moments folded from it.
 
-    Each distinct (tensor, axis) is reduced once, however many sites share it. Every shift
-    starts at 0; a batch whose mean lies far from its shift, relative to its spread
-    (:func:`offset_ratio` above ``MAX_OFFSET_RATIO``), is summed again with the shift moved to
-    that batch's mean -- so the first batch runs twice and, on well-mixed data, no other does.
+    Each distinct (tensor, axis) is reduced once, however many sites share it. The shifts are
+    placed at the means of the first sample; a batch whose mean still lies far from its shift,
+    relative to its spread (:func:`offset_ratio` above ``MAX_OFFSET_RATIO``), is summed again
+    with the shift moved to that batch's mean.
     """
 
     def __init__(self, model: ir.Model, table: SiteTable, layout: dict[str, tuple[int, int, int]], providers=None,
@@ -123,7 +123,7 @@ class ReducedRun:
         self.keys = list(sites)
         targets = [(s.feed, layout[s.name][0], layout[s.name][1]) for s in sites.values()]
         with reducing(model, targets) as reductions:
-            self.session = make_session(model, providers=providers, threads=threads)
+            self.session = make_session(model, providers=providers, threads=threads, memory_pattern=False)
         self.fetch = [v.name for r in reductions for v in r.outputs]
         self.shift_inputs = [(r.shift.name, r.shift_shape) for r in reductions]
         self.site_names = [s.name for s in sites.values()]
@@ -131,12 +131,11 @@ class ReducedRun:
         self.moments: dict[tuple[str, int], Moments] = {}
 
     def add(self, inputs: dict[str, np.ndarray], start: int) -> None:
+        if not self.moments:  # the first batch: one sample places the shifts near the means, cheaply
+            self.shifts = [m.mean.astype(np.float32) for m, _ in self._sums({k: v[:1] for k, v in inputs.items()},
+                                                                           start)]
         for attempt in range(MAX_RESUMS + 1):
-            feed = dict(inputs)
-            for (name, shape), shift in zip(self.shift_inputs, self.shifts):
-                feed[name] = shift.reshape(shape)
-            outs = _run(self.session, self.fetch, feed, start)
-            batch = [self._moments(i, outs[5 * i:5 * i + 5], start) for i in range(len(self.keys))]
+            batch = self._sums(inputs, start)
             far = [i for i, (_, ratio) in enumerate(batch) if ratio > MAX_OFFSET_RATIO]
             if not far or attempt == MAX_RESUMS:
                 break
@@ -145,6 +144,14 @@ class ReducedRun:
         for key, (m, _) in zip(self.keys, batch):
             prev = self.moments.get(key)
             self.moments[key] = m if prev is None else prev.merge(m)
+
+    def _sums(self, inputs: dict[str, np.ndarray], start: int) -> list[tuple[Moments, float]]:
+        """One run: each reduction's moments and the offset ratio of its shift."""
+        feed = dict(inputs)
+        for (name, shape), shift in zip(self.shift_inputs, self.shifts):
+            feed[name] = shift.reshape(shape)
+        outs = _run(self.session, self.fetch, feed, start)
+        return [self._moments(i, outs[5 * i:5 * i + 5], start) for i in range(len(self.keys))]
 
     def _moments(self, i: int, outs: list[np.ndarray], start: int) -> tuple[Moments, float]:
         s1, s2, hi, lo, shape = outs

@@ -17,6 +17,7 @@ install it, and APGD-CE is PGD with an adaptive step that is at least as strong.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from dataclasses import asdict, dataclass, field
@@ -26,9 +27,9 @@ import numpy as np
 
 from mstransform.core.errors import DataError, DependencyError, UsageError
 from mstransform.core.fileio import atomic_output
-from mstransform.core.options import MAX_BATCH, MAX_ITERS, check_count
+from mstransform.core.options import MAX_BATCH, MAX_ITERS, Device, Runtime, check_count, choice
 from mstransform.runtime.data import DataSource
-from mstransform.runtime.session import make_session
+from mstransform.runtime.session import open_session, providers_for
 
 ATTACKS = ("apgd-ce", "apgd-dlr", "pgd", "square", "bpda")
 DEFAULT_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "bpda")
@@ -115,7 +116,7 @@ class _OrtPredict:
         import torch
 
         out = self.session.run(None, {self.name: x.detach().cpu().numpy().astype(np.float32)})[0]
-        return torch.from_numpy(out)
+        return torch.from_numpy(out).to(x.device)
 
 
 def _predict(session, x: np.ndarray, batch: int) -> np.ndarray:
@@ -123,7 +124,7 @@ def _predict(session, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([session.run(None, {name: x[i:i + batch]})[0].argmax(1) for i in range(0, len(x), batch)])
 
 
-def _attack(name: str, twin, session, x, y, cfg: AttackConfig):
+def _attack(name: str, twin, session, x, y, cfg: AttackConfig, device: str = "cpu"):
     import torch
 
     try:
@@ -131,14 +132,14 @@ def _attack(name: str, twin, session, x, y, cfg: AttackConfig):
         from pyautoattack.square import SquareAttack
     except ImportError:
         raise DependencyError("pyautoattack is not installed: pip install 'mstransform[eval]'") from None
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     if name in ("apgd-ce", "apgd-dlr", "bpda"):
         loss = "dlr" if name == "apgd-dlr" else "ce"
         atk = APGDAttack(twin, n_iter=cfg.apgd_iters, norm=cfg.norm, eps=cfg.eps, seed=cfg.seed, loss=loss,
-                         device="cpu")
+                         device=device)
         twin.straight_through = name == "bpda"
         try:
-            return atk.perturb(xt, yt).detach().numpy()
+            return atk.perturb(xt, yt).detach().cpu().numpy()
         finally:
             twin.straight_through = False
     if name == "pgd":
@@ -152,11 +153,11 @@ def _attack(name: str, twin, session, x, y, cfg: AttackConfig):
         atk = (torchattacks.PGD(twin, eps=cfg.eps, alpha=2.5 * cfg.eps / cfg.pgd_steps, steps=cfg.pgd_steps)
                if cfg.norm == "Linf" else
                torchattacks.PGDL2(twin, eps=cfg.eps, alpha=2.5 * cfg.eps / cfg.pgd_steps, steps=cfg.pgd_steps))
-        return atk(xt, yt).detach().numpy()
+        return atk(xt, yt).detach().cpu().numpy()
     if name == "square":
         atk = SquareAttack(_OrtPredict(session), norm=cfg.norm, n_queries=cfg.square_queries, eps=cfg.eps,
-                           seed=cfg.seed, device="cpu")
-        return atk.perturb(xt, yt).detach().numpy()
+                           seed=cfg.seed, device=device)
+        return atk.perturb(xt, yt).detach().cpu().numpy()
     raise UsageError(f"unknown attack {name!r}")
 
 
@@ -168,19 +169,47 @@ def _check_budget(adv: np.ndarray, x: np.ndarray, cfg: AttackConfig, name: str) 
 
 
 def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, progress=None,
-                   threads: int | None = None) -> ModelResult:
-    import time
-
+                   threads: int | None = None, device: Device | str | None = None,
+                   runtime: Runtime | str = Runtime.ONNXRUNTIME) -> ModelResult:
+    """Every attack of ``cfg`` on one model. ``device``: ONNX Runtime's provider and the torch device
+    of the twin and the white-box attacks (CUDA runs them in full float32: TF32 off). ``runtime``
+    runs the clean accuracy, the black-box attack and every adversarial check (OpenVINO or ONNX
+    Runtime); the twin is always checked against ONNX Runtime."""
     import torch
+
+    if choice(Runtime, runtime, "runtime") is Runtime.OPENVINO and device is not None \
+            and choice(Device, device, "device") is Device.CUDA:
+        raise UsageError("OpenVINO runs on its CPU plugin here; use --device cpu or ONNX Runtime", param="device")
+    with _full_precision(torch):
+        return _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, torch)
+
+
+@contextlib.contextmanager
+def _full_precision(torch):
+    """TF32 convolutions and matmuls would move the twin by ~1e-3 on CUDA: the twin check needs float32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, torch) -> ModelResult:
+    import time
 
     from mstransform.runtime.twin import OnnxTwin
     from mstransform.runtime.twin_check import check_twin
 
     torch.manual_seed(cfg.seed)
-    session = make_session(path, threads=threads)
+    providers = providers_for(device)
+    dev = "cuda" if device is not None and choice(Device, device, "device") is Device.CUDA else "cpu"
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise DependencyError("device cuda: this torch build sees no CUDA device (torch.cuda.is_available() is False)")
+    session = open_session(path, runtime=runtime, threads=threads, providers=providers)
     check_classifier(session, x, y)
-    twin = OnnxTwin(path).eval()
-    twin_report = check_twin(twin, path, x[: min(len(x), 64)], threads=threads)
+    twin = OnnxTwin(path).eval().to(dev)
+    twin_report = check_twin(twin, path, x[: min(len(x), 64)], threads=threads, providers=providers)
     res = ModelResult(label, str(path), len(x), twin_report.max_rel_diff, len(twin.units), twin_report.flips)
     clean = _predict(session, x, cfg.batch_size) == y
     res.accuracy["clean"] = 100.0 * clean.mean()
@@ -197,7 +226,7 @@ def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackCo
         correct = np.zeros(len(x), dtype=bool)
         for i in range(0, len(x), cfg.batch_size):
             xb, yb = x[i:i + cfg.batch_size], y[i:i + cfg.batch_size]
-            adv = _attack(name, twin, session, xb, yb, cfg).astype(np.float32)
+            adv = _attack(name, twin, session, xb, yb, cfg, dev).astype(np.float32)
             _check_budget(adv, xb, cfg, name)
             correct[i:i + len(xb)] = (_predict(session, adv, cfg.batch_size) == yb) & clean[i:i + len(xb)]
             bar.update()

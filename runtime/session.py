@@ -28,21 +28,89 @@ def import_ort():
     return ort
 
 
+# the shared libraries each GPU provider needs at session start; ORT logs a loud error and falls back
+# when they are missing, so they are checked first and the provider is not asked for
+_NEEDS = {"TensorrtExecutionProvider": ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"),
+          "CUDAExecutionProvider": ("libcudart.so.13", "libcudart.so.12", "libcudart.so")}
+
+
+def library_loads(names: tuple[str, ...]) -> bool:
+    """Whether any of ``names`` loads in this process (after ORT's own preloading of pip CUDA libraries)."""
+    import ctypes
+
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _usable(ort, provider: str) -> bool:
+    if provider not in _NEEDS:
+        return True
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None and provider == "CUDAExecutionProvider":
+        try:  # loads the nvidia-* pip packages' libraries where they exist; quiet otherwise
+            preload(cuda=True, cudnn=True, msvc=False)
+        except Exception:  # noqa: BLE001 -- preloading is best effort
+            pass
+    return library_loads(_NEEDS[provider])
+
+
 def choose_providers(requested: list[str] | None = None) -> tuple[list[str], str]:
-    """The providers to ask for, best first, and a sentence on why."""
+    """The providers to ask for, best first, and a sentence on why.
+
+    A GPU provider that this onnxruntime build lists is asked for only when its libraries load
+    (TensorRT's ``libnvinfer``, CUDA's runtime), so ONNX Runtime never logs a failed start."""
     ort = import_ort()
     available = ort.get_available_providers()
     if requested:
         missing = [p for p in requested if p not in available]
         if missing:
             raise ModelError(f"execution provider(s) {missing} are not available here (available: {available})")
+        unusable = [p for p in requested if p in _NEEDS and not _usable(ort, p)]
+        if unusable:
+            raise ModelError(f"execution provider {unusable[0]} cannot start: none of "
+                             f"{', '.join(_NEEDS[unusable[0]])} loads on this machine")
         return list(requested), "as requested"
-    chosen = [p for p in PREFERRED if p in available]
-    skipped = [p for p in PREFERRED[:-1] if p not in available]
-    why = "preferred order TensorRT > CUDA > CPU"
-    if skipped:
-        why += f"; not available in this onnxruntime build: {', '.join(skipped)}"
-    return chosen, why
+    chosen, notes = [], []
+    for p in PREFERRED:
+        if p not in available:
+            if p != "CPUExecutionProvider":
+                notes.append(f"{_short(p)} not in this onnxruntime build")
+        elif _usable(ort, p):
+            chosen.append(p)
+        else:
+            notes.append(f"{_short(p)} skipped: {_NEEDS[p][0]} does not load")
+    return chosen, "; ".join(["preferred order TensorRT > CUDA > CPU", *notes])
+
+
+def _short(provider: str) -> str:
+    return provider.replace("ExecutionProvider", "")
+
+
+def open_session(model, *, runtime=None, providers: list[str] | None = None, threads: int | None = None):
+    """A session on ``runtime`` (ONNX Runtime by default, or OpenVINO): both answer ``run`` alike."""
+    from mstransform.core.options import Runtime, choice
+
+    if runtime is not None and choice(Runtime, runtime, "runtime") is Runtime.OPENVINO:
+        from mstransform.runtime.openvino_session import OpenVinoSession
+
+        if isinstance(model, ir.Model):
+            raise ModelError("OpenVINO runs ONNX files here; save the model first")
+        return OpenVinoSession(model, threads=threads)
+    return make_session(model, providers=providers, threads=threads)
+
+
+def describe(session, why: str = "") -> str:
+    """One line naming the runtime and provider that runs ``session``."""
+    if hasattr(session, "describe"):
+        return session.describe()
+    ort = import_ort()
+    used = session.get_providers()[0]
+    return f"ONNX Runtime {ort.__version__} on {used}" + (f" ({why})" if why else "")
 
 
 def providers_for(device) -> list[str] | None:
@@ -56,7 +124,7 @@ def providers_for(device) -> list[str] | None:
 
 
 def make_session(model: ir.Model | str | Path, *, providers: list[str] | None = None, threads: int | None = None,
-                 optimize: bool = True):
+                 optimize: bool = True, memory_pattern: bool = True):
     ort = import_ort()
     if threads is not None:
         check_count(threads, "threads", high=max_threads())
@@ -65,6 +133,8 @@ def make_session(model: ir.Model | str | Path, *, providers: list[str] | None = 
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not memory_pattern:  # ORT re-plans its memory pattern over the first runs: slow for many-output graphs
+        opts.enable_mem_pattern = False
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     chosen, _ = choose_providers(providers)

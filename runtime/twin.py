@@ -211,7 +211,8 @@ class Unit:
     threshold: torch.Tensor
 
     def __call__(self, x: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
-        c, t = self.center.to(x.dtype), self.threshold.to(x.dtype)
+        c = self.center.to(device=x.device, dtype=x.dtype)
+        t = self.threshold.to(device=x.device, dtype=x.dtype)
         y = torch.where((x - c).abs() < t, c, x)
         return _PassThrough.apply(y.detach(), x) if straight_through else y
 
@@ -256,6 +257,12 @@ class OnnxTwin(nn.Module):
                 raise ModelError(f"the twin does not implement ONNX op {node.op_type} (node {node.name!r})")
             self.program.append((node.op_type, node.name, list(node.input), list(node.output), _attrs(node)))
         self.straight_through = False
+
+    def _apply(self, fn, recurse=True):
+        """``.to(device)`` and friends move the constants too (they are plain tensors, not buffers)."""
+        super()._apply(fn, recurse)
+        self._consts = {k: fn(v) for k, v in self._consts.items()}
+        return self
 
     @staticmethod
     def _units(path) -> tuple[dict[str, Unit], dict[int, str | None]]:

@@ -69,6 +69,7 @@ def check_twin(twin: OnnxTwin, path, x: np.ndarray, *, rel_tol: float = REL_TOL,
         names = [out_name] + [v for op in ops for v in (op.x.name, op.y.name)]
         got = dict(zip(names, session.run(names, {session.get_inputs()[0].name: x})))
     report = TwinReport(operators=len(ops))
+    dev = next((p.device for p in twin.parameters()), torch.device("cpu"))
     units = {u.y: u for u in twin.units}
     forced, record = {}, {}
     for op in ops:
@@ -77,16 +78,16 @@ def check_twin(twin: OnnxTwin, path, x: np.ndarray, *, rel_tol: float = REL_TOL,
             raise VerificationError(f"the twin has no operator producing {op.y.name!r}")
         x_ort, y_ort = got[op.x.name], got[op.y.name]
         with torch.no_grad():
-            mine = unit(torch.from_numpy(x_ort)).numpy()
+            mine = unit(torch.from_numpy(x_ort).to(dev)).cpu().numpy()
         if not np.array_equal(mine, y_ort):
             bad = int(np.sum(mine != y_ort))
             raise VerificationError(f"the twin's operator at {op.x.name!r} differs from the deployed one on {bad} of "
                                     f"{y_ort.size} values of ONNX Runtime's own input (wrong constant or axis)")
-        forced[op.y.name] = torch.from_numpy(y_ort)
+        forced[op.y.name] = torch.from_numpy(y_ort).to(dev)
     with torch.no_grad():
-        out = twin(torch.from_numpy(x), forced=forced, record=record).numpy()
+        out = twin(torch.from_numpy(x).to(dev), forced=forced, record=record).cpu().numpy()
     for op in ops:
-        x_twin, y_twin = (t.numpy() for t in record[op.y.name])
+        x_twin, y_twin = (t.cpu().numpy() for t in record[op.y.name])
         x_ort, y_ort = got[op.x.name], got[op.y.name]
         diff, rel = _rel(x_twin, x_ort)
         report.max_rel_diff = max(report.max_rel_diff, rel)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import EXAMPLE
+from conftest import EXAMPLE, ingraph_tolerance
 from PIL import Image
 
 import mstransform as mst
@@ -25,11 +25,17 @@ def reference(images):
     return mst.calibrate(MODEL, {"input": images[0]}, batch_size=32, progress=False)
 
 
-def same(a, b):
+def same(a, b, batch=32):
+    """Equal within twice the in-graph bound (each side is within it of the truth; orders differ)."""
     assert list(a.sites) == list(b.sites) and a.samples == b.samples
     for name in a.sites:
-        np.testing.assert_allclose(a.sites[name].moments.mean, b.sites[name].moments.mean, rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(a.sites[name].moments.var, b.sites[name].moments.var, rtol=1e-6, atol=1e-7)
+        ma, mb = a.sites[name].moments, b.sites[name].moments
+        inner = ma.count // a.samples  # positions per sample
+        mean_f, var_f = ingraph_tolerance((batch, ma.channels, inner), 1, batch)
+        assert np.all(np.abs(ma.mean - mb.mean) <= 2 * mean_f * np.sqrt(ma.var) + 1e-300), name
+        assert np.all(np.abs(ma.var - mb.var) <= 2 * var_f * ma.var + 1e-300), name
+        # x / 255 here and x * float32(1/255) in the loader round a few inputs differently
+        np.testing.assert_allclose(ma.absmax, mb.absmax, rtol=1e-6)
 
 
 def test_image_folder_with_class_subfolders(images, reference, tmp_path):

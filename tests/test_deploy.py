@@ -110,9 +110,30 @@ def test_engine_without_tensorrt_says_how_to_install(hardened, tmp_path, cli):
 def test_run_reports_cpu_and_accuracy(cli):
     r = cli("run", EXAMPLE / "model.onnx", "--data", EXAMPLE / "test.npz", "--limit", "500")
     assert r.code == 0, r.err
-    assert r.out.startswith("provider: CPUExecutionProvider")
+    first = r.out.splitlines()[0]
+    assert first.startswith("ONNX Runtime ") and " on CPUExecutionProvider (" in first
     acc = float(r.out.split("accuracy ")[1].split("%")[0])
     assert 80 < acc <= 100
+
+
+def test_gpu_providers_are_asked_for_only_when_their_libraries_load(monkeypatch):
+    """onnxruntime-gpu lists TensorRT and CUDA even where libnvinfer/libcudart are missing; asking for
+    them there makes ONNX Runtime log an error and fall back. They must be skipped, with the reason."""
+    import onnxruntime
+
+    from mstransform.core.errors import ModelError
+    from mstransform.runtime import session
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(session.PREFERRED))
+    loads = {"libcudart.so.13"}
+    monkeypatch.setattr(session, "library_loads", lambda names: bool(loads & set(names)))
+    chosen, why = session.choose_providers()
+    assert chosen == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert "Tensorrt skipped: libnvinfer.so.10 does not load" in why
+    loads.clear()
+    assert session.choose_providers()[0] == ["CPUExecutionProvider"]
+    with pytest.raises(ModelError, match="TensorrtExecutionProvider cannot start"):
+        session.choose_providers(["TensorrtExecutionProvider", "CPUExecutionProvider"])
 
 
 def test_run_writes_predictions(cli, tmp_path):

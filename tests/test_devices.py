@@ -113,3 +113,43 @@ def test_cuda_compiled_matches_eager():
     # by up to a threshold: compare per sample and allow such rare flips, never a loose tolerance.
     same = torch.isclose(a, b, rtol=1e-5, atol=1e-5).all(dim=1)
     assert same.float().mean() >= 0.95, f"{int((~same).sum())} of {len(same)} samples differ"
+
+
+def _ort_has_cuda() -> bool:
+    from mstransform.runtime.session import choose_providers
+
+    return "CUDAExecutionProvider" in choose_providers()[0]
+
+
+@pytest.mark.skipif(_ort_has_cuda(), reason="CUDA provider present: the refusal cannot be shown")
+@pytest.mark.parametrize("command", ["calibrate", "eval", "sweep", "run"])
+def test_device_cuda_without_cuda_is_one_line(command, tmp_path):
+    from conftest import EXAMPLE, run_cli
+
+    model, data = EXAMPLE / "model.onnx", EXAMPLE / "val.npz"
+    args = {"calibrate": ["calibrate", model, "--data", data, "-o", tmp_path / "s.npz"],
+            "eval": ["eval", model, "--data", data, "-n", "8"],
+            "sweep": ["sweep", model, "--stats", tmp_path / "none.npz", "--data", data, "-n", "8"],
+            "run": ["run", model, "--data", data]}[command]
+    if command == "sweep":
+        import mstransform as mst
+
+        mst.calibrate(model, data, limit=64, progress=False).save(tmp_path / "none.npz")
+    r = run_cli(*args, "--device", "cuda")
+    assert r.code != 0 and r.err.count("\n") == 1 and "CUDAExecutionProvider" in r.err, r.err
+    assert not (tmp_path / "s.npz").exists()
+
+
+@CUDA
+def test_cuda_eval_runs_twin_and_attacks_on_the_gpu(tmp_path):
+    from conftest import EXAMPLE, run_cli
+
+    model = EXAMPLE / "model.onnx"
+    r = run_cli("eval", model, "--data", EXAMPLE / "test.npz", "-n", "64", "--apgd-iters", "5",
+                "--square-queries", "20", "--device", "cuda", "--json", tmp_path / "r.json")
+    assert r.code == 0, r.err
+    import json
+
+    (res,) = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert res["twin_max_rel_diff"] <= 1e-4 and res["accuracy"]["clean"] > 80
+    assert res["accuracy"]["worst-case"] <= res["accuracy"]["clean"]

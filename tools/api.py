@@ -15,7 +15,8 @@ import numpy as np
 
 from mstransform.core.errors import UsageError
 from mstransform.core.fileio import check_outputs, remove_quietly
-from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Placement, Selection, choice
+from mstransform.core.options import (AlphaPlan, Center, Device, Formulation, Mode, Placement, Runtime, Selection,
+                                      choice)
 from mstransform.core.stats import Stats, load_stats
 from mstransform.passes.onnx_view import find_sites as _find_sites
 from mstransform.passes.prepare import load_model
@@ -23,7 +24,8 @@ from mstransform.passes.sites import SiteTable
 from mstransform.runtime.accuracy import Accuracy, accuracy, predict
 from mstransform.runtime.calibrate import calibrate_table
 from mstransform.runtime.data import DataSource, Preprocess
-from mstransform.runtime.session import choose_providers, input_specs, make_session
+from mstransform.runtime.session import (choose_providers, describe, input_specs, make_session, open_session,
+                                         providers_for)
 from mstransform.tools.harden import HardenReport, harden, probe_from, remove_output
 
 __all__ = ["HardenReport", "calibrate", "calibrate_and_harden", "compare_accuracy", "find_sites", "harden",
@@ -44,11 +46,14 @@ def find_sites(model, placement: Placement | str = Placement.ACTIVATIONS, *, inc
 def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS, include=None, exclude=None,
               include_se: bool = False, axes: dict[str, int] | None = None, batch_size: int = 64,
               limit: int | None = None, preprocess: Preprocess | None = None, progress: bool = True,
-              threads: int | None = None, shard: tuple[int, int] | None = None, log=None) -> Stats:
+              threads: int | None = None, shard: tuple[int, int] | None = None, log=None,
+              device: Device | str | None = None) -> Stats:
     """Measure per-site statistics of ``model`` on clean ``data``; returns :class:`Stats`.
 
     ``model`` is an ONNX path or ``onnx_ir`` model, or a torch ``nn.Module`` /
-    ``torch.export`` program (then ``data`` is a tensor, array or iterable of batches).
+    ``torch.export`` program (then ``data`` is a tensor, array or iterable of batches, and the
+    statistics are reduced on the model's own device). ``device`` picks ONNX Runtime's provider
+    (None: the best that starts here).
     """
     placement = choice(Placement, placement, "placement")
     if _is_torch(model):
@@ -60,7 +65,7 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
     selection = Selection(include, exclude, include_se, tuple((axes or {}).items()))
     return calibrate_table(m, _find_sites(m, placement, selection), data, batch_size=batch_size, limit=limit,
                            preprocess=preprocess, progress=progress, threads=threads, selection=selection,
-                           shard=shard, log=log)
+                           shard=shard, log=log, providers=providers_for(device))
 
 
 def harden_torch(model, stats: Stats | str | Path, alpha: float | AlphaPlan = 0.2, *,
@@ -125,19 +130,26 @@ def compare_accuracy(models: list[str | Path], data, *, batch_size: int = 64, pr
 
 @dataclass
 class RunResult:
-    provider: str
-    why: str
+    runtime: str  # one line: runtime, provider and why
     predictions: np.ndarray
     accuracy: Accuracy | None
 
 
 def run(model: str | Path, data, *, providers: list[str] | None = None, batch_size: int = 64,
-        limit: int | None = None, preprocess: Preprocess | None = None, threads: int | None = None) -> RunResult:
-    """Batch inference in ONNX Runtime: predictions, and accuracy when ``data`` has labels."""
+        limit: int | None = None, preprocess: Preprocess | None = None, threads: int | None = None,
+        runtime: Runtime | str = Runtime.ONNXRUNTIME) -> RunResult:
+    """Batch inference in ONNX Runtime or OpenVINO: predictions, and accuracy when ``data`` has labels."""
     m = load_model(model)
-    chosen, why = choose_providers(providers)
-    session = make_session(model, providers=chosen, threads=threads)
+    runtime = choice(Runtime, runtime, "runtime")
+    if runtime is Runtime.OPENVINO:
+        if providers:
+            raise UsageError("execution providers belong to ONNX Runtime; OpenVINO runs on its CPU plugin here",
+                             param="providers")
+        session, why = open_session(model, runtime=runtime, threads=threads), ""
+    else:
+        chosen, why = choose_providers(providers)
+        session = make_session(model, providers=chosen, threads=threads)
     source = DataSource(data, input_specs(m), batch_size=batch_size, limit=limit, preprocess=preprocess or Preprocess())
     preds, labels = predict(session, source, require_labels=False)
     acc = None if labels is None else Accuracy(int((preds == labels).sum()), len(labels))
-    return RunResult(session.get_providers()[0], why, preds, acc)
+    return RunResult(describe(session, why), preds, acc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mstransform.core.errors import UsageError
-from mstransform.core.options import Center, Device, Formulation, Mode, Placement
+from mstransform.core.options import Center, Device, Formulation, Mode, Placement, Runtime
 
 SUBCOMMANDS = ("sites", "calibrate", "stats", "harden", "check-trt", "engine", "run", "eval", "sweep", "plot")
 GLOBAL_VALUED = {"--threads"}
@@ -16,7 +16,8 @@ FLAGS = {"alpha": "--alpha", "alphas": "--alphas", "batch_size": "--batch-size",
          "exclude": "--exclude", "axes": "--axis", "attacks": "--attacks", "apgd_iters": "--apgd-iters",
          "pgd_steps": "--pgd-steps", "square_queries": "--square-queries", "seed": "--seed",
          "max_clean_drop": "--max-clean-drop", "channel": "--channel", "mean/std": "--mean/--std", "std": "--std",
-         "probe": "--data", "data": "--data", "model": "MODEL", "shard": "--shard", "workspace": "--workspace"}
+         "probe": "--data", "data": "--data", "model": "MODEL", "shard": "--shard", "workspace": "--workspace",
+         "device": "--device", "runtime": "--runtime", "providers": "--providers"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -70,6 +71,17 @@ def _add_harden(p):
     p.add_argument("--no-verify", action="store_true", help="skip the post-write checks")
 
 
+def _add_runtime(p):
+    p.add_argument("--runtime", choices=_values(Runtime), default=Runtime.ONNXRUNTIME.value,
+                   help="which runtime runs the .onnx file (openvino: its CPU plugin; needs the openvino extra)")
+
+
+def _add_device(p):
+    p.add_argument("--device", choices=_values(Device),
+                   help="cpu or cuda: ONNX Runtime's CPU or CUDA provider, and the torch device of the twin and "
+                        "attacks (default: the best provider that starts here)")
+
+
 def _add_attack(p):
     p.add_argument("--eps", type=float, default=0.1, help="perturbation budget (pixel scale [0,1]; default 0.1)")
     p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
@@ -105,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection(p)
     p.add_argument("-o", "--output", required=True, help="stats file to write (.npz)")
     p.add_argument("--shard", metavar="I/N", help="only batches I, I+N, I+2N, ... (merge shards with `stats merge`)")
+    _add_device(p)
 
     p = sub.add_parser("stats", help="inspect or merge stats files")
     ss = p.add_subparsers(dest="stats_command", required=True, parser_class=Parser)
@@ -131,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     _add_data(p, required=True)
     p.add_argument("--providers", help="comma-separated ONNX Runtime providers (default: TensorRT > CUDA > CPU)")
-    p.add_argument("--device", choices=_values(Device), help="cpu or cuda (maps to providers)")
+    _add_device(p)
+    _add_runtime(p)
     p.add_argument("-o", "--output", help="write predictions (.npy)")
 
     p = sub.add_parser("eval", help="clean, white-box, black-box and straight-through accuracy, side by side")
@@ -142,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated; pgd also available when torchattacks is installed")
     p.add_argument("--json", help="write the results as JSON")
     p.add_argument("--csv", help="write the results as CSV")
+    _add_device(p)
+    _add_runtime(p)
 
     p = sub.add_parser("sweep", help="choose alpha on a held-out split of the training data")
     p.add_argument("model")
@@ -153,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="PNG of clean, standard-robust and BPDA-robust accuracy against alpha")
     p.add_argument("--json")
     p.add_argument("--csv")
+    _add_device(p)
 
     p = sub.add_parser("plot", help="feature histogram of one site/channel before and after the operator")
     p.add_argument("model")

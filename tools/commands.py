@@ -86,7 +86,8 @@ def cmd_calibrate(a) -> int:
     t0 = time.perf_counter()
     stats = api.calibrate(a.model, a.data, placement=a.placement, include=a.include, exclude=a.exclude,
                           include_se=a.include_se, axes=_axes(a.axis), batch_size=a.batch_size, limit=a.limit,
-                          preprocess=_preprocess(a), threads=a.threads, shard=_shard(a.shard), log=say)
+                          preprocess=_preprocess(a), threads=a.threads, shard=_shard(a.shard), log=say,
+                          device=a.device)
     stats.save(out)
     print(f"calibrated {len(stats)} site(s) on {stats.samples} sample(s) in {time.perf_counter() - t0:.1f} s; "
           f"wrote {out}")
@@ -198,8 +199,8 @@ def cmd_run(a) -> int:
     (out,) = check_outputs([a.output], [a.model, a.data])
     providers = a.providers.split(",") if a.providers else providers_for(a.device)
     result = api.run(a.model, a.data, providers=providers, batch_size=a.batch_size, limit=a.limit,
-                     preprocess=_preprocess(a), threads=a.threads)
-    print(f"provider: {result.provider} ({result.why})")
+                     preprocess=_preprocess(a), threads=a.threads, runtime=a.runtime)
+    print(result.runtime)
     preds = result.predictions
     if result.accuracy is not None:
         print(f"accuracy {result.accuracy.percent:.2f}% ({result.accuracy.correct}/{result.accuracy.total})")
@@ -218,7 +219,7 @@ def cmd_eval(a) -> int:
 
     check_outputs([a.json, a.csv], [*a.models, a.data])
     cfg = _attack_config(a, [x.strip() for x in a.attacks.split(",") if x.strip()])
-    report = evaluate(a.models, a.data, cfg, progress=say, threads=a.threads)
+    report = evaluate(a.models, a.data, cfg, progress=say, threads=a.threads, device=a.device, runtime=a.runtime)
     print(report.table())
     report.write(a.json, a.csv)
     return 0
@@ -231,7 +232,7 @@ def cmd_sweep(a) -> int:
     check_outputs([a.plot, a.json, a.csv], [a.model, a.data, a.stats])
     cfg = _attack_config(a, ("apgd-ce", "bpda"))
     report = sweep(a.model, load_stats(a.stats), a.data, list(_floats(a.alphas, "--alphas")), cfg,
-                   max_clean_drop=a.max_clean_drop, progress=say, threads=a.threads)
+                   max_clean_drop=a.max_clean_drop, progress=say, threads=a.threads, device=a.device)
     print(f"sweep on {a.data} ({cfg.n} images, {cfg.norm} eps={cfg.eps:g}, APGD-CE {cfg.apgd_iters} iterations), "
           f"{report.seconds:.0f} s")
     print(report.table())

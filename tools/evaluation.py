@@ -15,7 +15,7 @@ from mstransform.core.errors import DataError
 from mstransform.passes.prepare import load_model
 from mstransform.runtime.robustness import (AttackConfig, ModelResult, check_classifier, evaluate_model, format_table,
                                             load_labelled, write_reports)
-from mstransform.runtime.session import input_specs, make_session
+from mstransform.runtime.session import input_specs, open_session, providers_for
 
 
 @dataclass
@@ -35,8 +35,12 @@ class EvalReport:
         write_reports(self.results, self.cfg, json_path, csv_path)
 
 
-def evaluate(models: list[str | Path], data, cfg: AttackConfig, *, progress=None, threads: int | None = None) -> EvalReport:
-    """Clean, white-box, black-box and straight-through accuracy of each model on labelled ``data``."""
+def evaluate(models: list[str | Path], data, cfg: AttackConfig, *, progress=None, threads: int | None = None,
+             device=None, runtime=None) -> EvalReport:
+    """Clean, white-box, black-box and straight-through accuracy of each model on labelled ``data``.
+
+    ``device`` (cpu or cuda) runs ONNX Runtime on that provider and the twin and attacks there;
+    ``runtime`` (onnxruntime or openvino) is what every accuracy is measured on."""
     specs = input_specs(load_model(models[0]))
     for path in models[1:]:
         other = input_specs(load_model(path))
@@ -45,9 +49,10 @@ def evaluate(models: list[str | Path], data, cfg: AttackConfig, *, progress=None
                             f"{[(s.name, s.shape) for s in specs]}; compare models of one architecture")
     x, y = load_labelled(data, specs, cfg.n)
     for path in models:
-        check_classifier(make_session(path, threads=threads), x, y)
+        check_classifier(open_session(path, runtime=runtime, threads=threads, providers=providers_for(device)), x, y)
     t0 = time.perf_counter()
-    results = [evaluate_model(Path(m).stem, m, x, y, cfg, progress=progress, threads=threads) for m in models]
+    results = [evaluate_model(Path(m).stem, m, x, y, cfg, progress=progress, threads=threads, device=device,
+                              runtime=runtime or "onnxruntime") for m in models]
     return EvalReport(results, cfg, str(data), len(x), time.perf_counter() - t0)
 
 

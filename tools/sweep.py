@@ -22,7 +22,7 @@ from mstransform.core.stats import Stats
 from mstransform.passes.prepare import load_model
 from mstransform.runtime.robustness import (AttackConfig, SweepRow, check_classifier, choose_alpha, evaluate_model,
                                             load_labelled, plot_sweep)
-from mstransform.runtime.session import input_specs, make_session
+from mstransform.runtime.session import input_specs, make_session, providers_for
 from mstransform.tools.harden import harden
 
 
@@ -56,7 +56,7 @@ class SweepReport:
 
 
 def sweep(model, stats: Stats, data, alphas: list[float], cfg: AttackConfig, *, max_clean_drop: float = 0.5,
-          progress=None, threads: int | None = None) -> SweepReport:
+          progress=None, threads: int | None = None, device=None) -> SweepReport:
     if not max_clean_drop >= 0:
         raise UsageError(f"must be >= 0 points, got {max_clean_drop}", param="max_clean_drop")
     alphas = sorted({0.0, *(check_alpha(a, "alphas") for a in alphas)})
@@ -64,7 +64,7 @@ def sweep(model, stats: Stats, data, alphas: list[float], cfg: AttackConfig, *, 
         raise UsageError("needs at least one alpha above 0", param="alphas")
     cfg = dataclasses.replace(cfg, attacks=("apgd-ce", "bpda"))
     x, y = load_labelled(data, input_specs(load_model(model)), cfg.n)
-    check_classifier(make_session(model, threads=threads), x, y)
+    check_classifier(make_session(model, threads=threads, providers=providers_for(device)), x, y)
     rows, t0 = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mstransform-sweep-") as tmp:
         harden(model, stats, alpha=alphas[-1], verify=False)  # stats fit the model: fail before any attack
@@ -73,7 +73,7 @@ def sweep(model, stats: Stats, data, alphas: list[float], cfg: AttackConfig, *, 
             if alpha > 0:
                 path = Path(tmp) / f"alpha{alpha:g}.onnx"
                 harden(model, stats, alpha=alpha, output=path, threads=threads)
-            r = evaluate_model(f"alpha={alpha:g}", path, x, y, cfg, threads=threads)
+            r = evaluate_model(f"alpha={alpha:g}", path, x, y, cfg, threads=threads, device=device)
             rows.append(SweepRow(alpha, r.accuracy["clean"], r.accuracy["apgd-ce"], r.accuracy["bpda"]))
             if progress:
                 progress(f"alpha {alpha:g}: clean {rows[-1].clean:.2f}  APGD-CE {rows[-1].standard:.2f}  "
