@@ -15,7 +15,7 @@ where Ctrl-C must already be handled) costs nothing until the API is touched.
 __version__ = "0.2.0"
 
 _API = ("calibrate", "calibrate_and_harden", "compare_accuracy", "find_sites", "harden", "harden_torch", "load_model",
-        "load_stats", "run")
+        "load_stats", "package_torch", "run")
 __all__ = ["__version__", *_API]
 
 

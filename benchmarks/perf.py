@@ -2,9 +2,9 @@
 
     python benchmarks/perf.py [--quick]
 
-1. inference overhead: hardened / base latency in ONNX Runtime CPU (2 intra-op threads,
-   median of interleaved repeats) for ResNet-50 at 224 (batch 1 and 8), ViT-B/16 (batch 1)
-   and the shipped example, for both formulations of the operator;
+1. inference overhead: hardened / base latency in ONNX Runtime CPU (both formulations of the
+   operator) and OpenVINO CPU (2 threads each, median of interleaved repeats of the same ONNX
+   files) for ResNet-50 at 224 (batch 1 and 8), ViT-B/16 (batch 1) and the shipped example;
 2. calibration: time for N images / plain ONNX Runtime inference over the same batches, end to
    end (load, session, every batch) and warm (both sessions made and run once, then every
    batch again), and peak RSS for N and 4N images (separate processes);
@@ -75,8 +75,11 @@ def section_overhead(tmp: Path, quick: bool) -> list[str]:
 
     import mstransform as mst
 
-    rows = ["| model | batch | base ms | hardened (where) | ratio | hardened (float) | ratio | sites |",
-            "|---|---|---|---|---|---|---|---|"]
+    from mstransform.runtime.openvino_session import OpenVinoSession
+
+    rows = ["| model | batch | ORT base ms | ORT hardened (where) | ratio | ORT hardened (float) | ratio | "
+            "OpenVINO base ms | OpenVINO hardened (where) | ratio | sites |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     cases = [("ResNet-50 224", lambda: randomize_bn(ResNet50()), (3, 224, 224), [1, 8]),
              ("ViT-B/16 224", lambda: ViTB16().eval(), (3, 224, 224), [1]),
              ("example (Fashion-MNIST)", None, (1, 28, 28), [1, 64])]
@@ -97,9 +100,11 @@ def section_overhead(tmp: Path, quick: bool) -> list[str]:
             feed = {"input": np.random.default_rng(1).standard_normal((b, *shape)).astype(np.float32)}
             runs = 3 if quick else (15 if b == 1 else 5)
             t = interleaved({"base": session(path), "where": session(outs["where"]),
-                             "float": session(outs["float"])}, feed, runs)
+                             "float": session(outs["float"]), "ov base": OpenVinoSession(path, threads=2),
+                             "ov where": OpenVinoSession(outs["where"], threads=2)}, feed, runs)
             rows.append(f"| {label} | {b} | {1e3 * t['base']:.2f} | {1e3 * t['where']:.2f} | "
                         f"{t['where'] / t['base']:.3f}x | {1e3 * t['float']:.2f} | {t['float'] / t['base']:.3f}x | "
+                        f"{1e3 * t['ov base']:.2f} | {1e3 * t['ov where']:.2f} | {t['ov where'] / t['ov base']:.3f}x | "
                         f"{len(stats)} |")
             print(rows[-1], flush=True)
     return rows

@@ -63,7 +63,9 @@ def site_device(gm: fx.GraphModule, site: Site) -> torch.device:
     val = site.feed.meta.get("val", site.feed.meta.get("example_value"))
     if isinstance(val, torch.Tensor):
         return val.device
-    first = next(iter(gm.parameters()), None) or next(iter(gm.buffers()), None)
+    first = next(iter(gm.parameters()), None)
+    if first is None:  # `or` would ask a tensor for its truth value
+        first = next(iter(gm.buffers()), None)
     return first.device if first is not None else torch.device("cpu")
 
 

@@ -79,6 +79,15 @@ def _batches(data, batch_size: int, limit: int | None):
             return  # stop before pulling another batch from a lazy source
 
 
+def _placement(model):
+    """A function that moves a floating-point batch to the device and dtype of ``model``'s weights."""
+    state = model.state_dict if isinstance(getattr(model, "state_dict", None), dict) else model.state_dict()
+    ref = next((t for t in state.values() if torch.is_tensor(t) and t.is_floating_point()), None)
+    if ref is None:
+        return lambda x: x
+    return lambda x: x.to(device=ref.device, dtype=ref.dtype) if x.is_floating_point() else x.to(ref.device)
+
+
 def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATIONS, example: tuple | None = None,
                  batch_size: int = 64, limit: int | None = None, include_se: bool = False,
                  progress: bool = True) -> Stats:
@@ -86,11 +95,13 @@ def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATI
 
     ``data``: a tensor or array (cut into ``batch_size`` batches), or any iterable of batches --
     tensors, ``(inputs, labels)`` tuples or dicts, e.g. a ``DataLoader``. It is streamed: memory
-    does not grow with the number of samples. Batches run on the device they come on.
+    does not grow with the number of samples. Floating-point batches are moved to the device and
+    dtype of the model's weights (a CPU float32 DataLoader feeds a CUDA bfloat16 model as is).
     """
     from tqdm.auto import tqdm
 
-    batches = _batches(data, batch_size, limit)
+    place = _placement(model)
+    batches = (place(x) for x in _batches(data, batch_size, limit))
     first = next(batches, None)
     if first is None:
         raise DataError("no calibration data")

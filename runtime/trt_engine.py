@@ -5,6 +5,13 @@ TensorRT is imported lazily: without it, :func:`build_engine` raises
 (``tensorrt.Builder``, ``OnnxParser.parse_from_file``, ``IBuilderConfig``,
 ``IOptimizationProfile``, ``ITimingCache``); never run on these machines, which cannot
 install TensorRT -- see the README's deployment section.
+
+Two API generations: TensorRT 10 builds weakly typed networks by default, and ``--fp16`` /
+``--bf16`` set ``BuilderFlag.FP16``/``BF16`` so TensorRT may pick reduced-precision kernels.
+TensorRT 11 removed weak typing and those flags ("Migrating from TensorRT 10.x to 11.x",
+NVIDIA docs): every network is strongly typed and precision comes from the ONNX model's own
+types, so an fp16/bf16 engine is built from an fp16/bf16 model (exported in that precision, or
+converted with NVIDIA ModelOpt AutoCast) and the flags are refused with that advice.
 """
 from __future__ import annotations
 
@@ -61,17 +68,33 @@ def parse_shapes(spec: str | None, inputs: dict[str, tuple]) -> ShapeProfile | N
     return ShapeProfile(out)
 
 
+def trt_major(trt) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def network_flags(trt, major: int) -> int:
+    """Creation flags: explicit batch before 10 (implicit batch existed), strong typing from 11."""
+    flag = trt.NetworkDefinitionCreationFlag
+    if major < 10 and hasattr(flag, "EXPLICIT_BATCH"):
+        return 1 << int(flag.EXPLICIT_BATCH)
+    if major >= 11 and hasattr(flag, "STRONGLY_TYPED"):
+        return 1 << int(flag.STRONGLY_TYPED)
+    return 0
+
+
 def build_engine(onnx_path: str | Path, plan_path: str | Path, *, fp16: bool = False, bf16: bool = False,
                  profile: ShapeProfile | None = None, workspace_mib: int = 1024,
                  timing_cache: str | Path | None = None) -> Path:
     """Parse ``onnx_path``, build a serialized engine and write it atomically to ``plan_path``."""
     trt = import_tensorrt()
+    major = trt_major(trt)
+    if major >= 11 and (fp16 or bf16):
+        raise UsageError(f"TensorRT {trt.__version__} builds strongly typed networks only (no FP16/BF16 builder "
+                         "flags): build from a model whose types are fp16/bf16 (export it in that precision, or "
+                         "convert it with NVIDIA ModelOpt AutoCast) and leave out --fp16/--bf16")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and int(trt.__version__.split(".")[0]) < 10:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt, major))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = []

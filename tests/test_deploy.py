@@ -152,3 +152,98 @@ def test_parse_shapes():
     assert p.shapes["x"] == ((1, 3), (2, 3), (4, 3))
     with pytest.raises(UsageError):
         parse_shapes("8/1/64", {"input": (None, 3)})
+
+
+class _FakeTensorRT:
+    """Just enough of the documented tensorrt Python API to drive build_engine without a GPU; records calls."""
+
+    def __init__(self, version: str):
+        import types
+
+        self.__version__, self.calls = version, []
+        fake = self
+        flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}  # 11.x keeps the enum; weak typing is gone
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(**flags)
+        builder_flags = ["FP16", "BF16"] if version < "11" else []
+        self.BuilderFlag = types.SimpleNamespace(**{k: k for k in builder_flags})
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+        self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, level: None})
+
+        class Tensor:
+            name, shape = "input", (-1, 1, 28, 28)
+
+        class Network:
+            num_inputs = 1
+
+            def get_input(self, i):
+                return Tensor()
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls.append(("pool", pool, size))
+
+            def set_flag(self, flag):
+                fake.calls.append(("flag", flag))
+
+            def add_optimization_profile(self, p):
+                fake.calls.append(("profile", p.shapes))
+
+        class Profile:
+            def __init__(self):
+                self.shapes = {}
+
+            def set_shape(self, name, lo, opt, hi):
+                self.shapes[name] = (lo, opt, hi)
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.calls.append(("network", flags))
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                return b"plan-bytes"
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                fake.calls.append(("parse", path))
+                return True
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+@pytest.mark.parametrize("version", ["10.13.0", "11.4.1"])
+def test_engine_follows_the_tensorrt_api_generation(version, monkeypatch, tmp_path):
+    """TensorRT 10: weakly typed network, precision by builder flag. TensorRT 11: strongly typed
+    network (the FP16/BF16 flags were removed), and --fp16 is refused with the way forward."""
+    from mstransform.core.errors import UsageError
+    from mstransform.runtime import trt_engine
+
+    fake = _FakeTensorRT(version)
+    monkeypatch.setattr(trt_engine, "import_tensorrt", lambda: fake)
+    model = EXAMPLE / "model.onnx"
+    profile = trt_engine.parse_shapes("1/8/64", {"input": (None, 1, 28, 28)})
+    if version.startswith("10"):
+        trt_engine.build_engine(model, tmp_path / "m.plan", fp16=True, profile=profile)
+        assert ("network", 0) in fake.calls and ("flag", "FP16") in fake.calls
+    else:
+        with pytest.raises(UsageError, match="strongly typed"):
+            trt_engine.build_engine(model, tmp_path / "m.plan", fp16=True, profile=profile)
+        assert not fake.calls and not (tmp_path / "m.plan").exists()
+        trt_engine.build_engine(model, tmp_path / "m.plan", profile=profile)
+        assert ("network", 1 << 1) in fake.calls and not [c for c in fake.calls if c[0] == "flag"]
+    assert ("profile", {"input": ((1, 1, 28, 28), (8, 1, 28, 28), (64, 1, 28, 28))}) in fake.calls
+    assert (tmp_path / "m.plan").read_bytes() == b"plan-bytes"

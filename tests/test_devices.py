@@ -78,6 +78,15 @@ def test_bf16_model_calibrates_and_hardens_on_cpu():
     _calibrate_and_check("cpu", torch.bfloat16)
 
 
+def test_float32_batches_feed_a_bf16_model():
+    """A DataLoader yields float32 (on the CPU); the batches are moved to the model's dtype and device,
+    so the statistics are those of the bf16 inputs the model itself sees."""
+    model = Tiny().to(torch.bfloat16).eval()
+    xs = [torch.randn(4, 3, 8, 8) + 3.0 for _ in range(2)]
+    stats = mst.calibrate(model, iter([(x, torch.zeros(4, dtype=torch.long)) for x in xs]), progress=False)
+    _check_stats(stats, _reference(model, [x.to(torch.bfloat16) for x in xs]), rtol=1e-9)
+
+
 def test_dataloader_dicts_and_limit_stream():
     model = Tiny().eval()
     xs = [torch.randn(4, 3, 8, 8) for _ in range(5)]

@@ -79,6 +79,17 @@ def harden_torch(model, stats: Stats | str | Path, alpha: float | AlphaPlan = 0.
                      center=center, example=example)
 
 
+def package_torch(model, stats: Stats | str | Path, example: tuple, output: str | Path,
+                  alpha: float | AlphaPlan = 0.2, *, mode: Mode | str = Mode.MEANSPARSE,
+                  center: Center | str = Center.MEAN, dynamic_batch: tuple[int, int] | None = (1, 1024)) -> Path:
+    """Harden a torch model (``nn.Module`` or ``torch.export`` program) and write it as an AOTInductor
+    package (``.pt2``) that runs from Python or C++ (libtorch) with no model code."""
+    from mstransform.runtime.aoti import package_module
+
+    hardened = harden_torch(model, stats, alpha, mode=mode, center=center, example=example)
+    return package_module(hardened, example, output, dynamic_batch=dynamic_batch)
+
+
 @dataclass
 class OneStepResult:
     stats: Stats
@@ -142,7 +153,7 @@ def run(model: str | Path, data, *, providers: list[str] | None = None, batch_si
     m = load_model(model)
     runtime = choice(Runtime, runtime, "runtime")
     if runtime is Runtime.OPENVINO:
-        if providers:
+        if providers and set(providers) != {"CPUExecutionProvider"}:
             raise UsageError("execution providers belong to ONNX Runtime; OpenVINO runs on its CPU plugin here",
                              param="providers")
         session, why = open_session(model, runtime=runtime, threads=threads), ""

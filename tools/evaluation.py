@@ -15,7 +15,7 @@ from mstransform.core.errors import DataError
 from mstransform.passes.prepare import load_model
 from mstransform.runtime.robustness import (AttackConfig, ModelResult, check_classifier, evaluate_model, format_table,
                                             load_labelled, write_reports)
-from mstransform.runtime.session import input_specs, open_session, providers_for
+from mstransform.runtime.session import describe, input_specs, open_session, providers_for
 
 
 @dataclass
@@ -25,10 +25,11 @@ class EvalReport:
     data: str
     n: int
     seconds: float
+    runtime: str = ""  # one line: the runtime and provider every accuracy was measured on
 
     def table(self) -> str:
         return (f"{self.cfg.norm} eps={self.cfg.eps:g}, {self.n} images from {self.data}, seed {self.cfg.seed}; "
-                f"accuracy in %; every figure measured by ONNX Runtime on the .onnx file ({self.seconds:.0f} s)\n"
+                f"accuracy in %; every figure measured on the .onnx file by {self.runtime} ({self.seconds:.0f} s)\n"
                 + format_table(self.results))
 
     def write(self, json_path=None, csv_path=None) -> None:
@@ -49,11 +50,12 @@ def evaluate(models: list[str | Path], data, cfg: AttackConfig, *, progress=None
                             f"{[(s.name, s.shape) for s in specs]}; compare models of one architecture")
     x, y = load_labelled(data, specs, cfg.n)
     for path in models:
-        check_classifier(open_session(path, runtime=runtime, threads=threads, providers=providers_for(device)), x, y)
+        session = open_session(path, runtime=runtime, threads=threads, providers=providers_for(device))
+        check_classifier(session, x, y)
     t0 = time.perf_counter()
     results = [evaluate_model(Path(m).stem, m, x, y, cfg, progress=progress, threads=threads, device=device,
                               runtime=runtime or "onnxruntime") for m in models]
-    return EvalReport(results, cfg, str(data), len(x), time.perf_counter() - t0)
+    return EvalReport(results, cfg, str(data), len(x), time.perf_counter() - t0, describe(session))
 
 
 __all__ = ["AttackConfig", "EvalReport", "evaluate"]
