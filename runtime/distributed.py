@@ -1,9 +1,14 @@
-"""Calibration across processes with ``torch.distributed`` (gloo): every rank measures
-its shard of the batches, rank 0 gathers the moments and merges them exactly.
+"""Calibration across processes with ``torch.distributed``: every rank measures its shard of
+the batches, rank 0 gathers the moments and merges them with Chan's rule.
 
 Launch::
 
     torchrun --nproc-per-node 2 -m mstransform.runtime.distributed MODEL DATA OUT [--batch-size B]
+    torchrun --nproc-per-node 8 -m mstransform.runtime.distributed MODEL DATA OUT --device cuda
+
+On the CPU the ranks talk over gloo. With ``--device cuda`` each rank takes the GPU of its
+``LOCAL_RANK`` (ONNX Runtime's CUDA provider with that ``device_id``), the ranks talk over NCCL,
+and the moments travel as float64 CUDA tensors (NCCL moves device memory only).
 
 Each rank takes batches ``rank, rank + world, ...`` (the same split as ``--shard``); the
 moments travel as float64 tensors (no pickling), so the merged file equals a
@@ -25,19 +30,20 @@ def gather_stats(stats, group=None):
     from mstransform.core.stats import SiteStats, Stats
 
     world, rank = dist.get_world_size(group), dist.get_rank(group)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else None
     merged_sites = {}
-    total = torch.tensor([stats.samples], dtype=torch.float64)
+    total = torch.tensor([stats.samples], dtype=torch.float64, device=device)
     dist.all_reduce(total, group=group)
     for name, s in stats.sites.items():
         m = s.moments
-        packed = torch.from_numpy(np.concatenate([[m.count], m.mean, m.m2, m.absmax]).astype(np.float64))
+        packed = torch.from_numpy(np.concatenate([[m.count], m.mean, m.m2, m.absmax]).astype(np.float64)).to(device)
         parts = [torch.empty_like(packed) for _ in range(world)]
         dist.all_gather(parts, packed, group=group)
         if rank == 0:
             acc = Moments.empty(m.channels)
             c = m.channels
             for p in parts:
-                p = p.numpy()
+                p = p.cpu().numpy()
                 acc = acc.merge(Moments(int(p[0]), p[1:1 + c], p[1 + c:1 + 2 * c], p[1 + 2 * c:]))
             merged_sites[name] = SiteStats(s.name, s.feed, s.kind, s.axis, s.rank, s.dtype, acc)
     if rank != 0:
@@ -50,18 +56,28 @@ def main(argv=None) -> int:
 
     from mstransform.runtime.calibrate import calibrate_onnx
 
-    ap = argparse.ArgumentParser(description="calibrate under torchrun (gloo)")
+    import os
+
+    ap = argparse.ArgumentParser(description="calibrate under torchrun (gloo on the CPU, NCCL on GPUs)")
     ap.add_argument("model")
     ap.add_argument("data")
     ap.add_argument("output")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--limit", type=int)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     a = ap.parse_args(argv)
-    dist.init_process_group("gloo")
+    providers = None
+    if a.device == "cuda":
+        import torch
+
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        providers = [("CUDAExecutionProvider", {"device_id": local_rank}), "CPUExecutionProvider"]
+    dist.init_process_group("nccl" if a.device == "cuda" else "gloo")
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         local = calibrate_onnx(a.model, a.data, batch_size=a.batch_size, limit=a.limit, progress=False,
-                               shard=(rank, world), threads=1)
+                               shard=(rank, world), threads=1, providers=providers)
         merged = gather_stats(local)
         if merged is not None:
             merged.save(a.output)

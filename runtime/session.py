@@ -66,11 +66,12 @@ def choose_providers(requested: list[str] | None = None) -> tuple[list[str], str
     (TensorRT's ``libnvinfer``, CUDA's runtime), so ONNX Runtime never logs a failed start."""
     ort = import_ort()
     available = ort.get_available_providers()
-    if requested:
-        missing = [p for p in requested if p not in available]
+    if requested:  # names, or (name, options) pairs as ONNX Runtime takes them
+        names = [p if isinstance(p, str) else p[0] for p in requested]
+        missing = [p for p in names if p not in available]
         if missing:
             raise ModelError(f"execution provider(s) {missing} are not available here (available: {available})")
-        unusable = [p for p in requested if p in _NEEDS and not _usable(ort, p)]
+        unusable = [p for p in names if p in _NEEDS and not _usable(ort, p)]
         if unusable:
             raise ModelError(f"execution provider {unusable[0]} cannot start: none of "
                              f"{', '.join(_NEEDS[unusable[0]])} loads on this machine")

@@ -74,6 +74,21 @@ def ingraph_tolerance(shape, axis: int, batch: int) -> tuple[float, float]:
     return 1.2 * span * U32, 5.5 * span * U32
 
 
+def assert_close_but_for_edge_flips(got, ref, atol: float = 1e-5, min_fraction: float = 0.75) -> None:
+    """Outputs of a hardened model against a reference, per sample.
+
+    The operator is discontinuous at its band edge: where two implementations round a value
+    near ``|x - c| = t`` differently (another CPU, vector width, thread count, fused kernel), one
+    replaces it and the other keeps it, and that sample's output moves by up to a threshold. No
+    tolerance tells that from a bug, so samples are compared one by one within ``atol`` and a rare
+    differing sample is allowed; a wrong pass moves every sample and still fails.
+    """
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    same = np.all(np.abs(got - ref).reshape(len(got), -1) <= atol, axis=1)
+    assert same.mean() >= min_fraction, f"{int((~same).sum())} of {len(same)} samples differ by more than {atol}"
+
+
 def numpy_moments(x: np.ndarray, axis: int, shift=None):
     """float64 moments of one batch, through the shifted-sums constructor the calibration uses."""
     from mstransform.core.moments import Moments
