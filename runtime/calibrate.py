@@ -18,7 +18,7 @@ import onnx_ir as ir
 from mstransform.core.catalogue import axis_by_rank
 from mstransform.core.errors import DataError, ModelError
 from mstransform.core.moments import MAX_OFFSET_RATIO, Moments, offset_ratio
-from mstransform.core.options import Placement, Selection
+from mstransform.core.options import Placement, Runtime, Selection
 from mstransform.core.stats import SiteStats, Stats
 from mstransform.passes.expose import exposed
 from mstransform.passes.fingerprint import fingerprint
@@ -27,7 +27,7 @@ from mstransform.passes.prepare import load_model
 from mstransform.passes.site_reductions import reducing
 from mstransform.passes.sites import Site, SiteTable
 from mstransform.runtime.data import DataSource, Preprocess
-from mstransform.runtime.session import describe, input_specs, make_session
+from mstransform.runtime.session import describe, input_specs, open_session
 
 MAX_RESUMS = 2  # a batch is summed at most this many more times, each with a shift nearer its mean
 
@@ -41,8 +41,11 @@ def calibrate_onnx(model, data, *, placement: Placement | str = Placement.ACTIVA
 
 def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: int = 64, limit: int | None = None,
                     preprocess: Preprocess | None = None, progress: bool = True, providers=None, threads=None,
-                    selection: Selection = Selection(), shard: tuple[int, int] | None = None, log=None) -> Stats:
+                    selection: Selection = Selection(), shard: tuple[int, int] | None = None, log=None,
+                    runtime: Runtime | str = Runtime.ONNXRUNTIME) -> Stats:
     """Measure statistics for the sites of ``table`` in ``model`` over ``source``.
+
+    ``runtime`` runs the graph with its reductions: ONNX Runtime (on ``providers``) or OpenVINO.
 
     ``log`` (a callable taking one line) hears when the first batch has gone through: the sign
     of progress the command line prints (bad data fails before it, with one line)."""
@@ -59,8 +62,8 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
             if shard is not None and k % shard[1] != shard[0]:
                 continue
             if run is None:
-                layout = site_layout(model, table, batch.inputs, providers, threads)
-                run = ReducedRun(model, table, layout, providers, threads)
+                layout = site_layout(model, table, batch.inputs, providers, threads, runtime)
+                run = ReducedRun(model, table, layout, providers, threads, runtime)
             run.add(batch.inputs, batch.start)
             if samples == 0 and log is not None:  # the first batch went through: the data fits
                 log(f"calibrating {len(table)} site(s) on {data.origin}; {describe(run.session)}")
@@ -78,8 +81,8 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
     return Stats(fp, table.placement, sites, samples, selection)
 
 
-def site_layout(model: ir.Model, table: SiteTable, feed: dict, providers=None,
-                threads=None) -> dict[str, tuple[int, int, int]]:
+def site_layout(model: ir.Model, table: SiteTable, feed: dict, providers=None, threads=None,
+                runtime: Runtime | str = Runtime.ONNXRUNTIME) -> dict[str, tuple[int, int, int]]:
     """(channel axis, rank, channels) per site, from the static shapes.
 
     Where a rank or channel count is not known statically, one sample of ``feed`` runs with
@@ -95,7 +98,7 @@ def site_layout(model: ir.Model, table: SiteTable, feed: dict, providers=None,
     unknown = [s for s in table if s.name not in layout]
     if unknown:
         with exposed(model, [s.feed for s in unknown]):
-            session = make_session(model, providers=providers, threads=threads)
+            session = open_session(model, runtime=runtime, providers=providers, threads=threads)
         names = list(dict.fromkeys(s.feed.name for s in unknown))
         outs = dict(zip(names, _run(session, names, {k: v[:1] for k, v in feed.items()}, 0)))
         for s in unknown:
@@ -115,7 +118,7 @@ class ReducedRun:
     """
 
     def __init__(self, model: ir.Model, table: SiteTable, layout: dict[str, tuple[int, int, int]], providers=None,
-                 threads=None):
+                 threads=None, runtime: Runtime | str = Runtime.ONNXRUNTIME):
         self.layout = layout
         sites: dict[tuple[str, int], Site] = {}
         for s in table:
@@ -123,7 +126,8 @@ class ReducedRun:
         self.keys = list(sites)
         targets = [(s.feed, layout[s.name][0], layout[s.name][1]) for s in sites.values()]
         with reducing(model, targets) as reductions:
-            self.session = make_session(model, providers=providers, threads=threads, memory_pattern=False)
+            self.session = open_session(model, runtime=runtime, providers=providers, threads=threads,
+                                        memory_pattern=False)
         self.fetch = [v.name for r in reductions for v in r.outputs]
         self.shift_inputs = [(r.shift.name, r.shift_shape) for r in reductions]
         self.site_names = [s.name for s in sites.values()]

@@ -27,6 +27,19 @@ def import_openvino():
     return openvino
 
 
+def _source(model):
+    """What ``Core.read_model`` takes: a path, or the serialized bytes of an in-memory model."""
+    import io
+
+    import onnx_ir as ir
+
+    if not isinstance(model, ir.Model):
+        return str(model)
+    if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
+        raise ModelError("OpenVINO reads in-memory models without external data only; run this one on ONNX Runtime")
+    return io.BytesIO(ir.serde.serialize_model(model).SerializeToString())
+
+
 @dataclass(frozen=True)
 class _Port:
     name: str
@@ -35,7 +48,8 @@ class _Port:
 class OpenVinoSession:
     """One compiled OpenVINO model (device ``CPU`` by default) with an ORT-like ``run``."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, device: str = "CPU"):
+    def __init__(self, model, *, threads: int | None = None, device: str = "CPU"):
+        """``model``: an ONNX file, or an in-memory ``onnx_ir`` model (read from bytes, never written)."""
         ov = import_openvino()
         if threads is not None:
             check_count(threads, "threads", high=256)
@@ -44,7 +58,7 @@ class OpenVinoSession:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
             core = ov.Core()
-            self.compiled = core.compile_model(core.read_model(str(path)), device, config)
+            self.compiled = core.compile_model(core.read_model(_source(model)), device, config)
         except Exception as e:  # OpenVINO raises RuntimeError with multi-line text
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f"OpenVINO cannot load the model: {first}") from None

@@ -92,17 +92,19 @@ def _short(provider: str) -> str:
     return provider.replace("ExecutionProvider", "")
 
 
-def open_session(model, *, runtime=None, providers: list[str] | None = None, threads: int | None = None):
-    """A session on ``runtime`` (ONNX Runtime by default, or OpenVINO): both answer ``run`` alike."""
+def open_session(model, *, runtime=None, providers: list[str] | None = None, threads: int | None = None,
+                 memory_pattern: bool = True):
+    """A session on ``runtime`` (ONNX Runtime by default, or OpenVINO): both answer ``run`` alike.
+
+    ``model`` is a file or an in-memory ``onnx_ir`` model; ``providers`` and ``memory_pattern``
+    are ONNX Runtime's."""
     from mstransform.core.options import Runtime, choice
 
     if runtime is not None and choice(Runtime, runtime, "runtime") is Runtime.OPENVINO:
         from mstransform.runtime.openvino_session import OpenVinoSession
 
-        if isinstance(model, ir.Model):
-            raise ModelError("OpenVINO runs ONNX files here; save the model first")
         return OpenVinoSession(model, threads=threads)
-    return make_session(model, providers=providers, threads=threads)
+    return make_session(model, providers=providers, threads=threads, memory_pattern=memory_pattern)
 
 
 def describe(session, why: str = "") -> str:

@@ -13,6 +13,12 @@ sparsify operators (``docs/deployment.md``):
 * ``LessOrEqual``/``GreaterOrEqual`` flagged (the parser decomposes them into two comparisons and an Or);
 * with ``fp16``: constants representable in half precision (no overflow, no nonzero
   threshold that underflows to zero).
+
+TensorRT 11 (``--trt-version 11``) removed weak typing: there is no FP16/BF16 builder flag, the
+engine runs in the model's own types, and INT8 needs Q/DQ nodes. The check says so where it
+matters (``--fp16`` on a model whose float tensors are FP32; INT8 tensors without Q/DQ). No 11.x
+operator table is shipped -- the onnx-tensorrt sources reachable when this was written end at the
+10.1 release -- so the 10.1 table stands in for it, and a warning says that it does.
 """
 from __future__ import annotations
 
@@ -50,15 +56,27 @@ def support_table() -> dict:
     return json.loads(TABLE.read_text())
 
 
+STRONGLY_TYPED_FROM = 11
+STAND_IN = {"11": "10.1"}  # generations with no shipped table, and the table that stands in for it
+
+
 def versions() -> list[str]:
-    return sorted(support_table()["versions"], key=lambda v: tuple(int(x) for x in v.split(".")))
+    known = [*support_table()["versions"], *STAND_IN]
+    return sorted(known, key=lambda v: tuple(int(x) for x in v.split(".")))
 
 
 def check_trt(model: ir.Model, version: str = DEFAULT_VERSION, fp16: bool = False) -> list[Finding]:
-    table = support_table()["versions"].get(version)
+    findings = []
+    if version in STAND_IN:
+        findings.append(Finding("warning", "check", f"no TensorRT {version} operator table is shipped; TensorRT "
+                                                    f"{STAND_IN[version]}'s stands in (ops added or removed in "
+                                                    f"{version} are not known here)"))
+    table = support_table()["versions"].get(STAND_IN.get(version, version))
     if table is None:
         raise KeyError(f"unknown TensorRT version {version!r}; known: {', '.join(versions())}")
-    ops, findings = table["ops"], []
+    ops = table["ops"]
+    if int(version.split(".")[0]) >= STRONGLY_TYPED_FROM:
+        findings += _strong_typing(model, version, fp16)
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
     if opset is None or not table["opset_min"] <= opset <= table["opset_max"]:
         findings.append(Finding("error", "model", f"opset {opset} is outside TensorRT {version}'s range "
@@ -85,6 +103,29 @@ def check_trt(model: ir.Model, version: str = DEFAULT_VERSION, fp16: bool = Fals
                                                       "prefer strict Less/Greater"))
     findings += _sparsify_constants(model, fp16)
     return findings
+
+
+def _strong_typing(model: ir.Model, version: str, fp16: bool) -> list[Finding]:
+    """What TensorRT 11's removal of weak typing means for this model."""
+    out = []
+    floats = {v.dtype for v in _values(model) if v.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16,
+                                                                ir.DataType.BFLOAT16)}
+    if fp16 and ir.DataType.FLOAT in floats:
+        out.append(Finding("error", "model", f"TensorRT {version} has no FP16 builder flag (strongly typed only): "
+                                             "this model's FP32 tensors stay FP32; export it in fp16 or convert it "
+                                             "with NVIDIA ModelOpt AutoCast, then check that model"))
+    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph)
+    if not has_qdq and any(v.dtype == ir.DataType.INT8 for v in _values(model)):
+        out.append(Finding("error", "model", f"INT8 tensors without Q/DQ nodes: TensorRT {version} takes INT8 "
+                                             "only through explicit quantization"))
+    return out
+
+
+def _values(model: ir.Model):
+    yield from model.graph.inputs
+    yield from model.graph.initializers.values()
+    for node in model.graph:
+        yield from node.outputs
 
 
 def _sparsify_constants(model: ir.Model, fp16: bool) -> list[Finding]:

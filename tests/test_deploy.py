@@ -247,3 +247,15 @@ def test_engine_follows_the_tensorrt_api_generation(version, monkeypatch, tmp_pa
         assert ("network", 1 << 1) in fake.calls and not [c for c in fake.calls if c[0] == "flag"]
     assert ("profile", {"input": ((1, 1, 28, 28), (8, 1, 28, 28), (64, 1, 28, 28))}) in fake.calls
     assert (tmp_path / "m.plan").read_bytes() == b"plan-bytes"
+
+
+def test_check_trt_knows_what_tensorrt_11_removed(hardened, cli):
+    """11.x: no FP16 flag (an FP32 model stays FP32), INT8 only through Q/DQ; the stand-in table is named."""
+    path = hardened("resnet", "legacy-17-folded")
+    findings = [str(f) for f in check_trt(load_model(path), "11", fp16=True)]
+    assert any("no FP16 builder flag" in f for f in findings)
+    assert any("10.1's stands in" in f for f in findings)
+    assert not [f for f in check_trt(load_model(path), "11") if f.level == "error"]  # fp32 engine: fine
+    assert not any("FP16 builder flag" in str(f) for f in check_trt(load_model(path), "10.1", fp16=True))
+    r = cli("check-trt", path, "--trt-version", "11", "--fp16")
+    assert r.code == 9 and "strongly typed" in r.err and r.err.count("\n") == 1

@@ -69,3 +69,40 @@ def test_openvino_refuses_cuda_and_providers():
     r = run_cli("eval", EXAMPLE / "model.onnx", "--data", EXAMPLE / "test.npz", "--runtime", "openvino",
                 "--device", "cuda")
     assert r.code != 0 and r.err.count("\n") == 1
+
+
+def test_calibration_on_openvino_within_the_bound(tmp_path):
+    """In-graph statistics computed by OpenVINO on a site that is the data itself (a ReLU on the input,
+    channel means up to 10^4 spreads), against float64 numpy within the derived bound."""
+    import contextlib
+    import io
+
+    import torch
+    from conftest import ingraph_tolerance
+
+    path = tmp_path / "relu.onnx"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        torch.onnx.export(torch.nn.ReLU(), (torch.zeros(2, 3, 5, 5),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((40, 3, 5, 5)) * [[[[1e-2]], [[1.0]], [[30.0]]]] + [[[[100.0]], [[-2]], [[0]]]])
+    x = x.astype(np.float32)
+    (s,) = mst.calibrate(path, {"input": x}, batch_size=16, progress=False, runtime="openvino").sites.values()
+    t = x.astype(np.float64)
+    mean_f, var_f = ingraph_tolerance(t.shape, 1, 16)
+    assert np.all(np.abs(s.moments.mean - t.mean(axis=(0, 2, 3))) <= mean_f * t.std(axis=(0, 2, 3)))
+    assert np.all(np.abs(s.moments.var - t.var(axis=(0, 2, 3))) <= var_f * t.var(axis=(0, 2, 3)))
+    np.testing.assert_array_equal(s.moments.absmax, np.abs(t).max(axis=(0, 2, 3)))
+
+
+def test_calibrate_command_on_openvino(tmp_path):
+    r = run_cli("calibrate", EXAMPLE / "model.onnx", "--data", EXAMPLE / "calib.npz", "--limit", "128",
+                "--runtime", "openvino", "-o", tmp_path / "ov.npz")
+    assert r.code == 0, r.err
+    assert "OpenVINO" in r.err + r.out
+    ov = mst.load_stats(tmp_path / "ov.npz")
+    ort_ = mst.calibrate(EXAMPLE / "model.onnx", EXAMPLE / "calib.npz", limit=128, progress=False)
+    for name, s in ort_.sites.items():  # two runtimes' convolutions round differently: 1e-4 of the spread
+        o = ov.sites[name].moments
+        assert np.all(np.abs(o.mean - s.moments.mean) <= 1e-4 * np.sqrt(s.moments.var) + 1e-7)
+        assert np.all(np.abs(o.var - s.moments.var) <= 1e-4 * s.moments.var + 1e-7)

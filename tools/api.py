@@ -47,13 +47,13 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
               include_se: bool = False, axes: dict[str, int] | None = None, batch_size: int = 64,
               limit: int | None = None, preprocess: Preprocess | None = None, progress: bool = True,
               threads: int | None = None, shard: tuple[int, int] | None = None, log=None,
-              device: Device | str | None = None) -> Stats:
+              device: Device | str | None = None, runtime: Runtime | str = Runtime.ONNXRUNTIME) -> Stats:
     """Measure per-site statistics of ``model`` on clean ``data``; returns :class:`Stats`.
 
     ``model`` is an ONNX path or ``onnx_ir`` model, or a torch ``nn.Module`` /
     ``torch.export`` program (then ``data`` is a tensor, array or iterable of batches, and the
     statistics are reduced on the model's own device). ``device`` picks ONNX Runtime's provider
-    (None: the best that starts here).
+    (None: the best that starts here); ``runtime`` runs the calibration graph on ONNX Runtime or OpenVINO.
     """
     placement = choice(Placement, placement, "placement")
     if _is_torch(model):
@@ -61,11 +61,14 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
 
         return calibrate_fx(model, data, placement=placement, batch_size=batch_size, limit=limit,
                             include_se=include_se, progress=progress)
+    if choice(Runtime, runtime, "runtime") is Runtime.OPENVINO and device is not None \
+            and choice(Device, device, "device") is Device.CUDA:
+        raise UsageError("OpenVINO runs on its CPU plugin here; use --device cpu or ONNX Runtime", param="device")
     m = load_model(model)
     selection = Selection(include, exclude, include_se, tuple((axes or {}).items()))
     return calibrate_table(m, _find_sites(m, placement, selection), data, batch_size=batch_size, limit=limit,
                            preprocess=preprocess, progress=progress, threads=threads, selection=selection,
-                           shard=shard, log=log, providers=providers_for(device))
+                           shard=shard, log=log, providers=providers_for(device), runtime=runtime)
 
 
 def harden_torch(model, stats: Stats | str | Path, alpha: float | AlphaPlan = 0.2, *,

@@ -118,17 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="stats file to write (.npz)")
     p.add_argument("--shard", metavar="I/N", help="only batches I, I+N, I+2N, ... (merge shards with `stats merge`)")
     _add_device(p)
+    _add_runtime(p)
 
     p = sub.add_parser("stats", help="inspect or merge stats files")
     ss = p.add_subparsers(dest="stats_command", required=True, parser_class=Parser)
     ss.add_parser("inspect", help="summarise a stats file").add_argument("stats")
-    q = ss.add_parser("merge", help="merge shards exactly")
+    q = ss.add_parser("merge", help="merge shards (Chan's rule in float64)")
     q.add_argument("inputs", nargs="+")
     q.add_argument("-o", "--output", required=True)
 
     p = sub.add_parser("check-trt", help="static TensorRT compatibility check (no GPU needed)")
     p.add_argument("model")
-    p.add_argument("--trt-version", default=None, help="TensorRT release to check against (default: newest known)")
+    p.add_argument("--trt-version", default=None, help="TensorRT release to check against: 8.5, 8.6, 9.2, 10.0, 10.1 or 11 (default 10.1)")
     p.add_argument("--fp16", action="store_true", help="also check constants are representable in fp16")
 
     p = sub.add_parser("engine", help="build a TensorRT engine (needs TensorRT and a GPU)")

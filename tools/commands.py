@@ -87,7 +87,7 @@ def cmd_calibrate(a) -> int:
     stats = api.calibrate(a.model, a.data, placement=a.placement, include=a.include, exclude=a.exclude,
                           include_se=a.include_se, axes=_axes(a.axis), batch_size=a.batch_size, limit=a.limit,
                           preprocess=_preprocess(a), threads=a.threads, shard=_shard(a.shard), log=say,
-                          device=a.device)
+                          device=a.device, runtime=a.runtime)
     stats.save(out)
     print(f"calibrated {len(stats)} site(s) on {stats.samples} sample(s) in {time.perf_counter() - t0:.1f} s; "
           f"wrote {out}")
@@ -151,11 +151,11 @@ def cmd_harden(a) -> int:
 
 def cmd_check_trt(a) -> int:
     from mstransform.core.errors import CompatibilityError
-    from mstransform.runtime.trt_check import check_trt, support_table, versions
+    from mstransform.runtime.trt_check import DEFAULT_VERSION, check_trt, versions
     from mstransform.tools import api
 
-    version = a.trt_version or versions()[-1]
-    if version not in support_table()["versions"]:
+    version = a.trt_version or DEFAULT_VERSION
+    if version not in versions():
         raise UsageError(f"unknown --trt-version {version!r}; known: {', '.join(versions())}")
     findings = check_trt(api.load_model(a.model), version, fp16=a.fp16)
     for f in findings:
