@@ -1,8 +1,8 @@
 """Streaming per-channel moments (count, mean, M2, max |x|) in float64.
 
-Each batch arrives as its own sums (:meth:`Moments.of_shifted_sums`, from the in-graph
-reductions or the FX observer) and is folded in with Chan et al.'s pairwise merge, so the
-merge adds only float64 rounding whatever the batch size or order, memory does not grow
+Each batch arrives as its own moments (built from the in-graph reductions' shifted sums by
+:meth:`Moments.of_shifted_sums`, or by the FX observer) and is folded in with Chan et al.'s
+pairwise merge, so the merge adds only float64 rounding whatever the batch size or order, memory does not grow
 with the number of samples, and shards measured in separate processes merge into what one
 pass gives. The error of a batch's own sums is stated in ``docs/method.md``.
 """

@@ -25,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
 
+OUTPUTS = ("sum", "sum_squares", "max", "min", "shape")  # what each reduction returns, in this order
 # opset from which an op takes its axes as an input rather than an attribute
 _AXES_AS_INPUT = {"ReduceSum": 13, "ReduceSumSquare": 18, "ReduceMax": 18, "ReduceMin": 18}
 
@@ -72,7 +73,6 @@ class AddSiteReductionsPass(InPlacePass):
         nodes: list[ir.Node] = []
         reductions = []
         for i, (x, axis, rank) in enumerate(self.targets):
-            start = len(nodes)
             b = _Builder(nodes, opset, f"mst_reduce_{i}")
             xf = x if x.dtype == ir.DataType.FLOAT else b.op("Cast", [x], to=ir.DataType.FLOAT)
             view, inner, shift_shape = _channel_view(b, xf, axis, rank)
@@ -82,24 +82,14 @@ class AddSiteReductionsPass(InPlacePass):
             outs = [b.two_stage(op, d if op.startswith("ReduceSum") else view, inner)
                     for op in ("ReduceSum", "ReduceSumSquare", "ReduceMax", "ReduceMin")]
             shape = b.op("Shape", [x])
-            for v, name in zip([*outs, shape], ("sum", "sum_squares", "max", "min", "shape")):
+            for v, name in zip([*outs, shape], OUTPUTS):
                 v.name = f"mst_{name}/{i}"
             reductions.append(Reduction(x, axis, rank, shift, shift_shape, *outs, shape))
-            _place(model.graph, x, nodes[start:])
+        model.graph.extend(nodes)
         for r in reductions:
             model.graph.inputs.append(r.shift)
             model.graph.outputs.extend(r.outputs)
         return ReductionResult(model, bool(reductions), reductions, nodes)
-
-
-def _place(graph: ir.Graph, x: ir.Value, nodes: list[ir.Node]) -> None:
-    """Right after ``x`` is made: runtimes that follow the node order then reduce ``x`` before
-    moving on, instead of keeping every site tensor alive until the end of the graph."""
-    producer = x.producer()
-    if producer is not None and producer.graph is graph:
-        graph.insert_after(producer, nodes)
-    else:  # a graph input (or a value from an outer scope)
-        graph.insert_before(next(iter(graph)), nodes)
 
 
 def _channel_view(b: "_Builder", x: ir.Value, axis: int, rank: int):

@@ -24,7 +24,7 @@ from mstransform.passes.expose import exposed
 from mstransform.passes.fingerprint import fingerprint
 from mstransform.passes.onnx_view import find_sites
 from mstransform.passes.prepare import load_model
-from mstransform.passes.site_reductions import reducing
+from mstransform.passes.site_reductions import OUTPUTS, reducing
 from mstransform.passes.sites import Site, SiteTable
 from mstransform.runtime.data import DataSource, Preprocess
 from mstransform.runtime.session import describe, input_specs, open_session
@@ -155,7 +155,8 @@ class ReducedRun:
         for (name, shape), shift in zip(self.shift_inputs, self.shifts):
             feed[name] = shift.reshape(shape)
         outs = _run(self.session, self.fetch, feed, start)
-        return [self._moments(i, outs[5 * i:5 * i + 5], start) for i in range(len(self.keys))]
+        k = len(OUTPUTS)
+        return [self._moments(i, outs[k * i:k * (i + 1)], start) for i in range(len(self.keys))]
 
     def _moments(self, i: int, outs: list[np.ndarray], start: int) -> tuple[Moments, float]:
         s1, s2, hi, lo, shape = outs

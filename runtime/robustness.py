@@ -1,6 +1,6 @@
 """Robustness evaluation of ONNX models: standard, black-box and straight-through, side by side.
 
-Every accuracy is measured by ONNX Runtime on the deployed ``.onnx`` file. Gradients for
+Every accuracy is measured on the deployed ``.onnx`` file by ONNX Runtime (or OpenVINO). Gradients for
 white-box attacks come from the differentiable twin (:mod:`mstransform.runtime.twin`),
 proved equal to the deployed model first (:mod:`mstransform.runtime.twin_check`). Attacks come
 from libraries, not from here: APGD-CE, APGD-DLR and Square from ``pyautoattack`` (the
@@ -29,7 +29,7 @@ from mstransform.core.errors import DataError, DependencyError, UsageError
 from mstransform.core.fileio import atomic_output
 from mstransform.core.options import MAX_BATCH, MAX_ITERS, Device, Runtime, check_count, choice
 from mstransform.runtime.data import DataSource
-from mstransform.runtime.session import open_session, providers_for
+from mstransform.runtime.session import check_runtime_choice, open_session, providers_for
 
 ATTACKS = ("apgd-ce", "apgd-dlr", "pgd", "square", "bpda")
 DEFAULT_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "bpda")
@@ -175,18 +175,16 @@ def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackCo
     of the twin and the white-box attacks (CUDA runs them in full float32: TF32 off). ``runtime``
     runs the clean accuracy, the black-box attack and every adversarial check (OpenVINO or ONNX
     Runtime); the twin is always checked against ONNX Runtime."""
-    import torch
-
-    if choice(Runtime, runtime, "runtime") is Runtime.OPENVINO and device is not None \
-            and choice(Device, device, "device") is Device.CUDA:
-        raise UsageError("OpenVINO runs on its CPU plugin here; use --device cpu or ONNX Runtime", param="device")
-    with _full_precision(torch):
-        return _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, torch)
+    check_runtime_choice(runtime, device)
+    with _full_precision():
+        return _evaluate(label, path, x, y, cfg, progress, threads, device, runtime)
 
 
 @contextlib.contextmanager
-def _full_precision(torch):
+def _full_precision():
     """TF32 convolutions and matmuls would move the twin by ~1e-3 on CUDA: the twin check needs float32."""
+    import torch
+
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -195,8 +193,10 @@ def _full_precision(torch):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, torch) -> ModelResult:
+def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime) -> ModelResult:
     import time
+
+    import torch
 
     from mstransform.runtime.twin import OnnxTwin
     from mstransform.runtime.twin_check import check_twin

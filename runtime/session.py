@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from mstransform.core.errors import DependencyError, ModelError
+from mstransform.core.errors import DependencyError, ModelError, UsageError
 from mstransform.core.options import check_count
 from mstransform.runtime.data import InputSpec
 
@@ -90,6 +90,18 @@ def choose_providers(requested: list[str] | None = None) -> tuple[list[str], str
 
 def _short(provider: str) -> str:
     return provider.replace("ExecutionProvider", "")
+
+
+def check_runtime_choice(runtime=None, device=None, providers: list | None = None) -> None:
+    """OpenVINO runs on its CPU plugin here: a CUDA device or ONNX Runtime providers do not apply to it."""
+    from mstransform.core.options import Device, Runtime, choice
+
+    if runtime is None or choice(Runtime, runtime, "runtime") is not Runtime.OPENVINO:
+        return
+    if device is not None and choice(Device, device, "device") is Device.CUDA:
+        raise UsageError("cuda does not apply to OpenVINO, which runs on its CPU plugin here", param="device")
+    if providers and {p if isinstance(p, str) else p[0] for p in providers} != {"CPUExecutionProvider"}:
+        raise UsageError("belong to ONNX Runtime; OpenVINO runs on its CPU plugin here", param="providers")
 
 
 def open_session(model, *, runtime=None, providers: list[str] | None = None, threads: int | None = None,

@@ -164,7 +164,7 @@ class _FakeTensorRT:
         fake = self
         flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}  # 11.x keeps the enum; weak typing is gone
         self.NetworkDefinitionCreationFlag = types.SimpleNamespace(**flags)
-        builder_flags = ["FP16", "BF16"] if version < "11" else []
+        builder_flags = ["FP16", "BF16"] if int(version.split(".")[0]) < 11 else []
         self.BuilderFlag = types.SimpleNamespace(**{k: k for k in builder_flags})
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, level: None})

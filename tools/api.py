@@ -24,8 +24,8 @@ from mstransform.passes.sites import SiteTable
 from mstransform.runtime.accuracy import Accuracy, accuracy, predict
 from mstransform.runtime.calibrate import calibrate_table
 from mstransform.runtime.data import DataSource, Preprocess
-from mstransform.runtime.session import (choose_providers, describe, input_specs, make_session, open_session,
-                                         providers_for)
+from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, input_specs,
+                                         make_session, open_session, providers_for)
 from mstransform.tools.harden import HardenReport, harden, probe_from, remove_output
 
 __all__ = ["HardenReport", "calibrate", "calibrate_and_harden", "compare_accuracy", "find_sites", "harden",
@@ -61,9 +61,7 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
 
         return calibrate_fx(model, data, placement=placement, batch_size=batch_size, limit=limit,
                             include_se=include_se, progress=progress)
-    if choice(Runtime, runtime, "runtime") is Runtime.OPENVINO and device is not None \
-            and choice(Device, device, "device") is Device.CUDA:
-        raise UsageError("OpenVINO runs on its CPU plugin here; use --device cpu or ONNX Runtime", param="device")
+    check_runtime_choice(runtime, device)
     m = load_model(model)
     selection = Selection(include, exclude, include_se, tuple((axes or {}).items()))
     return calibrate_table(m, _find_sites(m, placement, selection), data, batch_size=batch_size, limit=limit,
@@ -155,10 +153,8 @@ def run(model: str | Path, data, *, providers: list[str] | None = None, batch_si
     """Batch inference in ONNX Runtime or OpenVINO: predictions, and accuracy when ``data`` has labels."""
     m = load_model(model)
     runtime = choice(Runtime, runtime, "runtime")
+    check_runtime_choice(runtime, providers=providers)
     if runtime is Runtime.OPENVINO:
-        if providers and set(providers) != {"CPUExecutionProvider"}:
-            raise UsageError("execution providers belong to ONNX Runtime; OpenVINO runs on its CPU plugin here",
-                             param="providers")
         session, why = open_session(model, runtime=runtime, threads=threads), ""
     else:
         chosen, why = choose_providers(providers)
