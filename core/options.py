@@ -47,6 +47,14 @@ class Formulation(str, enum.Enum):
     FLOAT = "float"
 
 
+class Precision(str, enum.Enum):
+    """The float type of a written model: fp32 as exported, or converted for strongly typed engines."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
 class Device(str, enum.Enum):
     """Where models run: maps to ONNX Runtime providers and torch devices."""
 

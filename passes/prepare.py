@@ -134,7 +134,15 @@ def load_model(model: str | Path | ir.Model) -> ir.Model:
         m = ir.serde.deserialize_model(proto)
     except Exception as e:
         raise ModelError(f"{path} is a malformed ONNX model: {str(e).splitlines()[0]}") from None
-    ir.external_data.set_base_dir(m.graph, path.parent)
     m.meta["mstransform.path"] = str(path)
-    ir.passes.Sequential(NameAfterOutputsPass(), NameFixPass(), MarkedShapeInferencePass())(m)
-    return m
+    return reprepared(m, m)
+
+
+def reprepared(model: ir.Model, like: ir.Model) -> ir.Model:
+    """``model`` (rebuilt from a proto by another tool) prepared as :func:`load_model` prepares, with
+    ``like``'s origin: its external-data folder and path."""
+    if "mstransform.path" in like.meta:
+        model.meta["mstransform.path"] = like.meta["mstransform.path"]
+        ir.external_data.set_base_dir(model.graph, Path(like.meta["mstransform.path"]).parent)
+    ir.passes.Sequential(NameAfterOutputsPass(), NameFixPass(), MarkedShapeInferencePass())(model)
+    return model

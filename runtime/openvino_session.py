@@ -63,6 +63,7 @@ class OpenVinoSession:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f"OpenVINO cannot load the model: {first}") from None
         self.request = self.compiled.create_infer_request()
+        self._bf16 = ov.Type.bf16
         self.version, self.device = ov.get_version().split("-")[0], device
         self._inputs = [_Port(p.get_any_name()) for p in self.compiled.inputs]
         self._outputs = [_Port(p.get_any_name()) for p in self.compiled.outputs]
@@ -82,4 +83,13 @@ class OpenVinoSession:
     def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         result = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
         names = names or [p.name for p in self._outputs]
-        return [np.array(result[self.compiled.output(n)]) for n in names]
+        return [self._array(result, n) for n in names]
+
+    def _array(self, result, name: str) -> np.ndarray:
+        port = self.compiled.output(name)
+        array = np.array(result[port])
+        if port.get_element_type() == self._bf16:  # OpenVINO hands bf16 bits over in a float16 array
+            import ml_dtypes
+
+            array = array.view(np.uint16).view(ml_dtypes.bfloat16)
+        return array

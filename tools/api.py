@@ -15,8 +15,8 @@ import numpy as np
 
 from mstransform.core.errors import UsageError
 from mstransform.core.fileio import check_outputs, remove_quietly
-from mstransform.core.options import (AlphaPlan, Center, Device, Formulation, Mode, Placement, Runtime, Selection,
-                                      choice)
+from mstransform.core.options import (AlphaPlan, Center, Device, Formulation, Mode, Placement, Precision, Runtime,
+                                      Selection, choice)
 from mstransform.core.stats import Stats, load_stats
 from mstransform.passes.onnx_view import find_sites as _find_sites
 from mstransform.passes.prepare import load_model
@@ -103,8 +103,11 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
                          center: Center | str = Center.MEAN, formulation: Formulation | str = Formulation.WHERE,
                          placement: Placement | str | None = None, include=None, exclude=None, batch_size: int = 64,
                          limit: int | None = None, preprocess: Preprocess | None = None, verify: bool = True,
-                         threads: int | None = None, log=None) -> OneStepResult:
+                         threads: int | None = None, log=None, precision: Precision | str = Precision.FP32,
+                         runtime: Runtime | str = Runtime.ONNXRUNTIME) -> OneStepResult:
     """Calibrate on ``data``, harden with the new stats (probing with real data), and write both files.
+
+    ``runtime`` runs the calibration and the self-check; ``precision`` is that of the written model.
 
     All or nothing: outputs are checked against every input first, and if any step fails
     neither the hardened model nor the stats file is left behind.
@@ -119,10 +122,11 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
     preprocess = preprocess or Preprocess()
     probe = probe_from(DataSource(data, input_specs(m), batch_size=8, limit=8, preprocess=preprocess))
     stats = calibrate(model, data, placement=placement, batch_size=batch_size, limit=limit, preprocess=preprocess,
-                      threads=threads, log=log)
+                      threads=threads, log=log, runtime=runtime)
     try:
         report = harden(model, stats, alpha=alpha, mode=mode, center=center, formulation=formulation, output=output,
-                        include=include, exclude=exclude, probe=probe, verify=verify, threads=threads)
+                        include=include, exclude=exclude, probe=probe, verify=verify, threads=threads,
+                        precision=precision, runtime=runtime)
         stats.save(stats_output)
     except BaseException:
         remove_output(output)
@@ -132,10 +136,10 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
 
 
 def compare_accuracy(models: list[str | Path], data, *, batch_size: int = 64, preprocess: Preprocess | None = None,
-                     threads: int | None = None) -> list[Accuracy]:
-    """Clean accuracy of each model on labelled ``data``, measured by ONNX Runtime."""
+                     threads: int | None = None, runtime: Runtime | str = Runtime.ONNXRUNTIME) -> list[Accuracy]:
+    """Clean accuracy of each model on labelled ``data``, measured by ``runtime``."""
     specs = input_specs(load_model(models[0]))
-    return [accuracy(make_session(p, threads=threads),
+    return [accuracy(open_session(p, runtime=runtime, threads=threads),
                      DataSource(data, specs, batch_size=batch_size, preprocess=preprocess or Preprocess()))
             for p in models]
 

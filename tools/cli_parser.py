@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mstransform.core.errors import UsageError
-from mstransform.core.options import Center, Device, Formulation, Mode, Placement, Runtime
+from mstransform.core.options import Center, Device, Formulation, Mode, Placement, Precision, Runtime
 
 SUBCOMMANDS = ("sites", "calibrate", "stats", "harden", "check-trt", "engine", "run", "eval", "sweep", "plot")
 GLOBAL_VALUED = {"--threads"}
@@ -69,6 +69,10 @@ def _add_harden(p):
     p.add_argument("--eval", metavar="DATA", help="labelled data (.npz with 'labels'): print clean accuracy before/after")
     p.add_argument("--ignore-fingerprint", action="store_true", help="accept stats measured on another export")
     p.add_argument("--no-verify", action="store_true", help="skip the post-write checks")
+    p.add_argument("--precision", default=Precision.FP32.value, choices=_values(Precision),
+                   help="float type of the written model: fp16/bf16 for strongly typed engines such as TensorRT 11 "
+                        "(graph I/O stays fp32)")
+    _add_runtime(p)
 
 
 def _add_runtime(p):

@@ -122,7 +122,8 @@ def cmd_harden(a) -> int:
     pre = _preprocess(a)
     base = None
     if a.eval:  # the base model's accuracy first: bad labelled data fails before any output exists
-        (base,) = api.compare_accuracy([model], a.eval, batch_size=a.batch_size, preprocess=pre, threads=a.threads)
+        (base,) = api.compare_accuracy([model], a.eval, batch_size=a.batch_size, preprocess=pre, threads=a.threads,
+                                       runtime=a.runtime)
     if a.data is not None:
         stats_out = Path(a.save_stats) if a.save_stats else output.with_name(output.stem + ".stats.npz")
         check_outputs([output, stats_out], [model, a.data, a.eval])
@@ -131,7 +132,8 @@ def cmd_harden(a) -> int:
                                         mode=a.mode, center=a.center, formulation=a.formulation,
                                         placement=a.placement, include=a.include, exclude=a.exclude,
                                         batch_size=a.batch_size, limit=a.limit, preprocess=pre,
-                                        verify=not a.no_verify, threads=a.threads, log=say)
+                                        verify=not a.no_verify, threads=a.threads, log=say,
+                                        precision=a.precision, runtime=a.runtime)
         print(f"calibrated {len(done.stats)} site(s) on {done.stats.samples} sample(s) in "
               f"{time.perf_counter() - t0:.1f} s; wrote {done.stats_path}")
         report = done.report
@@ -139,10 +141,12 @@ def cmd_harden(a) -> int:
         check_outputs([output], [model, a.stats, a.eval])
         report = api.harden(model, a.stats, alpha=alpha, mode=Mode(a.mode), center=a.center,
                             formulation=a.formulation, output=output, include=a.include, exclude=a.exclude,
-                            ignore_fingerprint=a.ignore_fingerprint, verify=not a.no_verify, threads=a.threads)
+                            ignore_fingerprint=a.ignore_fingerprint, verify=not a.no_verify, threads=a.threads,
+                            precision=a.precision, runtime=a.runtime)
     print(report.summary())
     if a.eval:
-        (hard,) = api.compare_accuracy([output], a.eval, batch_size=a.batch_size, preprocess=pre, threads=a.threads)
+        (hard,) = api.compare_accuracy([output], a.eval, batch_size=a.batch_size, preprocess=pre, threads=a.threads,
+                                       runtime=a.runtime)
         for label, acc in (("base", base), ("hardened", hard)):
             print(f"clean accuracy {label:9s} {acc.percent:6.2f}%  ({acc.correct}/{acc.total})")
         print(f"clean accuracy change {hard.percent - base.percent:+.2f} points")

@@ -16,11 +16,12 @@ import onnx_ir as ir
 import mstransform
 from mstransform.core.errors import StatsError, UsageError
 from mstransform.core.fileio import as_output_error, atomic_folder, check_output_path, remove_quietly, replace_into
-from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Selection, choice
+from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Runtime, Selection, choice
 from mstransform.core.params import site_params
 from mstransform.core.stats import Stats, load_stats
 from mstransform.passes.fingerprint import fingerprint
 from mstransform.passes.onnx_view import find_sites
+from mstransform.passes.precision import convert_precision
 from mstransform.passes.prepare import DropInferredPass, ProvenancePass, load_model
 from mstransform.passes.sparsify import InsertSparsifyPass
 from mstransform.runtime.data import DataSource
@@ -54,11 +55,15 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
            center: Center | str = Center.MEAN, formulation: Formulation | str = Formulation.WHERE,
            output: str | Path | None = None, include: str | None = None, exclude: str | None = None,
            ignore_fingerprint: bool = False, probe: dict[str, np.ndarray] | None = None, verify: bool = True,
-           threads: int | None = None) -> HardenReport:
+           threads: int | None = None, precision: Precision | str = Precision.FP32,
+           runtime: Runtime | str = Runtime.ONNXRUNTIME) -> HardenReport:
     """Insert the sparsify operator at every site of ``stats``; with ``output``, write and verify the model.
 
     ``alpha`` is one number or an :class:`AlphaPlan` (per-site overrides). ``include`` and
-    ``exclude`` narrow the calibrated sites further. The input file is never modified.
+    ``exclude`` narrow the calibrated sites further. ``precision`` fp16/bf16 converts the model
+    first (:mod:`mstransform.passes.precision`), so the operators are made in that type from
+    the float64 statistics; ``runtime`` runs the self-check after writing. The input file is
+    never modified.
     """
     if type(model).__module__.startswith("torch") or hasattr(model, "named_modules"):
         raise UsageError("is a torch model; use mstransform.harden_torch for nn.Module / torch.export programs",
@@ -66,6 +71,7 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
     plan_alpha = AlphaPlan.of(alpha)
     mode, center = choice(Mode, mode, "mode"), choice(Center, center, "center")
     formulation = choice(Formulation, formulation, "formulation")
+    precision, runtime = choice(Precision, precision, "precision"), choice(Runtime, runtime, "runtime")
     narrow = Selection(include, exclude)
     source_path = None if isinstance(model, ir.Model) else Path(model)
     if output is not None:
@@ -82,6 +88,8 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
     if fp != stats.fingerprint and not ignore_fingerprint and not from_fx:
         raise StatsError(f"stats were measured on another model (fingerprint {stats.fingerprint}, this model {fp}); "
                          "calibrate this model or pass ignore_fingerprint")
+    if precision is not Precision.FP32:
+        m = convert_precision(m, precision)
     sel = dataclasses.replace(stats.selection, framework="onnx")
     table = find_sites(m, stats.placement, sel)
     stats = stats.matched_to([(s.name, s.kind, s.channels, s.feed_name) for s in table], by_position=from_fx,
@@ -94,7 +102,7 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
         plan.append((dataclasses.replace(s, axis=st.axis, rank=st.rank),
                      site_params(st, alphas[s.name], mode, center)))
     result = InsertSparsifyPass(plan, formulation)(m)
-    ProvenancePass(_provenance(mode, center, plan_alpha, stats, len(result.inserted), formulation))(m)
+    ProvenancePass(_provenance(mode, center, plan_alpha, stats, len(result.inserted), formulation, precision))(m)
     report = HardenReport(None, m, [i.site for i in result.inserted], result.skipped, alphas)
     if output is None:
         return report
@@ -105,7 +113,7 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
         try:
             report.checks += check_file(output)
             report.verify = numeric_check(output, result.inserted, probe if probe is not None else synthetic_probe(m),
-                                          threads=threads)
+                                          threads=threads, runtime=runtime)
             report.checks += report.verify.checks
         except BaseException:
             remove_output(output)
@@ -113,12 +121,13 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
     return report
 
 
-def _provenance(mode: Mode, center: Center, alpha: AlphaPlan, stats: Stats, n: int, formulation: Formulation):
+def _provenance(mode: Mode, center: Center, alpha: AlphaPlan, stats: Stats, n: int, formulation: Formulation,
+                precision: Precision):
     return {"mstransform.version": mstransform.__version__, "mstransform.mode": mode.value,
             "mstransform.center": Center.ZERO.value if mode is Mode.FORGED else center.value,
             "mstransform.alpha": alpha.describe(), "mstransform.stats_sha256": stats.sha256(),
             "mstransform.stats_fingerprint": stats.fingerprint, HARDENED_MARK: str(n),
-            "mstransform.formulation": formulation.value}
+            "mstransform.formulation": formulation.value, "mstransform.precision": precision.value}
 
 
 def _external(m: ir.Model) -> bool:

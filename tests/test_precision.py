@@ -1,0 +1,114 @@
+"""fp16 / bf16 hardened models (for TensorRT 11's strongly typed networks), against fp32 and numpy.
+
+The reduced-precision models run in ONNX's reference evaluator (``onnx.reference``): numpy
+arithmetic in the model's own type, a runtime independent of ours and of ONNX Runtime.
+Stated tolerance, per held-out sample: logits within ``32 u`` of the fp32 hardened model's
+largest logit (u = 2^-11 fp16, 2^-8 bf16), on all but 2% of samples (a value that crosses a
+band edge moves by up to its threshold), and top-1 agreement of at least 97%.
+"""
+from __future__ import annotations
+
+import warnings
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from conftest import EXAMPLE
+
+import mstransform as mst
+from mstransform.core.operator import unit_roundoff
+from mstransform.passes.precision import ConvertFloatPass, unsupported_ops
+from mstransform.passes.prepare import load_model
+from mstransform.passes.sparsify_match import find_sparsify_ops
+
+ort = pytest.importorskip("onnxruntime")
+TYPES = {"fp16": np.float16, "bf16": ml_dtypes.bfloat16}
+IMAGES = {"fp16": 48, "bf16": 128}  # numpy's float16 Conv is slow: fewer images, same statement
+
+
+@pytest.fixture(scope="module")
+def stats(tmp_path_factory):
+    path = tmp_path_factory.mktemp("precision") / "stats.npz"
+    mst.calibrate(EXAMPLE / "model.onnx", EXAMPLE / "calib.npz", limit=512, progress=False).save(path)
+    return path
+
+
+def test_pass_rounds_weights_once_keeps_io_and_runs_twice():
+    base = load_model(EXAMPLE / "model.onnx")
+    weights = {k: v.const_value.numpy().copy() for k, v in base.graph.initializers.items()
+               if v.dtype == ir.DataType.FLOAT}
+    m = load_model(EXAMPLE / "model.onnx")
+    assert ConvertFloatPass("fp16")(m).modified
+    assert not ConvertFloatPass("fp16")(m).modified  # a second run finds nothing to do
+    for name, w in weights.items():
+        got = m.graph.initializers[name].const_value.numpy()
+        assert got.dtype == np.float16 and np.array_equal(got, w.astype(np.float16)), name
+    assert [v.dtype for v in m.graph.inputs] == [ir.DataType.FLOAT]
+    assert [v.dtype for v in m.graph.outputs] == [ir.DataType.FLOAT]
+    proto = ir.to_proto(m)
+    onnx.checker.check_model(proto, full_check=True)
+    inner = [vi for vi in onnx.shape_inference.infer_shapes(proto).graph.value_info
+             if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+    assert not inner, [vi.name for vi in inner]  # nothing between the boundary Casts stays float32
+    x = np.load(EXAMPLE / "test.npz")["input"][:4].astype(np.float32)
+    assert ort.InferenceSession(proto.SerializeToString()).run(None, {"input": x})[0].dtype == np.float32
+
+
+def test_bf16_needs_opset_22_for_conv_and_an_overflow_is_refused():
+    m = load_model(EXAMPLE / "model.onnx")
+    assert ("Conv", 17) in unsupported_ops(m, "bf16") and not unsupported_ops(m, "fp16")
+    big = next(v for v in m.graph.initializers.values() if v.dtype == ir.DataType.FLOAT)
+    big.const_value = ir.tensor(np.full(big.shape.numpy(), 1e6, np.float32), name=big.name)
+    with pytest.raises(Exception, match="beyond the range of fp16"):
+        ConvertFloatPass("fp16")(m)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_hardened_reduced_precision_matches_fp32_within_the_stated_tolerance(precision, stats, tmp_path):
+    from onnx.reference import ReferenceEvaluator
+
+    alpha = 0.2
+    fp32, low = tmp_path / "fp32.onnx", tmp_path / f"{precision}.onnx"
+    mst.harden(EXAMPLE / "model.onnx", stats, alpha=alpha, output=fp32)
+    report = mst.harden(EXAMPLE / "model.onnx", stats, alpha=alpha, output=low, precision=precision,
+                        runtime="openvino" if precision == "bf16" else "onnxruntime")
+    assert any("band-edge" in c or "max |diff| = 0" in c for c in report.checks)
+    model = ir.load(low)
+    assert model.metadata_props["mstransform.precision"] == precision
+    if precision == "bf16":
+        assert model.opset_imports[""] >= 22
+    # the operators' constants: the float64 statistics rounded once to the model's type
+    dtype = TYPES[precision]
+    with np.load(stats, allow_pickle=False) as z:
+        expected = {str(feed): (z[f"mean/{i}"], alpha * np.sqrt(z[f"var/{i}"]))
+                    for i, feed in enumerate(z["site_feeds"])}
+    ops = find_sparsify_ops(model.graph)
+    assert len(ops) == len(expected)
+    for op in ops:
+        mean, thr = expected[op.x.name]
+        assert op.center.dtype == dtype and np.array_equal(op.center.reshape(-1), mean.astype(dtype))
+        assert np.array_equal(op.threshold.reshape(-1), thr.astype(dtype))
+    # the whole model in its own precision (numpy in that type) against the fp32 model
+    x = np.load(EXAMPLE / "test.npz")["input"][: IMAGES[precision]].astype(np.float32)
+    ref = ort.InferenceSession(str(fp32)).run(None, {"input": x})[0].astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # exp overflow inside fp16 Sigmoid saturates as it should
+        got = ReferenceEvaluator(str(low)).run(None, {"input": x})[0].astype(np.float64)
+    rel = np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)
+    tol = 32 * unit_roundoff(dtype)
+    assert np.mean(rel > tol) <= 0.02, (precision, np.sort(rel)[-5:], tol)
+    assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.97
+    assert np.median(rel) > 0  # it really ran in reduced precision
+
+
+def test_cli_precision_and_openvino_self_check(cli, stats, tmp_path):
+    out = tmp_path / "m.onnx"
+    r = cli(EXAMPLE / "model.onnx", "--stats", stats, "--alpha", "0.2", "--precision", "bf16", "-o", out)
+    assert r.code == 3 and "ONNX Runtime cannot load" in r.err and r.err.count("\n") == 1 and not out.exists()
+    pytest.importorskip("openvino")
+    r = cli(EXAMPLE / "model.onnx", "--stats", stats, "--alpha", "0.2", "--precision", "bf16", "--runtime",
+            "openvino", "-o", out)
+    assert r.code == 0, r.err
+    assert "OpenVINO" in r.out and out.exists()
