@@ -32,7 +32,7 @@ class Moments:
     count: int
     mean: np.ndarray  # (C,) float64
     m2: np.ndarray  # (C,) float64, sum of squared deviations
-    absmax: np.ndarray  # (C,) float64
+    absmax: np.ndarray | None = None  # (C,) float64 max |x|; None where not measured (calibrate's ``extent``)
 
     @classmethod
     def empty(cls, channels: int) -> "Moments":
@@ -49,8 +49,8 @@ class Moments:
         return self.m2 / max(self.count, 1)
 
     @classmethod
-    def of_shifted_sums(cls, count: int, shift: np.ndarray, s1: np.ndarray, s2: np.ndarray, hi: np.ndarray,
-                        lo: np.ndarray) -> "Moments":
+    def of_shifted_sums(cls, count: int, shift: np.ndarray, s1: np.ndarray, s2: np.ndarray,
+                        hi: np.ndarray | None = None, lo: np.ndarray | None = None) -> "Moments":
         """Moments from sums of ``d = x - shift`` per channel: ``s1 = sum d``, ``s2 = sum d*d``.
 
         This is how the in-graph reductions report a batch (float32 sums, combined here in
@@ -60,20 +60,24 @@ class Moments:
         s1, s2 = np.asarray(s1, np.float64), np.asarray(s2, np.float64)
         mean = np.asarray(shift, np.float64) + s1 / count
         m2 = np.maximum(s2 - s1 * s1 / count, 0.0)
-        absmax = np.maximum(np.asarray(hi, np.float64), -np.asarray(lo, np.float64))
+        absmax = None if hi is None else np.maximum(np.asarray(hi, np.float64), -np.asarray(lo, np.float64))
         return cls(int(count), mean, m2, absmax)
 
     def merge(self, other: "Moments") -> "Moments":
         """Chan's parallel merge of two disjoint sets of samples."""
         if other.count == 0:
-            return Moments(self.count, self.mean.copy(), self.m2.copy(), self.absmax.copy())
+            return self.copy()
         if self.count == 0:
-            return Moments(other.count, other.mean.copy(), other.m2.copy(), other.absmax.copy())
+            return other.copy()
         if self.channels != other.channels:
             raise ValueError(f"cannot merge moments of {self.channels} and {other.channels} channels")
         total = self.count + other.count
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.count / total)
         m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / total)
-        return Moments(total, mean, m2, np.maximum(self.absmax, other.absmax))
+        absmax = None if self.absmax is None or other.absmax is None else np.maximum(self.absmax, other.absmax)
+        return Moments(total, mean, m2, absmax)
+
+    def copy(self) -> "Moments":
+        return Moments(self.count, self.mean.copy(), self.m2.copy(), None if self.absmax is None else self.absmax.copy())
 

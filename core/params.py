@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mstransform.core.errors import StatsError
 from mstransform.core.options import Center, Mode, check_alpha, choice
 from mstransform.core.stats import SiteStats
 
@@ -40,6 +41,9 @@ def site_params(s: SiteStats, alpha: float, mode: Mode | str = Mode.MEANSPARSE,
     mode, center = choice(Mode, mode, "mode"), choice(Center, center, "center")
     m = s.moments
     if mode is Mode.FORGED:
+        if m.absmax is None:
+            raise StatsError(f"site {s.name!r}: these stats carry no max |x|, which forged mode needs; calibrate "
+                             "with --extent (or --mode forged / placement linear-inputs, which measure it)")
         return SiteParams(np.zeros(m.channels), np.full(m.channels, alpha * float(m.absmax.max())))
     c = {Center.MEAN: lambda: m.mean.copy(), Center.ZERO: lambda: np.zeros(m.channels),
          Center.GLOBAL: lambda: np.full(m.channels, float(m.mean.mean()))}[center]()

@@ -21,7 +21,7 @@ key                dtype      meaning
 ``site_counts``    int64 (S,) elements seen per channel
 ``mean/<i>``       f64 (C,)   per-channel mean of site ``i``
 ``var/<i>``        f64 (C,)   per-channel population variance of site ``i``
-``absmax/<i>``     f64 (C,)   per-channel max ``|x|`` of site ``i`` (forged mode)
+``absmax/<i>``     f64 (C,)   per-channel max ``|x|`` of site ``i``; only where measured (forged mode)
 =================  =========  ====================================================
 """
 from __future__ import annotations
@@ -93,7 +93,8 @@ class Stats:
         for i, s in enumerate(sites):
             arrays[f"mean/{i}"] = s.moments.mean
             arrays[f"var/{i}"] = s.moments.var
-            arrays[f"absmax/{i}"] = s.moments.absmax
+            if s.moments.absmax is not None:
+                arrays[f"absmax/{i}"] = s.moments.absmax
         return arrays
 
     def sha256(self) -> str:
@@ -132,10 +133,11 @@ class Stats:
             raise StatsError(f"{origin} lists a site twice")
         sites = {}
         for i, name in enumerate(names):
-            mean, var, absmax = (np.asarray(need(f"{k}/{i}"), dtype=np.float64) for k in ("mean", "var", "absmax"))
-            if not (mean.shape == var.shape == absmax.shape and mean.ndim == 1):
+            mean, var = (np.asarray(need(f"{k}/{i}"), dtype=np.float64) for k in ("mean", "var"))
+            absmax = np.asarray(a[f"absmax/{i}"], dtype=np.float64) if f"absmax/{i}" in a else None
+            if not (mean.shape == var.shape == (mean.shape if absmax is None else absmax.shape) and mean.ndim == 1):
                 raise StatsError(f"{origin}: site {name!r} has mean/var/absmax of different shapes")
-            for label, arr in (("mean", mean), ("var", var), ("absmax", absmax)):
+            for label, arr in (("mean", mean), ("var", var), ("absmax", mean if absmax is None else absmax)):
                 if not np.all(np.isfinite(arr)):
                     raise StatsError(f"{origin}: site {name!r} has NaN or Inf in its {label}; recalibrate")
             if np.any(var < 0):
@@ -231,7 +233,7 @@ class Stats:
             std = np.sqrt(s.moments.var)
             rows.append((s.name, s.kind, str(s.axis), str(s.channels), str(s.moments.count),
                          f"{s.moments.mean.mean():.4g}", f"{std.mean():.4g}", f"{std.min():.4g}",
-                         f"{s.moments.absmax.max():.4g}"))
+                         "-" if s.moments.absmax is None else f"{s.moments.absmax.max():.4g}"))
         widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
         zero = [s.name for s in self.sites.values() if np.any(s.moments.var == 0)]

@@ -24,7 +24,7 @@ from mstransform.passes.expose import exposed
 from mstransform.passes.fingerprint import fingerprint
 from mstransform.passes.onnx_view import find_sites
 from mstransform.passes.prepare import load_model
-from mstransform.passes.site_reductions import OUTPUTS, reducing
+from mstransform.passes.site_reductions import reducing
 from mstransform.passes.sites import Site, SiteTable
 from mstransform.runtime.data import DataSource, Preprocess
 from mstransform.runtime.session import describe, input_specs, open_session
@@ -42,10 +42,11 @@ def calibrate_onnx(model, data, *, placement: Placement | str = Placement.ACTIVA
 def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: int = 64, limit: int | None = None,
                     preprocess: Preprocess | None = None, progress: bool = True, providers=None, threads=None,
                     selection: Selection = Selection(), shard: tuple[int, int] | None = None, log=None,
-                    runtime: Runtime | str = Runtime.ONNXRUNTIME) -> Stats:
+                    runtime: Runtime | str = Runtime.ONNXRUNTIME, extent: bool = True) -> Stats:
     """Measure statistics for the sites of ``table`` in ``model`` over ``source``.
 
     ``runtime`` runs the graph with its reductions: ONNX Runtime (on ``providers``) or OpenVINO.
+    ``extent`` also measures each channel's max ``|x|`` (forged mode needs it; two more reads).
 
     ``log`` (a callable taking one line) hears when the first batch has gone through: the sign
     of progress the command line prints (bad data fails before it, with one line)."""
@@ -63,7 +64,7 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
                 continue
             if run is None:
                 layout = site_layout(model, table, batch.inputs, providers, threads, runtime)
-                run = ReducedRun(model, table, layout, providers, threads, runtime)
+                run = ReducedRun(model, table, layout, providers, threads, runtime, extent)
             run.add(batch.inputs, batch.start)
             if samples == 0 and log is not None:  # the first batch went through: the data fits
                 log(f"calibrating {len(table)} site(s) on {data.origin}; {describe(run.session)}")
@@ -118,17 +119,18 @@ class ReducedRun:
     """
 
     def __init__(self, model: ir.Model, table: SiteTable, layout: dict[str, tuple[int, int, int]], providers=None,
-                 threads=None, runtime: Runtime | str = Runtime.ONNXRUNTIME):
+                 threads=None, runtime: Runtime | str = Runtime.ONNXRUNTIME, extent: bool = True):
         self.layout = layout
         sites: dict[tuple[str, int], Site] = {}
         for s in table:
             sites.setdefault((s.feed.name, layout[s.name][0]), s)
         self.keys = list(sites)
         targets = [(s.feed, layout[s.name][0], layout[s.name][1]) for s in sites.values()]
-        with reducing(model, targets) as reductions:
+        with reducing(model, targets, extent) as reductions:
             self.session = open_session(model, runtime=runtime, providers=providers, threads=threads,
                                         memory_pattern=False)
         self.fetch = [v.name for r in reductions for v in r.outputs]
+        self.width = len(reductions[0].outputs) if reductions else 0
         self.shift_inputs = [(r.shift.name, r.shift_shape) for r in reductions]
         self.site_names = [s.name for s in sites.values()]
         self.shifts = [np.zeros(layout[s.name][2], np.float32) for s in sites.values()]
@@ -155,16 +157,16 @@ class ReducedRun:
         for (name, shape), shift in zip(self.shift_inputs, self.shifts):
             feed[name] = shift.reshape(shape)
         outs = _run(self.session, self.fetch, feed, start)
-        k = len(OUTPUTS)
+        k = self.width
         return [self._moments(i, outs[k * i:k * (i + 1)], start) for i in range(len(self.keys))]
 
     def _moments(self, i: int, outs: list[np.ndarray], start: int) -> tuple[Moments, float]:
-        s1, s2, hi, lo, shape = outs
-        if not all(np.isfinite(a).all() for a in (s1, s2, hi, lo)):
+        s1, s2, shape, *extent = outs  # extent: max and min, where measured
+        if not all(np.isfinite(a).all() for a in (s1, s2, *extent)):
             raise DataError(f"site {self.site_names[i]!r} produced NaN or Inf on the batch starting at sample "
                             f"{start}; check the data's scale")
         count = int(np.prod(shape, dtype=np.int64)) // max(1, len(s1))
-        return (Moments.of_shifted_sums(count, self.shifts[i], s1, s2, hi, lo),
+        return (Moments.of_shifted_sums(count, self.shifts[i], s1, s2, *extent),
                 offset_ratio(count, s1, s2))
 
 

@@ -36,7 +36,8 @@ def gather_stats(stats, group=None):
     dist.all_reduce(total, group=group)
     for name, s in stats.sites.items():
         m = s.moments
-        packed = torch.from_numpy(np.concatenate([[m.count], m.mean, m.m2, m.absmax]).astype(np.float64)).to(device)
+        absmax = m.absmax if m.absmax is not None else np.full(m.channels, np.nan)  # NaN: not measured
+        packed = torch.from_numpy(np.concatenate([[m.count], m.mean, m.m2, absmax]).astype(np.float64)).to(device)
         parts = [torch.empty_like(packed) for _ in range(world)]
         dist.all_gather(parts, packed, group=group)
         if rank == 0:
@@ -44,7 +45,8 @@ def gather_stats(stats, group=None):
             c = m.channels
             for p in parts:
                 p = p.cpu().numpy()
-                acc = acc.merge(Moments(int(p[0]), p[1:1 + c], p[1 + c:1 + 2 * c], p[1 + 2 * c:]))
+                hi = p[1 + 2 * c:]
+                acc = acc.merge(Moments(int(p[0]), p[1:1 + c], p[1 + c:1 + 2 * c], None if np.isnan(hi).all() else hi))
             merged_sites[name] = SiteStats(s.name, s.feed, s.kind, s.axis, s.rank, s.dtype, acc)
     if rank != 0:
         return None
@@ -65,6 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--limit", type=int)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--extent", action="store_true", help="also measure max |x| (forged mode)")
     a = ap.parse_args(argv)
     providers = None
     if a.device == "cuda":
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         local = calibrate_onnx(a.model, a.data, batch_size=a.batch_size, limit=a.limit, progress=False,
-                               shard=(rank, world), threads=1, providers=providers)
+                               shard=(rank, world), threads=1, providers=providers, extent=a.extent)
         merged = gather_stats(local)
         if merged is not None:
             merged.save(a.output)

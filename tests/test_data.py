@@ -22,7 +22,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def reference(images):
-    return mst.calibrate(MODEL, {"input": images[0]}, batch_size=32, progress=False)
+    return mst.calibrate(MODEL, {"input": images[0]}, batch_size=32, progress=False, extent=True)
 
 
 def same(a, b, batch=32):
@@ -44,7 +44,7 @@ def test_image_folder_with_class_subfolders(images, reference, tmp_path):
         d = tmp_path / f"class{label}"
         d.mkdir(exist_ok=True)
         Image.fromarray(img[0]).save(d / f"{i:04d}.png")
-    stats = mst.calibrate(MODEL, tmp_path, batch_size=32, progress=False)
+    stats = mst.calibrate(MODEL, tmp_path, batch_size=32, progress=False, extent=True)
     assert stats.samples == N
     same(stats, reference)  # PNG is lossless and the order does not matter to the statistics
     src = DataSource(tmp_path, [InputSpec("input", np.dtype(np.float32), (None, 1, 28, 28))], batch_size=50)
@@ -67,7 +67,7 @@ def test_iterable_of_dicts_and_calibration_data_reader(images, reference):
         for i in range(0, N, 32):
             yield {"input": (x[i:i + 32] / 255).astype(np.float32)}
 
-    same(mst.calibrate(MODEL, batches(), progress=False), reference)
+    same(mst.calibrate(MODEL, batches(), progress=False, extent=True), reference)
 
     class Reader:  # onnxruntime.quantization.CalibrationDataReader protocol
         def __init__(self):
@@ -76,12 +76,12 @@ def test_iterable_of_dicts_and_calibration_data_reader(images, reference):
         def get_next(self):
             return next(self.it, None)
 
-    same(mst.calibrate(MODEL, Reader(), progress=False), reference)
+    same(mst.calibrate(MODEL, Reader(), progress=False, extent=True), reference)
 
 
 def test_npy_single_array_and_limit(images, reference, tmp_path):
     np.save(tmp_path / "x.npy", images[0])
-    same(mst.calibrate(MODEL, tmp_path / "x.npy", batch_size=40, progress=False), reference)
+    same(mst.calibrate(MODEL, tmp_path / "x.npy", batch_size=40, progress=False, extent=True), reference)
     assert mst.calibrate(MODEL, tmp_path / "x.npy", limit=10, progress=False).samples == 10
 
 

@@ -54,8 +54,7 @@ def more_bad_cases(tmp: Path, stats: Path):
     extra = dict(arr, site_names=np.append(arr["site_names"], "ghost"), site_feeds=np.append(arr["site_feeds"], "g"),
                  site_kinds=np.append(arr["site_kinds"], "Relu"), site_axes=np.append(arr["site_axes"], 1),
                  site_ranks=np.append(arr["site_ranks"], 4), site_dtypes=np.append(arr["site_dtypes"], "float32"),
-                 site_counts=np.append(arr["site_counts"], 10), **{"mean/7": arr["mean/0"], "var/7": arr["var/0"],
-                                                                  "absmax/7": arr["absmax/0"]})
+                 site_counts=np.append(arr["site_counts"], 10), **{"mean/7": arr["mean/0"], "var/7": arr["var/0"]})
     np.savez(tmp / "extra.npz", **extra)
     np.savez(tmp / "inf.npz", **dict(arr, **{"mean/3": np.full_like(arr["mean/3"], np.inf)}))
     np.savez(tmp / "v2.npz", **dict(arr, version=np.array(2)))

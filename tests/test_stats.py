@@ -40,7 +40,7 @@ def assert_within_bound(moments, t: np.ndarray, axis: int, batch: int):
 def test_stats_equal_numpy_over_whole_dataset(batch_size, export_dir):
     path = exported("resnet", "legacy-17-bn", export_dir)
     x = random_inputs("resnet", 50, seed=2) * 1.5 + 0.3  # 50 = uneven last batch for 7 and 16
-    stats = mst.calibrate(path, {"input": x}, batch_size=batch_size, progress=False)
+    stats = mst.calibrate(path, {"input": x}, batch_size=batch_size, progress=False, extent=True)
     assert stats.samples == 50
     for name, s in stats.sites.items():
         # the reference runs the site tensors batch by batch too: ONNX Runtime's float32 features
@@ -63,7 +63,7 @@ def test_stats_within_bound_on_a_large_mean(batch_size, tmp_path):
                           input_names=["input"], dynamic_axes={"input": {0: "batch"}})
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((40, 3, 5, 5)) * [[[[1e-2]], [[1.0]], [[30.0]]]] + [[[[100.0]], [[-2]], [[0]]]]).astype(np.float32)
-    stats = mst.calibrate(path, {"input": x}, batch_size=batch_size, progress=False)
+    stats = mst.calibrate(path, {"input": x}, batch_size=batch_size, progress=False, extent=True)
     (s,) = stats.sites.values()
     assert_within_bound(s.moments, x, 1, min(batch_size, 40))
 
@@ -71,7 +71,7 @@ def test_stats_within_bound_on_a_large_mean(batch_size, tmp_path):
 def test_token_stats_reduce_over_batch_and_tokens(export_dir):
     path = exported("vit", "dynamo-20-folded", export_dir)
     x = random_inputs("vit", 20, seed=4)
-    stats = mst.calibrate(path, {"input": x}, batch_size=6, progress=False)
+    stats = mst.calibrate(path, {"input": x}, batch_size=6, progress=False, extent=True)
     ref = site_tensors(path, x)
     for name, s in stats.sites.items():
         assert s.axis == 2
@@ -156,3 +156,24 @@ def test_torchrun_ranks_merge_into_one_pass(tmp_path):
         assert np.all(np.abs(a.mean - b.mean) <= 2 * mean_f * np.sqrt(a.var) + 1e-300)
         assert np.all(np.abs(a.var - b.var) <= 2 * var_f * a.var + 1e-300)
         np.testing.assert_array_equal(a.absmax, b.absmax)
+
+
+def test_extent_is_measured_only_when_asked_and_forged_mode_says_so(tmp_path, export_dir):
+    """Max |x| costs two more reads of every site tensor, so plain MeanSparse calibration skips it."""
+    path = exported("resnet", "legacy-17-folded", export_dir)
+    x = random_inputs("resnet", 16)
+    plain = mst.calibrate(path, {"input": x}, batch_size=8, progress=False)
+    full = mst.calibrate(path, {"input": x}, batch_size=8, progress=False, extent=True)
+    for name, s in plain.sites.items():
+        assert s.moments.absmax is None
+        np.testing.assert_array_equal(s.moments.mean, full.sites[name].moments.mean)  # the same sums
+        np.testing.assert_array_equal(s.moments.var, full.sites[name].moments.var)
+        assert full.sites[name].moments.absmax is not None
+    plain.save(tmp_path / "s.npz")
+    again = Stats.load(tmp_path / "s.npz")
+    assert all(s.moments.absmax is None for s in again.sites.values())
+    assert "|x|max" in again.summary() and mst.harden(path, again, alpha=0.2).sites
+    with pytest.raises(StatsError, match="no max \\|x\\|"):
+        mst.harden(path, again, alpha=0.2, mode="forged")
+    linear = mst.calibrate(path, {"input": x}, batch_size=8, progress=False, placement="linear-inputs")
+    assert all(s.moments.absmax is not None for s in linear.sites.values())

@@ -47,13 +47,16 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
               include_se: bool = False, axes: dict[str, int] | None = None, batch_size: int = 64,
               limit: int | None = None, preprocess: Preprocess | None = None, progress: bool = True,
               threads: int | None = None, shard: tuple[int, int] | None = None, log=None,
-              device: Device | str | None = None, runtime: Runtime | str = Runtime.ONNXRUNTIME) -> Stats:
+              device: Device | str | None = None, runtime: Runtime | str = Runtime.ONNXRUNTIME,
+              extent: bool | None = None) -> Stats:
     """Measure per-site statistics of ``model`` on clean ``data``; returns :class:`Stats`.
 
     ``model`` is an ONNX path or ``onnx_ir`` model, or a torch ``nn.Module`` /
     ``torch.export`` program (then ``data`` is a tensor, array or iterable of batches, and the
     statistics are reduced on the model's own device). ``device`` picks ONNX Runtime's provider
     (None: the best that starts here); ``runtime`` runs the calibration graph on ONNX Runtime or OpenVINO.
+    ``extent`` also measures each channel's max ``|x|``, which forged mode needs (None: only for the
+    linear-inputs placement, forged mode's own); it costs two more reads of every site tensor.
     """
     placement = choice(Placement, placement, "placement")
     if _is_torch(model):
@@ -66,7 +69,8 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
     selection = Selection(include, exclude, include_se, tuple((axes or {}).items()))
     return calibrate_table(m, _find_sites(m, placement, selection), data, batch_size=batch_size, limit=limit,
                            preprocess=preprocess, progress=progress, threads=threads, selection=selection,
-                           shard=shard, log=log, providers=providers_for(device), runtime=runtime)
+                           shard=shard, log=log, providers=providers_for(device), runtime=runtime,
+                           extent=placement is Placement.LINEAR_INPUTS if extent is None else bool(extent))
 
 
 def harden_torch(model, stats: Stats | str | Path, alpha: float | AlphaPlan = 0.2, *,
@@ -122,7 +126,7 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
     preprocess = preprocess or Preprocess()
     probe = probe_from(DataSource(data, input_specs(m), batch_size=8, limit=8, preprocess=preprocess))
     stats = calibrate(model, data, placement=placement, batch_size=batch_size, limit=limit, preprocess=preprocess,
-                      threads=threads, log=log, runtime=runtime)
+                      threads=threads, log=log, runtime=runtime, extent=True if mode is Mode.FORGED else None)
     try:
         report = harden(model, stats, alpha=alpha, mode=mode, center=center, formulation=formulation, output=output,
                         include=include, exclude=exclude, probe=probe, verify=verify, threads=threads,

@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection(p)
     p.add_argument("-o", "--output", required=True, help="stats file to write (.npz)")
     p.add_argument("--shard", metavar="I/N", help="only batches I, I+N, I+2N, ... (merge shards with `stats merge`)")
+    p.add_argument("--extent", action="store_true", default=None,
+                   help="also measure each channel's max |x| (forged mode needs it; on by default with "
+                        "--placement linear-inputs; two more reads of every site tensor)")
     _add_device(p)
     _add_runtime(p)
 

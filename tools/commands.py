@@ -87,7 +87,7 @@ def cmd_calibrate(a) -> int:
     stats = api.calibrate(a.model, a.data, placement=a.placement, include=a.include, exclude=a.exclude,
                           include_se=a.include_se, axes=_axes(a.axis), batch_size=a.batch_size, limit=a.limit,
                           preprocess=_preprocess(a), threads=a.threads, shard=_shard(a.shard), log=say,
-                          device=a.device, runtime=a.runtime)
+                          device=a.device, runtime=a.runtime, extent=a.extent)
     stats.save(out)
     print(f"calibrated {len(stats)} site(s) on {stats.samples} sample(s) in {time.perf_counter() - t0:.1f} s; "
           f"wrote {out}")
