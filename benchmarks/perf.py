@@ -132,7 +132,7 @@ t_inf = time.perf_counter() - t0
 # steady state: both sessions warm, every batch again, one phase after the other
 m = mst.load_model(model)
 table = find_sites(m)
-run = ReducedRun(m, table, site_layout(m, table, batches[0]), threads=2)
+run = ReducedRun(m, table, site_layout(m, table, batches[0]), threads=2, extent=False)  # as calibrate()
 run.add(batches[0], 0)
 t0 = time.perf_counter()
 for b in batches:
@@ -146,7 +146,7 @@ print(f"{t_cal} {t_inf} {rss_cal} {t_red / t_plain}")
 """
 
 
-def section_calibration(tmp: Path, quick: bool) -> list[str]:
+def section_calibration(tmp: Path, quick: bool, images: int = 256) -> list[str]:
     import torch
     from models import ResNet50, ViTB16, randomize_bn
 
@@ -160,9 +160,9 @@ def section_calibration(tmp: Path, quick: bool) -> list[str]:
     cases = [("example", EXAMPLE / "model.onnx", data, n, 64), ("example", EXAMPLE / "model.onnx", data, 4 * n, 64)]
     if not quick:
         img = tmp / "img224.npz"
-        np.savez(img, input=np.random.default_rng(0).standard_normal((256, 3, 224, 224)).astype(np.float32))
-        for label, build, count in (("ResNet-50 224", lambda: randomize_bn(ResNet50()), 256),
-                                    ("ViT-B/16 224", lambda: ViTB16().eval(), 64)):
+        np.savez(img, input=np.random.default_rng(0).standard_normal((images, 3, 224, 224)).astype(np.float32))
+        for label, build, count in (("ResNet-50 224", lambda: randomize_bn(ResNet50()), images),
+                                    ("ViT-B/16 224", lambda: ViTB16().eval(), images // 4)):
             path = tmp / f"{label.split()[0].replace('/', '')}.onnx"
             if not path.exists():
                 export(build(), torch.randn(1, 3, 224, 224), path)
@@ -299,6 +299,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes")
     ap.add_argument("--only", choices=["overhead", "calibration", "transform", "scaleout"])
+    ap.add_argument("--images", type=int, default=256,
+                    help="calibration: ResNet-50 images (ViT-B/16 gets a quarter); 1024 for the at-scale rows")
     a = ap.parse_args()
     import onnxruntime
 
@@ -312,7 +314,7 @@ def main() -> None:
             if a.only and name != a.only:
                 continue
             print(f"\n## {name}")
-            rows = fn(Path(d), a.quick)
+            rows = fn(Path(d), a.quick, a.images) if name == "calibration" else fn(Path(d), a.quick)
             print("\n".join(rows[:2]))
     print(f"\nbench wall time {time.perf_counter() - t_all:.0f} s")
 
