@@ -112,3 +112,26 @@ def test_cli_precision_and_openvino_self_check(cli, stats, tmp_path):
             "openvino", "-o", out)
     assert r.code == 0, r.err
     assert "OpenVINO" in r.out and out.exists()
+
+
+@pytest.mark.parametrize("name,label", [("vit", "dynamo-20-folded"), ("resnet", "legacy-17-bn"),
+                                        ("mobilenet", "dynamo-20-folded")])
+def test_zoo_models_convert_and_pass_the_self_check(name, label, export_dir, tmp_path):
+    """LayerNorm/GELU/attention, kept BatchNorm, HardSwish/SE: fp16 checked on ONNX Runtime, bf16 on OpenVINO."""
+    from conftest import exported, random_inputs
+
+    path = exported(name, label, export_dir)
+    stats = mst.calibrate(path, {"input": random_inputs(name, 16)}, progress=False)
+    runs = [("fp16", "onnxruntime")]
+    try:
+        import openvino  # noqa: F401
+
+        runs.append(("bf16", "openvino"))
+    except ImportError:
+        pass
+    for precision, runtime in runs:
+        out = tmp_path / f"{precision}.onnx"
+        report = mst.harden(path, stats, alpha=0.2, output=out, precision=precision, runtime=runtime)
+        assert report.verify is not None and report.verify.max_abs_diff == 0
+        types = {v.dtype for v in ir.load(out).graph.initializers.values()} - {ir.DataType.INT64}
+        assert types == {ConvertFloatPass(precision).target}, types
