@@ -135,9 +135,10 @@ class Stats:
         for i, name in enumerate(names):
             mean, var = (np.asarray(need(f"{k}/{i}"), dtype=np.float64) for k in ("mean", "var"))
             absmax = np.asarray(a[f"absmax/{i}"], dtype=np.float64) if f"absmax/{i}" in a else None
-            if not (mean.shape == var.shape == (mean.shape if absmax is None else absmax.shape) and mean.ndim == 1):
+            present = {"mean": mean, "var": var, **({} if absmax is None else {"absmax": absmax})}
+            if len({arr.shape for arr in present.values()}) != 1 or mean.ndim != 1:
                 raise StatsError(f"{origin}: site {name!r} has mean/var/absmax of different shapes")
-            for label, arr in (("mean", mean), ("var", var), ("absmax", mean if absmax is None else absmax)):
+            for label, arr in present.items():
                 if not np.all(np.isfinite(arr)):
                     raise StatsError(f"{origin}: site {name!r} has NaN or Inf in its {label}; recalibrate")
             if np.any(var < 0):

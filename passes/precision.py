@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import onnx.version_converter
 import onnx_ir as ir
-from onnx_ir.passes import InPlacePass, PassResult, PreconditionError
+from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, PreconditionError
 
 from mstransform.core.errors import ModelError
 from mstransform.core.options import Precision
@@ -48,7 +48,7 @@ class ConvertFloatPass(InPlacePass):
 
     def requires(self, model: ir.Model) -> None:
         if self.precision is Precision.FP32:
-            raise ModelError("ConvertFloatPass converts to fp16 or bf16; fp32 needs no pass")
+            raise PreconditionError("ConvertFloatPass converts to fp16 or bf16; fp32 needs no pass")
         refused = unsupported_ops(model, self.precision)
         if refused:
             op, opset = refused[0]
@@ -74,7 +74,7 @@ class ConvertFloatPass(InPlacePass):
         for node in model.graph:
             for v in node.outputs:
                 if v.dtype == FLOAT and id(v) not in boundary and v not in keep and not _is_boundary(node):
-                    raise ModelError(f"value {v.name!r} (from {node.op_type}) is still float32 after conversion")
+                    raise PostconditionError(f"value {v.name!r} (from {node.op_type}) is still float32 after conversion")
 
     def _rounded(self, array: np.ndarray, name: str) -> np.ndarray:
         with np.errstate(over="ignore"):  # an overflow is reported below, in one line

@@ -134,15 +134,20 @@ def load_model(model: str | Path | ir.Model) -> ir.Model:
         m = ir.serde.deserialize_model(proto)
     except Exception as e:
         raise ModelError(f"{path} is a malformed ONNX model: {str(e).splitlines()[0]}") from None
-    m.meta["mstransform.path"] = str(path)
-    return reprepared(m, m)
+    return _prepared(m, path)
 
 
 def reprepared(model: ir.Model, like: ir.Model) -> ir.Model:
     """``model`` (rebuilt from a proto by another tool) prepared as :func:`load_model` prepares, with
     ``like``'s origin: its external-data folder and path."""
-    if "mstransform.path" in like.meta:
-        model.meta["mstransform.path"] = like.meta["mstransform.path"]
-        ir.external_data.set_base_dir(model.graph, Path(like.meta["mstransform.path"]).parent)
+    origin = like.meta.get("mstransform.path")
+    return _prepared(model, None if origin is None else Path(origin))
+
+
+def _prepared(model: ir.Model, path: Path | None) -> ir.Model:
+    """Names and shapes as the passes expect them; external data read next to ``path``."""
+    if path is not None:
+        model.meta["mstransform.path"] = str(path)
+        ir.external_data.set_base_dir(model.graph, path.parent)
     ir.passes.Sequential(NameAfterOutputsPass(), NameFixPass(), MarkedShapeInferencePass())(model)
     return model
