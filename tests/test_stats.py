@@ -68,6 +68,26 @@ def test_stats_within_bound_on_a_large_mean(batch_size, tmp_path):
     assert_within_bound(s.moments, x, 1, min(batch_size, 40))
 
 
+@pytest.mark.parametrize("batch_size", [1, 16, 40])
+def test_token_stats_within_bound_on_a_large_mean(batch_size, tmp_path):
+    """(N, T, C) tensors reduce over batch and tokens (the product-then-sum path): means up to 10^4 spreads."""
+    import contextlib
+    import io
+
+    import torch
+
+    path = tmp_path / "gelu.onnx"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        torch.onnx.export(torch.nn.GELU(), (torch.zeros(2, 9, 3),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((40, 9, 3)) * [1e-2, 1.0, 30.0] + [100.0, -2.0, 0.0]).astype(np.float32)
+    stats = mst.calibrate(path, {"input": x}, batch_size=batch_size, progress=False, extent=True)
+    (s,) = stats.sites.values()
+    assert s.axis == 2
+    assert_within_bound(s.moments, x, 2, min(batch_size, 40))
+
+
 def test_token_stats_reduce_over_batch_and_tokens(export_dir):
     path = exported("vit", "dynamo-20-folded", export_dir)
     x = random_inputs("vit", 20, seed=4)
