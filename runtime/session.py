@@ -6,6 +6,7 @@ them there: the session is told which folder to read them from.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -50,13 +51,20 @@ def library_loads(names: tuple[str, ...]) -> bool:
 def _usable(ort, provider: str) -> bool:
     if provider not in _NEEDS:
         return True
+    if provider == "CUDAExecutionProvider":
+        _preload_cuda(ort)
+    return library_loads(_NEEDS[provider])
+
+
+@functools.cache
+def _preload_cuda(ort) -> None:
+    """Load the nvidia-* pip packages' libraries where they exist, once per process; quiet otherwise."""
     preload = getattr(ort, "preload_dlls", None)
-    if preload is not None and provider == "CUDAExecutionProvider":
-        try:  # loads the nvidia-* pip packages' libraries where they exist; quiet otherwise
+    if preload is not None:
+        try:
             preload(cuda=True, cudnn=True, msvc=False)
         except Exception:  # noqa: BLE001 -- preloading is best effort
             pass
-    return library_loads(_NEEDS[provider])
 
 
 def choose_providers(requested: list[str] | None = None) -> tuple[list[str], str]:
