@@ -102,12 +102,28 @@ class ConvertFloatPass(InPlacePass):
         for attr in node.attributes.values():  # subgraphs (If/Loop/Scan) follow the same rules
             for g in (attr.value if attr.type == ir.AttributeType.GRAPHS else
                       [attr.value] if attr.type == ir.AttributeType.GRAPH else []):
-                for inner in list(g):
-                    changed |= self._convert_node(inner, keep)
+                changed |= self._convert_subgraph(g, keep | _float32_only(g))
         for v in node.outputs:
             if v.dtype == FLOAT and v not in keep:
                 v.type = ir.TensorType(self.target)
                 changed = True
+        return changed
+
+    def _convert_subgraph(self, graph: ir.Graph, keep: set) -> bool:
+        """A branch or loop body: its own weights are rounded and its values converted like the main graph's.
+
+        Its inputs and outputs convert too: they are values of the enclosing node, not the model's boundary."""
+        changed = False
+        for value in graph.initializers.values():
+            if value.dtype == FLOAT and value not in keep:
+                self._round_initializer(value)
+                changed = True
+        for value in graph.inputs:
+            if value.dtype == FLOAT and value not in keep:
+                value.type = ir.TensorType(self.target)
+                changed = True
+        for inner in list(graph):
+            changed |= self._convert_node(inner, keep)
         return changed
 
     def _convert_constant(self, node: ir.Node) -> bool:

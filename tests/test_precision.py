@@ -135,3 +135,35 @@ def test_zoo_models_convert_and_pass_the_self_check(name, label, export_dir, tmp
         assert report.verify is not None and report.verify.max_abs_diff == 0
         types = {v.dtype for v in ir.load(out).graph.initializers.values()} - {ir.DataType.INT64}
         assert types == {ConvertFloatPass(precision).target}, types
+
+
+def test_branch_weights_are_rounded_like_the_main_graph():
+    """An ``If`` whose branches hold their own float32 weights: after the pass every value is fp16."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    rng = np.random.default_rng(0)
+    w_then, w_else = rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal((2, 3)).astype(np.float32)
+
+    def branch(name, op, w):
+        return h.make_graph([h.make_node(op, ["r", f"w_{name}"], [f"y_{name}"])], name, [],
+                            [h.make_tensor_value_info(f"y_{name}", T.FLOAT, [2, 3])], [nh.from_array(w, f"w_{name}")])
+
+    graph = h.make_graph(
+        [h.make_node("Relu", ["x"], ["r"]),
+         h.make_node("If", ["c"], ["y"], then_branch=branch("then", "Add", w_then), else_branch=branch("else", "Mul", w_else))],
+        "g", [h.make_tensor_value_info("x", T.FLOAT, [2, 3]), h.make_tensor_value_info("c", T.BOOL, [])],
+        [h.make_tensor_value_info("y", T.FLOAT, [2, 3])])
+    m = ir.from_proto(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    assert ConvertFloatPass("fp16")(m).modified
+    assert not ConvertFloatPass("fp16")(m).modified
+    proto = ir.to_proto(m)
+    onnx.checker.check_model(proto, full_check=True)  # strict inference: a float32 weight left in a branch fails here
+    from onnx.reference import ReferenceEvaluator
+
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    r = np.maximum(x.astype(np.float16), np.float16(0))
+    for cond, want in ((True, r + w_then.astype(np.float16)), (False, r * w_else.astype(np.float16))):
+        got = ReferenceEvaluator(proto).run(None, {"x": x, "c": np.array(cond)})[0]
+        assert got.dtype == np.float32 and np.array_equal(got, want.astype(np.float32)), cond
