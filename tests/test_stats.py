@@ -88,6 +88,36 @@ def test_token_stats_within_bound_on_a_large_mean(batch_size, tmp_path):
     assert_within_bound(s.moments, x, 2, min(batch_size, 40))
 
 
+def test_shift_follows_the_running_mean_so_batches_are_summed_once(tmp_path, monkeypatch):
+    """Batch means alternate between +a and -a (a = 0.36 spreads, every sample exactly so): a shift left at one
+    batch's mean is 2a from the next (offset ratio 0.34 > 1/4: every batch summed twice); the mean so far is at
+    most 4a/3 away from the third batch on (ratio <= 0.19), so only the second batch is summed twice."""
+    import contextlib
+    import io
+
+    import torch
+
+    from mstransform.runtime import calibrate as cal
+
+    path = tmp_path / "gelu.onnx"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        torch.onnx.export(torch.nn.GELU(), (torch.zeros(2, 9, 3),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((80, 9, 3))
+    z = (z - z.mean(axis=1, keepdims=True)) / z.std(axis=1, keepdims=True)  # each sample: mean 0, spread 1
+    sign = np.repeat([1.0, -1.0] * 5, 8)[:, None, None]  # 10 batches of 8
+    x = (z + 0.36 * sign + 5.0).astype(np.float32)
+    runs = []
+    sums = cal.ReducedRun._sums
+    monkeypatch.setattr(cal.ReducedRun, "_sums", lambda self, inputs, start: runs.append(start) or sums(self, inputs, start))
+    stats = mst.calibrate(path, {"input": x}, batch_size=8, progress=False, extent=True)
+    # the probe, ten batches, and one second run of batch 2 (the mean so far is still batch 1's there)
+    assert len(runs) == 12, runs
+    (s,) = stats.sites.values()
+    assert_within_bound(s.moments, x, 2, 8)
+
+
 def test_token_stats_reduce_over_batch_and_tokens(export_dir):
     path = exported("vit", "dynamo-20-folded", export_dir)
     x = random_inputs("vit", 20, seed=4)
