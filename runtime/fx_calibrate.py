@@ -26,9 +26,9 @@ class MomentsObserver(nn.Module):
     below the 2^53 terms where float64 sums of squares start to lose integers.
     """
 
-    def __init__(self, axis: int):
+    def __init__(self, axis: int, extent: bool = True):
         super().__init__()
-        self.axis = axis
+        self.axis, self.extent = axis, extent  # extent: also max |x| (forged mode's), one more read
         self.count = 0
         self._mean = self._m2 = self._absmax = None  # (C,) float64, on the device of the tensors seen
         self.rank: int | None = None
@@ -43,12 +43,12 @@ class MomentsObserver(nn.Module):
             shape = [1] * d.ndim
             shape[self.axis] = -1
             m2 = (d - mean.reshape(shape)).square().sum(dim=dims)
-            self._fold(n, mean, m2, d.abs().amax(dim=dims))
+            self._fold(n, mean, m2, d.abs().amax(dim=dims) if self.extent else None)
         self.rank = x.ndim
         self.dtype = str(x.dtype).removeprefix("torch.")
         return x
 
-    def _fold(self, n: int, mean: torch.Tensor, m2: torch.Tensor, absmax: torch.Tensor) -> None:
+    def _fold(self, n: int, mean: torch.Tensor, m2: torch.Tensor, absmax: torch.Tensor | None) -> None:
         """Chan's merge of one batch into the running moments (as :meth:`Moments.merge`, on the device)."""
         if n == 0:
             return
@@ -59,7 +59,7 @@ class MomentsObserver(nn.Module):
         delta = mean - self._mean
         self._mean = self._mean + delta * (n / total)
         self._m2 = self._m2 + m2 + delta * delta * (self.count * n / total)
-        self._absmax = torch.maximum(self._absmax, absmax)
+        self._absmax = None if absmax is None else torch.maximum(self._absmax, absmax)
         self.count = total
 
     @property
@@ -67,8 +67,9 @@ class MomentsObserver(nn.Module):
         """The moments so far, on the host (the one copy from the device); None before any batch."""
         if self.count == 0:
             return None
-        packed = torch.stack([self._mean, self._m2, self._absmax]).cpu().numpy()
-        return Moments(self.count, packed[0], packed[1], packed[2])
+        parts = [self._mean, self._m2] + ([] if self._absmax is None else [self._absmax])
+        packed = torch.stack(parts).cpu().numpy()
+        return Moments(self.count, packed[0], packed[1], packed[2] if len(parts) == 3 else None)
 
 
 def _inputs(item):
@@ -112,13 +113,14 @@ def _placement(model):
 
 def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATIONS, example: tuple | None = None,
                  batch_size: int = 64, limit: int | None = None, include_se: bool = False,
-                 progress: bool = True) -> Stats:
+                 progress: bool = True, extent: bool = False) -> Stats:
     """Per-site statistics of a torch model over ``data`` (same schema as the ONNX path).
 
     ``data``: a tensor or array (cut into ``batch_size`` batches), or any iterable of batches --
     tensors, ``(inputs, labels)`` tuples or dicts, e.g. a ``DataLoader``. It is streamed: memory
     does not grow with the number of samples. Floating-point batches are moved to the device and
     dtype of the model's weights (a CPU float32 DataLoader feeds a CUDA bfloat16 model as is).
+    ``extent`` also measures each channel's max ``|x|`` (forged mode needs it), as on the ONNX path.
     """
     from tqdm.auto import tqdm
 
@@ -133,7 +135,7 @@ def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATI
     table = site_table(gm, exported, placement, selection)
     observers = {}
     for i, site in enumerate(table):
-        obs = MomentsObserver(site.axis if site.axis is not None else 1)
+        obs = MomentsObserver(site.axis if site.axis is not None else 1, extent)
         insert_module(gm, site, obs, f"_mst_observer_{i}")
         observers[site.name] = obs
     gm.recompile()

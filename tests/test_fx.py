@@ -104,6 +104,9 @@ def test_fx_stats_exact_against_numpy():
         (s,) = stats.sites.values()
         np.testing.assert_allclose(s.moments.mean, x.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-12)
         np.testing.assert_allclose(s.moments.var, x.astype(np.float64).var(axis=(0, 2, 3)), rtol=1e-9)
+        assert s.moments.absmax is None  # max |x| only when asked, as on the ONNX path
+    (s,) = mst.calibrate(ep, x, batch_size=5, extent=True).sites.values()
+    np.testing.assert_array_equal(s.moments.absmax, np.abs(x).max(axis=(0, 2, 3)))
 
 
 @pytest.mark.parametrize("name", ["resnet", "mobilenet", "vit"])

@@ -59,18 +59,18 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
     linear-inputs placement, forged mode's own); it costs two more reads of every site tensor.
     """
     placement = choice(Placement, placement, "placement")
+    extent = placement is Placement.LINEAR_INPUTS if extent is None else bool(extent)
     if _is_torch(model):
         from mstransform.runtime.fx_calibrate import calibrate_fx
 
         return calibrate_fx(model, data, placement=placement, batch_size=batch_size, limit=limit,
-                            include_se=include_se, progress=progress)
+                            include_se=include_se, progress=progress, extent=extent)
     check_runtime_choice(runtime, device)
     m = load_model(model)
     selection = Selection(include, exclude, include_se, tuple((axes or {}).items()))
     return calibrate_table(m, _find_sites(m, placement, selection), data, batch_size=batch_size, limit=limit,
                            preprocess=preprocess, progress=progress, threads=threads, selection=selection,
-                           shard=shard, log=log, providers=providers_for(device), runtime=runtime,
-                           extent=placement is Placement.LINEAR_INPUTS if extent is None else bool(extent))
+                           shard=shard, log=log, providers=providers_for(device), runtime=runtime, extent=extent)
 
 
 def harden_torch(model, stats: Stats | str | Path, alpha: float | AlphaPlan = 0.2, *,
