@@ -70,11 +70,15 @@ class ConvertFloatPass(InPlacePass):
 
     def ensures(self, model: ir.Model) -> None:
         boundary = {id(v) for v in model.graph.inputs} | {id(v) for v in model.graph.outputs}
-        keep = _float32_only(model.graph)
-        for node in model.graph:
+        keep = set().union(*(_float32_only(g) for g in model.graphs()))
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):  # branch and loop bodies included
             for v in node.outputs:
                 if v.dtype == FLOAT and id(v) not in boundary and v not in keep and not _is_boundary(node):
                     raise PostconditionError(f"value {v.name!r} (from {node.op_type}) is still float32 after conversion")
+        for graph in model.graphs():
+            for v in graph.initializers.values():
+                if v.dtype == FLOAT and v not in keep:
+                    raise PostconditionError(f"weight {v.name!r} is still float32 after conversion")
 
     def _rounded(self, array: np.ndarray, name: str) -> np.ndarray:
         with np.errstate(over="ignore"):  # an overflow is reported below, in one line
