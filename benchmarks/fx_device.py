@@ -38,11 +38,12 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--models", default="resnet50,vit")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="e.g. float32 alone on a CPU, where bf16 is slow")
     a = ap.parse_args()
     print(f"device {a.device} ({torch.cuda.get_device_name() if a.device == 'cuda' else 'cpu'}), torch {torch.__version__}, "
           f"{a.images} images, batch {a.batch}")
     for name in a.models.split(","):
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (getattr(torch, t) for t in a.dtypes.split(",")):
             model = (randomize_bn(ResNet50()) if name == "resnet50" else ViTB16()).eval().to(a.device, dtype)
             data = torch.randn(a.images, 3, 224, 224, device=a.device, dtype=dtype)
             batches = list(data.split(a.batch))

@@ -21,9 +21,9 @@ class MomentsObserver(nn.Module):
     bf16) and merged into the running moments there, with Chan's rule on C-sized float64
     vectors: nothing is copied to the host and nothing waits for the device until
     :attr:`moments` is read, once, after the last batch (a copy per site and batch would stall
-    a GPU's queue 49 times a batch on ResNet-50). Summing in float64 keeps the batch moments
-    exact to float64 rounding: fp16/bf16 inputs convert to float64 exactly, and a batch is far
-    below the 2^53 terms where float64 sums of squares start to lose integers.
+    a GPU's queue 49 times a batch on ResNet-50). Each batch's mean and variance come from one
+    float64 pass (``torch.var_mean``, Welford's update), exact to float64 rounding for any
+    realistic batch: fp16/bf16 inputs convert to float64 exactly.
     """
 
     def __init__(self, axis: int, extent: bool = True):
@@ -39,11 +39,8 @@ class MomentsObserver(nn.Module):
             d = x.detach().double()
             dims = [i for i in range(d.ndim) if i != self.axis]
             n = d.numel() // max(d.shape[self.axis], 1)
-            mean = d.mean(dim=dims)
-            shape = [1] * d.ndim
-            shape[self.axis] = -1
-            m2 = (d - mean.reshape(shape)).square().sum(dim=dims)
-            self._fold(n, mean, m2, d.abs().amax(dim=dims) if self.extent else None)
+            var, mean = torch.var_mean(d, dim=dims, correction=0)  # one pass (Welford), no temporaries
+            self._fold(n, mean, var * n, d.abs().amax(dim=dims) if self.extent else None)
         self.rank = x.ndim
         self.dtype = str(x.dtype).removeprefix("torch.")
         return x
