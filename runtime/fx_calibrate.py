@@ -26,7 +26,7 @@ class MomentsObserver(nn.Module):
     realistic batch: fp16/bf16 inputs convert to float64 exactly.
     """
 
-    def __init__(self, axis: int, extent: bool = True):
+    def __init__(self, axis: int, extent: bool = False):
         super().__init__()
         self.axis, self.extent = axis, extent  # extent: also max |x| (forged mode's), one more read
         self.count = 0
