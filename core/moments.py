@@ -27,6 +27,15 @@ def offset_ratio(count: int, s1: np.ndarray, s2: np.ndarray) -> float:
     return float(ratio.max(initial=0.0))
 
 
+def chan_merge(na: int, mean_a, m2_a, nb: int, mean_b, m2_b):
+    """Chan et al.'s merge of two disjoint sets' (mean, M2) of ``na`` and ``nb`` > 0 samples.
+
+    Plain arithmetic, so numpy arrays and torch tensors (the FX observers, on their device) share it."""
+    total = na + nb
+    delta = mean_b - mean_a
+    return mean_a + delta * (nb / total), m2_a + m2_b + delta * delta * (na * nb / total)
+
+
 @dataclass
 class Moments:
     count: int
@@ -71,10 +80,8 @@ class Moments:
             return other.copy()
         if self.channels != other.channels:
             raise ValueError(f"cannot merge moments of {self.channels} and {other.channels} channels")
+        mean, m2 = chan_merge(self.count, self.mean, self.m2, other.count, other.mean, other.m2)
         total = self.count + other.count
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / total)
-        m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / total)
         absmax = None if self.absmax is None or other.absmax is None else np.maximum(self.absmax, other.absmax)
         return Moments(total, mean, m2, absmax)
 

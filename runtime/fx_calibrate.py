@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from mstransform.core.errors import DataError
-from mstransform.core.moments import Moments
+from mstransform.core.moments import Moments, chan_merge
 from mstransform.core.options import Placement, Selection
 from mstransform.core.stats import SiteStats, Stats
 from mstransform.passes.fx import editable, fx_fingerprint, insert_module, site_table
@@ -46,18 +46,15 @@ class MomentsObserver(nn.Module):
         return x
 
     def _fold(self, n: int, mean: torch.Tensor, m2: torch.Tensor, absmax: torch.Tensor | None) -> None:
-        """Chan's merge of one batch into the running moments (as :meth:`Moments.merge`, on the device)."""
+        """One batch folded into the running moments, on the device (the merge :class:`Moments` uses)."""
         if n == 0:
             return
         if self.count == 0:
             self.count, self._mean, self._m2, self._absmax = n, mean, m2, absmax
             return
-        total = self.count + n
-        delta = mean - self._mean
-        self._mean = self._mean + delta * (n / total)
-        self._m2 = self._m2 + m2 + delta * delta * (self.count * n / total)
+        self._mean, self._m2 = chan_merge(self.count, self._mean, self._m2, n, mean, m2)
         self._absmax = None if absmax is None else torch.maximum(self._absmax, absmax)
-        self.count = total
+        self.count += n
 
     @property
     def moments(self) -> Moments | None:
