@@ -28,6 +28,21 @@ Two choices are made for ONNX Runtime's CPU provider, whose behaviour they were 
   reducing leading or middle axes (the tokens of a ``(N, T, C)`` tensor), where it cost ViT-B/16
   more than the shift, the product and the sum together.
 
+A shift may instead be fixed, a constant in the graph, for a tensor whose channel axis is 1
+(NCHW). Such a site is reduced *per sample* with ops that ONNX Runtime's CPU provider runs in its
+blocked NCHWc layout, next to the convolutions, with no reorder back to NCHW::
+
+    d  = BatchNormalization(x; scale 1, bias 0, mean shift, var 1, epsilon 0)    # x - shift, exactly
+    S1 = sum over N of GlobalAveragePool(d), S2 = the same of d*d               # times H*W on the host
+
+The sums are two-staged as above (``H*W`` terms, then ``N``). The sum over the batch stays in the
+graph: a ``ReduceSum`` is not blocked, so it keeps the reductions' order as appended (the blocked
+pooling nodes ONNX Runtime creates would otherwise run last, keeping every site tensor alive: 3.4 GB
+on ResNet-50 at batch 32 and a first run 2.3x slower). ONNX Runtime blocks a ``Sub`` or a ``Conv`` only when its operand is a constant, hence
+the fixed shift; moving it means a new session (:class:`mstransform.runtime.calibrate.ReducedRun`
+does so only when a batch lies far from it). On ResNet-50 at batch 32 (2 threads) this form cost
+1.18-1.24x plain inference where the shift-as-input form cost 1.25-1.28x, interleaved in one process.
+
 The pass changes the model in place; :func:`reducing` adds the subgraph for the lifetime of
 one session and removes it again, like :func:`mstransform.passes.expose.exposed`.
 """
@@ -52,18 +67,29 @@ class Reduction:
     feed: ir.Value
     axis: int
     rank: int
-    shift: ir.Value
-    shift_shape: tuple[int, ...]  # (C, 1, ...): the shape the host gives the shift
+    shift: ir.Value | None  # the graph input to feed the shift to; None where the shift is fixed in the graph
+    shift_shape: tuple[int, ...]  # (C, 1, ...): the shape the host gives the shift (where fed)
     sum: ir.Value
     sum_squares: ir.Value
     shape: ir.Value
     max: ir.Value | None = None
     min: ir.Value | None = None
+    mean_of: int | None = None  # H*W where sum and sum_squares are sums of per-sample means (times H*W: sums)
 
     @property
     def outputs(self) -> tuple[ir.Value, ...]:
         """The values to fetch, in the order of ``OUTPUTS`` (max and min only where measured)."""
         return tuple(v for v in (self.sum, self.sum_squares, self.shape, self.max, self.min) if v is not None)
+
+    def host_sums(self, outs: list[np.ndarray]) -> tuple[int, np.ndarray, np.ndarray, list[np.ndarray]]:
+        """(count per channel, shifted sum, shifted sum of squares, [max, min]) of fetched ``outs``, float64.
+
+        Sums of per-sample means are scaled to sums here."""
+        s1, s2, shape, *extent = outs
+        s1, s2 = np.asarray(s1, np.float64), np.asarray(s2, np.float64)
+        if self.mean_of is not None:  # shape: the pooled tensor's, (N, C, 1, ...)
+            return int(shape[0]) * self.mean_of, self.mean_of * s1, self.mean_of * s2, extent
+        return int(np.prod(shape, dtype=np.int64)) // max(1, int(shape[self.axis])), s1, s2, extent
 
 
 @dataclass
@@ -75,55 +101,83 @@ class ReductionResult(PassResult):
 class AddSiteReductionsPass(InPlacePass):
     """Append the reductions for each ``(value, axis, rank)``; the value's rank must be known.
 
-    ``extent`` adds max and min: two more full reads of every site tensor, which only forged
-    mode needs (measured on ResNet-50 in ONNX Runtime: about a tenth of plain inference)."""
+    ``fixed`` gives, per target, a shift to fix in the graph (channel axis 1 only) or None for a
+    shift fed at run time. ``extent`` adds max and min: two more full reads of every site tensor,
+    which only forged mode needs (measured on ResNet-50 in ONNX Runtime: about a tenth of plain inference)."""
 
-    def __init__(self, targets: list[tuple[ir.Value, int, int]], extent: bool = True):
+    def __init__(self, targets: list[tuple[ir.Value, int, int]], extent: bool = True,
+                 fixed: list[np.ndarray | None] | None = None):
         super().__init__()
         self.targets, self.extent = targets, extent
+        self.fixed = list(fixed) if fixed is not None else [None] * len(targets)
 
     def requires(self, model: ir.Model) -> None:
-        for value, axis, rank in self.targets:
+        if len(self.fixed) != len(self.targets):
+            raise ValueError(f"{len(self.fixed)} fixed shifts for {len(self.targets)} targets")
+        for (value, axis, rank), fixed in zip(self.targets, self.fixed):
             if not 1 <= axis < rank:  # axis 0 is the batch: statistics are per channel over samples
                 raise ValueError(f"channel axis {axis} is not in 1..{rank - 1} for {value.name!r}")
+            if fixed is not None and (not fixable(value, axis, rank) or np.ndim(fixed) != 1):
+                raise ValueError(f"a fixed shift needs channel axis 1 of a rank >= 3 tensor with static sizes "
+                                 f"after it, and one value per channel ({value.name!r}: axis {axis}, rank {rank})")
 
     def call(self, model: ir.Model) -> ReductionResult:
         opset = model.opset_imports.get("", 1)
         groups: list[list[ir.Node]] = []
         reductions = []
-        for i, (x, axis, rank) in enumerate(self.targets):
+        for i, ((x, axis, rank), fixed) in enumerate(zip(self.targets, self.fixed)):
             nodes: list[ir.Node] = []
             groups.append(nodes)
             b = _Builder(nodes, opset, f"mst_reduce_{i}")
             xf = x if x.dtype == ir.DataType.FLOAT else b.op("Cast", [x], to=ir.DataType.FLOAT)
-            view, view_rank, inner, shift_shape = _channel_view(b, xf, axis, rank)
-            shift = ir.Value(name=f"mst_shift/{i}", type=ir.TensorType(ir.DataType.FLOAT),
-                             shape=ir.Shape([None, *[1] * (len(shift_shape) - 1)]))
-            d = b.op("Sub", [view, shift])
-            outs = [b.two_stage("ReduceSum", d, inner), b.sum_squares(d, inner, view_rank), b.op("Shape", [x])]
+            # the NCHW view only where read: a node reading x in NCHW makes ORT reorder x out of its blocked layout
+            view = _channel_view(b, xf, axis, rank) if fixed is None or self.extent else None
+            if fixed is None:
+                shift = ir.Value(name=f"mst_shift/{i}", type=ir.TensorType(ir.DataType.FLOAT),
+                                 shape=ir.Shape([None, *[1] * (len(view.shift_shape) - 1)]))
+                d = b.op("Sub", [view.value, shift])
+                outs = [b.two_stage("ReduceSum", d, view.inner), b.sum_squares(d, view.inner, view.rank),
+                        b.op("Shape", [x])]
+                mean_of = None
+            else:
+                shift, outs = None, b.fixed_shift_sums(xf, np.asarray(fixed, np.float32), rank)
+                mean_of = int(np.prod(list(x.shape)[2:], dtype=np.int64))
             if self.extent:
-                outs += [b.two_stage("ReduceMax", view, inner), b.two_stage("ReduceMin", view, inner)]
+                outs += [b.two_stage(op, view.value, view.inner) for op in ("ReduceMax", "ReduceMin")]
             for v, name in zip(outs, OUTPUTS):
                 v.name = f"mst_{name}/{i}"
-            reductions.append(Reduction(x, axis, rank, shift, shift_shape, *outs))
+            reductions.append(Reduction(x, axis, rank, shift, view.shift_shape if view else (), *outs, mean_of=mean_of))
         nodes = [n for group in reversed(groups) for n in group]  # reverse site order: see the module's docstring
         model.graph.extend(nodes)
         for r in reductions:
-            model.graph.inputs.append(r.shift)
+            if r.shift is not None:
+                model.graph.inputs.append(r.shift)
             model.graph.outputs.extend(r.outputs)
         return ReductionResult(model, bool(reductions), reductions, nodes)
 
 
-def _channel_view(b: "_Builder", x: ir.Value, axis: int, rank: int):
-    """A view of ``x`` in which the reduction axes are few: (N, C, H*W) for NCHW tensors.
+def fixable(value: ir.Value, axis: int, rank: int) -> bool:
+    """Whether a shift can be fixed for ``value``: channel axis 1 and static sizes after it (H*W is the count)."""
+    shape = value.shape
+    return axis == 1 and rank >= 3 and shape is not None and len(shape) == rank and all(
+        isinstance(d, int) for d in list(shape)[2:])
 
-    Returns the view, its rank, the axes to reduce within one sample, and the shape the shift takes.
-    """
+
+@dataclass(frozen=True)
+class _View:
+    """A view of a site tensor in which the reduction axes are few, and how to reduce it."""
+
+    value: ir.Value
+    rank: int
+    inner: list[int]  # the axes to reduce within one sample
+    shift_shape: tuple[int, ...]
+
+
+def _channel_view(b: "_Builder", x: ir.Value, axis: int, rank: int) -> _View:
+    """(N, C, H*W) for NCHW tensors; the tensor itself otherwise."""
     if axis == 1 and rank > 3:
-        flat = b.op("Reshape", [x, b.const(np.array([0, 0, -1], np.int64))])
-        return flat, 3, [2], (-1, 1)
-    inner = [a for a in range(1, rank) if a != axis]
-    return x, rank, inner, (-1, *[1] * (rank - 1 - axis))
+        return _View(b.op("Reshape", [x, b.const(np.array([0, 0, -1], np.int64))]), 3, [2], (-1, 1))
+    return _View(x, rank, [a for a in range(1, rank) if a != axis], (-1, *[1] * (rank - 1 - axis)))
 
 
 class _Builder:
@@ -139,6 +193,22 @@ class _Builder:
 
     def const(self, array: np.ndarray) -> ir.Value:
         return self.op("Constant", [], value=ir.tensor(array))
+
+    def subtract_fixed(self, x: ir.Value, shift: np.ndarray) -> ir.Value:
+        """``x - shift`` along axis 1, as an inference BatchNormalization: ``(x - mean) / sqrt(1 + 0) * 1 + 0``
+        rounds once, like the subtraction, and ONNX Runtime's CPU provider runs it in the blocked layout."""
+        one, zero = np.ones_like(shift), np.zeros_like(shift)
+        return self.op("BatchNormalization", [x, *(self.const(a) for a in (one, zero, shift, one))], epsilon=0.0)
+
+    def fixed_shift_sums(self, x: ir.Value, shift: np.ndarray, rank: int) -> list[ir.Value]:
+        """[sum of d, sum of d*d, shape (N, C, 1, ...)] for ``d = x - shift``, the sums taken over each
+        sample's per-channel means (the count is N, the pooled shape's first size, times the static H*W)."""
+        d = self.subtract_fixed(x, shift)
+        pooled = self.op("GlobalAveragePool", [d])
+        pooled_squares = self.op("GlobalAveragePool", [self.op("Mul", [d, d])])
+        over_batch = [0, *range(2, rank)]
+        return [self.reduce("ReduceSum", pooled, over_batch), self.reduce("ReduceSum", pooled_squares, over_batch),
+                self.op("Shape", [pooled])]
 
     def reduce(self, op_type: str, x: ir.Value, axes: list[int]) -> ir.Value:
         if self.opset >= _AXES_AS_INPUT[op_type]:
@@ -160,14 +230,16 @@ class _Builder:
 
 
 @contextlib.contextmanager
-def reducing(model: ir.Model, targets: list[tuple[ir.Value, int, int]], extent: bool = True):
+def reducing(model: ir.Model, targets: list[tuple[ir.Value, int, int]], extent: bool = True,
+             fixed: list[np.ndarray | None] | None = None):
     """Within the block, ``model`` carries the reductions of ``targets``; afterwards it is as before."""
-    result = AddSiteReductionsPass(targets, extent)(model)
+    result = AddSiteReductionsPass(targets, extent, fixed)(model)
     try:
         yield result.reductions
     finally:
         for r in result.reductions:
             for v in r.outputs:
                 model.graph.outputs.remove(v)
-            model.graph.inputs.remove(r.shift)
+            if r.shift is not None:
+                model.graph.inputs.remove(r.shift)
         model.graph.remove(result.nodes, safe=True)

@@ -24,7 +24,7 @@ from mstransform.passes.expose import exposed
 from mstransform.passes.fingerprint import fingerprint
 from mstransform.passes.onnx_view import find_sites
 from mstransform.passes.prepare import load_model
-from mstransform.passes.site_reductions import reducing
+from mstransform.passes.site_reductions import fixable, reducing
 from mstransform.passes.sites import Site, SiteTable
 from mstransform.runtime.data import DataSource, Preprocess
 from mstransform.runtime.session import describe, input_specs, open_session
@@ -67,7 +67,8 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
                 continue
             if run is None:
                 layout = site_layout(model, table, batch.inputs, providers, threads, runtime)
-                run = ReducedRun(model, table, layout, providers, threads, runtime, extent)
+                few = 0 < len(data) <= 2 * data.batch_size  # a second session would not pay for itself
+                run = ReducedRun(model, table, layout, providers, threads, runtime, extent, fix_shifts=not few)
             run.add(batch.inputs, batch.start)
             if samples == 0 and log is not None:  # the first batch went through: the data fits
                 log(f"calibrating {len(table)} site(s) on {data.origin}; {describe(run.session)}")
@@ -121,28 +122,50 @@ class ReducedRun:
     ratios of 0.20-0.28, a second run for every few batches; the mean so far leaves them at 0.04-0.08).
     A batch whose mean still lies far from its shift, relative to its spread (:func:`offset_ratio`
     above ``MAX_OFFSET_RATIO``), is summed again with the shift moved to that batch's mean.
+
+    On ONNX Runtime's CPU provider the shifts of NCHW sites are fixed in the graph at the first
+    batch's means, so their reductions run in its blocked layout (:mod:`mstransform.passes.site_reductions`).
+    Moving a fixed shift takes a new session, so a site whose batch lies far from its fixed shift is
+    reduced with a fed shift from then on (one rebuild, however often its batches wander); the rest
+    stay fixed. ``builds`` counts the sessions built; ``fix_shifts=False`` feeds every shift (one session).
     """
 
     def __init__(self, model: ir.Model, table: SiteTable, layout: dict[str, tuple[int, int, int]], providers=None,
-                 threads=None, runtime: Runtime | str = Runtime.ONNXRUNTIME, extent: bool = True):
-        self.layout = layout
+                 threads=None, runtime: Runtime | str = Runtime.ONNXRUNTIME, extent: bool = True,
+                 fix_shifts: bool = True):
+        self.layout, self.model, self.extent, self.fix_shifts = layout, model, extent, fix_shifts
+        self.options = dict(runtime=runtime, providers=providers, threads=threads, memory_pattern=False)
         sites: dict[tuple[str, int], Site] = {}
         for s in table:
             sites.setdefault((s.feed.name, layout[s.name][0]), s)
         self.keys = list(sites)
-        targets = [(s.feed, layout[s.name][0], layout[s.name][1]) for s in sites.values()]
-        with reducing(model, targets, extent) as reductions:
-            self.session = open_session(model, runtime=runtime, providers=providers, threads=threads,
-                                        memory_pattern=False)
-        self.fetch = [v.name for r in reductions for v in r.outputs]
-        self.width = len(reductions[0].outputs) if reductions else 0
-        self.shift_inputs = [(r.shift.name, r.shift_shape) for r in reductions]
+        self.targets = [(s.feed, layout[s.name][0], layout[s.name][1]) for s in sites.values()]
         self.site_names = [s.name for s in sites.values()]
         self.shifts = [np.zeros(layout[s.name][2], np.float32) for s in sites.values()]
+        self.fixed: list[np.ndarray | None] = [None] * len(self.targets)
         self.moments: dict[tuple[str, int], Moments] = {}
+        self.builds = 0
+        self._open()
+
+    def _open(self) -> None:
+        """(Re)build the session with the reductions, the fixed shifts in ``self.fixed``."""
+        with reducing(self.model, self.targets, self.extent, self.fixed) as reductions:
+            self.session = None  # let the old session go before the new one is made
+            self.session = open_session(self.model, **self.options)
+        self.reductions = reductions
+        self.fetch = [v.name for r in reductions for v in r.outputs]
+        self.builds += 1
+
+    def _fixable(self) -> list[int]:
+        """The targets whose shifts to fix: NCHW tensors of static H*W, on ONNX Runtime's CPU provider alone."""
+        providers = getattr(self.session, "get_providers", lambda: [])()
+        if not self.fix_shifts or providers != ["CPUExecutionProvider"]:
+            return []
+        return [i for i, target in enumerate(self.targets) if fixable(*target)]
 
     def add(self, inputs: dict[str, np.ndarray], start: int) -> None:
-        if not self.moments:  # the first batch: a few samples place the shifts near the means, cheaply
+        first = not self.moments
+        if first:  # a few samples place the shifts near the means, cheaply
             probe = {k: v[:PROBE_SAMPLES] for k, v in inputs.items()}
             self.shifts = [m.mean.astype(np.float32) for m, _ in self._sums(probe, start)]
         for attempt in range(MAX_RESUMS + 1):
@@ -152,28 +175,42 @@ class ReducedRun:
                 break
             for i in far:
                 self.shifts[i] = batch[i][0].mean.astype(np.float32)
+            demoted = [i for i in far if self.fixed[i] is not None]
+            if demoted:  # a fixed shift moves only with a new session: these sites take a fed shift from now on
+                for i in demoted:
+                    self.fixed[i] = None
+                self._open()
         for i, (key, (m, _)) in enumerate(zip(self.keys, batch)):
             prev = self.moments.get(key)
             self.moments[key] = m if prev is None else prev.merge(m)
-            self.shifts[i] = self.moments[key].mean.astype(np.float32)  # the next batch's shift: the mean so far
+            if self.fixed[i] is None:  # the next batch's shift: the mean so far (a fixed one stays)
+                self.shifts[i] = self.moments[key].mean.astype(np.float32)
+        fixable = self._fixable() if first else []
+        if fixable:  # fixed at the first batch's means (four samples' left Fashion-MNIST's next batch too far)
+            for i in fixable:
+                self.fixed[i] = self.shifts[i]
+            self._open()
 
     def _sums(self, inputs: dict[str, np.ndarray], start: int) -> list[tuple[Moments, float]]:
         """One run: each reduction's moments and the offset ratio of its shift."""
         feed = dict(inputs)
-        for (name, shape), shift in zip(self.shift_inputs, self.shifts):
-            feed[name] = shift.reshape(shape)
+        for r, shift in zip(self.reductions, self.shifts):
+            if r.shift is not None:
+                feed[r.shift.name] = shift.reshape(r.shift_shape)
         outs = _run(self.session, self.fetch, feed, start)
-        k = self.width
-        return [self._moments(i, outs[k * i:k * (i + 1)], start) for i in range(len(self.keys))]
+        results, k = [], 0
+        for i, r in enumerate(self.reductions):
+            width = len(r.outputs)
+            results.append(self._moments(i, r, outs[k:k + width], start))
+            k += width
+        return results
 
-    def _moments(self, i: int, outs: list[np.ndarray], start: int) -> tuple[Moments, float]:
-        s1, s2, shape, *extent = outs  # extent: max and min, where measured
+    def _moments(self, i: int, r, outs: list[np.ndarray], start: int) -> tuple[Moments, float]:
+        count, s1, s2, extent = r.host_sums(outs)
         if not all(np.isfinite(a).all() for a in (s1, s2, *extent)):
             raise DataError(f"site {self.site_names[i]!r} produced NaN or Inf on the batch starting at sample "
                             f"{start}; check the data's scale")
-        count = int(np.prod(shape, dtype=np.int64)) // max(1, len(s1))
-        return (Moments.of_shifted_sums(count, self.shifts[i], s1, s2, *extent),
-                offset_ratio(count, s1, s2))
+        return Moments.of_shifted_sums(count, self.shifts[i], s1, s2, *extent), offset_ratio(count, s1, s2)
 
 
 def _run(session, fetch: list[str], feed: dict, start: int) -> list[np.ndarray]:

@@ -118,6 +118,72 @@ def test_shift_follows_the_running_mean_so_batches_are_summed_once(tmp_path, mon
     assert_within_bound(s.moments, x, 2, 8)
 
 
+def relu_on_input(tmp_path):
+    """A ReLU on an NCHW graph input (3 channels, 5x5): the site tensor is the data itself."""
+    import contextlib
+    import io
+
+    import torch
+
+    path = tmp_path / "relu.onnx"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        torch.onnx.export(torch.nn.ReLU(), (torch.zeros(2, 3, 5, 5),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    return path
+
+
+def counting_runs(monkeypatch) -> tuple[list, list]:
+    """Record each run's first sample and each session built by the calibration's ReducedRun."""
+    from mstransform.runtime import calibrate as cal
+
+    runs, runners = [], []
+    sums, init = cal.ReducedRun._sums, cal.ReducedRun.__init__
+    monkeypatch.setattr(cal.ReducedRun, "_sums", lambda self, inputs, start: runs.append(start) or sums(self, inputs, start))
+    monkeypatch.setattr(cal.ReducedRun, "__init__", lambda self, *a, **k: runners.append(self) or init(self, *a, **k))
+    return runs, runners
+
+
+def test_nchw_shifts_are_fixed_after_the_first_batch_and_a_far_batch_unfixes_its_site(tmp_path, monkeypatch):
+    """On the CPU provider an NCHW site's shift is fixed in the graph at the first batch's mean (a second session).
+    Batch 2 moves channel 1 by 4 spreads: offset ratio 16/17 > 1/4, so the site is rebuilt with a fed shift
+    (a third session) and batch 2 summed again at its own mean; batch 3, back at -2, lies 1.33 spreads from the
+    mean so far (ratio 0.64) and is summed again with the fed shift, with no new session."""
+    path = relu_on_input(tmp_path)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((32, 3, 5, 5))
+    x = (x - x.mean(axis=(0, 2, 3), keepdims=True)) / x.std(axis=(0, 2, 3), keepdims=True)
+    x = x * [[[[1e-2]], [[1.0]], [[30.0]]]] + [[[[100.0]], [[-2]], [[0]]]]
+    x[16:24, 1] += 4.0
+    x = x.astype(np.float32)
+    runs, runners = counting_runs(monkeypatch)
+    stats = mst.calibrate(path, {"input": x}, batch_size=8, progress=False, extent=True)
+    (run,) = runners
+    assert run.builds == 3 and run.fixed == [None]
+    assert runs == [0, 0, 8, 16, 16, 24, 24], runs  # probe, batches 0 and 1, batch 2 twice, batch 3 twice
+    (s,) = stats.sites.values()
+    assert_within_bound(s.moments, x, 1, 8)
+
+
+def test_nchw_sites_reduce_in_the_pooled_form_once_fixed(export_dir, monkeypatch):
+    """Every NCHW site of an exported ResNet takes a fixed shift after the first batch, and its statistics keep
+    the bound of the fed-shift form, batch by batch, against float64 numpy."""
+    path = exported("resnet", "legacy-17-bn", export_dir)
+    x = random_inputs("resnet", 24, seed=3)
+    runs, runners = counting_runs(monkeypatch)
+    stats = mst.calibrate(path, {"input": x}, batch_size=6, progress=False)
+    (run,) = runners
+    assert run.builds == 2 and all(f is not None for f in run.fixed)
+    assert all(r.shift is None and r.mean_of is not None for r in run.reductions)
+    ref = site_tensors(path, x)  # one run: every batch of 6 was summed once after the probe
+    assert runs == [0, 0, 6, 12, 18]
+    for name, s in stats.sites.items():
+        t = ref[name].astype(np.float64)
+        axes = (0, 2, 3)
+        mean_f, var_f = ingraph_tolerance(t.shape, 1, 6)
+        assert np.all(np.abs(s.moments.mean - t.mean(axis=axes)) <= mean_f * t.std(axis=axes) + 1e-300)
+        assert np.all(np.abs(s.moments.var - t.var(axis=axes)) <= var_f * t.var(axis=axes) + 1e-300)
+
+
 def test_token_stats_reduce_over_batch_and_tokens(export_dir):
     path = exported("vit", "dynamo-20-folded", export_dir)
     x = random_inputs("vit", 20, seed=4)
