@@ -38,10 +38,12 @@ blocked NCHWc layout, next to the convolutions, with no reorder back to NCHW::
 The sums are two-staged as above (``H*W`` terms, then ``N``). The sum over the batch stays in the
 graph: a ``ReduceSum`` is not blocked, so it keeps the reductions' order as appended (the blocked
 pooling nodes ONNX Runtime creates would otherwise run last, keeping every site tensor alive: 3.4 GB
-on ResNet-50 at batch 32 and a first run 2.3x slower). ONNX Runtime blocks a ``Sub`` or a ``Conv`` only when its operand is a constant, hence
-the fixed shift; moving it means a new session (:class:`mstransform.runtime.calibrate.ReducedRun`
-does so only when a batch lies far from it). On ResNet-50 at batch 32 (2 threads) this form cost
-1.18-1.24x plain inference where the shift-as-input form cost 1.25-1.28x, interleaved in one process.
+on ResNet-50 at batch 32 and a first run 2.3x slower). ONNX Runtime runs a per-channel shift in the
+blocked layout only as a ``BatchNormalization`` or ``Conv`` with constant parameters (a ``Sub`` reads
+NCHW), hence the fixed shift; moving it means a new session, which
+:class:`mstransform.runtime.calibrate.ReducedRun` makes only when a batch lies far from it. On
+ResNet-50 at batch 32 (2 threads, two interleaved runs in one process) this form cost 1.21-1.27x
+plain inference where the fed-shift form cost 1.26-1.30x.
 
 The pass changes the model in place; :func:`reducing` adds the subgraph for the lifetime of
 one session and removes it again, like :func:`mstransform.passes.expose.exposed`.
@@ -146,7 +148,8 @@ class AddSiteReductionsPass(InPlacePass):
                 outs += [b.two_stage(op, view.value, view.inner) for op in ("ReduceMax", "ReduceMin")]
             for v, name in zip(outs, OUTPUTS):
                 v.name = f"mst_{name}/{i}"
-            reductions.append(Reduction(x, axis, rank, shift, view.shift_shape if view else (), *outs, mean_of=mean_of))
+            shift_shape = view.shift_shape if shift is not None else ()
+            reductions.append(Reduction(x, axis, rank, shift, shift_shape, *outs, mean_of=mean_of))
         nodes = [n for group in reversed(groups) for n in group]  # reverse site order: see the module's docstring
         model.graph.extend(nodes)
         for r in reductions:
