@@ -24,7 +24,7 @@ from mstransform.passes.expose import exposed
 from mstransform.passes.fingerprint import fingerprint
 from mstransform.passes.onnx_view import find_sites
 from mstransform.passes.prepare import load_model
-from mstransform.passes.site_reductions import fixable, reducing
+from mstransform.passes.site_reductions import Reduction, fixable, reducing
 from mstransform.passes.sites import Site, SiteTable
 from mstransform.runtime.data import DataSource, Preprocess
 from mstransform.runtime.session import describe, input_specs, open_session
@@ -142,13 +142,18 @@ class ReducedRun:
         self.targets = [(s.feed, layout[s.name][0], layout[s.name][1]) for s in sites.values()]
         self.site_names = [s.name for s in sites.values()]
         self.shifts = [np.zeros(layout[s.name][2], np.float32) for s in sites.values()]
-        self.fixed: list[np.ndarray | None] = [None] * len(self.targets)
+        self.fixed_sites: set[int] = set()  # indices of targets whose shift is fixed in the graph
         self.moments: dict[tuple[str, int], Moments] = {}
         self.builds = 0
         self._open()
 
+    @property
+    def fixed(self) -> list[np.ndarray | None]:
+        """Per target, the shift fixed in the graph, or None where it is fed."""
+        return [shift if i in self.fixed_sites else None for i, shift in enumerate(self.shifts)]
+
     def _open(self) -> None:
-        """(Re)build the session with the reductions, the fixed shifts in ``self.fixed``."""
+        """(Re)build the session with the reductions, the shifts of ``fixed_sites`` fixed in the graph."""
         with reducing(self.model, self.targets, self.extent, self.fixed) as reductions:
             self.session = None  # let the old session go before the new one is made
             self.session = open_session(self.model, **self.options)
@@ -175,20 +180,18 @@ class ReducedRun:
                 break
             for i in far:
                 self.shifts[i] = batch[i][0].mean.astype(np.float32)
-            demoted = [i for i in far if self.fixed[i] is not None]
+            demoted = self.fixed_sites.intersection(far)
             if demoted:  # a fixed shift moves only with a new session: these sites take a fed shift from now on
-                for i in demoted:
-                    self.fixed[i] = None
+                self.fixed_sites -= demoted
                 self._open()
         for i, (key, (m, _)) in enumerate(zip(self.keys, batch)):
             prev = self.moments.get(key)
             self.moments[key] = m if prev is None else prev.merge(m)
-            if self.fixed[i] is None:  # the next batch's shift: the mean so far (a fixed one stays)
+            if i not in self.fixed_sites:  # the next batch's shift: the mean so far (a fixed one stays)
                 self.shifts[i] = self.moments[key].mean.astype(np.float32)
-        fixable = self._fixable() if first else []
-        if fixable:  # fixed at the first batch's means (four samples' left Fashion-MNIST's next batch too far)
-            for i in fixable:
-                self.fixed[i] = self.shifts[i]
+        to_fix = self._fixable() if first else []
+        if to_fix:  # fixed at the first batch's means (four samples' left Fashion-MNIST's next batch too far)
+            self.fixed_sites.update(to_fix)
             self._open()
 
     def _sums(self, inputs: dict[str, np.ndarray], start: int) -> list[tuple[Moments, float]]:
@@ -205,7 +208,7 @@ class ReducedRun:
             k += width
         return results
 
-    def _moments(self, i: int, r, outs: list[np.ndarray], start: int) -> tuple[Moments, float]:
+    def _moments(self, i: int, r: Reduction, outs: list[np.ndarray], start: int) -> tuple[Moments, float]:
         count, s1, s2, extent = r.host_sums(outs)
         if not all(np.isfinite(a).all() for a in (s1, s2, *extent)):
             raise DataError(f"site {self.site_names[i]!r} produced NaN or Inf on the batch starting at sample "
