@@ -30,7 +30,7 @@ from mstransform.core.errors import VerificationError
 from mstransform.passes.expose import exposed
 from mstransform.passes.sparsify_match import find_sparsify_ops
 from mstransform.runtime.session import make_session
-from mstransform.runtime.twin import OnnxTwin
+from mstransform.runtime.twin import OnnxTwin, Unit
 
 REL_TOL = 1e-4  # float32 re-association across kernels is ~1e-6 of scale; wrong weights are >1e-3
 
@@ -56,6 +56,24 @@ def _rel(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return diff, diff / max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-6)
 
 
+def decision_flips(twin: tuple[np.ndarray, np.ndarray, np.ndarray],
+                   ort: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Where the twin's decision differs from ONNX Runtime's *and* that changes the value.
+
+    Each side is ``(x, center, threshold)``: its own input and the constants it ran with. Each
+    side's decision is the operator's own test, ``|x - c| < t`` in the operator's type. Inferring "replaced" from ``y != x`` is wrong on trained weights: a dead
+    channel on a constant background gives exactly its bias, the bias is the channel's mean, and
+    ``x == c`` reads as kept whichever way it was decided. Where both inputs equal the center,
+    replacing and keeping give the same value: no flip."""
+    (x_twin, c_twin, t_twin), (x_ort, c_ort, t_ort) = twin, ort
+    c_twin, t_twin = c_twin.astype(x_twin.dtype), t_twin.astype(x_twin.dtype)
+    c_ort, t_ort = c_ort.astype(x_ort.dtype), t_ort.astype(x_ort.dtype)
+    replaced_twin = np.abs(x_twin - c_twin) < t_twin
+    replaced_ort = np.abs(x_ort - c_ort) < t_ort
+    same_value = (x_twin == c_twin) & (x_ort == c_ort) & (c_twin == c_ort)
+    return (replaced_twin != replaced_ort) & ~same_value
+
+
 def check_twin(twin: OnnxTwin, path, x: np.ndarray, *, rel_tol: float = REL_TOL, providers=None,
                threads: int | None = None) -> TwinReport:
     """Prove ``twin`` computes the model at ``path`` on ``x``; VerificationError naming the first part that differs."""
@@ -71,6 +89,7 @@ def check_twin(twin: OnnxTwin, path, x: np.ndarray, *, rel_tol: float = REL_TOL,
     report = TwinReport(operators=len(ops))
     dev = next((p.device for p in twin.parameters()), torch.device("cpu"))
     units = {u.y: u for u in twin.units}
+    ran_units = {u.y: u for u in twin.program if isinstance(u, Unit)}  # what the twin's forward pass runs
     forced, record = {}, {}
     for op in ops:
         unit = units.get(op.y.name)
@@ -87,17 +106,19 @@ def check_twin(twin: OnnxTwin, path, x: np.ndarray, *, rel_tol: float = REL_TOL,
     with torch.no_grad():
         out = twin(torch.from_numpy(x).to(dev), forced=forced, record=record).cpu().numpy()
     for op in ops:
-        x_twin, y_twin = (t.cpu().numpy() for t in record[op.y.name])
+        x_twin = record[op.y.name][0].cpu().numpy()
         x_ort, y_ort = got[op.x.name], got[op.y.name]
         diff, rel = _rel(x_twin, x_ort)
         report.max_rel_diff = max(report.max_rel_diff, rel)
         if rel > rel_tol:
             raise VerificationError(f"the tensor entering the operator at {op.x.name!r} differs from ONNX Runtime's by "
                                     f"{rel:.2g} of its scale (> {rel_tol:g}): the twin is not the deployed model")
-        c = np.broadcast_to(op.center, x_ort.shape).astype(np.float64)
-        t = np.broadcast_to(op.threshold, x_ort.shape).astype(np.float64)
-        flips = (y_twin != x_twin) != (y_ort != x_ort)
+        ran = ran_units.get(op.y.name, units[op.y.name])
+        flips = decision_flips((x_twin, ran.center.cpu().numpy(), ran.threshold.cpu().numpy()),
+                               (x_ort, op.center, op.threshold))
         if flips.any():
+            c = np.broadcast_to(op.center, x_ort.shape).astype(np.float64)
+            t = np.broadcast_to(op.threshold, x_ort.shape).astype(np.float64)
             edge = np.abs(np.abs(x_ort.astype(np.float64) - c) - t)[flips]
             limit = 2 * diff + 4 * np.spacing(np.float32(max(float(np.max(np.abs(x_ort))), 1e-6)))
             if edge.max() > limit:
