@@ -116,7 +116,8 @@ import mstransform as mst
 from mstransform.passes.onnx_view import find_sites
 from mstransform.runtime.calibrate import ReducedRun, site_layout
 from mstransform.runtime.data import DataSource
-from mstransform.runtime.session import input_specs, make_session
+from mstransform.runtime.inputs import input_specs
+from mstransform.runtime.session import make_session
 model, data, n, bs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 # end to end, as a user sees it: load, session, every batch
 t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Per-site statistics and their versioned ``.npz`` file format.
 
-Schema (format ``mstransform.stats``, version 1), all plain arrays, read with
-``allow_pickle=False``:
+Schema (format ``mstransform.stats``, version 2; version 1 files, which lack the ``inputs``
+record, still load), all plain arrays, read with ``allow_pickle=False``:
 
 =================  =========  ====================================================
 key                dtype      meaning
@@ -22,7 +22,14 @@ key                dtype      meaning
 ``mean/<i>``       f64 (C,)   per-channel mean of site ``i``
 ``var/<i>``        f64 (C,)   per-channel population variance of site ``i``
 ``absmax/<i>``     f64 (C,)   per-channel max ``|x|`` of site ``i``; only where measured (forged mode)
+``inputs``         str        JSON list, one entry per model input: ``name``, ``dtype``, ``shape`` of one
+                              calibration sample (the batch axis sized 1), ``batch_axis`` (or null)
+``input_value/<k>``  any      the value of input ``k`` where it has no batch axis and at most 1024
+                              elements (a sample rate, a fixed state): what a probe must feed it
 =================  =========  ====================================================
+
+The ``inputs`` record lets a self-check build a probe the model accepts (spatial sizes that a
+detector needs, a state's shape, a scalar's value) without the calibration data.
 """
 from __future__ import annotations
 
@@ -40,7 +47,31 @@ from mstransform.core.npz import read_npz
 from mstransform.core.options import Placement, Selection
 
 FORMAT = "mstransform.stats"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
+MAX_RECORDED_VALUE = 1024  # elements: inputs without a batch axis up to this size keep their value
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One model input as calibration fed it: type, one sample's shape, batch axis, small values."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    batch_axis: int | None
+    value: np.ndarray | None = field(default=None, compare=False)
+
+    @classmethod
+    def of(cls, name: str, x: np.ndarray, batch_axis: int | None) -> "InputRecord":
+        shape = list(x.shape)
+        if batch_axis is not None and batch_axis < len(shape):
+            shape[batch_axis] = 1
+        value = np.array(x) if batch_axis is None and x.size <= MAX_RECORDED_VALUE else None
+        return cls(name, x.dtype.name, tuple(int(d) for d in shape), batch_axis, value)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "batch_axis": self.batch_axis}
 
 
 @dataclass
@@ -65,6 +96,7 @@ class Stats:
     sites: dict[str, SiteStats]
     samples: int = 0
     selection: Selection = field(default_factory=Selection)
+    inputs: tuple[InputRecord, ...] = ()
 
     def __len__(self) -> int:
         return len(self.sites)
@@ -90,6 +122,10 @@ class Stats:
             "site_dtypes": np.array([s.dtype for s in sites], dtype=str),
             "site_counts": np.array([s.moments.count for s in sites], dtype=np.int64),
         }
+        arrays["inputs"] = np.array(json.dumps([r.to_json() for r in self.inputs]))
+        for k, r in enumerate(self.inputs):
+            if r.value is not None:
+                arrays[f"input_value/{k}"] = r.value
         for i, s in enumerate(sites):
             arrays[f"mean/{i}"] = s.moments.mean
             arrays[f"var/{i}"] = s.moments.var
@@ -122,9 +158,10 @@ class Stats:
 
         if str(need("format")) != FORMAT:
             raise StatsError(f"{origin} is not an mstransform stats file (format {str(a['format'])[:40]!r})")
-        version = int(need("version"))
-        if version != VERSION:
-            raise StatsError(f"{origin} has stats format version {version}; this mstransform reads version {VERSION}")
+        version = need("version")
+        if version.dtype.kind not in "iu" or version.ndim != 0 or int(version) not in READS:
+            raise StatsError(f"{origin} has stats format version {str(version)[:20]!r}; this mstransform reads "
+                             f"versions {', '.join(map(str, READS))}")
         names = [str(x) for x in need("site_names")]
         cols = {k: need(k) for k in ("site_feeds", "site_kinds", "site_axes", "site_ranks", "site_dtypes", "site_counts")}
         if any(len(v) != len(names) for v in cols.values()):
@@ -160,7 +197,8 @@ class Stats:
             placement = Placement(str(need("placement")))
         except ValueError:
             raise StatsError(f"{origin}: unknown placement {str(a['placement'])!r}") from None
-        return cls(str(need("fingerprint")), placement, sites, int(a.get("samples", 0)), selection)
+        return cls(str(need("fingerprint")), placement, sites, int(a.get("samples", 0)), selection,
+                   _input_records(a, origin))
 
     def merge(self, other: "Stats") -> "Stats":
         """Exact merge of two shards measured on the same model with the same sites."""
@@ -176,7 +214,8 @@ class Stats:
             if (o.axis, o.channels) != (s.axis, s.channels):
                 raise StatsError(f"cannot merge: site {name!r} differs in channel axis or channel count")
             merged[name] = SiteStats(s.name, s.feed, s.kind, s.axis, s.rank, s.dtype, s.moments.merge(o.moments))
-        return Stats(self.fingerprint, self.placement, merged, self.samples + other.samples, self.selection)
+        return Stats(self.fingerprint, self.placement, merged, self.samples + other.samples, self.selection,
+                     self.inputs or other.inputs)
 
     def aligned_to(self, sites: list[tuple[str, str, int | None]]) -> "Stats | None":
         """These stats renamed to ``sites`` (name, kind, channels) when names differ but the
@@ -194,7 +233,7 @@ class Stats:
         renamed = {}
         for s, (name, _, _) in zip(mine, sites):
             renamed[name] = SiteStats(name, s.feed, s.kind, s.axis, s.rank, s.dtype, s.moments)
-        return Stats(self.fingerprint, self.placement, renamed, self.samples, self.selection)
+        return Stats(self.fingerprint, self.placement, renamed, self.samples, self.selection, self.inputs)
 
     def matched_to(self, sites: list[tuple[str, str, int | None, str]], *, by_position: bool,
                    check_feeds: bool) -> "Stats":
@@ -242,6 +281,25 @@ class Stats:
             lines.append(f"note: {len(zero)} site(s) have channels with zero variance (never sparsified): "
                          + ", ".join(zero[:5]) + (" ..." if len(zero) > 5 else ""))
         return "\n".join(lines)
+
+
+def _input_records(a: dict[str, np.ndarray], origin: str) -> tuple[InputRecord, ...]:
+    if "inputs" not in a:
+        return ()  # version 1
+    try:
+        entries = json.loads(str(a["inputs"]))
+        records = []
+        for k, e in enumerate(entries):
+            axis = e["batch_axis"]
+            shape = tuple(int(d) for d in e["shape"])
+            if (axis is not None and not (isinstance(axis, int) and 0 <= axis < len(shape))) or min(shape, default=0) < 0:
+                raise ValueError(f"input {k} has a bad shape or batch axis")
+            value = a.get(f"input_value/{k}")
+            records.append(InputRecord(str(e["name"]), str(np.dtype(e["dtype"])), shape, axis,
+                                       None if value is None else np.asarray(value)))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as e:
+        raise StatsError(f"{origin}: the inputs record is not valid ({str(e)[:80]})") from None
+    return tuple(records)
 
 
 def load_stats(path: str | Path) -> Stats:

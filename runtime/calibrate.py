@@ -19,15 +19,16 @@ from mstransform.core.catalogue import axis_by_rank
 from mstransform.core.errors import DataError, ModelError
 from mstransform.core.moments import MAX_OFFSET_RATIO, Moments, offset_ratio
 from mstransform.core.options import Placement, Runtime, Selection
-from mstransform.core.stats import SiteStats, Stats
+from mstransform.core.stats import InputRecord, SiteStats, Stats
 from mstransform.passes.expose import exposed
 from mstransform.passes.fingerprint import fingerprint
 from mstransform.passes.onnx_view import find_sites
 from mstransform.passes.prepare import load_model
 from mstransform.passes.site_reductions import Reduction, fixable, reducing
 from mstransform.passes.sites import Site, SiteTable
-from mstransform.runtime.data import DataSource, Preprocess
-from mstransform.runtime.session import describe, input_specs, open_session
+from mstransform.runtime.data import DataSource, Preprocess, head
+from mstransform.runtime.inputs import input_specs
+from mstransform.runtime.session import describe, open_session, run_step
 
 MAX_RESUMS = 2  # a batch is summed at most this many more times, each with a shift nearer its mean
 # samples whose means place the shifts: channel means vary from sample to sample, so one sample left
@@ -45,7 +46,8 @@ def calibrate_onnx(model, data, *, placement: Placement | str = Placement.ACTIVA
 def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: int = 64, limit: int | None = None,
                     preprocess: Preprocess | None = None, progress: bool = True, providers=None, threads=None,
                     selection: Selection = Selection(), shard: tuple[int, int] | None = None, log=None,
-                    runtime: Runtime | str = Runtime.ONNXRUNTIME, extent: bool = True) -> Stats:
+                    runtime: Runtime | str = Runtime.ONNXRUNTIME, extent: bool = True,
+                    batch_axes: dict[str, int | None] | None = None) -> Stats:
     """Measure statistics for the sites of ``table`` in ``model`` over ``source``.
 
     ``runtime`` runs the graph with its reductions: ONNX Runtime (on ``providers``) or OpenVINO.
@@ -56,19 +58,24 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
     if len(table) == 0:
         raise ModelError("the model has no sites to calibrate; `mstransform sites` says why")
     data = source if isinstance(source, DataSource) else DataSource(
-        source, input_specs(model), batch_size=batch_size, limit=limit, preprocess=preprocess or Preprocess())
+        source, input_specs(model, batch_axes), batch_size=batch_size, limit=limit,
+        preprocess=preprocess or Preprocess())
     fp = fingerprint(model)
     run: ReducedRun | None = None
     samples = 0
+    inputs: tuple[InputRecord, ...] = ()
     bar = _progress(len(data), progress)
     try:
         for k, batch in enumerate(data):
             if shard is not None and k % shard[1] != shard[0]:
                 continue
             if run is None:
-                layout = site_layout(model, table, batch.inputs, providers, threads, runtime)
+                inputs = tuple(InputRecord.of(spec.name, batch.inputs[spec.name], spec.batch_axis)
+                               for spec in data.specs)
+                layout = site_layout(model, table, batch.inputs, providers, threads, runtime, data.axes)
                 few = 0 < len(data) <= 2 * data.batch_size  # a second session would not pay for itself
-                run = ReducedRun(model, table, layout, providers, threads, runtime, extent, fix_shifts=not few)
+                run = ReducedRun(model, table, layout, providers, threads, runtime, extent, fix_shifts=not few,
+                                 batch_axes=data.axes)
             run.add(batch.inputs, batch.start)
             if samples == 0 and log is not None:  # the first batch went through: the data fits
                 log(f"calibrating {len(table)} site(s) on {data.origin}; {describe(run.session)}")
@@ -83,11 +90,12 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
         axis, rank, _ = run.layout[s.name]
         dtype = np.dtype(s.feed.dtype.numpy()).name if s.feed.dtype is not None else "float32"
         sites[s.name] = SiteStats(s.name, s.feed.name, s.kind, axis, rank, dtype, run.moments[(s.feed.name, axis)])
-    return Stats(fp, table.placement, sites, samples, selection)
+    return Stats(fp, table.placement, sites, samples, selection, inputs)
 
 
 def site_layout(model: ir.Model, table: SiteTable, feed: dict, providers=None, threads=None,
-                runtime: Runtime | str = Runtime.ONNXRUNTIME) -> dict[str, tuple[int, int, int]]:
+                runtime: Runtime | str = Runtime.ONNXRUNTIME,
+                batch_axes: dict[str, int | None] | None = None) -> dict[str, tuple[int, int, int]]:
     """(channel axis, rank, channels) per site, from the static shapes.
 
     Where a rank or channel count is not known statically, one sample of ``feed`` runs with
@@ -105,7 +113,7 @@ def site_layout(model: ir.Model, table: SiteTable, feed: dict, providers=None, t
         with exposed(model, [s.feed for s in unknown]):
             session = open_session(model, runtime=runtime, providers=providers, threads=threads)
         names = list(dict.fromkeys(s.feed.name for s in unknown))
-        outs = dict(zip(names, _run(session, names, {k: v[:1] for k, v in feed.items()}, 0)))
+        outs = dict(zip(names, _run(session, names, head(feed, 1, batch_axes), 0)))
         for s in unknown:
             x = outs[s.feed.name]
             axis = s.axis if s.axis is not None else axis_by_rank(x.ndim)[0]
@@ -132,8 +140,9 @@ class ReducedRun:
 
     def __init__(self, model: ir.Model, table: SiteTable, layout: dict[str, tuple[int, int, int]], providers=None,
                  threads=None, runtime: Runtime | str = Runtime.ONNXRUNTIME, extent: bool = True,
-                 fix_shifts: bool = True):
+                 fix_shifts: bool = True, batch_axes: dict[str, int | None] | None = None):
         self.layout, self.model, self.extent, self.fix_shifts = layout, model, extent, fix_shifts
+        self.batch_axes = batch_axes
         self.options = dict(runtime=runtime, providers=providers, threads=threads, memory_pattern=False)
         sites: dict[tuple[str, int], Site] = {}
         for s in table:
@@ -171,7 +180,7 @@ class ReducedRun:
     def add(self, inputs: dict[str, np.ndarray], start: int) -> None:
         first = not self.moments
         if first:  # a few samples place the shifts near the means, cheaply
-            probe = {k: v[:PROBE_SAMPLES] for k, v in inputs.items()}
+            probe = head(inputs, PROBE_SAMPLES, self.batch_axes)
             self.shifts = [m.mean.astype(np.float32) for m, _ in self._sums(probe, start)]
         for attempt in range(MAX_RESUMS + 1):
             batch = self._sums(inputs, start)
@@ -217,11 +226,7 @@ class ReducedRun:
 
 
 def _run(session, fetch: list[str], feed: dict, start: int) -> list[np.ndarray]:
-    try:
-        return session.run(fetch, feed)
-    except Exception as e:  # ORT raises its own exception types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"ONNX Runtime rejected batch starting at sample {start}: {first}") from None
+    return run_step(session, fetch, feed, DataError, f"calibration, batch starting at sample {start}")
 
 
 def _progress(total: int, enabled: bool):

@@ -10,10 +10,16 @@ Accepted sources:
 * from Python: a dict of arrays, an iterable of ``{input_name: batch}`` dicts, or an
   object with ONNX Runtime's ``CalibrationDataReader`` protocol (``get_next()``).
 
-Preprocessing (files and folders): integer arrays and images are scaled by
-``scale`` (default 1/255), then ``(x - mean) / std`` per channel if given; images are
-converted to the model's channel count (L or RGB) and resized (bilinear) to its
-height and width (or ``size``). Everything is fed as the model input's float type.
+Each input holds its samples along its batch axis (:mod:`mstransform.runtime.inputs`); an
+input without one (a scalar, a fixed state) is passed whole with every batch.
+
+Preprocessing (files and folders) applies to data for *float* inputs only: integer arrays and
+images are scaled by ``scale`` (default 1/255), then ``(x - mean) / std`` per channel if
+given; images are converted to the model's channel count (L or RGB) and resized (bilinear)
+to its height and width (or ``size``). Data for integer or bool inputs (token ids, masks, a
+sample rate) is cast to the input's type unscaled, and refused where the cast would change a
+value. Batches the user formed (iterables of dicts, a ``CalibrationDataReader``) pass through
+as they are: checked, never rescaled.
 """
 from __future__ import annotations
 
@@ -27,15 +33,11 @@ import numpy as np
 from mstransform.core.errors import DataError
 from mstransform.core.npz import read_npz
 from mstransform.core.options import MAX_BATCH, check_count
+from mstransform.runtime.inputs import InputSpec
+
+__all__ = ["Batch", "DataSource", "InputSpec", "Preprocess"]
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | None, ...] | None  # None entries are dynamic dims
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,26 @@ class Batch:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     start: int  # index of the batch's first sample in the source
+    size: int  # samples in the batch (along each batched input's batch axis)
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        return self.size
+
+
+def head(inputs: dict[str, np.ndarray], n: int, axes: dict[str, int | None] | None = None) -> dict[str, np.ndarray]:
+    """The first ``n`` samples of a batch: each input cut along its batch axis (``axes``; 0 where not
+    given), an input without one passed whole."""
+    axes = axes or {}
+    return {k: _take(v, axes.get(k, 0) if v.ndim else None, 0, n) for k, v in inputs.items()}
+
+
+def _take(x: np.ndarray, axis: int | None, start: int, stop: int) -> np.ndarray:
+    """Samples ``start:stop`` of ``x`` along its batch ``axis`` (all of ``x`` where it has none)."""
+    if axis is None:
+        return x
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]
 
 
 class DataSource:
@@ -64,13 +83,25 @@ class DataSource:
         check_count(batch_size, "batch_size", high=MAX_BATCH)
         if limit is not None:
             check_count(limit, "limit")
-        self.specs, self.batch_size, self.limit, self.pre = specs, batch_size, limit, preprocess
+        self.specs, self.limit, self.pre = specs, limit, preprocess
+        self.batch_size = _fixed_batch(specs) or batch_size
         self._arrays: dict[str, np.ndarray] | None = None
+        self._samples = 0
         self._labels: np.ndarray | None = None
         self._images: list[tuple[Path, int | None]] | None = None
         self._stream: Any = None
         self.origin = str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
         self._open(source)
+
+    @property
+    def axes(self) -> dict[str, int | None]:
+        """Each input's batch axis (None: passed whole with every batch)."""
+        return {s.name: s.batch_axis for s in self.specs}
+
+    @property
+    def batched(self) -> list[InputSpec]:
+        """The inputs that hold one sample after another (the others are passed whole with every batch)."""
+        return [s for s in self.specs if s.batch_axis is not None]
 
     # -- opening -------------------------------------------------------------------------
     def _open(self, source: Any) -> None:
@@ -113,12 +144,23 @@ class DataSource:
             missing = [n for n in names if n not in arrays]
             raise DataError(f"data has arrays {sorted(arrays)} but the model needs inputs {names} "
                             f"(missing {missing}); name the arrays after the inputs")
-        lengths = {len(a) for a in chosen.values()}
-        if len(lengths) != 1:
-            raise DataError(f"data arrays have different sample counts {sorted(lengths)}")
-        if lengths == {0}:
+        if not self.batched:
+            raise DataError(f"none of the inputs {names} has a batch axis; give one with --batch-axis NAME=AXIS")
+        counts = {}
+        for spec in self.batched:
+            x = chosen[spec.name]
+            if x.ndim <= spec.batch_axis:
+                raise DataError(f"input {spec.name!r} takes samples along axis {spec.batch_axis} "
+                                f"(shape {spec.describe_shape()}); data has shape {tuple(x.shape)}")
+            counts[spec.name] = x.shape[spec.batch_axis]
+        if len(set(counts.values())) != 1:
+            detail = ", ".join(f"{n} {c} (axis {s.batch_axis})" for (n, c), s in zip(counts.items(), self.batched))
+            raise DataError(f"data arrays have different sample counts along their batch axes: {detail}; "
+                            "set an input's batch axis with --batch-axis NAME=AXIS (or NAME=none)")
+        self._samples = next(iter(counts.values()))
+        if self._samples == 0:
             raise DataError("data holds no samples")
-        if self._labels is not None and len(self._labels) != lengths.pop():
+        if self._labels is not None and len(self._labels) != self._samples:
             raise DataError("data 'labels' count differs from the number of samples")
         return chosen
 
@@ -126,7 +168,7 @@ class DataSource:
     def __len__(self) -> int:
         """Number of samples, when known in advance (0 for a stream)."""
         if self._arrays is not None:
-            n = len(next(iter(self._arrays.values())))
+            n = self._samples
         elif self._images is not None:
             n = len(self._images)
         else:
@@ -135,25 +177,40 @@ class DataSource:
 
     def __iter__(self) -> Iterator[Batch]:
         seen = 0
-        for raw, labels in self._raw_batches():
+        for raw, labels, given in self._raw_batches():
             if self.limit is not None and seen >= self.limit:
                 break
-            if self.limit is not None:
+            size = self._size(raw)
+            if self.limit is not None and seen + size > self.limit:
                 keep = self.limit - seen
-                raw = {k: v[:keep] for k, v in raw.items()}
+                raw = {s.name: _take(raw[s.name], s.batch_axis, 0, keep) for s in self.specs}
                 labels = labels[:keep] if labels is not None else None
-            batch = Batch(self._prepare(raw, seen), labels, seen)
-            seen += len(batch)
+                size = keep
+            inputs = self._check_given(raw, seen) if given else self._prepare(raw, seen)
+            batch = Batch(inputs, labels, seen, size)
+            seen += size
             yield batch
         if seen == 0:
             raise DataError(f"data source {self.origin} yielded no samples")
 
+    def _size(self, raw: dict[str, np.ndarray]) -> int:
+        sizes = set()
+        for s in self.batched:
+            x = raw[s.name]
+            if x.ndim <= s.batch_axis:
+                raise DataError(f"input {s.name!r}: a batch of shape {tuple(x.shape)} has no axis {s.batch_axis} "
+                                "to hold its samples")
+            sizes.add(x.shape[s.batch_axis])
+        if len(sizes) != 1:
+            raise DataError(f"a data batch's inputs hold different sample counts {sorted(sizes)}")
+        return sizes.pop()
+
     def _raw_batches(self):
+        """(arrays by input, labels, whether the user formed the batch) per batch."""
         if self._arrays is not None:
-            n = len(next(iter(self._arrays.values())))
-            for i in range(0, n, self.batch_size):
-                yield ({k: v[i:i + self.batch_size] for k, v in self._arrays.items()},
-                       None if self._labels is None else self._labels[i:i + self.batch_size])
+            for i in range(0, self._samples, self.batch_size):
+                yield ({s.name: _take(self._arrays[s.name], s.batch_axis, i, i + self.batch_size) for s in self.specs},
+                       None if self._labels is None else self._labels[i:i + self.batch_size], False)
         elif self._images is not None:
             for i in range(0, len(self._images), self.batch_size):
                 if self.limit is not None and i >= self.limit:
@@ -161,14 +218,14 @@ class DataSource:
                 chunk = self._images[i:i + self.batch_size]
                 arr = np.stack([self._read_image(p) for p, _ in chunk])
                 labels = np.array([lab for _, lab in chunk]) if chunk[0][1] is not None else None
-                yield {self.specs[0].name: arr}, labels
+                yield {self.specs[0].name: arr}, labels, False
         else:
             for item in self._stream:
                 if not isinstance(item, dict):
                     raise DataError(f"calibration iterable yielded a {type(item).__name__}, not a dict of input arrays")
                 item = dict(item)
                 labels = item.pop("labels", None)
-                yield self._by_input_stream(item), None if labels is None else np.asarray(labels).reshape(-1)
+                yield self._by_input_stream(item), None if labels is None else np.asarray(labels).reshape(-1), True
 
     def _by_input_stream(self, item: dict) -> dict[str, np.ndarray]:
         names = [s.name for s in self.specs]
@@ -179,27 +236,52 @@ class DataSource:
             raise DataError(f"a data batch lacks inputs {missing} (has {sorted(item)})")
         return {n: np.asarray(item[n]) for n in names}
 
-    def _prepare(self, raw: dict[str, np.ndarray], start: int) -> dict[str, np.ndarray]:
+    def _check_given(self, raw: dict[str, np.ndarray], start: int) -> dict[str, np.ndarray]:
+        """A batch the user formed passes through as it is: checked, never rescaled or reshaped.
+
+        Only a float batch for a float input of another width is cast (float64 arrays for a float32 model)."""
         out = {}
         for spec in self.specs:
             x = raw[spec.name]
             if x.dtype.kind not in "uifb":
                 raise DataError(f"input {spec.name!r}: data of type {x.dtype} is not numeric")
-            if spec.shape is not None:
-                ok = x.ndim == len(spec.shape) and all(d is None or d == s for d, s in zip(spec.shape, x.shape))
-                if not ok:
-                    want = "[" + ",".join("?" if d is None else str(d) for d in spec.shape) + "]"
-                    raise DataError(f"input {spec.name!r} expects shape {want}; data has shape {tuple(x.shape)}")
-            if x.dtype.kind in "ui":
-                scale = 1 / 255 if self.pre.scale is None else self.pre.scale
-                x = x.astype(np.float32) * np.float32(scale)
-            elif self.pre.scale is not None:
-                x = x.astype(np.float32) * np.float32(self.pre.scale)
-            x = self._normalise(x)
+            if x.dtype != spec.dtype and x.dtype.kind == "f" and spec.is_float:
+                x = np.ascontiguousarray(x, dtype=spec.dtype)
+            elif x.dtype != spec.dtype:
+                raise DataError(f"input {spec.name!r} is {spec.dtype.name}; a data batch holds {x.dtype.name}")
+            self._check_shape(spec, x)
+            _check_finite(spec, x, start)
+            out[spec.name] = x
+        return out
+
+    @staticmethod
+    def _check_shape(spec: InputSpec, x: np.ndarray) -> None:
+        if spec.shape is None:
+            return
+        ok = x.ndim == len(spec.shape) and all(d is None or d == s for d, s in zip(spec.shape, x.shape))
+        if not ok:
+            raise DataError(f"input {spec.name!r} expects shape {spec.describe_shape()}; "
+                            f"data has shape {tuple(x.shape)}")
+
+    def _prepare(self, raw: dict[str, np.ndarray], start: int) -> dict[str, np.ndarray]:
+        """Arrays from files: scaled and normalised where the input is a float one, then cast to its type."""
+        out = {}
+        for spec in self.specs:
+            x = raw[spec.name]
+            if x.dtype.kind not in "uifb":
+                raise DataError(f"input {spec.name!r}: data of type {x.dtype} is not numeric")
+            self._check_shape(spec, x)
+            if spec.is_float:
+                if x.dtype.kind in "uib":
+                    scale = 1 / 255 if self.pre.scale is None else self.pre.scale
+                    x = x.astype(np.float32) * np.float32(scale)
+                elif self.pre.scale is not None:
+                    x = x.astype(np.float32) * np.float32(self.pre.scale)
+                x = self._normalise(x)
+            else:
+                x = _exact_cast(spec, x)
             x = np.ascontiguousarray(x, dtype=spec.dtype)
-            bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-            if bad.any():
-                raise DataError(f"input {spec.name!r}: sample {start + int(np.argmax(bad))} holds NaN or Inf")
+            _check_finite(spec, x, start)
             out[spec.name] = x
         return out
 
@@ -240,6 +322,41 @@ class DataSource:
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"cannot read image {path}: {e}") from None
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _fixed_batch(specs: list[InputSpec]) -> int | None:
+    """The batch size a model fixes in its inputs' batch dims (``[1, 3, 224, 224]``), if any."""
+    sizes = {s.shape[s.batch_axis] for s in specs if s.batch_axis is not None and s.shape is not None
+             and s.batch_axis < len(s.shape) and s.shape[s.batch_axis] is not None}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _exact_cast(spec: InputSpec, x: np.ndarray) -> np.ndarray:
+    """Data for an integer or bool input: never scaled; refused where the cast would change a value."""
+    target = spec.dtype
+    if x.dtype == target:
+        return x
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise DataError(f"input {spec.name!r} is {target.name}; its data holds NaN or Inf")
+    cast = x.astype(target)
+    if not np.array_equal(cast.astype(np.float64), x.astype(np.float64)):
+        raise DataError(f"input {spec.name!r} is {target.name}; its data ({x.dtype.name}) holds values that "
+                        f"{target.name} cannot hold exactly")
+    return cast
+
+
+def _check_finite(spec: InputSpec, x: np.ndarray, start: int) -> None:
+    if x.dtype.kind != "f" and x.dtype.name != "bfloat16":
+        return
+    axis = spec.batch_axis if spec.batch_axis is not None and spec.batch_axis < x.ndim else None
+    if axis is None:
+        if not np.isfinite(x.astype(np.float32)).all():
+            raise DataError(f"input {spec.name!r} holds NaN or Inf")
+        return
+    per_sample = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1).astype(np.float32, copy=False)
+    bad = ~np.isfinite(per_sample).all(axis=1)
+    if bad.any():
+        raise DataError(f"input {spec.name!r}: sample {start + int(np.argmax(bad))} holds NaN or Inf")
 
 
 def _magic(path: Path, expected: bytes, kind: str) -> None:

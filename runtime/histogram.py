@@ -15,7 +15,8 @@ from mstransform.passes.expose import exposed
 from mstransform.passes.onnx_view import find_sites
 from mstransform.passes.prepare import load_model
 from mstransform.runtime.data import DataSource
-from mstransform.runtime.session import input_specs, make_session
+from mstransform.runtime.inputs import input_specs
+from mstransform.runtime.session import make_session
 
 
 def site_channel_values(model, site_name: str, channel: int, data, limit: int = 512) -> tuple[np.ndarray, int]:

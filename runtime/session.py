@@ -10,12 +10,10 @@ import functools
 import os
 from pathlib import Path
 
-import numpy as np
 import onnx_ir as ir
 
 from mstransform.core.errors import DependencyError, ModelError, UsageError
 from mstransform.core.options import check_count
-from mstransform.runtime.data import InputSpec
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -26,7 +24,14 @@ def import_ort():
     except ImportError:
         raise DependencyError("onnxruntime is not installed: pip install 'mstransform[cpu]' "
                               "(or 'mstransform[gpu]' for onnxruntime-gpu; never both)") from None
+    _quiet(ort)
     return ort
+
+
+@functools.cache
+def _quiet(ort) -> None:
+    """ONNX Runtime's process-wide logger prints errors (a failed run) on its own: only fatal ones here."""
+    ort.set_default_logger_severity(4)
 
 
 # the shared libraries each GPU provider needs at session start; ORT logs a loud error and falls back
@@ -152,7 +157,7 @@ def make_session(model: ir.Model | str | Path, *, providers: list[str] | None = 
     if threads is not None:
         check_count(threads, "threads", high=max_threads())
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # errors come back as exceptions, reported in one line; ORT's log stays silent
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -170,8 +175,27 @@ def make_session(model: ir.Model | str | Path, *, providers: list[str] | None = 
             return ort.InferenceSession(data, sess_options=opts, providers=chosen)
         return ort.InferenceSession(str(model), sess_options=opts, providers=chosen)
     except Exception as e:  # ORT raises its own exception types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None
+        raise ModelError(f"ONNX Runtime cannot load the model: {first_line(e)}") from None
+
+
+def first_line(e: BaseException) -> str:
+    """A runtime's exception as one line (ONNX Runtime and OpenVINO raise multi-line texts)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def run_step(session, fetch: list[str] | None, feed: dict, error, step: str) -> list:
+    """``session.run``, with a failure turned into ``error`` (an MstError class): one line naming
+    ``step`` and the runtime's reason."""
+    from mstransform.core.errors import MstError
+
+    try:
+        return session.run(fetch, feed)
+    except MstError:
+        raise
+    except Exception as e:  # ORT and OpenVINO raise their own exception types
+        runtime = "OpenVINO" if hasattr(session, "describe") else "ONNX Runtime"
+        raise error(f"{step}: {runtime} failed: {first_line(e)}") from None
 
 
 def max_threads() -> int:
@@ -186,15 +210,3 @@ def _external_base_dir(model: ir.Model) -> Path | None:
         if isinstance(t, ir.ExternalTensor):
             return Path(t.base_dir)
     return None
-
-
-def input_specs(model: ir.Model) -> list[InputSpec]:
-    """The model's real inputs (initializers listed as inputs excluded)."""
-    specs = []
-    for v in model.graph.inputs:
-        if v.is_initializer():
-            continue
-        dtype = v.dtype.numpy() if v.dtype is not None else np.float32
-        shape = None if v.shape is None else tuple(d if isinstance(d, int) else None for d in v.shape)
-        specs.append(InputSpec(v.name, np.dtype(dtype), shape))
-    return specs

@@ -20,7 +20,7 @@ from mstransform.core.operator import edge_band, sparsify
 from mstransform.passes.expose import exposed
 from mstransform.passes.sparsify import Inserted
 from mstransform.passes.sparsify_match import find_sparsify_ops
-from mstransform.runtime.session import describe, open_session
+from mstransform.runtime.session import describe, open_session, run_step
 
 
 @dataclass
@@ -58,12 +58,15 @@ def numeric_check(path: Path, inserted: list[Inserted], probe: dict[str, np.ndar
     if lost:
         raise VerificationError(f"site {lost[0]!r}: its operator is not in the written model ({len(lost)} missing)")
     outputs = [v.name for v in model.graph.outputs]
-    final = open_session(path, runtime=runtime, threads=threads, providers=providers).run(outputs, probe)
+    step = "self-check of the written model on the probe (" + ", ".join(
+        f"{k} {tuple(v.shape)} {v.dtype.name}" for k, v in probe.items()) + ")"
+    final = run_step(open_session(path, runtime=runtime, threads=threads, providers=providers), outputs, probe,
+                     VerificationError, step)
     with exposed(model, [v for op in ops for v in (op.x, op.y)]):
         session = open_session(model, runtime=runtime, threads=threads, providers=providers)
         report.checks.append(f"loads and runs: {describe(session)}")
         names = outputs + [v for op in ops for v in (op.x.name, op.y.name) if v not in outputs]
-        got = dict(zip(names, session.run(names, probe)))
+        got = dict(zip(names, run_step(session, names, probe, VerificationError, step)))
     for o, f in zip(outputs, final):
         if not np.array_equal(got[o], f, equal_nan=True):
             raise VerificationError(f"exposing operator tensors changed output {o!r}; the model is not deterministic")

@@ -1,6 +1,8 @@
 """Statistics against numpy over the whole data set, for any batching; exact shard merging; the file format."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -231,10 +233,17 @@ def test_stats_file_round_trip_and_schema(export_dir, tmp_path):
     f = tmp_path / "s.npz"
     stats.save(f)
     with np.load(f, allow_pickle=False) as z:
-        assert str(z["format"]) == "mstransform.stats" and int(z["version"]) == 1
+        assert str(z["format"]) == "mstransform.stats" and int(z["version"]) == 2
         assert list(z["site_names"]) == list(stats.sites)
+        # one calibration sample as fed: batch axis sized 1, the model's own input type
+        assert json.loads(str(z["inputs"])) == [{"name": "input", "dtype": "float32",
+                                                  "shape": [1, *random_inputs("silu", 1).shape[1:]], "batch_axis": 0}]
+        v1 = {k: z[k] for k in z.files if k != "inputs"}
     again = Stats.load(f)
     assert again.sha256() == stats.sha256() and again.fingerprint == stats.fingerprint
+    v1["version"] = np.array(1, dtype=np.int64)  # a version-1 file (no inputs record) still loads
+    old = Stats.from_arrays(v1)
+    assert old.inputs == () and list(old.sites) == list(stats.sites)
 
 
 def test_pickled_stats_are_refused(tmp_path):

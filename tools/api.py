@@ -24,9 +24,10 @@ from mstransform.passes.sites import SiteTable
 from mstransform.runtime.accuracy import Accuracy, accuracy, predict
 from mstransform.runtime.calibrate import calibrate_table
 from mstransform.runtime.data import DataSource, Preprocess
-from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, input_specs,
-                                         make_session, open_session, providers_for)
-from mstransform.tools.harden import HardenReport, harden, probe_from, remove_output
+from mstransform.runtime.inputs import input_specs
+from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, make_session, open_session,
+                                         providers_for)
+from mstransform.tools.harden import HARDENED_MARK, HardenReport, harden, probe_from, remove_output
 
 __all__ = ["HardenReport", "calibrate", "calibrate_and_harden", "compare_accuracy", "find_sites", "harden",
            "harden_torch", "load_model", "load_stats", "run"]
@@ -48,7 +49,7 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
               limit: int | None = None, preprocess: Preprocess | None = None, progress: bool = True,
               threads: int | None = None, shard: tuple[int, int] | None = None, log=None,
               device: Device | str | None = None, runtime: Runtime | str = Runtime.ONNXRUNTIME,
-              extent: bool | None = None) -> Stats:
+              extent: bool | None = None, batch_axes: dict[str, int | None] | None = None) -> Stats:
     """Measure per-site statistics of ``model`` on clean ``data``; returns :class:`Stats`.
 
     ``model`` is an ONNX path or ``onnx_ir`` model, or a torch ``nn.Module`` /
@@ -57,6 +58,8 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
     (None: the best that starts here); ``runtime`` runs the calibration graph on ONNX Runtime or OpenVINO.
     ``extent`` also measures each channel's max ``|x|``, which forged mode needs (None: only for the
     linear-inputs placement, forged mode's own); it costs two more reads of every site tensor.
+    ``batch_axes`` names, per input, the axis holding the samples, or None to pass that input whole
+    with every batch (default: found from the model, :mod:`mstransform.runtime.inputs`).
     """
     placement = choice(Placement, placement, "placement")
     extent = placement is Placement.LINEAR_INPUTS if extent is None else bool(extent)
@@ -70,7 +73,8 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
     selection = Selection(include, exclude, include_se, tuple((axes or {}).items()))
     return calibrate_table(m, _find_sites(m, placement, selection), data, batch_size=batch_size, limit=limit,
                            preprocess=preprocess, progress=progress, threads=threads, selection=selection,
-                           shard=shard, log=log, providers=providers_for(device), runtime=runtime, extent=extent)
+                           shard=shard, log=log, providers=providers_for(device), runtime=runtime, extent=extent,
+                           batch_axes=batch_axes)
 
 
 def harden_torch(model, stats: Stats | str | Path, alpha: float | AlphaPlan = 0.2, *,
@@ -108,7 +112,8 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
                          placement: Placement | str | None = None, include=None, exclude=None, batch_size: int = 64,
                          limit: int | None = None, preprocess: Preprocess | None = None, verify: bool = True,
                          threads: int | None = None, log=None, precision: Precision | str = Precision.FP32,
-                         runtime: Runtime | str = Runtime.ONNXRUNTIME) -> OneStepResult:
+                         runtime: Runtime | str = Runtime.ONNXRUNTIME,
+                         batch_axes: dict[str, int | None] | None = None) -> OneStepResult:
     """Calibrate on ``data``, harden with the new stats (probing with real data), and write both files.
 
     ``runtime`` runs the calibration and the self-check; ``precision`` is that of the written model.
@@ -124,9 +129,13 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
     narrow = Selection(include, exclude)
     AlphaPlan.of(alpha).per_site([s.name for s in _find_sites(m, placement) if narrow.rejects((s.name, s.feed_name)) is None])
     preprocess = preprocess or Preprocess()
-    probe = probe_from(DataSource(data, input_specs(m), batch_size=8, limit=8, preprocess=preprocess))
+    if HARDENED_MARK in m.metadata_props:  # refused before the expensive step, not after it
+        raise UsageError(f"already holds {m.metadata_props[HARDENED_MARK]} sparsify operator(s) from mstransform; "
+                         "harden the base model instead", param="model")
+    probe = probe_from(DataSource(data, input_specs(m, batch_axes), batch_size=8, limit=8, preprocess=preprocess))
     stats = calibrate(model, data, placement=placement, batch_size=batch_size, limit=limit, preprocess=preprocess,
-                      threads=threads, log=log, runtime=runtime, extent=True if mode is Mode.FORGED else None)
+                      threads=threads, log=log, runtime=runtime, extent=True if mode is Mode.FORGED else None,
+                      batch_axes=batch_axes)
     try:
         report = harden(model, stats, alpha=alpha, mode=mode, center=center, formulation=formulation, output=output,
                         include=include, exclude=exclude, probe=probe, verify=verify, threads=threads,
@@ -140,9 +149,10 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
 
 
 def compare_accuracy(models: list[str | Path], data, *, batch_size: int = 64, preprocess: Preprocess | None = None,
-                     threads: int | None = None, runtime: Runtime | str = Runtime.ONNXRUNTIME) -> list[Accuracy]:
+                     threads: int | None = None, runtime: Runtime | str = Runtime.ONNXRUNTIME,
+                     batch_axes: dict[str, int | None] | None = None) -> list[Accuracy]:
     """Clean accuracy of each model on labelled ``data``, measured by ``runtime``."""
-    specs = input_specs(load_model(models[0]))
+    specs = input_specs(load_model(models[0]), batch_axes)
     return [accuracy(open_session(p, runtime=runtime, threads=threads),
                      DataSource(data, specs, batch_size=batch_size, preprocess=preprocess or Preprocess()))
             for p in models]
@@ -157,7 +167,7 @@ class RunResult:
 
 def run(model: str | Path, data, *, providers: list[str] | None = None, batch_size: int = 64,
         limit: int | None = None, preprocess: Preprocess | None = None, threads: int | None = None,
-        runtime: Runtime | str = Runtime.ONNXRUNTIME) -> RunResult:
+        runtime: Runtime | str = Runtime.ONNXRUNTIME, batch_axes: dict[str, int | None] | None = None) -> RunResult:
     """Batch inference in ONNX Runtime or OpenVINO: predictions, and accuracy when ``data`` has labels."""
     m = load_model(model)
     runtime = choice(Runtime, runtime, "runtime")
@@ -167,7 +177,8 @@ def run(model: str | Path, data, *, providers: list[str] | None = None, batch_si
     else:
         chosen, why = choose_providers(providers)
         session = make_session(model, providers=chosen, threads=threads)
-    source = DataSource(data, input_specs(m), batch_size=batch_size, limit=limit, preprocess=preprocess or Preprocess())
+    source = DataSource(data, input_specs(m, batch_axes), batch_size=batch_size, limit=limit,
+                        preprocess=preprocess or Preprocess())
     preds, labels = predict(session, source, require_labels=False)
     acc = None if labels is None else Accuracy(int((preds == labels).sum()), len(labels))
     return RunResult(describe(session, why), preds, acc)

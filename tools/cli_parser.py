@@ -17,12 +17,28 @@ FLAGS = {"alpha": "--alpha", "alphas": "--alphas", "batch_size": "--batch-size",
          "pgd_steps": "--pgd-steps", "square_queries": "--square-queries", "seed": "--seed",
          "max_clean_drop": "--max-clean-drop", "channel": "--channel", "mean/std": "--mean/--std", "std": "--std",
          "probe": "--data", "data": "--data", "model": "MODEL", "shard": "--shard", "workspace": "--workspace",
-         "device": "--device", "runtime": "--runtime", "providers": "--providers"}
+         "device": "--device", "runtime": "--runtime", "providers": "--providers", "batch_axes": "--batch-axis"}
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, usage exit code 2
         raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _add_global(p, suppress: bool) -> None:
+    """The flags that hold anywhere on the line: before or after the sub-command."""
+    default = {"default": argparse.SUPPRESS} if suppress else {}
+    p.add_argument("--debug", action="store_true", help="show tracebacks", **default)
+    p.add_argument("--threads", type=int, help="ONNX Runtime / OpenVINO intra-op threads", **default)
+
+
+class _Sub(Parser):
+    """A sub-command's parser: it takes the global flags too (without overriding those given before it)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if kwargs.get("add_help", True):
+            _add_global(self, suppress=True)
 
 
 def _values(enum_type) -> list[str]:
@@ -47,6 +63,9 @@ def _add_data(p, required=False):
     p.add_argument("--mean", help="per-channel mean to subtract after scaling, e.g. 0.485,0.456,0.406")
     p.add_argument("--std", help="per-channel std to divide by after subtracting the mean")
     p.add_argument("--size", help="resize images to W,H (default: the model input's size)")
+    p.add_argument("--batch-axis", action="append", metavar="NAME=AXIS",
+                   help="the axis of input NAME that holds the samples, or NAME=none to pass it whole with every "
+                        "batch (default: found from the model's dim names)")
 
 
 def _add_harden(p):
@@ -105,9 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                     epilog="example: mstransform model.onnx --stats stats.npz --alpha 0.2  (no sub-command = harden)",
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mstransform {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
-    sub = parser.add_subparsers(dest="command", parser_class=Parser)
+    _add_global(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", parser_class=_Sub)
 
     _add_harden(sub.add_parser("harden", help="insert sparsify operators (the default command)"))
 
@@ -128,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
 
     p = sub.add_parser("stats", help="inspect or merge stats files")
-    ss = p.add_subparsers(dest="stats_command", required=True, parser_class=Parser)
+    ss = p.add_subparsers(dest="stats_command", required=True, parser_class=_Sub)
     ss.add_parser("inspect", help="summarise a stats file").add_argument("stats")
     q = ss.add_parser("merge", help="merge shards (Chan's rule in float64)")
     q.add_argument("inputs", nargs="+")

@@ -63,6 +63,12 @@ def _preprocess(a):
                       tuple(int(v) for v in size) if size else None)
 
 
+def _batch_axes(a):
+    from mstransform.runtime.inputs import parse_batch_axes
+
+    return parse_batch_axes(getattr(a, "batch_axis", None))
+
+
 def _attack_config(a, attacks):
     from mstransform.runtime.robustness import AttackConfig
 
@@ -87,7 +93,7 @@ def cmd_calibrate(a) -> int:
     stats = api.calibrate(a.model, a.data, placement=a.placement, include=a.include, exclude=a.exclude,
                           include_se=a.include_se, axes=_axes(a.axis), batch_size=a.batch_size, limit=a.limit,
                           preprocess=_preprocess(a), threads=a.threads, shard=_shard(a.shard), log=say,
-                          device=a.device, runtime=a.runtime, extent=a.extent)
+                          device=a.device, runtime=a.runtime, extent=a.extent, batch_axes=_batch_axes(a))
     stats.save(out)
     print(f"calibrated {len(stats)} site(s) on {stats.samples} sample(s) in {time.perf_counter() - t0:.1f} s; "
           f"wrote {out}")
@@ -114,8 +120,8 @@ def cmd_harden(a) -> int:
     from mstransform.core.options import Mode
     from mstransform.tools import api
 
-    if (a.stats is None) == (a.data is None):
-        raise UsageError("give either --stats NPZ (from `mstransform calibrate`) or --data PATH to calibrate now")
+    if a.stats is None and a.data is None:
+        raise UsageError("give --stats NPZ (from `mstransform calibrate`) or --data PATH to calibrate now")
     model = Path(a.model)
     output = Path(a.output) if a.output else model.with_name(f"{model.stem}.{a.mode}.onnx")
     alpha = AlphaPlan.parse(a.alpha)
@@ -123,8 +129,8 @@ def cmd_harden(a) -> int:
     base = None
     if a.eval:  # the base model's accuracy first: bad labelled data fails before any output exists
         (base,) = api.compare_accuracy([model], a.eval, batch_size=a.batch_size, preprocess=pre, threads=a.threads,
-                                       runtime=a.runtime)
-    if a.data is not None:
+                                       runtime=a.runtime, batch_axes=_batch_axes(a))
+    if a.stats is None:
         stats_out = Path(a.save_stats) if a.save_stats else output.with_name(output.stem + ".stats.npz")
         check_outputs([output, stats_out], [model, a.data, a.eval])
         t0 = time.perf_counter()
@@ -133,20 +139,21 @@ def cmd_harden(a) -> int:
                                         placement=a.placement, include=a.include, exclude=a.exclude,
                                         batch_size=a.batch_size, limit=a.limit, preprocess=pre,
                                         verify=not a.no_verify, threads=a.threads, log=say,
-                                        precision=a.precision, runtime=a.runtime)
+                                        precision=a.precision, runtime=a.runtime, batch_axes=_batch_axes(a))
         print(f"calibrated {len(done.stats)} site(s) on {done.stats.samples} sample(s) in "
               f"{time.perf_counter() - t0:.1f} s; wrote {done.stats_path}")
         report = done.report
     else:
-        check_outputs([output], [model, a.stats, a.eval])
+        check_outputs([output], [model, a.stats, a.eval, a.data])
         report = api.harden(model, a.stats, alpha=alpha, mode=Mode(a.mode), center=a.center,
                             formulation=a.formulation, output=output, include=a.include, exclude=a.exclude,
                             ignore_fingerprint=a.ignore_fingerprint, verify=not a.no_verify, threads=a.threads,
-                            precision=a.precision, runtime=a.runtime)
+                            precision=a.precision, runtime=a.runtime, probe=a.data, batch_axes=_batch_axes(a),
+                            preprocess=pre)
     print(report.summary())
     if a.eval:
         (hard,) = api.compare_accuracy([output], a.eval, batch_size=a.batch_size, preprocess=pre, threads=a.threads,
-                                       runtime=a.runtime)
+                                       runtime=a.runtime, batch_axes=_batch_axes(a))
         for label, acc in (("base", base), ("hardened", hard)):
             print(f"clean accuracy {label:9s} {acc.percent:6.2f}%  ({acc.correct}/{acc.total})")
         print(f"clean accuracy change {hard.percent - base.percent:+.2f} points")
@@ -173,7 +180,7 @@ def cmd_check_trt(a) -> int:
 
 
 def cmd_engine(a) -> int:
-    from mstransform.runtime.session import input_specs
+    from mstransform.runtime.inputs import input_specs
     from mstransform.runtime.trt_engine import build_engine, import_tensorrt, parse_shapes
     from mstransform.tools import api
 
@@ -203,7 +210,7 @@ def cmd_run(a) -> int:
     (out,) = check_outputs([a.output], [a.model, a.data])
     providers = a.providers.split(",") if a.providers else providers_for(a.device)
     result = api.run(a.model, a.data, providers=providers, batch_size=a.batch_size, limit=a.limit,
-                     preprocess=_preprocess(a), threads=a.threads, runtime=a.runtime)
+                     preprocess=_preprocess(a), threads=a.threads, runtime=a.runtime, batch_axes=_batch_axes(a))
     print(result.runtime)
     preds = result.predictions
     if result.accuracy is not None:

@@ -15,7 +15,8 @@ from mstransform.core.errors import DataError
 from mstransform.passes.prepare import load_model
 from mstransform.runtime.robustness import (AttackConfig, ModelResult, check_classifier, evaluate_model, format_table,
                                             load_labelled, write_reports)
-from mstransform.runtime.session import describe, input_specs, open_session, providers_for
+from mstransform.runtime.inputs import input_specs
+from mstransform.runtime.session import describe, open_session, providers_for
 
 
 @dataclass

@@ -18,14 +18,14 @@ from mstransform.core.errors import StatsError, UsageError
 from mstransform.core.fileio import as_output_error, atomic_folder, check_output_path, remove_quietly, replace_into
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Runtime, Selection, choice
 from mstransform.core.params import site_params
-from mstransform.core.stats import Stats, load_stats
+from mstransform.core.stats import InputRecord, Stats, load_stats
 from mstransform.passes.fingerprint import fingerprint
 from mstransform.passes.onnx_view import find_sites
 from mstransform.passes.precision import convert_precision
 from mstransform.passes.prepare import DropInferredPass, ProvenancePass, load_model
 from mstransform.passes.sparsify import InsertSparsifyPass
-from mstransform.runtime.data import DataSource
-from mstransform.runtime.session import input_specs
+from mstransform.runtime.data import DataSource, Preprocess, head
+from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.verify import VerifyReport, check_file, numeric_check
 
 MAX_PROTO = 2**31 - 1
@@ -54,9 +54,10 @@ class HardenReport:
 def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, mode: Mode | str = Mode.MEANSPARSE,
            center: Center | str = Center.MEAN, formulation: Formulation | str = Formulation.WHERE,
            output: str | Path | None = None, include: str | None = None, exclude: str | None = None,
-           ignore_fingerprint: bool = False, probe: dict[str, np.ndarray] | None = None, verify: bool = True,
+           ignore_fingerprint: bool = False, probe=None, verify: bool = True,
            threads: int | None = None, precision: Precision | str = Precision.FP32,
-           runtime: Runtime | str = Runtime.ONNXRUNTIME) -> HardenReport:
+           runtime: Runtime | str = Runtime.ONNXRUNTIME, batch_axes: dict[str, int | None] | None = None,
+           preprocess: Preprocess | None = None) -> HardenReport:
     """Insert the sparsify operator at every site of ``stats``; with ``output``, write and verify the model.
 
     ``alpha`` is one number or an :class:`AlphaPlan` (per-site overrides). ``include`` and
@@ -64,6 +65,10 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
     first (:mod:`mstransform.passes.precision`), so the operators are made in that type from
     the float64 statistics; ``runtime`` runs the self-check after writing. The input file is
     never modified.
+
+    The self-check runs on ``probe`` -- data in any form :func:`mstransform.calibrate` takes (its first
+    8 samples, read with ``batch_axes`` and ``preprocess``; a dict of arrays is fed as it is) -- or, without it, on a synthetic batch
+    shaped like the calibration samples the stats recorded (:func:`synthetic_probe`).
     """
     if type(model).__module__.startswith("torch") or hasattr(model, "named_modules"):
         raise UsageError("is a torch model; use mstransform.harden_torch for nn.Module / torch.export programs",
@@ -80,6 +85,11 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
     if not isinstance(stats, Stats):
         stats = load_stats(stats)
     m = load_model(model)
+    if probe is not None and not isinstance(probe, dict):
+        probe = probe_from(DataSource(probe, input_specs(m, batch_axes), batch_size=8, limit=8,
+                                      preprocess=preprocess or Preprocess()))
+    elif isinstance(probe, dict):
+        probe = {k: np.asarray(v) for k, v in probe.items()}
     if HARDENED_MARK in m.metadata_props:
         raise UsageError(f"already holds {m.metadata_props[HARDENED_MARK]} sparsify operator(s) from mstransform; "
                          "harden the base model instead", param="model")
@@ -112,7 +122,8 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
     if verify:
         try:
             report.checks += check_file(output)
-            report.verify = numeric_check(output, result.inserted, probe if probe is not None else synthetic_probe(m),
+            report.verify = numeric_check(output, result.inserted,
+                                          probe if probe is not None else synthetic_probe(m, stats.inputs),
                                           threads=threads, runtime=runtime)
             report.checks += report.verify.checks
         except BaseException:
@@ -156,15 +167,30 @@ def remove_output(output: Path) -> None:
     remove_quietly(output, output.parent / (output.name + ".data"))
 
 
-def synthetic_probe(m: ir.Model, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    """A small random batch shaped like the model's inputs (dynamic dims -> ``batch`` or 1)."""
+def synthetic_probe(m: ir.Model, inputs: tuple[InputRecord, ...] = (), batch: int = 2,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """A small random batch the model accepts.
+
+    Each input recorded by calibration (``Stats.inputs``) gets that sample's shape and type, its
+    batch axis sized ``batch``, and its recorded value where it has no batch axis (a sample rate);
+    an input calibration did not record takes its declared shape, dynamic dims 1 (the batch ``batch``)."""
     rng = np.random.default_rng(seed)
+    recorded = {r.name: r for r in inputs}
     out = {}
     for spec in input_specs(m):
-        if spec.shape is None:
+        r = recorded.get(spec.name)
+        if r is not None:
+            if r.value is not None:
+                out[spec.name] = np.asarray(r.value, dtype=spec.dtype)
+                continue
+            shape = list(r.shape)
+            if r.batch_axis is not None:
+                shape[r.batch_axis] = batch
+        elif spec.shape is None:
             raise UsageError(f"input {spec.name!r} has unknown shape; pass probe data (--data)", param="probe")
-        shape = [batch if i == 0 and d is None else (d or 1) for i, d in enumerate(spec.shape)]
-        if spec.dtype.kind == "f":
+        else:
+            shape = [batch if i == spec.batch_axis and d is None else (d or 1) for i, d in enumerate(spec.shape)]
+        if spec.is_float:
             out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         else:
             out[spec.name] = np.zeros(shape, dtype=spec.dtype)
@@ -172,6 +198,7 @@ def synthetic_probe(m: ir.Model, batch: int = 2, seed: int = 0) -> dict[str, np.
 
 
 def probe_from(data_source: DataSource, n: int = 8) -> dict[str, np.ndarray]:
+    """The first ``n`` samples of ``data_source``: real samples for the self-check."""
     for batch in data_source:
-        return {k: v[:n] for k, v in batch.inputs.items()}
+        return head(batch.inputs, n, data_source.axes)
     raise UsageError("holds no probe batch", param="data")

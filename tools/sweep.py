@@ -22,7 +22,8 @@ from mstransform.core.stats import Stats
 from mstransform.passes.prepare import load_model
 from mstransform.runtime.robustness import (AttackConfig, SweepRow, check_classifier, choose_alpha, evaluate_model,
                                             load_labelled, plot_sweep)
-from mstransform.runtime.session import input_specs, make_session, providers_for
+from mstransform.runtime.inputs import input_specs
+from mstransform.runtime.session import make_session, providers_for
 from mstransform.tools.harden import harden
 
 

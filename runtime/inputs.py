@@ -1,0 +1,130 @@
+"""A model's inputs as real exports declare them: element types, dynamic dims and batch axes.
+
+Exporters spell "dynamic" in many ways: a named dim (``batch``, ``N``), an unnamed one, ``-1``
+(old torch and tf2onnx exports) or ``0`` (Paddle2ONNX). Every dim that is not a positive
+integer is dynamic here.
+
+Each input gets a *batch axis* -- the axis along which data holds one sample after another --
+or none, when the input is passed whole with every batch (a scalar sample rate, a fixed
+state). In order of precedence:
+
+1. the user's choice (``--batch-axis NAME=AXIS`` or ``NAME=none``; ``batch_axes=`` in the API);
+2. the axis carrying the *main* input's batch dim name (``batch`` in ``state [2, batch, 128]``);
+   the main input is the first of the highest rank among the float inputs (else among all);
+3. axis 0 when it is dynamic (the common ``[N, ...]`` export, and unnamed ``-1`` dims);
+4. none: a scalar, or an input whose first dim is a fixed size while the main input's is not.
+
+The main input's own axis 0 is its batch axis whenever it has one, dynamic or fixed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from mstransform.core.errors import UsageError
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input: its element type, declared shape (None entries are dynamic dims) and batch axis."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...] | None
+    batch_axis: int | None = 0
+    dim_names: tuple[str | None, ...] | None = None
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype.kind == "f" or self.dtype.name == "bfloat16"
+
+    def describe_shape(self) -> str:
+        if self.shape is None:
+            return "unknown"
+        names = self.dim_names or (None,) * len(self.shape)
+        return "[" + ",".join(str(d) if d is not None else (n or "?") for d, n in zip(self.shape, names)) + "]"
+
+
+def _dims(value: ir.Value) -> tuple[tuple[int | None, ...], tuple[str | None, ...]] | None:
+    if value.shape is None:
+        return None
+    sizes, names = [], []
+    for d in value.shape:
+        if isinstance(d, int):
+            sizes.append(d if d > 0 else None)  # -1 and 0 are legacy spellings of "dynamic"
+            names.append(None)
+        else:
+            sizes.append(None)
+            names.append(d.value if isinstance(getattr(d, "value", None), str) and d.value else None)
+    return tuple(sizes), tuple(names)
+
+
+def _main(specs: list[InputSpec]) -> InputSpec | None:
+    ranked = [s for s in specs if s.shape]
+    pool = [s for s in ranked if s.is_float] or ranked
+    return max(pool, key=lambda s: len(s.shape), default=None)
+
+
+def input_specs(model: ir.Model, batch_axes: dict[str, int | None] | None = None) -> list[InputSpec]:
+    """The model's real inputs (initializers listed as inputs excluded), each with its batch axis."""
+    raw = []
+    for v in model.graph.inputs:
+        if v.is_initializer() or v.const_value is not None:
+            continue
+        dtype = np.dtype(v.dtype.numpy()) if v.dtype is not None else np.dtype(np.float32)
+        dims = _dims(v)
+        raw.append(InputSpec(v.name, dtype, None if dims is None else dims[0], 0,
+                             None if dims is None else dims[1]))
+    chosen = dict(batch_axes or {})
+    unknown = [n for n in chosen if n not in {s.name for s in raw}]
+    if unknown:
+        raise UsageError(f"names unknown input {unknown[0]!r}; the model's inputs are {[s.name for s in raw]}",
+                         param="batch_axes")
+    main = _main(raw)
+    batch_name = main.dim_names[0] if main is not None and main.dim_names else None
+    out = []
+    for s in raw:
+        if s.name in chosen:
+            axis = chosen[s.name]
+            if axis is not None and (s.shape is None or not 0 <= axis < len(s.shape)):
+                raise UsageError(f"{axis} is not an axis of input {s.name!r} (shape {s.describe_shape()})",
+                                 param="batch_axes")
+        else:
+            axis = _inferred_axis(s, main, batch_name)
+        out.append(InputSpec(s.name, s.dtype, s.shape, axis, s.dim_names))
+    return out
+
+
+def _inferred_axis(s: InputSpec, main: InputSpec | None, batch_name: str | None) -> int | None:
+    if s.shape is None:
+        return 0  # unknown rank: the data decides; samples along axis 0
+    if not s.shape:
+        return None  # a scalar
+    if s is main:
+        return 0
+    if batch_name is not None and s.dim_names and batch_name in s.dim_names:
+        return s.dim_names.index(batch_name)
+    if s.shape[0] is None:
+        if batch_name is not None and s.dim_names[0] is not None:
+            return None  # dynamic, but another dim than the batch: e.g. a sequence length
+        return 0
+    main_fixed = main is not None and main.shape and main.shape[0] is not None
+    return 0 if main_fixed and s.shape[0] == main.shape[0] else None
+
+
+def parse_batch_axes(specs: list[str] | None) -> dict[str, int | None]:
+    """``NAME=AXIS`` or ``NAME=none`` strings as the command line takes them."""
+    out: dict[str, int | None] = {}
+    for spec in specs or []:
+        name, sep, axis = spec.rpartition("=")
+        if not sep or not name:
+            raise UsageError(f"--batch-axis {spec!r}: expected NAME=AXIS or NAME=none")
+        if axis.strip().lower() == "none":
+            out[name] = None
+            continue
+        try:
+            out[name] = int(axis)
+        except ValueError:
+            raise UsageError(f"--batch-axis {spec!r}: expected NAME=AXIS with an integer axis, or NAME=none") from None
+    return out
