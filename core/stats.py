@@ -19,6 +19,7 @@ key                dtype      meaning
 ``site_ranks``     int64 (S,) rank of the guarded tensor
 ``site_dtypes``    str (S,)   element type of the guarded tensor (``float32``, ``float16``)
 ``site_counts``    int64 (S,) elements seen per channel
+``site_unreached`` str (U,)   sites inside ``If``/``Loop``/``Scan`` bodies that no sample reached (v2)
 ``mean/<i>``       f64 (C,)   per-channel mean of site ``i``
 ``var/<i>``        f64 (C,)   per-channel population variance of site ``i``
 ``absmax/<i>``     f64 (C,)   per-channel max ``|x|`` of site ``i``; only where measured (forged mode)
@@ -97,6 +98,7 @@ class Stats:
     samples: int = 0
     selection: Selection = field(default_factory=Selection)
     inputs: tuple[InputRecord, ...] = ()
+    unreached: tuple[str, ...] = ()  # sites in branches or loops that no calibration sample reached
 
     def __len__(self) -> int:
         return len(self.sites)
@@ -123,6 +125,7 @@ class Stats:
             "site_counts": np.array([s.moments.count for s in sites], dtype=np.int64),
         }
         arrays["inputs"] = np.array(json.dumps([r.to_json() for r in self.inputs]))
+        arrays["site_unreached"] = np.array(list(self.unreached), dtype=str)
         for k, r in enumerate(self.inputs):
             if r.value is not None:
                 arrays[f"input_value/{k}"] = r.value
@@ -197,8 +200,9 @@ class Stats:
             placement = Placement(str(need("placement")))
         except ValueError:
             raise StatsError(f"{origin}: unknown placement {str(a['placement'])!r}") from None
+        unreached = tuple(str(x) for x in np.asarray(a.get("site_unreached", np.array([], dtype=str))).reshape(-1))
         return cls(str(need("fingerprint")), placement, sites, int(a.get("samples", 0)), selection,
-                   _input_records(a, origin))
+                   _input_records(a, origin), unreached)
 
     def merge(self, other: "Stats") -> "Stats":
         """Exact merge of two shards measured on the same model with the same sites."""
@@ -214,8 +218,12 @@ class Stats:
             if (o.axis, o.channels) != (s.axis, s.channels):
                 raise StatsError(f"cannot merge: site {name!r} differs in channel axis or channel count")
             merged[name] = SiteStats(s.name, s.feed, s.kind, s.axis, s.rank, s.dtype, s.moments.merge(o.moments))
+        unreached = tuple(n for n in self.unreached if n in other.unreached)
+        if set(self.unreached) != set(other.unreached):
+            raise StatsError("cannot merge: the shards reached different sites inside branches or loops; "
+                             "calibrate both on data that reaches the same branches")
         return Stats(self.fingerprint, self.placement, merged, self.samples + other.samples, self.selection,
-                     self.inputs or other.inputs)
+                     self.inputs or other.inputs, unreached)
 
     def aligned_to(self, sites: list[tuple[str, str, int | None]]) -> "Stats | None":
         """These stats renamed to ``sites`` (name, kind, channels) when names differ but the
@@ -233,7 +241,8 @@ class Stats:
         renamed = {}
         for s, (name, _, _) in zip(mine, sites):
             renamed[name] = SiteStats(name, s.feed, s.kind, s.axis, s.rank, s.dtype, s.moments)
-        return Stats(self.fingerprint, self.placement, renamed, self.samples, self.selection, self.inputs)
+        return Stats(self.fingerprint, self.placement, renamed, self.samples, self.selection, self.inputs,
+                     self.unreached)
 
     def matched_to(self, sites: list[tuple[str, str, int | None, str]], *, by_position: bool,
                    check_feeds: bool) -> "Stats":
@@ -251,10 +260,12 @@ class Stats:
         if extra:
             raise StatsError(f"stats hold site {extra[0]!r} that this model lacks ({len(extra)} in all); "
                              "stats of another model?")
-        missing = [n for n in names if n not in stats.sites]
+        missing = [n for n in names if n not in stats.sites and n not in stats.unreached]
         if missing:
             raise StatsError(f"site {missing[0]!r} has no statistics ({len(missing)} missing); recalibrate")
         for name, _, channels, feed in sites:
+            if name not in stats.sites:
+                continue  # unreached by calibration: left as it is
             st = stats.sites[name]
             if check_feeds and st.feed != feed:
                 raise StatsError(f"site {name!r} guards tensor {feed!r} but the stats measured {st.feed!r}")

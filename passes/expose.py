@@ -2,7 +2,9 @@
 
 The pass adds each requested value that is not already a graph output and reports which it
 added; :func:`exposed` undoes that afterwards, so an in-memory model can be exposed for one
-session and handed back unchanged.
+session and handed back unchanged. A value inside an ``If``/``Loop``/``Scan`` body is first
+lifted to the main graph (:mod:`mstransform.passes.subgraphs`): it is then read under another
+name, stacked over loop iterations, or empty where its branch did not run.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
+
+from mstransform.passes.subgraphs import lifting
 
 
 @dataclass
@@ -37,12 +41,24 @@ class ExposeValuesPass(InPlacePass):
         return ExposeResult(model, bool(added), added)
 
 
+@dataclass(frozen=True)
+class Exposure:
+    """Where to read each exposed value: ``names[v.name]`` is the output to fetch, ``levels[v.name]``
+    the loop axes stacked in front of it (0 in the main graph or under ``If`` only)."""
+
+    names: dict[str, str]
+    levels: dict[str, int]
+
+
 @contextlib.contextmanager
-def exposed(model: ir.Model, values: list[ir.Value]):
-    """Within the block, ``values`` are graph outputs of ``model``; afterwards the outputs are as before."""
-    result = ExposeValuesPass(values)(model)
-    try:
-        yield result.added
-    finally:
-        for v in result.added:
-            model.graph.outputs.remove(v)
+def exposed(model: ir.Model, values: list[ir.Value], fills: list | None = None):
+    """Within the block, ``values`` (or their lifted twins) are graph outputs of ``model``; afterwards
+    the model is as before. Yields an :class:`Exposure`. ``fills``: see :func:`subgraphs.lifting`."""
+    with lifting(model, list(values), fills) as lifted:
+        result = ExposeValuesPass([lv.value for lv in lifted])(model)
+        try:
+            yield Exposure({v.name: lv.value.name for v, lv in zip(values, lifted)},
+                           {v.name: lv.levels for v, lv in zip(values, lifted)})
+        finally:
+            for v in result.added:
+                model.graph.outputs.remove(v)

@@ -51,11 +51,14 @@ one session and removes it again, like :func:`mstransform.passes.expose.exposed`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
+
+from mstransform.passes.subgraphs import lifting
 
 OUTPUTS = ("sum", "sum_squares", "shape", "max", "min")  # what each reduction returns, in this order
 # opset from which an op takes its axes as an input rather than an attribute
@@ -77,21 +80,37 @@ class Reduction:
     max: ir.Value | None = None
     min: ir.Value | None = None
     mean_of: int | None = None  # H*W where sum and sum_squares are sums of per-sample means (times H*W: sums)
+    fetch: tuple[str, ...] | None = None  # the names to fetch, where the outputs were lifted out of a body
+    levels: int = 0  # loop iterations stacked in front of each fetched array (bodies of Loop/Scan)
 
     @property
     def outputs(self) -> tuple[ir.Value, ...]:
-        """The values to fetch, in the order of ``OUTPUTS`` (max and min only where measured)."""
+        """The values the reduction computes, in the order of ``OUTPUTS`` (max and min only where measured)."""
         return tuple(v for v in (self.sum, self.sum_squares, self.shape, self.max, self.min) if v is not None)
+
+    @property
+    def fetch_names(self) -> tuple[str, ...]:
+        return self.fetch if self.fetch is not None else tuple(v.name for v in self.outputs)
 
     def host_sums(self, outs: list[np.ndarray]) -> tuple[int, np.ndarray, np.ndarray, list[np.ndarray]]:
         """(count per channel, shifted sum, shifted sum of squares, [max, min]) of fetched ``outs``, float64.
 
-        Sums of per-sample means are scaled to sums here."""
+        Sums of per-sample means are scaled to sums here. Inside a body, each run of the body (a loop
+        iteration, a branch taken) is one row, all with the same shift, so rows add up; a branch that
+        did not run returns zeros and a zero shape: count 0, and a count of 0 overall."""
         s1, s2, shape, *extent = outs
         s1, s2 = np.asarray(s1, np.float64), np.asarray(s2, np.float64)
         if self.mean_of is not None:  # shape: the pooled tensor's, (N, C, 1, ...)
             return int(shape[0]) * self.mean_of, self.mean_of * s1, self.mean_of * s2, extent
-        return int(np.prod(shape, dtype=np.int64)) // max(1, int(shape[self.axis])), s1, s2, extent
+        shapes = np.asarray(shape, np.int64).reshape(-1, self.rank)
+        counts = np.array([int(np.prod(r)) // int(r[self.axis]) if r[self.axis] > 0 else 0 for r in shapes])
+        width = s1.shape[-1] if s1.ndim else 1
+        rows = counts > 0
+        s1, s2 = (a.reshape(-1, width)[rows].sum(axis=0) for a in (s1, s2))
+        extent = [np.asarray(e).reshape(-1, width)[rows] for e in extent]
+        if extent and rows.any():
+            extent = [extent[0].max(axis=0), extent[1].min(axis=0)]
+        return int(counts.sum()), s1, s2, extent
 
 
 @dataclass
@@ -124,7 +143,7 @@ class AddSiteReductionsPass(InPlacePass):
                                  f"after it, and one value per channel ({value.name!r}: axis {axis}, rank {rank})")
 
     def call(self, model: ir.Model) -> ReductionResult:
-        opset = model.opset_imports.get("", 1)
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         groups: list[list[ir.Node]] = []
         reductions = []
         for i, ((x, axis, rank), fixed) in enumerate(zip(self.targets, self.fixed)):
@@ -150,12 +169,15 @@ class AddSiteReductionsPass(InPlacePass):
                 v.name = f"mst_{name}/{i}"
             shift_shape = view.shift_shape if shift is not None else ()
             reductions.append(Reduction(x, axis, rank, shift, shift_shape, *outs, mean_of=mean_of))
-        nodes = [n for group in reversed(groups) for n in group]  # reverse site order: see the module's docstring
-        model.graph.extend(nodes)
+        nodes = []
+        for group, r in reversed(list(zip(groups, reductions))):  # reverse site order: see the module's docstring
+            r.feed.graph.extend(group)  # a body's site is reduced inside its body (see ``reducing``)
+            nodes += group
         for r in reductions:
             if r.shift is not None:
-                model.graph.inputs.append(r.shift)
-            model.graph.outputs.extend(r.outputs)
+                model.graph.inputs.append(r.shift)  # read from inside a body as an outer-scope value
+            if r.feed.graph is model.graph:
+                model.graph.outputs.extend(r.outputs)
         return ReductionResult(model, bool(reductions), reductions, nodes)
 
 
@@ -234,15 +256,55 @@ class _Builder:
 
 @contextlib.contextmanager
 def reducing(model: ir.Model, targets: list[tuple[ir.Value, int, int]], extent: bool = True,
-             fixed: list[np.ndarray | None] | None = None):
-    """Within the block, ``model`` carries the reductions of ``targets``; afterwards it is as before."""
+             fixed: list[np.ndarray | None] | None = None, channels: list[int] | None = None):
+    """Within the block, ``model`` carries the reductions of ``targets``; afterwards it is as before.
+
+    The reductions of a site inside an ``If``/``Loop``/``Scan`` body are lifted out of it
+    (:mod:`mstransform.passes.subgraphs`): an ``If``'s other branch returns zeros (``channels``
+    per target sizes them) and a zero shape, so a branch that did not run counts no samples."""
     result = AddSiteReductionsPass(targets, extent, fixed)(model)
+    inner = [i for i, r in enumerate(result.reductions) if r.feed.graph is not model.graph]
+    values, fills = [], []
+    for i in inner:
+        r, width = result.reductions[i], (channels[i] if channels is not None else 1)
+        for v in r.outputs:
+            values.append(v)
+            fills.append(np.zeros(r.rank, np.int64) if v is r.shape else np.zeros(width, np.float32))
+    reductions = list(result.reductions)
     try:
-        yield result.reductions
+        with lifting(model, values, fills) as lifted:
+            k = 0
+            for i in inner:
+                width = len(reductions[i].outputs)
+                mine = lifted[k:k + width]
+                k += width
+                model.graph.outputs.extend(lv.value for lv in mine)
+                reductions[i] = dataclasses.replace(reductions[i], fetch=tuple(lv.value.name for lv in mine),
+                                                    levels=mine[0].levels)
+            try:
+                yield reductions
+            finally:
+                for lv in lifted:
+                    model.graph.outputs.remove(lv.value)
     finally:
         for r in result.reductions:
-            for v in r.outputs:
-                model.graph.outputs.remove(v)
+            if r.feed.graph is model.graph:
+                for v in r.outputs:
+                    model.graph.outputs.remove(v)
             if r.shift is not None:
                 model.graph.inputs.remove(r.shift)
-        model.graph.remove(result.nodes, safe=True)
+        for r, group in _groups(result):
+            r.feed.graph.remove(group, safe=True)
+
+
+def _groups(result: ReductionResult):
+    """Each reduction's own nodes (they live in the site's graph)."""
+    by_graph: dict[int, list[ir.Node]] = {}
+    for n in result.nodes:
+        by_graph.setdefault(id(n.graph), []).append(n)
+    seen = set()
+    for r in result.reductions:
+        g = r.feed.graph
+        if id(g) not in seen:
+            seen.add(id(g))
+            yield r, by_graph.get(id(g), [])

@@ -44,6 +44,7 @@ class Site:
     channels: int | str | None
     feed_name: str = ""
     all_uses: bool = False
+    graph: str = "main"  # where the tensor lives: the main graph or a body (``/If_0:then_branch``)
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,13 @@ class SiteTable:
 
     def format(self) -> str:
         """The table ``mstransform sites`` prints."""
-        head = ("#", "site", "activation", "form", "producer", "axis", "channels")
+        head = ("#", "site", "activation", "form", "producer", "axis", "channels", "graph")
         rows = [(str(i), s.name, s.kind, s.form, s.producer,
-                 "?" if s.axis is None else f"{s.axis} {s.axis_rule}", str(s.channels if s.channels is not None else "?"))
+                 "?" if s.axis is None else f"{s.axis} {s.axis_rule}", str(s.channels if s.channels is not None else "?"),
+                 s.graph)
                 for i, s in enumerate(self.sites)]
+        if all(s.graph == "main" for s in self.sites):  # the column only where control flow holds sites
+            head, rows = head[:-1], [r[:-1] for r in rows]
         widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
         lines = [f"placement: {self.placement.value}; {len(self.sites)} site(s)"]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [head, *rows]]

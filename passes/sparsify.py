@@ -57,20 +57,20 @@ class InsertSparsifyPass(InPlacePass):
         self.formulation = Formulation(formulation)
 
     def requires(self, model: ir.Model) -> None:
-        nodes = {id(n) for n in model.graph}
+        nodes = {id(n) for n in model.graph.all_nodes()}  # bodies of If/Loop/Scan too
         for site, params in self.plan:
             if site.rank is None or site.axis is None:
                 raise PreconditionError(f"site {site.name!r} has no known rank/channel axis")
             if params.center.shape != params.threshold.shape or params.center.ndim != 1:
                 raise PreconditionError(f"site {site.name!r}: center and threshold must be 1-D and equal in shape")
             if any(id(n) not in nodes for n, _ in site.readers):
-                raise PreconditionError(f"site {site.name!r} reads from nodes that are not in the main graph")
+                raise PreconditionError(f"site {site.name!r} reads from nodes that are not in the model")
             if site.feed.dtype is not None and site.feed.dtype not in FLOAT_TYPES:
                 raise PreconditionError(f"site {site.name!r} is of type {site.feed.dtype}, not a float type")
 
     def call(self, model: ir.Model) -> SparsifyResult:
-        graph = model.graph
-        order = {id(n): i for i, n in enumerate(graph)}
+        graph = model.graph  # holds the constants; a body reads them as outer-scope values
+        order = {id(n): i for g in [graph, *graph.subgraphs()] for i, n in enumerate(g)}
         result = SparsifyResult(model, False)
         for site, params in self.plan:
             if params.is_identity:
@@ -78,7 +78,7 @@ class InsertSparsifyPass(InPlacePass):
                 continue
             first_reader = min((n for n, _ in site.readers), key=lambda n: order[id(n)])
             nodes, y, names = self._build(graph, site, params)
-            graph.insert_before(first_reader, nodes)
+            first_reader.graph.insert_before(first_reader, nodes)  # in the site's own graph
             for node, idx in site.readers:
                 node.replace_input_with(idx, y)
             result.inserted.append(Inserted(site.name, site.feed.name, y.name, *names))

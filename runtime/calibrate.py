@@ -85,12 +85,21 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
         bar.close()
     if run is None or samples == 0:
         raise DataError("no samples were calibrated (empty data, or an empty shard)")
-    sites = {}
+    sites, unreached = {}, []
     for s in table:
+        if s.name not in run.layout or (s.feed.name, run.layout[s.name][0]) not in run.moments:
+            unreached.append(s.name)  # inside a branch or loop that no calibration sample reached
+            continue
         axis, rank, _ = run.layout[s.name]
         dtype = np.dtype(s.feed.dtype.numpy()).name if s.feed.dtype is not None else "float32"
         sites[s.name] = SiteStats(s.name, s.feed.name, s.kind, axis, rank, dtype, run.moments[(s.feed.name, axis)])
-    return Stats(fp, table.placement, sites, samples, selection, inputs)
+    if not sites:
+        raise DataError(f"no site was reached by the calibration data ({len(unreached)} inside branches or loops "
+                        "that it never entered)")
+    if unreached and log is not None:
+        log(f"note: {len(unreached)} site(s) inside branches or loops that no sample reached are left unhardened: "
+            + ", ".join(unreached[:3]) + (" ..." if len(unreached) > 3 else ""))
+    return Stats(fp, table.placement, sites, samples, selection, inputs, tuple(unreached))
 
 
 def site_layout(model: ir.Model, table: SiteTable, feed: dict, providers=None, threads=None,
@@ -110,14 +119,17 @@ def site_layout(model: ir.Model, table: SiteTable, feed: dict, providers=None, t
                 layout[s.name] = (axis, len(shape), shape[axis])
     unknown = [s for s in table if s.name not in layout]
     if unknown:
-        with exposed(model, [s.feed for s in unknown]):
+        with exposed(model, [s.feed for s in unknown]) as seen:
             session = open_session(model, runtime=runtime, providers=providers, threads=threads)
         names = list(dict.fromkeys(s.feed.name for s in unknown))
-        outs = dict(zip(names, _run(session, names, head(feed, 1, batch_axes), 0)))
+        outs = dict(zip(names, _run(session, [seen.names[n] for n in names], head(feed, 1, batch_axes), 0)))
         for s in unknown:
             x = outs[s.feed.name]
-            axis = s.axis if s.axis is not None else axis_by_rank(x.ndim)[0]
-            layout[s.name] = (axis, x.ndim, x.shape[axis])
+            if x.size == 0:
+                continue  # inside a branch or loop this sample did not reach: no shape to read
+            shape = x.shape[seen.levels[s.feed.name]:]  # loop bodies: iterations stacked in front
+            axis = s.axis if s.axis is not None else axis_by_rank(len(shape))[0]
+            layout[s.name] = (axis, len(shape), shape[axis])
     return layout
 
 
@@ -146,11 +158,13 @@ class ReducedRun:
         self.options = dict(runtime=runtime, providers=providers, threads=threads, memory_pattern=False)
         sites: dict[tuple[str, int], Site] = {}
         for s in table:
-            sites.setdefault((s.feed.name, layout[s.name][0]), s)
+            if s.name in layout:  # a body site that the first batch did not reach has no known rank
+                sites.setdefault((s.feed.name, layout[s.name][0]), s)
         self.keys = list(sites)
         self.targets = [(s.feed, layout[s.name][0], layout[s.name][1]) for s in sites.values()]
         self.site_names = [s.name for s in sites.values()]
-        self.shifts = [np.zeros(layout[s.name][2], np.float32) for s in sites.values()]
+        self.channels = [layout[s.name][2] for s in sites.values()]
+        self.shifts = [np.zeros(c, np.float32) for c in self.channels]
         self.fixed_sites: set[int] = set()  # indices of targets whose shift is fixed in the graph
         self.moments: dict[tuple[str, int], Moments] = {}
         self.builds = 0
@@ -163,11 +177,11 @@ class ReducedRun:
 
     def _open(self) -> None:
         """(Re)build the session with the reductions, the shifts of ``fixed_sites`` fixed in the graph."""
-        with reducing(self.model, self.targets, self.extent, self.fixed) as reductions:
+        with reducing(self.model, self.targets, self.extent, self.fixed, self.channels) as reductions:
             self.session = None  # let the old session go before the new one is made
             self.session = open_session(self.model, **self.options)
         self.reductions = reductions
-        self.fetch = [v.name for r in reductions for v in r.outputs]
+        self.fetch = [name for r in reductions for name in r.fetch_names]
         self.builds += 1
 
     def _fixable(self) -> list[int]:
@@ -175,13 +189,14 @@ class ReducedRun:
         providers = getattr(self.session, "get_providers", lambda: [])()
         if not self.fix_shifts or providers != ["CPUExecutionProvider"]:
             return []
-        return [i for i, target in enumerate(self.targets) if fixable(*target)]
+        return [i for i, target in enumerate(self.targets) if fixable(*target) and target[0].graph is self.model.graph]
 
     def add(self, inputs: dict[str, np.ndarray], start: int) -> None:
         first = not self.moments
         if first:  # a few samples place the shifts near the means, cheaply
             probe = head(inputs, PROBE_SAMPLES, self.batch_axes)
-            self.shifts = [m.mean.astype(np.float32) for m, _ in self._sums(probe, start)]
+            self.shifts = [shift if m is None else m.mean.astype(np.float32)
+                           for (m, _), shift in zip(self._sums(probe, start), self.shifts)]
         for attempt in range(MAX_RESUMS + 1):
             batch = self._sums(inputs, start)
             far = [i for i, (_, ratio) in enumerate(batch) if ratio > MAX_OFFSET_RATIO]
@@ -194,6 +209,8 @@ class ReducedRun:
                 self.fixed_sites -= demoted
                 self._open()
         for i, (key, (m, _)) in enumerate(zip(self.keys, batch)):
+            if m is None:
+                continue  # inside a branch this batch did not take
             prev = self.moments.get(key)
             self.moments[key] = m if prev is None else prev.merge(m)
             if i not in self.fixed_sites:  # the next batch's shift: the mean so far (a fixed one stays)
@@ -217,8 +234,11 @@ class ReducedRun:
             k += width
         return results
 
-    def _moments(self, i: int, r: Reduction, outs: list[np.ndarray], start: int) -> tuple[Moments, float]:
+    def _moments(self, i: int, r: Reduction, outs: list[np.ndarray], start: int) -> tuple[Moments | None, float]:
+        """The batch's moments at reduction ``i`` and its shift's offset ratio; None where the site did not run."""
         count, s1, s2, extent = r.host_sums(outs)
+        if count == 0:
+            return None, 0.0
         if not all(np.isfinite(a).all() for a in (s1, s2, *extent)):
             raise DataError(f"site {self.site_names[i]!r} produced NaN or Inf on the batch starting at sample "
                             f"{start}; check the data's scale")

@@ -25,12 +25,12 @@ def site_channel_values(model, site_name: str, channel: int, data, limit: int = 
     site = table.by_name().get(site_name)
     if site is None:
         raise UsageError(f"no site {site_name!r}; `mstransform sites` lists them")
-    with exposed(m, [site.feed]):
+    with exposed(m, [site.feed]) as seen:
         session = make_session(m)
     values = []
     axis = site.axis
     for batch in DataSource(data, input_specs(m), batch_size=64, limit=limit):
-        x = session.run([site.feed.name], batch.inputs)[0]
+        x = session.run([seen.names[site.feed.name]], batch.inputs)[0]
         if not 0 <= channel < x.shape[axis]:
             raise UsageError(f"{channel} is out of range: site {site_name!r} has {x.shape[axis]} channels",
                              param="channel")

@@ -82,10 +82,11 @@ def check_twin(twin: OnnxTwin, path, x: np.ndarray, *, rel_tol: float = REL_TOL,
     if len(ops) != len(twin.units):
         raise VerificationError(f"the twin runs {len(twin.units)} sparsify operator(s) but the model has {len(ops)}")
     out_name = model.graph.outputs[0].name
-    with exposed(model, [v for op in ops for v in (op.x, op.y)]):
+    with exposed(model, [v for op in ops for v in (op.x, op.y)]) as seen:
         session = make_session(model, providers=providers, threads=threads)
         names = [out_name] + [v for op in ops for v in (op.x.name, op.y.name)]
-        got = dict(zip(names, session.run(names, {session.get_inputs()[0].name: x})))
+        fetched = session.run([seen.names.get(n, n) for n in names], {session.get_inputs()[0].name: x})
+        got = dict(zip(names, fetched))
     report = TwinReport(operators=len(ops))
     dev = next((p.device for p in twin.parameters()), torch.device("cpu"))
     units = {u.y: u for u in twin.units}

@@ -104,7 +104,7 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
     table = find_sites(m, stats.placement, sel)
     stats = stats.matched_to([(s.name, s.kind, s.channels, s.feed_name) for s in table], by_position=from_fx,
                              check_feeds=not from_fx)
-    chosen = [s for s in table if narrow.rejects((s.name, s.feed_name)) is None]
+    chosen = [s for s in table if narrow.rejects((s.name, s.feed_name)) is None and s.name in stats.sites]
     alphas = plan_alpha.per_site([s.name for s in chosen])
     plan = []
     for s in chosen:
