@@ -3,7 +3,8 @@ that prepare it for writing back.
 
 :func:`load_model` refuses, with one line, anything that is not a usable ONNX model (wrong
 bytes, unknown opset, missing or escaping external data); then it names unnamed nodes
-(:class:`NameAfterOutputsPass`), fills in names onnx-ir needs and infers shapes, marking what
+(:class:`NameAfterOutputsPass`), fills in names onnx-ir needs, spells legacy ``-1``/``0`` dims as
+dynamic (:class:`DynamicDimsPass`) and infers shapes, marking what
 it inferred so :class:`DropInferredPass` can forget it before the model is written.
 """
 from __future__ import annotations
@@ -41,6 +42,30 @@ class NameAfterOutputsPass(InPlacePass):
                 node.name = candidate
                 taken.add(candidate)
                 changed = True
+        return PassResult(model, changed)
+
+
+class DynamicDimsPass(InPlacePass):
+    """Spell every dynamic dim of the graph's inputs and outputs the standard way: a symbolic dim.
+
+    Old torch and tf2onnx exports write ``-1`` and Paddle2ONNX ``0`` where they mean "any size";
+    ONNX reads both as sizes (shape inference then infers ``-2`` after an upsampling, ONNX Runtime
+    a zero-size tensor), so they are made symbolic (``unk__<k>``) before anything reads them."""
+
+    def call(self, model: ir.Model) -> PassResult:
+        changed, k = False, 0
+        for v in [*model.graph.inputs, *model.graph.outputs]:
+            if v.shape is None or all(not isinstance(d, int) or d > 0 for d in v.shape):
+                continue
+            dims = []
+            for d in v.shape:
+                if isinstance(d, int) and d <= 0:
+                    dims.append(ir.SymbolicDim(f"unk__{k}"))
+                    k += 1
+                else:
+                    dims.append(d)
+            v.shape = ir.Shape(dims)
+            changed = True
         return PassResult(model, changed)
 
 
@@ -149,5 +174,5 @@ def _prepared(model: ir.Model, path: Path | None) -> ir.Model:
     if path is not None:
         model.meta["mstransform.path"] = str(path)
         ir.external_data.set_base_dir(model.graph, path.parent)
-    ir.passes.Sequential(NameAfterOutputsPass(), NameFixPass(), MarkedShapeInferencePass())(model)
+    ir.passes.Sequential(NameAfterOutputsPass(), NameFixPass(), DynamicDimsPass(), MarkedShapeInferencePass())(model)
     return model

@@ -10,7 +10,7 @@ state). In order of precedence:
 
 1. the user's choice (``--batch-axis NAME=AXIS`` or ``NAME=none``; ``batch_axes=`` in the API);
 2. the axis carrying the *main* input's batch dim name (``batch`` in ``state [2, batch, 128]``);
-   the main input is the first of the highest rank among the float inputs (else among all);
+   the main input is the first float input whose first dim is dynamic (see :func:`_main`);
 3. axis 0 when it is dynamic (the common ``[N, ...]`` export, and unnamed ``-1`` dims);
 4. none: a scalar, or an input whose first dim is a fixed size while the main input's is not.
 
@@ -61,9 +61,14 @@ def _dims(value: ir.Value) -> tuple[tuple[int | None, ...], tuple[str | None, ..
 
 
 def _main(specs: list[InputSpec]) -> InputSpec | None:
+    """The first float input whose first dim is dynamic; failing that, the first such input, the
+    first float input, the first ranked one (a state ``[2, batch, 128]`` is not the main input)."""
     ranked = [s for s in specs if s.shape]
-    pool = [s for s in ranked if s.is_float] or ranked
-    return max(pool, key=lambda s: len(s.shape), default=None)
+    dynamic = [s for s in ranked if s.shape[0] is None]
+    for pool in ([s for s in dynamic if s.is_float], dynamic, [s for s in ranked if s.is_float], ranked):
+        if pool:
+            return pool[0]
+    return None
 
 
 def input_specs(model: ir.Model, batch_axes: dict[str, int | None] | None = None) -> list[InputSpec]:
