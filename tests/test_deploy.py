@@ -1,14 +1,17 @@
 """Deployment: the static TensorRT check on every hardened test model, the engine builder, the runtime."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sys
 
 import numpy as np
 import onnx
 import pytest
-from conftest import EXAMPLE, EXPORTS, exported, random_inputs
+from conftest import EXAMPLE, EXPORTS, REPO, exported, random_inputs
 
 import mstransform as mst
+import trt_standin
 import zoo
 from mstransform.runtime.trt_check import check_trt, versions
 from mstransform.passes.prepare import load_model
@@ -154,108 +157,283 @@ def test_parse_shapes():
         parse_shapes("8/1/64", {"input": (None, 3)})
 
 
-class _FakeTensorRT:
-    """Just enough of the documented tensorrt Python API to drive build_engine without a GPU; records calls."""
+# --- the engine builder against stand-ins built from the real bindings' facts -------------------
+#
+# runtime/data/trt_bindings_10.json and _11.json are read from the real tensorrt-cu12/cu13-bindings
+# wheels by scripts/trt_facts.py; tests/trt_standin.py builds a tensorrt module from them that can
+# hold nothing they lack. No test here downloads anything, and no engine is built: TensorRT's
+# libraries cannot be installed on these machines.
 
-    def __init__(self, version: str):
-        import types
-
-        self.__version__, self.calls = version, []
-        fake = self
-        flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}  # 11.x keeps the enum; weak typing is gone
-        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(**flags)
-        builder_flags = ["FP16", "BF16"] if int(version.split(".")[0]) < 11 else []
-        self.BuilderFlag = types.SimpleNamespace(**{k: k for k in builder_flags})
-        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-        self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, level: None})
-
-        class Tensor:
-            name, shape = "input", (-1, 1, 28, 28)
-
-        class Network:
-            num_inputs = 1
-
-            def get_input(self, i):
-                return Tensor()
-
-        class Config:
-            def set_memory_pool_limit(self, pool, size):
-                fake.calls.append(("pool", pool, size))
-
-            def set_flag(self, flag):
-                fake.calls.append(("flag", flag))
-
-            def add_optimization_profile(self, p):
-                fake.calls.append(("profile", p.shapes))
-
-        class Profile:
-            def __init__(self):
-                self.shapes = {}
-
-            def set_shape(self, name, lo, opt, hi):
-                self.shapes[name] = (lo, opt, hi)
-
-        class Builder:
-            def __init__(self, logger):
-                pass
-
-            def create_network(self, flags):
-                fake.calls.append(("network", flags))
-                return Network()
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return Profile()
-
-            def build_serialized_network(self, network, config):
-                return b"plan-bytes"
-
-        class OnnxParser:
-            num_errors = 0
-
-            def __init__(self, network, logger):
-                pass
-
-            def parse_from_file(self, path):
-                fake.calls.append(("parse", path))
-                return True
-
-        self.Builder, self.OnnxParser = Builder, OnnxParser
+GENERATIONS = {"10": "10.16.1.11", "11": "11.4.0.106"}
+STATIC = "1/8/64"
 
 
-@pytest.mark.parametrize("version", ["10.13.0", "11.4.1"])
-def test_engine_follows_the_tensorrt_api_generation(version, monkeypatch, tmp_path):
-    """TensorRT 10: weakly typed network, precision by builder flag. TensorRT 11: strongly typed
-    network (the FP16/BF16 flags were removed), and --fp16 is refused with the way forward."""
+def _script():
+    spec = importlib.util.spec_from_file_location("trt_facts", REPO / "scripts" / "trt_facts.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("trt_facts", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    """``standin(major, **scenario)``: the StandIn that trt_engine.import_tensorrt() returns from now on."""
+    from mstransform.runtime import trt_engine
+
+    def make(major, **scenario):
+        st = trt_standin.StandIn(major, trt_standin.Scenario(**scenario))
+        monkeypatch.setattr(trt_engine, "import_tensorrt", lambda: st.module)
+        return st
+
+    return make
+
+
+def _profile():
+    from mstransform.runtime.trt_engine import parse_shapes
+
+    return parse_shapes(STATIC, {"input": (None, 1, 28, 28)})
+
+
+def _custom_op_model(path):
+    """Relu, then a node of a custom domain no parser has an importer for, then Relu."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu_0"),
+             helper.make_node("Guard", ["a"], ["b"], name="guard_1", domain="com.example"),
+             helper.make_node("Relu", ["b"], ["y"], name="relu_2")]
+    graph = helper.make_graph(nodes, "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_facts_files_name_the_wheels_they_were_read_from():
+    pins = _script().WHEELS
+    for major, version in GENERATIONS.items():
+        facts = trt_standin.load_facts(major)
+        wheel = facts["wheel"]
+        assert wheel == {"index": "PyPI", "project": pins[major].project, "version": pins[major].version,
+                         "file": pins[major].file, "sha256": pins[major].sha256}
+        assert facts["version"] == wheel["version"] == version and len(wheel["sha256"]) == 64
+        assert facts["generated_by"] == "scripts/trt_facts.py" and {"import", "enums", "strings"} <= set(facts["how"])
+        for name, enum in facts["enums"].items():
+            assert enum["in_docstring"] and enum["in_so_bytes"], name
+            assert enum["header"]["agrees"] and enum["header"]["ref"].startswith("NVIDIA/TensorRT v"), name
+
+
+def test_creation_and_builder_flags_are_the_real_bindings_values():
+    """11.4: EXPLICIT_BATCH gone, STRONGLY_TYPED 0 (deprecated, ignored), 1 is PREFER_JIT_PYTHON_PLUGINS."""
+    ten, eleven = (trt_standin.load_facts(g)["enums"] for g in ("10", "11"))
+    assert ten["NetworkDefinitionCreationFlag"]["members"] == {
+        "EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1, "PREFER_AOT_PYTHON_PLUGINS": 3, "PREFER_JIT_PYTHON_PLUGINS": 2}
+    assert eleven["NetworkDefinitionCreationFlag"]["members"] == {
+        "STRONGLY_TYPED": 0, "PREFER_AOT_PYTHON_PLUGINS": 2, "PREFER_JIT_PYTHON_PLUGINS": 1}
+    assert "ignored" in eleven["NetworkDefinitionCreationFlag"]["deprecated"]["STRONGLY_TYPED"]
+    assert {"FP16": 0, "BF16": 17}.items() <= ten["BuilderFlag"]["members"].items()
+    assert not {"FP16", "BF16", "INT8"} & set(eleven["BuilderFlag"]["members"])
+
+
+@pytest.mark.parametrize("major", list(GENERATIONS))
+def test_standin_declares_nothing_tensorrt_lacks(major, monkeypatch):
+    facts = trt_standin.load_facts(major)
+    st = trt_standin.StandIn(major)
+    public = {n for n in vars(st.module) if not n.startswith("_")}
+    assert public <= set(facts["module_names"]) and st.module.__version__ == facts["version"]
+    for name, cls in st.classes.items():
+        assert {n for n in dir(cls) if not n.startswith("_")} <= set(facts["classes"][name]["members"]), name
+    for name, enum in st.enums.items():
+        assert {k: int(v) for k, v in enum.__members__.items()} == facts["enums"][name]["members"], name
+    assert [int(st.module.NetworkDefinitionCreationFlag.STRONGLY_TYPED)] == [{"10": 1, "11": 0}[major]]
+    assert hasattr(st.module.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") == (major == "10")
+    assert hasattr(st.module.BuilderFlag, "FP16") == (major == "10")
+    monkeypatch.setattr(trt_standin.IBuilderConfig, "set_fp16_mode", lambda self: None, raising=False)
+    with pytest.raises(trt_standin.StandInError, match="no TensorRT facts file lists"):
+        trt_standin.StandIn(major)
+
+
+def _build(folder, major, standin, scenario=None, **options):
+    """build_engine on the example model (plan ``folder/m.plan``) against a stand-in; the StandIn."""
+    from mstransform.runtime import trt_engine
+
+    st = standin(major, **(scenario or {}))
+    trt_engine.build_engine(EXAMPLE / "model.onnx", folder / "m.plan", profile=_profile(), **options)
+    return st
+
+
+@pytest.mark.parametrize("major", list(GENERATIONS))
+def test_engine_follows_the_tensorrt_api_generation(major, standin, tmp_path):
+    """10.x: weakly typed network (no creation flag), precision by builder flag. 11.x: no creation flag
+    either (STRONGLY_TYPED is 0 and ignored, 1 would ask for PREFER_JIT_PYTHON_PLUGINS), --fp16 refused."""
     from mstransform.core.errors import UsageError
     from mstransform.runtime import trt_engine
 
-    fake = _FakeTensorRT(version)
-    monkeypatch.setattr(trt_engine, "import_tensorrt", lambda: fake)
-    model = EXAMPLE / "model.onnx"
-    profile = trt_engine.parse_shapes("1/8/64", {"input": (None, 1, 28, 28)})
-    if version.startswith("10"):
-        trt_engine.build_engine(model, tmp_path / "m.plan", fp16=True, profile=profile)
-        assert ("network", 0) in fake.calls and ("flag", "FP16") in fake.calls
+    plan = tmp_path / "m.plan"
+    if major == "10":
+        st = _build(tmp_path, major, standin, fp16=True)
+        assert ("flag", "FP16") in st.calls
     else:
+        st = standin(major)
         with pytest.raises(UsageError, match="strongly typed"):
-            trt_engine.build_engine(model, tmp_path / "m.plan", fp16=True, profile=profile)
-        assert not fake.calls and not (tmp_path / "m.plan").exists()
-        trt_engine.build_engine(model, tmp_path / "m.plan", profile=profile)
-        assert ("network", 1 << 1) in fake.calls and not [c for c in fake.calls if c[0] == "flag"]
-    assert ("profile", {"input": ((1, 1, 28, 28), (8, 1, 28, 28), (64, 1, 28, 28))}) in fake.calls
-    assert (tmp_path / "m.plan").read_bytes() == b"plan-bytes"
+            trt_engine.build_engine(EXAMPLE / "model.onnx", plan, fp16=True, profile=_profile())
+        assert not st.calls and not plan.exists()
+        st = _build(tmp_path, major, standin)
+        assert not [c for c in st.calls if c[0] == "flag"]
+    flags = next(c[1] for c in st.calls if c[0] == "network")
+    assert flags == 0 and st.flag_names(flags) == set()
+    assert ("pool", "WORKSPACE", 1024 << 20) in st.calls
+    assert ("profile", {"input": ((1, 1, 28, 28), (8, 1, 28, 28), (64, 1, 28, 28))}) in st.calls
+    assert plan.read_bytes().startswith(f"stand-in plan: TensorRT {GENERATIONS[major]}".encode())
+    assert [p.name for p in tmp_path.iterdir()] == ["m.plan"]
+
+
+@pytest.mark.parametrize("major", list(GENERATIONS))
+def test_parser_rejection_names_the_node(major, standin, tmp_path, cli):
+    model = _custom_op_model(tmp_path / "custom.onnx")
+    st = standin(major)
+    r = cli("engine", model, "-o", tmp_path / "m.plan", "--shapes", "1/2/4")
+    assert r.code == 3 and r.err.count("\n") == 1, r.err
+    assert "TensorRT's ONNX parser rejected the model: node 1 'guard_1' (Guard): stand-in parser:" in r.err
+    assert ("build",) not in st.calls and sorted(p.name for p in tmp_path.iterdir()) == ["custom.onnx"]
+
+
+def test_parser_errors_beyond_three_are_counted(standin, tmp_path):
+    from mstransform.core.errors import ModelError
+
+    with pytest.raises(ModelError) as e:
+        _build(tmp_path, "11", standin, {"unsupported_ops": frozenset({"Conv"})})
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(EXAMPLE / "model.onnx")).graph.node)
+    assert str(e.value).count("(Conv)") == 3 and f"(and {convs - 3} more)" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "m.plan").exists()
+
+
+@pytest.mark.parametrize("major", list(GENERATIONS))
+def test_timing_cache_new_then_reused(major, standin, tmp_path):
+    cache = tmp_path / "trt.cache"
+    st = _build(tmp_path, major, standin, timing_cache=cache)
+    assert ("set_timing_cache", False, True) in st.calls and ("cache", "miss") in st.calls
+    first = cache.read_bytes()
+    assert first.startswith(trt_standin.CACHE_MAGIC) and GENERATIONS[major].encode() in first
+    st = _build(tmp_path, major, standin, timing_cache=cache)
+    assert ("set_timing_cache", False, True) in st.calls and ("cache", "hit") in st.calls
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.plan", "trt.cache"]
+
+
+CACHES = {"another GPU": (lambda st: st.cache_bytes(device="another GPU"), "rejected timing cache"),
+          "another version": (lambda st: st.cache_bytes(version="10.0.1.6"), "rejected timing cache"),
+          "corrupt": (lambda st: b"\x00\x01 not a timing cache", "is corrupt or not a TensorRT")}
+
+
+@pytest.mark.parametrize("case", list(CACHES))
+@pytest.mark.parametrize("major", list(GENERATIONS))
+def test_unusable_timing_cache_stops_before_the_build(major, case, standin, tmp_path, cli):
+    """A cache TensorRT rejects (set_timing_cache False) or cannot read (create_timing_cache None):
+    one line, no plan, the cache file as it was, no temporary file left."""
+    st = standin(major)
+    make, words = CACHES[case]
+    cache = tmp_path / "trt.cache"
+    cache.write_bytes(make(st))
+    before = cache.read_bytes()
+    r = cli("engine", EXAMPLE / "model.onnx", "-o", tmp_path / "m.plan", "--shapes", STATIC, "--timing-cache", cache)
+    assert r.code == 2 and r.err.count("\n") == 1 and words in r.err and str(cache) in r.err, r.err
+    assert ("build",) not in st.calls and cache.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trt.cache"]
+
+
+@pytest.mark.parametrize("scenario", [{"build_fails": True}, {"lose_cache": True}])
+def test_failed_build_or_lost_cache_writes_nothing(scenario, standin, tmp_path):
+    from mstransform.core.errors import ModelError
+
+    with pytest.raises(ModelError, match="nothing was written") as e:
+        _build(tmp_path, "11", standin, scenario, timing_cache=tmp_path / "trt.cache")
+    assert "\n" not in str(e.value) and list(tmp_path.iterdir()) == []
+
+
+def _every_path(major, standin, folder):
+    """The builder down each of its paths; the stand-ins it met."""
+    from mstransform.core.errors import MstError
+    from mstransform.runtime import trt_engine
+
+    cache = folder / "trt.cache"
+    precision = {"fp16": True, "bf16": True} if major == "10" else {}
+    cases = [({}, dict(precision, timing_cache=cache)), ({}, dict(timing_cache=cache)),  # new cache, reused
+             ({"device": "another GPU"}, {"timing_cache": cache}), ({"build_fails": True}, {}),
+             ({"unsupported_ops": frozenset({"Conv"})}, {}), ({}, {"timing_cache": folder / "corrupt.cache"})]
+    (folder / "corrupt.cache").write_bytes(b"corrupt")
+    for scenario, options in cases:
+        st = standin(major, **scenario)
+        with contextlib.suppress(MstError):
+            trt_engine.build_engine(EXAMPLE / "model.onnx", folder / "m.plan", profile=_profile(), **options)
+        yield st
+
+
+@pytest.mark.parametrize("major", list(GENERATIONS))
+def test_every_tensorrt_name_the_builder_touches_exists_in_its_generation(major, standin, tmp_path):
+    """Every path of the builder: each name it reads is in its generation's facts (with a recorded
+    signature), and it never asks for one that is missing."""
+    facts = trt_standin.load_facts(major)
+    touched, probed = set(), set()
+    for st in _every_path(major, standin, tmp_path):
+        touched |= st.touched
+        probed |= st.probed
+    for owner, attr in sorted(touched):
+        if owner == "tensorrt":
+            assert attr in facts["module_names"], attr
+        elif owner in facts["enums"]:
+            assert attr in facts["enums"][owner]["members"], (owner, attr)
+        else:
+            assert attr in facts["classes"][owner]["used"], (owner, attr)
+    assert not probed
+    assert {("IBuilderConfig", "set_timing_cache"), ("IBuilderConfig", "create_timing_cache"),
+            ("IBuilderConfig", "get_timing_cache"), ("ITimingCache", "serialize"), ("IHostMemory", "nbytes"),
+            ("OnnxParser", "get_error"), ("ParserError", "node_name"), ("ParserError", "desc"),
+            ("MemoryPoolType", "WORKSPACE")} <= touched
+    assert (("BuilderFlag", "FP16") in touched) == (major == "10")
 
 
 def test_check_trt_knows_what_tensorrt_11_removed(hardened, cli):
-    """11.x: no FP16 flag (an FP32 model stays FP32), INT8 only through Q/DQ; the stand-in table is named."""
+    """11.x: no FP16 flag (an FP32 model stays FP32), INT8 only through Q/DQ; NVIDIA's 11.x facts, no stand-in table."""
     path = hardened("resnet", "legacy-17-folded")
     findings = [str(f) for f in check_trt(load_model(path), "11", fp16=True)]
     assert any("no FP16 builder flag" in f for f in findings)
-    assert any("10.1's stands in" in f for f in findings)
-    assert not [f for f in check_trt(load_model(path), "11") if f.level == "error"]  # fp32 engine: fine
+    assert not any("stands in" in f for f in findings)
+    assert not check_trt(load_model(path), "11")  # fp32 engine: fine, and nothing to warn about
     assert not any("FP16 builder flag" in str(f) for f in check_trt(load_model(path), "10.1", fp16=True))
     r = cli("check-trt", path, "--trt-version", "11", "--fp16")
     assert r.code == 9 and "strongly typed" in r.err and r.err.count("\n") == 1
+    r = cli("check-trt", path, "--trt-version", "11")
+    assert r.code == 0 and "ok: compatible" in r.out and "(0 warning(s))" in r.out
+
+
+def _opset_model(path, opset, op="Relu"):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], name=f"{op.lower()}_0")], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    return load_model(path)
+
+
+def _errors(model, version):
+    return [str(f) for f in check_trt(model, version) if f.level == "error"]
+
+
+def test_check_trt_11_uses_nvidia_opset_range_and_new_operators(tmp_path):
+    """NVIDIA's ONNX Opset Guide, TensorRT 11.x: opsets 9..25; the 11.0 parser added Swish."""
+    from mstransform.runtime.trt_check import later_facts
+
+    facts = later_facts("11")
+    assert (facts["opset_min"], facts["opset_max"], facts["onnx"]) == (9, 25, "1.20.0") and "Swish" in facts["added_ops"]
+    for opset in range(11, 17):  # common real exports
+        model = _opset_model(tmp_path / f"o{opset}.onnx", opset)
+        for version in ("10.0", "10.1", "11"):
+            assert not _errors(model, version), (opset, version)
+    for opset, ok in ((8, False), (9, True), (25, True), (26, False)):
+        assert not _errors(_opset_model(tmp_path / f"e{opset}.onnx", opset), "11") == ok, opset
+    assert any("opset 25" in e for e in _errors(_opset_model(tmp_path / "t.onnx", 25), "10.1"))
+    swish = _opset_model(tmp_path / "swish.onnx", 24, op="Swish")
+    assert not _errors(swish, "11")
+    assert any("(Swish)" in e and "not supported" in e for e in _errors(swish, "10.1"))
