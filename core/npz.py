@@ -42,6 +42,11 @@ def read_npz(path: Path, error: type[Exception], what: str) -> dict[str, np.ndar
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
+                if info.flag_bits & 0x1:
+                    raise error(f"{what} {path} is corrupt: member {info.filename!r} is encrypted")
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise error(f"{what} {path} is corrupt: member {info.filename!r} uses zip compression method "
+                                f"{info.compress_type}; numpy writes stored or deflated members only")
                 why = _header_fits(z, info)
                 if why:
                     raise error(f"{what} {path} is corrupt: {why}")
@@ -51,5 +56,5 @@ def read_npz(path: Path, error: type[Exception], what: str) -> dict[str, np.ndar
         if "pickle" in str(e).lower() or "object" in str(e).lower():
             raise error(f"{what} {path} holds object arrays; pickled data is refused") from None
         raise error(f"{what} {path} is not a readable .npz file ({e})") from None
-    except (OSError, zipfile.BadZipFile, EOFError, MemoryError, KeyError) as e:
+    except (OSError, zipfile.BadZipFile, EOFError, MemoryError, KeyError, NotImplementedError, RuntimeError) as e:
         raise error(f"cannot read {what} {path}: {type(e).__name__}: {e}") from None

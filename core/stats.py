@@ -9,6 +9,7 @@ key                dtype      meaning
 ``format``         str        ``"mstransform.stats"``
 ``version``        int64      ``1``
 ``fingerprint``    str        structural fingerprint of the calibrated model
+``weights``        str        digest of its weight values (v2; empty where not recorded)
 ``placement``      str        ``activations`` | ``activations+residual`` | ``linear-inputs``
 ``selection``      str        JSON: include/exclude patterns, include_se, axis overrides, framework
 ``samples``        int64      number of input samples seen
@@ -99,6 +100,7 @@ class Stats:
     selection: Selection = field(default_factory=Selection)
     inputs: tuple[InputRecord, ...] = ()
     unreached: tuple[str, ...] = ()  # sites in branches or loops that no calibration sample reached
+    weights: str = ""  # digest of the calibrated model's weight values ("" where not recorded: v1, FX)
 
     def __len__(self) -> int:
         return len(self.sites)
@@ -126,6 +128,7 @@ class Stats:
         }
         arrays["inputs"] = np.array(json.dumps([r.to_json() for r in self.inputs]))
         arrays["site_unreached"] = np.array(list(self.unreached), dtype=str)
+        arrays["weights"] = np.array(self.weights)
         for k, r in enumerate(self.inputs):
             if r.value is not None:
                 arrays[f"input_value/{k}"] = r.value
@@ -183,6 +186,9 @@ class Stats:
                     raise StatsError(f"{origin}: site {name!r} has NaN or Inf in its {label}; recalibrate")
             if np.any(var < 0):
                 raise StatsError(f"{origin}: site {name!r} has a negative variance; the file is corrupt")
+            axis, rank = int(cols["site_axes"][i]), int(cols["site_ranks"][i])
+            if not 0 <= axis < rank:
+                raise StatsError(f"{origin}: site {name!r} has channel axis {axis} outside its rank {rank}")
             count = int(cols["site_counts"][i])
             if count <= 0:
                 raise StatsError(f"{origin}: site {name!r} has no samples")
@@ -192,8 +198,8 @@ class Stats:
                                     moments)
         try:
             selection = Selection.from_json(str(a.get("selection", "{}")))
-        except (json.JSONDecodeError, ValueError, TypeError) as e:
-            raise StatsError(f"{origin}: the selection record is not valid ({e})") from None
+        except (json.JSONDecodeError, ValueError, TypeError, RecursionError) as e:
+            raise StatsError(f"{origin}: the selection record is not valid ({str(e)[:80]})") from None
         except MstError as e:  # a bad pattern inside the file
             raise StatsError(f"{origin}: the selection record holds {e}") from None
         try:
@@ -202,12 +208,15 @@ class Stats:
             raise StatsError(f"{origin}: unknown placement {str(a['placement'])!r}") from None
         unreached = tuple(str(x) for x in np.asarray(a.get("site_unreached", np.array([], dtype=str))).reshape(-1))
         return cls(str(need("fingerprint")), placement, sites, int(a.get("samples", 0)), selection,
-                   _input_records(a, origin), unreached)
+                   _input_records(a, origin), unreached, str(a.get("weights", "")))
 
     def merge(self, other: "Stats") -> "Stats":
         """Exact merge of two shards measured on the same model with the same sites."""
         if other.fingerprint != self.fingerprint:
             raise StatsError(f"cannot merge stats of different models (fingerprints {self.fingerprint} and {other.fingerprint})")
+        if self.weights and other.weights and self.weights != other.weights:
+            raise StatsError(f"cannot merge stats of two models with different weights (digests {self.weights} and "
+                             f"{other.weights}): same architecture, another training")
         if other.sha256() == self.sha256():
             raise StatsError("the two stats are identical: a shard merged with itself would count its samples twice")
         if list(other.sites) != list(self.sites) or other.placement != self.placement:
@@ -223,7 +232,7 @@ class Stats:
             raise StatsError("cannot merge: the shards reached different sites inside branches or loops; "
                              "calibrate both on data that reaches the same branches")
         return Stats(self.fingerprint, self.placement, merged, self.samples + other.samples, self.selection,
-                     self.inputs or other.inputs, unreached)
+                     self.inputs or other.inputs, unreached, self.weights or other.weights)
 
     def aligned_to(self, sites: list[tuple[str, str, int | None]]) -> "Stats | None":
         """These stats renamed to ``sites`` (name, kind, channels) when names differ but the
@@ -242,7 +251,7 @@ class Stats:
         for s, (name, _, _) in zip(mine, sites):
             renamed[name] = SiteStats(name, s.feed, s.kind, s.axis, s.rank, s.dtype, s.moments)
         return Stats(self.fingerprint, self.placement, renamed, self.samples, self.selection, self.inputs,
-                     self.unreached)
+                     self.unreached, self.weights)
 
     def matched_to(self, sites: list[tuple[str, str, int | None, str]], *, by_position: bool,
                    check_feeds: bool) -> "Stats":

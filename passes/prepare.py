@@ -45,6 +45,23 @@ class NameAfterOutputsPass(InPlacePass):
         return PassResult(model, changed)
 
 
+class DefaultDomainPass(InPlacePass):
+    """``ai.onnx``, the long spelling of the default domain, spelled ``""`` as the passes write it,
+    so every node the tool inserts falls under the opset import actually in force."""
+
+    def call(self, model: ir.Model) -> PassResult:
+        changed = False
+        if "ai.onnx" in model.opset_imports:
+            version = model.opset_imports.pop("ai.onnx")
+            model.opset_imports[""] = max(version, model.opset_imports.get("", 0))
+            changed = True
+        for node in model.graph.all_nodes():
+            if node.domain == "ai.onnx":
+                node.domain = ""
+                changed = True
+        return PassResult(model, changed)
+
+
 class DynamicDimsPass(InPlacePass):
     """Spell every dynamic dim of the graph's inputs and outputs the standard way: a symbolic dim.
 
@@ -162,6 +179,26 @@ def load_model(model: str | Path | ir.Model) -> ir.Model:
     return _prepared(m, path)
 
 
+OPERATOR_OPSET = 9  # the opset from which Where, Sign and Less on every float type exist
+
+
+def at_least_opset(model: ir.Model, opset: int = OPERATOR_OPSET) -> ir.Model:
+    """``model`` itself at ``opset`` or above; else converted by ONNX's own version converter (an
+    opset-7 export lacks ``Where``), names and weights kept, prepared as :func:`load_model` prepares."""
+    current = model.opset_imports.get("", 1)
+    if current >= opset:
+        return model
+    DropInferredPass()(model)  # the annotations this tool inferred must not become the model's own
+    try:
+        upgraded = ir.from_proto(onnx.version_converter.convert_version(ir.to_proto(model), opset))
+    except Exception as e:  # onnx raises RuntimeError / ConvertError from C++
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"ONNX's version converter cannot take this model from opset {current} to {opset}, "
+                         f"the first with the operator's ops: {first}") from None
+    upgraded.ir_version = max(upgraded.ir_version or 0, model.ir_version or 0)
+    return reprepared(upgraded, model)
+
+
 def reprepared(model: ir.Model, like: ir.Model) -> ir.Model:
     """``model`` (rebuilt from a proto by another tool) prepared as :func:`load_model` prepares, with
     ``like``'s origin: its external-data folder and path."""
@@ -174,5 +211,6 @@ def _prepared(model: ir.Model, path: Path | None) -> ir.Model:
     if path is not None:
         model.meta["mstransform.path"] = str(path)
         ir.external_data.set_base_dir(model.graph, path.parent)
-    ir.passes.Sequential(NameAfterOutputsPass(), NameFixPass(), DynamicDimsPass(), MarkedShapeInferencePass())(model)
+    ir.passes.Sequential(NameAfterOutputsPass(), NameFixPass(), DefaultDomainPass(), DynamicDimsPass(),
+                         MarkedShapeInferencePass())(model)
     return model

@@ -21,7 +21,7 @@ from mstransform.core.moments import MAX_OFFSET_RATIO, Moments, offset_ratio
 from mstransform.core.options import Placement, Runtime, Selection
 from mstransform.core.stats import InputRecord, SiteStats, Stats
 from mstransform.passes.expose import exposed
-from mstransform.passes.fingerprint import fingerprint
+from mstransform.passes.fingerprint import fingerprint, weights_digest
 from mstransform.passes.onnx_view import find_sites
 from mstransform.passes.prepare import load_model
 from mstransform.passes.site_reductions import Reduction, fixable, reducing
@@ -60,6 +60,9 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
     data = source if isinstance(source, DataSource) else DataSource(
         source, input_specs(model, batch_axes), batch_size=batch_size, limit=limit,
         preprocess=preprocess or Preprocess())
+    if log is not None:
+        for note in getattr(data, "notes", []):
+            log(note)
     fp = fingerprint(model)
     run: ReducedRun | None = None
     samples = 0
@@ -99,7 +102,7 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
     if unreached and log is not None:
         log(f"note: {len(unreached)} site(s) inside branches or loops that no sample reached are left unhardened: "
             + ", ".join(unreached[:3]) + (" ..." if len(unreached) > 3 else ""))
-    return Stats(fp, table.placement, sites, samples, selection, inputs, tuple(unreached))
+    return Stats(fp, table.placement, sites, samples, selection, inputs, tuple(unreached), weights_digest(model))
 
 
 def site_layout(model: ir.Model, table: SiteTable, feed: dict, providers=None, threads=None,

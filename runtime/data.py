@@ -6,15 +6,17 @@ Accepted sources:
 * ``.npz`` -- arrays keyed by input name, or one array for a single-input model; an
   optional ``labels`` array (integers) is used by evaluation and never fed to the model;
 * a folder of images (``.png .jpg .jpeg .bmp .gif .webp``), searched recursively in sorted
-  order; images in sub-folders get the sub-folder's index (sorted names) as label;
+  order; where every image sits in a sub-folder, each sub-folder is a class (sorted names,
+  empty ones included) and its images get its index as label; 16-bit grayscale stays 16-bit;
 * from Python: a dict of arrays, an iterable of ``{input_name: batch}`` dicts, or an
   object with ONNX Runtime's ``CalibrationDataReader`` protocol (``get_next()``).
 
 Each input holds its samples along its batch axis (:mod:`mstransform.runtime.inputs`); an
 input without one (a scalar, a fixed state) is passed whole with every batch.
 
-Preprocessing (files and folders) applies to data for *float* inputs only: integer arrays and
-images are scaled by ``scale`` (default 1/255), then ``(x - mean) / std`` per channel if
+Preprocessing (files and folders) applies to data for *float* inputs only: integer arrays are
+scaled by ``scale`` (default 1/255), images by ``scale`` or by their own bit depth (1/255 or
+1/65535), then ``(x - mean) / std`` per channel if
 given; images are converted to the model's channel count (L or RGB) and resized (bilinear)
 to its height and width (or ``size``). Data for integer or bool inputs (token ids, masks, a
 sample rate) is cast to the input's type unscaled, and refused where the cast would change a
@@ -90,6 +92,7 @@ class DataSource:
         self._labels: np.ndarray | None = None
         self._images: list[tuple[Path, int | None]] | None = None
         self._stream: Any = None
+        self.notes: list[str] = []  # what a command should tell the user about this data (one line each)
         self.origin = str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
         self._open(source)
 
@@ -110,7 +113,7 @@ class DataSource:
             if not path.exists():
                 raise DataError(f"data path {path} does not exist")
             if path.is_dir():
-                self._images = _list_images(path)
+                self._images, self.notes = _list_images(path)
                 return
             if path.suffix == ".npy":
                 arr = _load_npy(path)
@@ -134,7 +137,7 @@ class DataSource:
     def _by_input(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         labels = arrays.pop("labels", None)
         if labels is not None:
-            self._labels = np.asarray(labels).reshape(-1)
+            self._labels = _labels(labels)
         names = [s.name for s in self.specs]
         if all(n in arrays for n in names):
             chosen = {n: arrays[n] for n in names}
@@ -216,7 +219,7 @@ class DataSource:
                 if self.limit is not None and i >= self.limit:
                     break
                 chunk = self._images[i:i + self.batch_size]
-                arr = np.stack([self._read_image(p) for p, _ in chunk])
+                arr = np.stack([self._read_image(p) for p, _ in chunk])  # one dtype: the model input decides
                 labels = np.array([lab for _, lab in chunk]) if chunk[0][1] is not None else None
                 yield {self.specs[0].name: arr}, labels, False
         else:
@@ -225,7 +228,7 @@ class DataSource:
                     raise DataError(f"calibration iterable yielded a {type(item).__name__}, not a dict of input arrays")
                 item = dict(item)
                 labels = item.pop("labels", None)
-                yield self._by_input_stream(item), None if labels is None else np.asarray(labels).reshape(-1), True
+                yield self._by_input_stream(item), None if labels is None else _labels(labels), True
 
     def _by_input_stream(self, item: dict) -> dict[str, np.ndarray]:
         names = [s.name for s in self.specs]
@@ -305,6 +308,10 @@ class DataSource:
         return (x - vec(self.pre.mean, 0.0)) / std
 
     def _read_image(self, path: Path) -> np.ndarray:
+        """One image as (C, H, W): float in [0, 1] by its own bit depth for a float input (8 or 16 bits;
+        raw values when ``scale`` is given), its raw integers for an integer input."""
+        import warnings
+
         from PIL import Image, UnidentifiedImageError
 
         spec = self.specs[0]
@@ -314,14 +321,44 @@ class DataSource:
         c = shape[1] or 3
         size = self.pre.size or ((shape[3], shape[2]) if shape[2] and shape[3] else None)
         try:
-            with Image.open(path) as im:
-                im = im.convert("L" if c == 1 else "RGB")
-                if size is not None and im.size != tuple(size):
-                    im = im.resize(tuple(size), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    deep = im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I") and c == 1
+                    if deep:  # 16-bit grayscale: kept at 16 bits (convert("L") clips to 8)
+                        im = im.convert("I")
+                        if size is not None and im.size != tuple(size):
+                            im = im.resize(tuple(size), Image.BILINEAR)
+                        arr = np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
+                    else:
+                        im = im.convert("L" if c == 1 else "RGB")
+                        if size is not None and im.size != tuple(size):
+                            im = im.resize(tuple(size), Image.BILINEAR)
+                        arr = np.asarray(im, dtype=np.uint8)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DataError(f"image {path} is too large to decode safely ({str(e).split('.')[0]})") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             raise DataError(f"cannot read image {path}: {e}") from None
-        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        if not spec.is_float:
+            return arr
+        if self.pre.scale is not None:
+            return arr.astype(np.float32)
+        return arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
+
+
+def _labels(labels) -> np.ndarray:
+    """Class labels as int64: integers, or floats holding whole finite numbers; anything else refused."""
+    a = np.asarray(labels).reshape(-1)
+    if a.dtype.kind in "iu":
+        return a.astype(np.int64)
+    if a.dtype.kind == "b" or a.dtype.kind != "f":
+        raise DataError(f"data 'labels' are {a.dtype.name}; class labels must be integers")
+    if not np.all(np.isfinite(a)):
+        raise DataError(f"data 'labels' hold NaN or Inf (first at sample {int(np.argmax(~np.isfinite(a)))})")
+    if not np.all(a == np.round(a)):
+        raise DataError("data 'labels' hold fractional values; class labels must be integers")
+    return a.astype(np.int64)
 
 
 def _fixed_batch(specs: list[InputSpec]) -> int | None:
@@ -381,13 +418,20 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     return read_npz(path, DataError, "data file")
 
 
-def _list_images(root: Path) -> list[tuple[Path, int | None]]:
+def _list_images(root: Path) -> tuple[list[tuple[Path, int | None]], list[str]]:
+    """The images under ``root``, sorted, and notes. Where every image sits in a sub-folder, each
+    sub-folder of ``root`` is a class (sorted names, empty ones included, so labels keep their
+    meaning when a class has no images here); images directly in ``root`` make an unlabelled set."""
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
     if not files:
         raise DataError(f"folder {root} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
-    classes = sorted({p.parent for p in files if p.parent != root})
-    if classes and all(p.parent != root for p in files):
-        index = {d: i for i, d in enumerate(classes)}
-        return [(p, index[p.parent]) for p in files]
-    return [(p, None) for p in files]
-
+    if any(p.parent == root for p in files):
+        return [(p, None) for p in files], []
+    classes = sorted(d for d in root.iterdir() if d.is_dir())
+    index = {d.name: i for i, d in enumerate(classes)}
+    labelled = [(p, index[p.relative_to(root).parts[0]]) for p in files]
+    counts = np.bincount([lab for _, lab in labelled], minlength=len(classes))
+    empty = [classes[i].name for i in np.flatnonzero(counts == 0)]
+    notes = [f"note: class folder(s) {', '.join(map(repr, empty[:5]))}{' ...' if len(empty) > 5 else ''} of {root} "
+             f"hold no images; labels still follow all {len(classes)} sorted class folders"] if empty else []
+    return labelled, notes

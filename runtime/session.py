@@ -173,9 +173,24 @@ def make_session(model: ir.Model | str | Path, *, providers: list[str] | None = 
                 opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base))
             data = ir.serde.serialize_model(model).SerializeToString()
             return ort.InferenceSession(data, sess_options=opts, providers=chosen)
+        if not encodable(model):  # ONNX Runtime takes UTF-8 paths only; read the bytes here
+            with open(model, "rb") as f:
+                data = f.read()
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                          str(Path(model).resolve().parent))
+            return ort.InferenceSession(data, sess_options=opts, providers=chosen)
         return ort.InferenceSession(str(model), sess_options=opts, providers=chosen)
     except Exception as e:  # ORT raises its own exception types
         raise ModelError(f"ONNX Runtime cannot load the model: {first_line(e)}") from None
+
+
+def encodable(path) -> bool:
+    """Whether a path can be handed to the C++ side of onnx / ONNX Runtime (UTF-8 only)."""
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def first_line(e: BaseException) -> str:

@@ -21,7 +21,7 @@ from mstransform.passes.expose import exposed
 from mstransform.passes.sparsify import Inserted
 from mstransform.passes.sparsify_match import find_sparsify_ops
 from mstransform.passes.subgraphs import graphs
-from mstransform.runtime.session import describe, open_session, run_step
+from mstransform.runtime.session import describe, encodable, open_session, run_step
 
 
 @dataclass
@@ -33,7 +33,10 @@ class VerifyReport:
 
 def check_file(path: Path) -> list[str]:
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        if encodable(path):
+            onnx.checker.check_model(str(path), full_check=True)
+        else:  # onnx's C++ side takes UTF-8 paths only: a Latin-1 byte in a name is read from Python
+            onnx.checker.check_model(onnx.load(open(path, "rb"), load_external_data=False), full_check=True)
     except Exception as e:  # onnx raises ValidationError / InferenceError
         raise VerificationError(f"written model fails onnx.checker / shape inference: {str(e).splitlines()[0]}") from None
     return ["onnx.checker (full_check, includes strict shape inference)"]

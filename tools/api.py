@@ -163,6 +163,7 @@ class RunResult:
     runtime: str  # one line: runtime, provider and why
     predictions: np.ndarray
     accuracy: Accuracy | None
+    notes: list[str]  # about the data, one line each (e.g. empty class folders)
 
 
 def run(model: str | Path, data, *, providers: list[str] | None = None, batch_size: int = 64,
@@ -181,4 +182,4 @@ def run(model: str | Path, data, *, providers: list[str] | None = None, batch_si
                         preprocess=preprocess or Preprocess())
     preds, labels = predict(session, source, require_labels=False)
     acc = None if labels is None else Accuracy(int((preds == labels).sum()), len(labels))
-    return RunResult(describe(session, why), preds, acc)
+    return RunResult(describe(session, why), preds, acc, list(source.notes))

@@ -5,6 +5,7 @@ Output paths are checked against every input here, before any work, through the 
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -22,9 +23,12 @@ def _floats(text, flag: str):
     if text is None:
         return None
     try:
-        return tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise UsageError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{flag}: expected finite numbers, got {text!r}")
+    return values
 
 
 def _axes(specs) -> dict[str, int]:
@@ -57,8 +61,8 @@ def _preprocess(a):
     from mstransform.runtime.data import Preprocess
 
     size = _floats(a.size, "--size")
-    if size is not None and (len(size) != 2 or min(size) < 1 or max(size) > 16384):
-        raise UsageError(f"--size {a.size!r}: expected W,H between 1 and 16384")
+    if size is not None and (len(size) != 2 or not all(1 <= v <= 16384 and v == int(v) for v in size)):
+        raise UsageError(f"--size {a.size!r}: expected W,H, whole numbers between 1 and 16384")
     return Preprocess(a.scale, _floats(a.mean, "--mean"), _floats(a.std, "--std"),
                       tuple(int(v) for v in size) if size else None)
 
@@ -212,6 +216,8 @@ def cmd_run(a) -> int:
     result = api.run(a.model, a.data, providers=providers, batch_size=a.batch_size, limit=a.limit,
                      preprocess=_preprocess(a), threads=a.threads, runtime=a.runtime, batch_axes=_batch_axes(a))
     print(result.runtime)
+    for note in result.notes:
+        say(note)
     preds = result.predictions
     if result.accuracy is not None:
         print(f"accuracy {result.accuracy.percent:.2f}% ({result.accuracy.correct}/{result.accuracy.total})")

@@ -19,10 +19,10 @@ from mstransform.core.fileio import as_output_error, atomic_folder, check_output
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Runtime, Selection, choice
 from mstransform.core.params import site_params
 from mstransform.core.stats import InputRecord, Stats, load_stats
-from mstransform.passes.fingerprint import fingerprint
+from mstransform.passes.fingerprint import fingerprint, weights_digest
 from mstransform.passes.onnx_view import find_sites
 from mstransform.passes.precision import convert_precision
-from mstransform.passes.prepare import DropInferredPass, ProvenancePass, load_model
+from mstransform.passes.prepare import DropInferredPass, ProvenancePass, at_least_opset, load_model
 from mstransform.passes.sparsify import InsertSparsifyPass
 from mstransform.runtime.data import DataSource, Preprocess, head
 from mstransform.runtime.inputs import input_specs
@@ -98,8 +98,13 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
     if fp != stats.fingerprint and not ignore_fingerprint and not from_fx:
         raise StatsError(f"stats were measured on another model (fingerprint {stats.fingerprint}, this model {fp}); "
                          "calibrate this model or pass ignore_fingerprint")
+    if stats.weights and not ignore_fingerprint and not from_fx and weights_digest(m) != stats.weights:
+        raise StatsError(f"stats were measured on a model with other weights (digest {stats.weights}, this model "
+                         f"{weights_digest(m)}): the same architecture, trained otherwise; calibrate this model "
+                         "or pass ignore_fingerprint")
     if precision is not Precision.FP32:
         m = convert_precision(m, precision)
+    m = at_least_opset(m)
     sel = dataclasses.replace(stats.selection, framework="onnx")
     table = find_sites(m, stats.placement, sel)
     stats = stats.matched_to([(s.name, s.kind, s.channels, s.feed_name) for s in table], by_position=from_fx,
@@ -111,12 +116,16 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
         st = stats.sites[s.name]
         plan.append((dataclasses.replace(s, axis=st.axis, rank=st.rank),
                      site_params(st, alphas[s.name], mode, center)))
+    _check_representable(plan)
     result = InsertSparsifyPass(plan, formulation)(m)
     ProvenancePass(_provenance(mode, center, plan_alpha, stats, len(result.inserted), formulation, precision))(m)
     report = HardenReport(None, m, [i.site for i in result.inserted], result.skipped, alphas)
     if output is None:
         return report
     DropInferredPass()(m)
+    if m.ir_version is not None and m.ir_version < 4:  # IR 3 and older: every initializer is also a graph input
+        listed = {id(v) for v in m.graph.inputs}
+        m.graph.inputs.extend(v for v in m.graph.initializers.values() if id(v) not in listed)
     _save(m, output)
     report.output = output
     if verify:
@@ -130,6 +139,21 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
             remove_output(output)
             raise
     return report
+
+
+def _check_representable(plan) -> None:
+    """Every constant finite in the type it is written in (a variance of 1e80 is no float32 threshold,
+    a mean of 7e4 no float16 center)."""
+    for site, params in plan:
+        dtype = np.dtype(site.feed.dtype.numpy()) if site.feed.dtype is not None else np.dtype(np.float32)
+        for label, values in (("center", params.center), ("threshold", params.threshold)):
+            with np.errstate(over="ignore", invalid="ignore"):
+                written = np.asarray(values).astype(dtype)
+            bad = ~np.isfinite(written.astype(np.float64))
+            if bad.any():
+                worst = float(np.asarray(values, np.float64)[bad][0])
+                raise StatsError(f"site {site.name!r}: its {label} {worst:.3g} (channel {int(np.argmax(bad))}) is not "
+                                 f"finite in {dtype.name}, the site's type; the stats do not fit this model")
 
 
 def _provenance(mode: Mode, center: Center, alpha: AlphaPlan, stats: Stats, n: int, formulation: Formulation,
