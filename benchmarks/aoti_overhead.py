@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from models import ResNet50, randomize_bn  # noqa: E402
 
 import mstransform as mst  # noqa: E402
-from mstransform.runtime.aoti import load_package, package_module  # noqa: E402
+from mstransform.deploy.aoti import load_package, package_module  # noqa: E402
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """Graph passes over ONNX (``onnx_ir``) and torch.fx graphs: find MeanSparse sites and insert the
 sparsify operator.
 
-Site finding is one analysis (:func:`~mstransform.passes.sites.build_site_table`) over two
-adapters; insertion is an ``onnx_ir`` in-place pass whose result says whether anything changed
+The activation catalogue and placement rules (:mod:`~mstransform.passes.catalogue`) are declared
+once for both graph kinds; site finding is one analysis (:func:`~mstransform.passes.sites.build_site_table`)
+over two adapters; insertion is an ``onnx_ir`` in-place pass whose result says whether anything changed
 and what was inserted. This room depends only on :mod:`mstransform.core`.
 """
 from mstransform.passes.onnx_view import find_sites

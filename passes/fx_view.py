@@ -1,6 +1,6 @@
 """The torch.fx adapter of the site finder: a ``GraphModule`` seen through
 :class:`~mstransform.passes.sites.SiteSource`, with activations matched from the catalogue's
-torch references (:mod:`mstransform.core.catalogue`).
+torch references (:mod:`mstransform.passes.catalogue`).
 
 Site names: for a ``torch.export`` program a site is named ``node_<fx name>`` of the node
 producing the activation's output -- exactly the name the dynamo ONNX exporter gives that
@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from mstransform.core.catalogue import FX_POOLS, KINDS, Layout
+from mstransform.passes.catalogue import FX_POOLS, KINDS, Layout
 from mstransform.passes.sites import Candidate, Rejection
 
 aten = torch.ops.aten

@@ -4,7 +4,7 @@ Each rule is pattern + check + match, in the spirit of onnxscript's rewrite rule
 binds the wiring from an anchor node (op types and edges, commutative operands in either
 order), ``check`` tests constants and attributes, and both return a reason when the rule does
 not hold. A rule's ``kind`` is authoritative: it must name an entry of the activation
-catalogue (:mod:`mstransform.core.catalogue`), and the match carries exactly that kind.
+catalogue (:mod:`mstransform.passes.catalogue`), and the match carries exactly that kind.
 Composite rules (GELU decompositions, Mish, SiLU, HardSwish) run first and claim their nodes,
 so a ``Tanh`` inside a GELU is not reported again as a plain Tanh.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from mstransform.core.catalogue import KINDS, kind as catalogue_kind
+from mstransform.passes.catalogue import KINDS, kind as catalogue_kind
 from mstransform.passes._ir import close, is_const, only_consumer, operand_orders, other_input, scalar
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import onnx_ir as ir
 
-from mstransform.core.catalogue import ONNX_POOLS, Layout
+from mstransform.passes.catalogue import ONNX_POOLS, Layout
 from mstransform.core.errors import UsageError
 from mstransform.core.options import Placement, Selection
 from mstransform.passes._ir import is_const, other_input, static_shape

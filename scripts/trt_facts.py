@@ -1,9 +1,9 @@
-"""Write the TensorRT Python API facts files (``runtime/data/trt_bindings_<major>.json``) from the
+"""Write the TensorRT Python API facts files (``deploy/data/trt_bindings_<major>.json``) from the
 real bindings wheels on PyPI. Run by hand when a newer TensorRT is to be covered, then commit the
 output like the operator tables; tests only read the committed files and never download.
 
-    python scripts/trt_facts.py --out runtime/data/
-    python scripts/trt_facts.py --out runtime/data/ --headers 10=TRT10/include@v10.16 --headers 11=TRT11/include@v11.1
+    python scripts/trt_facts.py --out deploy/data/
+    python scripts/trt_facts.py --out deploy/data/ --headers 10=TRT10/include@v10.16 --headers 11=TRT11/include@v11.1
 
 Needs CPython 3.11 (the pinned wheels are ``cp311``), pip with access to PyPI, a C compiler (``cc``)
 and ``nm`` (binutils).
@@ -57,7 +57,7 @@ PIP_TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "no
               "--platform", "manylinux_2_28_x86_64", "--only-binary=:all:"]
 LIBRARIES = ("libnvinfer.so.{major}", "libnvinfer_plugin.so.{major}", "libnvonnxparser.so.{major}")
 
-# What runtime/trt_engine.py and the test stand-in (tests/trt_standin.py) use: each class's full
+# What deploy/trt_engine.py and the test stand-in (tests/trt_standin.py) use: each class's full
 # list of public names is recorded, and these members with their kind and signature.
 USED = {
     "Logger": ["__init__", "WARNING"],
@@ -300,7 +300,7 @@ def parse_headers(specs: list[str]) -> dict[str, tuple[Path, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, type=Path, help="folder for trt_bindings_<major>.json (runtime/data/)")
+    p.add_argument("--out", required=True, type=Path, help="folder for trt_bindings_<major>.json (deploy/data/)")
     p.add_argument("--headers", action="append", default=[], metavar="MAJOR=DIR[@REF]",
                    help="NVIDIA/TensorRT include/ folder to cross-check the enum values against, with its git ref")
     p.add_argument("--only", choices=sorted(WHEELS), help="one generation only")

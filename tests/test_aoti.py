@@ -7,7 +7,7 @@ from conftest import random_inputs
 
 import mstransform as mst
 import zoo
-from mstransform.runtime.aoti import load_package
+from mstransform.deploy.aoti import load_package
 
 
 def test_package_runs_the_hardened_model_without_model_code(tmp_path):

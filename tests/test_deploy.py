@@ -13,7 +13,7 @@ from conftest import EXAMPLE, EXPORTS, REPO, exported, random_inputs
 import mstransform as mst
 import trt_standin
 import zoo
-from mstransform.runtime.trt_check import check_trt, versions
+from mstransform.deploy.trt_check import check_trt, versions
 from mstransform.passes.prepare import load_model
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -95,7 +95,7 @@ def test_fp16_check_flags_overflowing_constants(hardened, tmp_path):
 
 @pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed on this machine (cannot be: see README)")
 def test_engine_builds_where_tensorrt_exists(hardened, tmp_path):
-    from mstransform.runtime.trt_engine import build_engine, parse_shapes
+    from mstransform.deploy.trt_engine import build_engine, parse_shapes
 
     plan = tmp_path / "m.plan"
     build_engine(hardened("resnet", "legacy-17-folded"), plan,
@@ -147,7 +147,7 @@ def test_run_writes_predictions(cli, tmp_path):
 
 def test_parse_shapes():
     from mstransform.core.errors import UsageError
-    from mstransform.runtime.trt_engine import parse_shapes
+    from mstransform.deploy.trt_engine import parse_shapes
 
     p = parse_shapes("1/8/64", {"input": (None, 3, 224, 224)})
     assert p.shapes["input"] == ((1, 3, 224, 224), (8, 3, 224, 224), (64, 3, 224, 224))
@@ -159,7 +159,7 @@ def test_parse_shapes():
 
 # --- the engine builder against stand-ins built from the real bindings' facts -------------------
 #
-# runtime/data/trt_bindings_10.json and _11.json are read from the real tensorrt-cu12/cu13-bindings
+# deploy/data/trt_bindings_10.json and _11.json are read from the real tensorrt-cu12/cu13-bindings
 # wheels by scripts/trt_facts.py; tests/trt_standin.py builds a tensorrt module from them that can
 # hold nothing they lack. No test here downloads anything, and no engine is built: TensorRT's
 # libraries cannot be installed on these machines.
@@ -179,7 +179,7 @@ def _script():
 @pytest.fixture
 def standin(monkeypatch):
     """``standin(major, **scenario)``: the StandIn that trt_engine.import_tensorrt() returns from now on."""
-    from mstransform.runtime import trt_engine
+    from mstransform.deploy import trt_engine
 
     def make(major, **scenario):
         st = trt_standin.StandIn(major, trt_standin.Scenario(**scenario))
@@ -190,7 +190,7 @@ def standin(monkeypatch):
 
 
 def _profile():
-    from mstransform.runtime.trt_engine import parse_shapes
+    from mstransform.deploy.trt_engine import parse_shapes
 
     return parse_shapes(STATIC, {"input": (None, 1, 28, 28)})
 
@@ -256,7 +256,7 @@ def test_standin_declares_nothing_tensorrt_lacks(major, monkeypatch):
 
 def _build(folder, major, standin, scenario=None, **options):
     """build_engine on the example model (plan ``folder/m.plan``) against a stand-in; the StandIn."""
-    from mstransform.runtime import trt_engine
+    from mstransform.deploy import trt_engine
 
     st = standin(major, **(scenario or {}))
     trt_engine.build_engine(EXAMPLE / "model.onnx", folder / "m.plan", profile=_profile(), **options)
@@ -268,7 +268,7 @@ def test_engine_follows_the_tensorrt_api_generation(major, standin, tmp_path):
     """10.x: weakly typed network (no creation flag), precision by builder flag. 11.x: no creation flag
     either (STRONGLY_TYPED is 0 and ignored, 1 would ask for PREFER_JIT_PYTHON_PLUGINS), --fp16 refused."""
     from mstransform.core.errors import UsageError
-    from mstransform.runtime import trt_engine
+    from mstransform.deploy import trt_engine
 
     plan = tmp_path / "m.plan"
     if major == "10":
@@ -354,7 +354,7 @@ def test_failed_build_or_lost_cache_writes_nothing(scenario, standin, tmp_path):
 def _every_path(major, standin, folder):
     """The builder down each of its paths; the stand-ins it met."""
     from mstransform.core.errors import MstError
-    from mstransform.runtime import trt_engine
+    from mstransform.deploy import trt_engine
 
     cache = folder / "trt.cache"
     precision = {"fp16": True, "bf16": True} if major == "10" else {}
@@ -423,7 +423,7 @@ def _errors(model, version):
 
 def test_check_trt_11_uses_nvidia_opset_range_and_new_operators(tmp_path):
     """NVIDIA's ONNX Opset Guide, TensorRT 11.x: opsets 9..25; the 11.0 parser added Swish."""
-    from mstransform.runtime.trt_check import later_facts
+    from mstransform.deploy.trt_check import later_facts
 
     facts = later_facts("11")
     assert (facts["opset_min"], facts["opset_max"], facts["onnx"]) == (9, 25, "1.20.0") and "Swish" in facts["added_ops"]

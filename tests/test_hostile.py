@@ -115,7 +115,7 @@ def test_default_attacks_import_from_declared_extras():
     import tomllib
     from pathlib import Path
 
-    from mstransform.runtime.robustness import DEFAULT_ATTACKS
+    from mstransform.robustness.attacks import DEFAULT_ATTACKS
 
     extra = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]["eval"]

@@ -13,7 +13,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from mstransform.core.stats import Stats
-from mstransform.runtime.twin_check import decision_flips
+from mstransform.robustness.twin_check import decision_flips
 
 RNG = np.random.default_rng(0)
 W = (RNG.standard_normal((4, 3, 3, 3)) * 0.4).astype(np.float32)

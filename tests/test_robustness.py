@@ -17,9 +17,9 @@ from conftest import EXAMPLE
 
 import mstransform as mst
 from mstransform.core.errors import UsageError, VerificationError
-from mstransform.runtime.robustness import SweepRow, choose_alpha
-from mstransform.runtime.twin import OnnxTwin, Unit
-from mstransform.runtime.twin_check import check_twin
+from mstransform.robustness.selection import SweepRow, choose_alpha
+from mstransform.robustness.twin import OnnxTwin, Unit
+from mstransform.robustness.twin_check import check_twin
 
 MODEL = EXAMPLE / "model.onnx"
 
@@ -164,7 +164,7 @@ def test_sweep_end_to_end(cli, hardened, tmp_path):
 
 
 def test_sweep_plot_draws_the_rows():
-    from mstransform.runtime.robustness import sweep_figure
+    from mstransform.robustness.plots import sweep_figure
 
     rows = [SweepRow(0.0, 90.0, 10.0, 10.0), SweepRow(0.1, 89.0, 30.0, 12.0), SweepRow(0.3, 80.0, 50.0, 5.0)]
     fig = sweep_figure(rows)

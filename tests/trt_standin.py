@@ -1,5 +1,5 @@
 """A stand-in for the ``tensorrt`` module, built from the committed facts of one bindings generation
-(``runtime/data/trt_bindings_<major>.json``, read from the real wheels by ``scripts/trt_facts.py``).
+(``deploy/data/trt_bindings_<major>.json``, read from the real wheels by ``scripts/trt_facts.py``).
 
 It cannot declare what TensorRT lacks: each modelled class keeps only the members its generation's
 facts list (a modelled member that no generation has, or whose kind or recorded signature the facts
@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-FACTS_DIR = Path(__file__).resolve().parents[1] / "runtime" / "data"
+FACTS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "data"
 GENERATIONS = ("10", "11")
 CACHE_MAGIC = b"mstransform stand-in timing cache\n"
 

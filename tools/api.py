@@ -93,7 +93,7 @@ def package_torch(model, stats: Stats | str | Path, example: tuple, output: str 
                   center: Center | str = Center.MEAN, dynamic_batch: tuple[int, int] | None = (1, 1024)) -> Path:
     """Harden a torch model (``nn.Module`` or ``torch.export`` program) and write it as an AOTInductor
     package (``.pt2``) that runs from Python or C++ (libtorch) with no model code."""
-    from mstransform.runtime.aoti import package_module
+    from mstransform.deploy.aoti import package_module
 
     hardened = harden_torch(model, stats, alpha, mode=mode, center=center, example=example)
     return package_module(hardened, example, output, dynamic_batch=dynamic_batch)

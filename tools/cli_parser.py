@@ -118,7 +118,7 @@ def _add_attack(p):
 
 def build_parser() -> argparse.ArgumentParser:
     from mstransform import __version__
-    from mstransform.runtime.robustness import DEFAULT_ATTACKS
+    from mstransform.robustness.attacks import DEFAULT_ATTACKS
 
     parser = Parser(prog="mstransform", description="Harden exported ONNX models with MeanSparse operators.",
                     epilog="example: mstransform model.onnx --stats stats.npz --alpha 0.2  (no sub-command = harden)",

@@ -74,7 +74,7 @@ def _batch_axes(a):
 
 
 def _attack_config(a, attacks):
-    from mstransform.runtime.robustness import AttackConfig
+    from mstransform.robustness.attacks import AttackConfig
 
     return AttackConfig(eps=a.eps, norm=a.norm, n=a.images, batch_size=a.batch_size, seed=a.seed,
                         apgd_iters=a.apgd_iters, pgd_steps=a.pgd_steps, square_queries=a.square_queries,
@@ -166,7 +166,7 @@ def cmd_harden(a) -> int:
 
 def cmd_check_trt(a) -> int:
     from mstransform.core.errors import CompatibilityError
-    from mstransform.runtime.trt_check import DEFAULT_VERSION, check_trt, versions
+    from mstransform.deploy.trt_check import DEFAULT_VERSION, check_trt, versions
     from mstransform.tools import api
 
     version = a.trt_version or DEFAULT_VERSION
@@ -185,7 +185,7 @@ def cmd_check_trt(a) -> int:
 
 def cmd_engine(a) -> int:
     from mstransform.runtime.inputs import input_specs
-    from mstransform.runtime.trt_engine import build_engine, import_tensorrt, parse_shapes
+    from mstransform.deploy.trt_engine import build_engine, import_tensorrt, parse_shapes
     from mstransform.tools import api
 
     (out,) = check_outputs([a.output], [a.model, a.timing_cache])
@@ -264,7 +264,7 @@ def cmd_sweep(a) -> int:
 def cmd_plot(a) -> int:
     from mstransform.core.options import check_alpha
     from mstransform.core.stats import load_stats
-    from mstransform.runtime.histogram import plot_site_histogram
+    from mstransform.robustness.plots import plot_site_histogram
 
     (out,) = check_outputs([a.output], [a.model, a.data, a.stats])
     result = plot_site_histogram(a.model, load_stats(a.stats), a.data, a.site, a.channel, check_alpha(a.alpha),

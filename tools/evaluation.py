@@ -13,8 +13,8 @@ from pathlib import Path
 
 from mstransform.core.errors import DataError
 from mstransform.passes.prepare import load_model
-from mstransform.runtime.robustness import (AttackConfig, ModelResult, check_classifier, evaluate_model, format_table,
-                                            load_labelled, write_reports)
+from mstransform.robustness.attacks import AttackConfig, ModelResult, check_classifier, evaluate_model, load_labelled
+from mstransform.robustness.reports import format_table, write_reports
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import describe, open_session, providers_for
 

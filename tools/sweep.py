@@ -20,8 +20,9 @@ from mstransform.core.fileio import atomic_output
 from mstransform.core.options import check_alpha
 from mstransform.core.stats import Stats
 from mstransform.passes.prepare import load_model
-from mstransform.runtime.robustness import (AttackConfig, SweepRow, check_classifier, choose_alpha, evaluate_model,
-                                            load_labelled, plot_sweep)
+from mstransform.robustness.attacks import AttackConfig, check_classifier, evaluate_model, load_labelled
+from mstransform.robustness.plots import plot_sweep
+from mstransform.robustness.selection import SweepRow, choose_alpha
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import make_session, providers_for
 from mstransform.tools.harden import harden

@@ -1,8 +1,8 @@
 """Robustness evaluation of ONNX models: standard, black-box and straight-through, side by side.
 
 Every accuracy is measured on the deployed ``.onnx`` file by ONNX Runtime (or OpenVINO). Gradients for
-white-box attacks come from the differentiable twin (:mod:`mstransform.runtime.twin`),
-proved equal to the deployed model first (:mod:`mstransform.runtime.twin_check`). Attacks come
+white-box attacks come from the differentiable twin (:mod:`mstransform.robustness.twin`),
+proved equal to the deployed model first (:mod:`mstransform.robustness.twin_check`). Attacks come
 from libraries, not from here: APGD-CE, APGD-DLR and Square from ``pyautoattack`` (the
 ``eval`` extra); PGD from ``torchattacks`` when it is installed. PGD is not in the default set:
 ``torchattacks`` declares torchvision, which pulls a multi-GB CUDA torch, so no extra can
@@ -18,15 +18,11 @@ install it, and APGD-CE is PGD with an adaptive step that is at least as strong.
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from mstransform.core.errors import DataError, DependencyError, UsageError
-from mstransform.core.fileio import atomic_output
 from mstransform.core.options import MAX_BATCH, MAX_ITERS, Device, Runtime, check_count, choice
 from mstransform.runtime.data import DataSource
 from mstransform.runtime.session import check_runtime_choice, open_session, providers_for
@@ -198,8 +194,8 @@ def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime) -> Mod
 
     import torch
 
-    from mstransform.runtime.twin import OnnxTwin
-    from mstransform.runtime.twin_check import check_twin
+    from mstransform.robustness.twin import OnnxTwin
+    from mstransform.robustness.twin_check import check_twin
 
     torch.manual_seed(cfg.seed)
     providers = providers_for(device)
@@ -238,92 +234,3 @@ def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime) -> Mod
     bar.close()
     res.accuracy["worst-case"] = 100.0 * survivors.mean()
     return res
-
-
-def format_table(results: list[ModelResult]) -> str:
-    cols = ["clean", *[a for a in ATTACKS if any(a in r.accuracy for r in results)], "worst-case"]
-    head = ["model", "n", *cols, "twin rel.diff", "edge flips"]
-    rows = [[r.label, str(r.n), *[f"{r.accuracy[c]:.2f}" if c in r.accuracy else "-" for c in cols],
-             f"{r.twin_max_rel_diff:.1e}", str(r.twin_edge_flips)] for r in results]
-    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths)))
-                     for row in [head, *rows])
-
-
-def write_reports(results: list[ModelResult], cfg: AttackConfig, json_path=None, csv_path=None, extra=None) -> None:
-    if json_path:
-        payload = {"config": asdict(cfg), "results": [asdict(r) for r in results], **(extra or {})}
-        with atomic_output(json_path) as tmp:
-            Path(tmp).write_text(json.dumps(payload, indent=2) + "\n")
-    if csv_path:
-        keys = sorted({k for r in results for k in r.accuracy})
-        with atomic_output(csv_path) as tmp:
-            with open(tmp, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["model", "path", "n", "eps", "norm", *keys])
-                for r in results:
-                    w.writerow([r.label, r.path, r.n, cfg.eps, cfg.norm, *[f"{r.accuracy.get(k, float('nan')):.2f}"
-                                                                          for k in keys]])
-
-
-@dataclass
-class SweepRow:
-    alpha: float
-    clean: float
-    standard: float  # APGD-CE through the true gradient
-    bpda: float  # APGD-CE straight-through
-
-    @property
-    def robust(self) -> float:
-        """The honest robust figure: the worse of the standard and the adaptive attack."""
-        return min(self.standard, self.bpda)
-
-
-def choose_alpha(rows: list[SweepRow], max_clean_drop: float = 0.5) -> tuple[float, str]:
-    """The alpha with the largest worst-case robust gain over alpha = 0 within the clean budget.
-
-    ``rows`` must contain alpha = 0 (the base model). Returns (alpha, reason); alpha 0
-    when no alpha improves the worst-case robust accuracy within the budget.
-    """
-    if not max_clean_drop >= 0:
-        raise UsageError(f"must be >= 0 points, got {max_clean_drop}", param="max_clean_drop")
-    base = next((r for r in rows if r.alpha == 0), None)
-    if base is None:
-        raise UsageError("the sweep needs alpha 0 (the base model) as its reference")
-    allowed = [r for r in rows if base.clean - r.clean <= max_clean_drop + 1e-9]
-    best = max(allowed, key=lambda r: (round(r.robust - base.robust, 9), -r.alpha))
-    if best.alpha == 0 or best.robust <= base.robust:
-        return 0.0, (f"no alpha raises the worst-case robust accuracy (min of standard and straight-through) "
-                     f"within a {max_clean_drop:g}-point clean budget; keep the base model")
-    return best.alpha, (f"alpha {best.alpha:g}: worst-case robust {best.robust:.2f}% vs {base.robust:.2f}% "
-                        f"(+{best.robust - base.robust:.2f}), clean {best.clean:.2f}% vs {base.clean:.2f}%")
-
-
-def sweep_figure(rows: list[SweepRow], title: str = ""):
-    """The sweep as a matplotlib figure: one line per accuracy, alpha on x (kept apart so it can be checked)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    a = [r.alpha for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(a, [r.clean for r in rows], "o-", label="clean")
-    ax.plot(a, [r.standard for r in rows], "s-", label="APGD-CE (standard gradient)")
-    ax.plot(a, [r.bpda for r in rows], "^-", label="APGD-CE straight-through (BPDA)")
-    ax.set_xlabel("alpha")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title or "MeanSparse alpha sweep (held-out training split)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_sweep(rows: list[SweepRow], path, title: str = "") -> None:
-    import matplotlib.pyplot as plt
-
-    fig = sweep_figure(rows, title)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)

@@ -9,7 +9,7 @@ image classifiers and transformer blocks; an unknown op fails loudly by name.
 Sparsify operators are found by their structure
 (:func:`~mstransform.passes.sparsify_match.find_sparsify_ops`) and run as units, so
 ``straight_through = True`` can give each one an identity backward (BPDA) while its forward
-values stay exactly those of the graph. :mod:`mstransform.runtime.twin_check` proves the twin
+values stay exactly those of the graph. :mod:`mstransform.robustness.twin_check` proves the twin
 is the deployed model before any attack runs.
 """
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Figure 1 of the MeanSparse paper for one site and channel: the clean feature histogram
-with the mean and the blocked band, before and after the operator."""
+"""Pictures of what the operator does: Figure 1 of the MeanSparse paper for one site and channel (the
+clean feature histogram with the mean and the blocked band, before and after the operator), and the
+alpha sweep's accuracies against alpha."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from mstransform.core.stats import Stats
 from mstransform.passes.expose import exposed
 from mstransform.passes.onnx_view import find_sites
 from mstransform.passes.prepare import load_model
+from mstransform.robustness.selection import SweepRow
 from mstransform.runtime.data import DataSource
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import make_session
@@ -84,3 +86,33 @@ def plot_histogram(values: np.ndarray, mean: float, sigma: float, alpha: float, 
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return replaced
+
+
+def sweep_figure(rows: list[SweepRow], title: str = ""):
+    """The sweep as a matplotlib figure: one line per accuracy, alpha on x (kept apart so it can be checked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = [r.alpha for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(a, [r.clean for r in rows], "o-", label="clean")
+    ax.plot(a, [r.standard for r in rows], "s-", label="APGD-CE (standard gradient)")
+    ax.plot(a, [r.bpda for r in rows], "^-", label="APGD-CE straight-through (BPDA)")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "MeanSparse alpha sweep (held-out training split)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(rows: list[SweepRow], path, title: str = "") -> None:
+    import matplotlib.pyplot as plt
+
+    fig = sweep_figure(rows, title)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
