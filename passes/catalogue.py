@@ -182,4 +182,21 @@ def channel_axis(view: GraphView, value, rank: int | None, limit: int = 16) -> t
             frontier.extend(view.computed_inputs(node))
             continue
         break
-    return axis_by_rank(rank)
+    return _axis_of_readers(view, value, rank, limit) or axis_by_rank(rank)
+
+
+def _axis_of_readers(view: GraphView, value, rank: int, limit: int) -> tuple[int, str] | None:
+    """Where no producer says, the readers may: a tensor that reaches a convolution through elementwise
+    ops (its activation among them) is laid out (N, C, ...) -- a recurrent layer's output unsqueezed
+    into a Conv1d, say. Only a convolution-like reader (conv, pool, norm, resize) is taken as evidence."""
+    frontier, seen = [value], 0
+    while frontier and seen < limit:
+        for node in view.users(frontier.pop(0)):
+            seen += 1
+            layout = view.layout(node)
+            if layout is Layout.CONV:
+                return 1, (f"conv (N,C,{','.join('HWD'[:rank - 2])}), from its readers" if rank <= 5 else
+                           "conv (N,C,...), from its readers")
+            if layout is Layout.KEEP:
+                frontier.extend(view.outputs(node))
+    return None

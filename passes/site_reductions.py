@@ -212,7 +212,9 @@ class _Builder:
         self.nodes, self.opset, self.prefix = nodes, opset, prefix
 
     def op(self, op_type: str, inputs, **attributes) -> ir.Value:
-        node = ir.node(op_type, inputs, attributes=attributes, name=f"{self.prefix}/{len(self.nodes)}")
+        name = f"{self.prefix}/{len(self.nodes)}"
+        node = ir.node(op_type, inputs, attributes=attributes, name=name)
+        node.outputs[0].name = f"{name}_out"  # named here: a body's own name counter would repeat the main graph's
         self.nodes.append(node)
         return node.outputs[0]
 

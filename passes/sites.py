@@ -173,8 +173,28 @@ def _activation_sites(src: SiteSource, include_se: bool, rejected: list, taken: 
             rejected.append(Rejection(m.name, m.kind, f"inside a Squeeze-and-Excitation branch (gates '{gate}'); "
                                                       "include_se hardens it"))
             continue
+        gate = _gate(src, m)
+        if gate and not include_se:
+            rejected.append(Rejection(m.name, m.kind, f"a gate: its output scales another tensor at '{gate}' "
+                                                      "(a recurrent cell's or GLU's gate); include_se hardens it"))
+            continue
         out.append((m, _site(src, _unique(m.name, taken), m.kind, m.form, m.feed, m.readers)))
     return out
+
+
+GATES = ("Sigmoid", "Tanh", "HardSigmoid")
+
+
+def _gate(src: SiteSource, m: Candidate) -> str | None:
+    """The Mul where a squashing activation's output scales another computed tensor (LSTM/GRU gates
+    decomposed into plain ops, GLU), else None. A single-op LSTM or GRU hides the same gates."""
+    if m.kind not in GATES:
+        return None
+    for node in src.users(m.out):
+        others = [v for v in src.computed_inputs(node) if v is not m.out]
+        if len(others) == 1 and src.scales(node, m.out, others[0]):
+            return src.node_name(node)
+    return None
 
 
 def _residual_sites(src: SiteSource, claimed: set, fed: set, rejected: list, taken: set) -> list[Site]:

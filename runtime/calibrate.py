@@ -15,14 +15,14 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mstransform.passes.catalogue import axis_by_rank
+from mstransform.passes.catalogue import axis_by_rank, channel_axis
 from mstransform.core.errors import DataError, ModelError
 from mstransform.core.moments import MAX_OFFSET_RATIO, Moments, offset_ratio
 from mstransform.core.options import Placement, Runtime, Selection
 from mstransform.core.stats import InputRecord, SiteStats, Stats
 from mstransform.passes.expose import exposed
 from mstransform.passes.fingerprint import fingerprint, weights_digest
-from mstransform.passes.onnx_view import find_sites
+from mstransform.passes.onnx_view import OnnxView, find_sites
 from mstransform.passes.prepare import load_model
 from mstransform.passes.site_reductions import Reduction, fixable, reducing
 from mstransform.passes.sites import Site, SiteTable
@@ -117,7 +117,7 @@ def site_layout(model: ir.Model, table: SiteTable, feed: dict, providers=None, t
     for s in table:
         shape = s.feed.shape
         if shape is not None:
-            axis = s.axis if s.axis is not None else axis_by_rank(len(shape))[0]
+            axis = s.axis if s.axis is not None else _channel_axis(s, len(shape))
             if 0 <= axis < len(shape) and isinstance(shape[axis], int):
                 layout[s.name] = (axis, len(shape), shape[axis])
     unknown = [s for s in table if s.name not in layout]
@@ -131,9 +131,15 @@ def site_layout(model: ir.Model, table: SiteTable, feed: dict, providers=None, t
             if x.size == 0:
                 continue  # inside a branch or loop this sample did not reach: no shape to read
             shape = x.shape[seen.levels[s.feed.name]:]  # loop bodies: iterations stacked in front
-            axis = s.axis if s.axis is not None else axis_by_rank(len(shape))[0]
+            axis = s.axis if s.axis is not None else _channel_axis(s, len(shape))
             layout[s.name] = (axis, len(shape), shape[axis])
     return layout
+
+
+def _channel_axis(site: Site, rank: int) -> int:
+    """The catalogue's channel axis for a site whose rank is known only now (read off a run)."""
+    axis, _ = channel_axis(OnnxView(site.feed.graph), site.feed, rank)
+    return axis if axis is not None else axis_by_rank(rank)[0]
 
 
 class ReducedRun:

@@ -12,7 +12,9 @@ state). In order of precedence:
 2. the axis carrying the *main* input's batch dim name (``batch`` in ``state [2, batch, 128]``);
    the main input is the first float input whose first dim is dynamic (see :func:`_main`);
 3. axis 0 when it is dynamic (the common ``[N, ...]`` export, and unnamed ``-1`` dims);
-4. none: a scalar, or an input whose first dim is a fixed size while the main input's is not.
+4. where the main input's batch dim is unnamed, an input's one dynamic dim (``state [2, ?, 128]``);
+   where the model fixes the batch (``[1, 576]``), an input's one dim of that size (``[2, 1, 128]``);
+5. none: a scalar, or nothing that says which axis holds the samples.
 
 The main input's own axis 0 is its batch axis whenever it has one, dynamic or fixed.
 """
@@ -114,8 +116,14 @@ def _inferred_axis(s: InputSpec, main: InputSpec | None, batch_name: str | None)
         if batch_name is not None and s.dim_names[0] is not None:
             return None  # dynamic, but another dim than the batch: e.g. a sequence length
         return 0
-    main_fixed = main is not None and main.shape and main.shape[0] is not None
-    return 0 if main_fixed and s.shape[0] == main.shape[0] else None
+    if main is None or not main.shape:
+        return None
+    if main.shape[0] is None:  # an unnamed dynamic batch: an input whose only dynamic dim is elsewhere
+        dynamic = [i for i, d in enumerate(s.shape) if d is None]
+        return dynamic[0] if len(dynamic) == 1 and batch_name is None else None
+    # a batch the model fixes (batch 1 everywhere): the one dim of the same size, if only one
+    same = [i for i, d in enumerate(s.shape) if d == main.shape[0]]
+    return same[0] if len(same) == 1 else None
 
 
 def parse_batch_axes(specs: list[str] | None) -> dict[str, int | None]:

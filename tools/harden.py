@@ -208,8 +208,9 @@ def synthetic_probe(m: ir.Model, inputs: tuple[InputRecord, ...] = (), batch: in
                 out[spec.name] = np.asarray(r.value, dtype=spec.dtype)
                 continue
             shape = list(r.shape)
-            if r.batch_axis is not None:
-                shape[r.batch_axis] = batch
+            if r.batch_axis is not None:  # a batch dim the model fixes keeps its size
+                fixed = spec.shape[r.batch_axis] if spec.shape is not None and r.batch_axis < len(spec.shape) else None
+                shape[r.batch_axis] = fixed or batch
         elif spec.shape is None:
             raise UsageError(f"input {spec.name!r} has unknown shape; pass probe data (--data)", param="probe")
         else:
