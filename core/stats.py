@@ -7,7 +7,7 @@ record, still load), all plain arrays, read with ``allow_pickle=False``:
 key                dtype      meaning
 =================  =========  ====================================================
 ``format``         str        ``"mstransform.stats"``
-``version``        int64      ``1``
+``version``        int64      ``2`` (``1`` still read)
 ``fingerprint``    str        structural fingerprint of the calibrated model
 ``weights``        str        digest of its weight values (v2; empty where not recorded)
 ``placement``      str        ``activations`` | ``activations+residual`` | ``linear-inputs``
