@@ -6,22 +6,50 @@ The Python API mirrors the command line::
     sites = mst.find_sites("model.onnx")
     stats = mst.calibrate("model.onnx", "train_sample.npz")
     stats.save("stats.npz")
-    report = mst.harden("model.onnx", stats, alpha=0.2, output="model.meansparse.onnx")
-    hardened = mst.harden_torch(exported_program, stats, alpha=0.2)   # torch.fx / torch.export
+    report = mst.harden("model.onnx", stats, "model.meansparse.onnx", alpha=0.2)   # written and checked
+    hardened = mst.harden_model("model.onnx", stats, alpha=0.2)                    # in memory, onnx_ir
+    module = mst.harden_torch(exported_program, stats, alpha=0.2)                  # torch.fx / torch.export
 
 Names are imported on first use, so ``import mstransform`` (and the command line's start-up,
-where Ctrl-C must already be handled) costs nothing until the API is touched.
+where Ctrl-C must already be handled) costs nothing until the API is touched; type checkers see
+them through the ``TYPE_CHECKING`` imports below.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 __version__ = "0.2.0"
 
-_API = ("calibrate", "calibrate_and_harden", "compare_accuracy", "find_sites", "harden", "harden_torch", "load_model",
-        "load_stats", "package_torch", "run")
-__all__ = ["__version__", *_API]
+_API = {  # name -> module it lives in
+    **{n: "mstransform.tools.api" for n in (
+        "Hardened", "HardenReport", "OneStepResult", "RunResult", "calibrate", "calibrate_and_harden",
+        "compare_accuracy", "find_sites", "harden", "harden_model", "harden_torch", "load_model", "load_stats",
+        "package_torch", "run")},
+    **{n: "mstransform.core.options" for n in (
+        "AlphaPlan", "Center", "Device", "Formulation", "Mode", "Placement", "Precision", "Runtime", "Selection")},
+    "Stats": "mstransform.core.stats", "Preprocess": "mstransform.runtime.data",
+    "evaluate": "mstransform.tools.evaluation", "sweep": "mstransform.tools.sweep",
+    "AttackConfig": "mstransform.robustness.attacks",
+}
+__all__ = ["__version__", *sorted(_API)]
+
+if TYPE_CHECKING:
+    from mstransform.core.options import (AlphaPlan, Center, Device, Formulation, Mode, Placement, Precision,
+                                          Runtime, Selection)
+    from mstransform.core.stats import Stats
+    from mstransform.robustness.attacks import AttackConfig
+    from mstransform.runtime.data import Preprocess
+    from mstransform.tools.api import (Hardened, HardenReport, OneStepResult, RunResult, calibrate,
+                                       calibrate_and_harden, compare_accuracy, find_sites, harden, harden_model,
+                                       harden_torch, load_model, load_stats, package_torch, run)
+    from mstransform.tools.evaluation import evaluate
+    from mstransform.tools.sweep import sweep
 
 
 def __getattr__(name):
-    if name in _API:
-        from mstransform.tools import api
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mstransform' has no attribute {name!r}")
+    import importlib
 
-        return getattr(api, name)
-    raise AttributeError(f"module 'mstransform' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

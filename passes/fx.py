@@ -17,10 +17,10 @@ import torch.fx as fx
 import torch.nn as nn
 
 from mstransform.core.options import AlphaPlan, Center, Mode, Placement, Selection
-from mstransform.core.params import site_params
 from mstransform.core.stats import Stats
 from mstransform.passes.fx_ops import MeanSparse
 from mstransform.passes.fx_view import FxView
+from mstransform.passes.plan import build_plan
 from mstransform.passes.sites import Site, SiteTable, build_site_table
 
 
@@ -94,19 +94,14 @@ def harden_fx(model, stats: Stats, alpha: float | AlphaPlan = 0.2, *, mode: Mode
               center: Center | str = Center.MEAN, example: tuple | None = None) -> fx.GraphModule:
     """A GraphModule with a :class:`MeanSparse` before every site of ``stats`` (matched by name,
     or by position when an exporter renamed a node)."""
-    plan = AlphaPlan.of(alpha)
     gm, exported = editable(model, example)
     sel = stats.selection
     table = site_table(gm, exported, stats.placement, Selection(include_se=sel.include_se, framework="fx"))
-    stats = stats.matched_to([(s.name, s.kind, s.channels, s.feed_name) for s in table], by_position=True,
-                             check_feeds=False)
-    alphas = plan.per_site([s.name for s in table])
-    for i, site in enumerate(table):
-        st = stats.sites[site.name]
-        params = site_params(st, alphas[site.name], mode, center)
-        a = alphas[site.name]
+    plan = build_plan(table, stats, alpha, Mode(mode), Center(center), by_position=True, check_feeds=False)
+    for i, (site, params) in enumerate(plan.entries):
+        st, a = plan.stats.sites[site.name], plan.alphas[site.name]
         sigma = params.threshold / a if a > 0 else np.sqrt(st.moments.var)
-        op = MeanSparse(params.center, sigma, a, rank=st.rank, axis=st.axis, site=site.name,
+        op = MeanSparse(params.center, sigma, a, rank=site.rank, axis=site.axis, site=site.name,
                         device=site_device(gm, site))
         insert_module(gm, site, op, f"meansparse_{i}")
     gm.recompile()

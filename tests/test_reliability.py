@@ -230,7 +230,7 @@ def test_random_graphs_properties(tmp_path, case):
     # every operator equals the numpy reference (checked on the probe batch by the verifier)
     out1, out2 = tmp_path / f"h1-{seed}.onnx", tmp_path / f"h2-{seed}.onnx"
     rep = mst.harden(path, stats, alpha=0.3, output=out1, probe={"input": x[:4]})
-    assert rep.verify.max_abs_diff == 0.0
+    assert rep.max_abs_diff == 0.0
     # the transform is deterministic: same bytes twice
     mst.harden(path, stats, alpha=0.3, output=out2, probe={"input": x[:4]})
     assert out1.read_bytes() == out2.read_bytes()

@@ -297,8 +297,8 @@ def test_extent_is_measured_only_when_asked_and_forged_mode_says_so(tmp_path, ex
     plain.save(tmp_path / "s.npz")
     again = Stats.load(tmp_path / "s.npz")
     assert all(s.moments.absmax is None for s in again.sites.values())
-    assert "|x|max" in again.summary() and mst.harden(path, again, alpha=0.2).sites
+    assert "|x|max" in again.summary() and mst.harden_model(path, again, alpha=0.2).sites
     with pytest.raises(StatsError, match="no max \\|x\\|"):
-        mst.harden(path, again, alpha=0.2, mode="forged")
+        mst.harden_model(path, again, alpha=0.2, mode="forged")
     linear = mst.calibrate(path, {"input": x}, batch_size=8, progress=False, placement="linear-inputs")
     assert all(s.moments.absmax is not None for s in linear.sites.values())

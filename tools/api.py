@@ -27,10 +27,12 @@ from mstransform.runtime.data import DataSource, Preprocess
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, make_session, open_session,
                                          providers_for)
-from mstransform.tools.harden import HARDENED_MARK, HardenReport, harden, probe_from, remove_output
+from mstransform.tools.harden import (Hardened, HardenReport, harden, harden_model, probe_from, refuse_hardened,
+                                      remove_output)
 
-__all__ = ["HardenReport", "calibrate", "calibrate_and_harden", "compare_accuracy", "find_sites", "harden",
-           "harden_torch", "load_model", "load_stats", "run"]
+__all__ = ["Hardened", "HardenReport", "OneStepResult", "RunResult", "calibrate", "calibrate_and_harden",
+           "compare_accuracy", "find_sites", "harden", "harden_model", "harden_torch", "load_model", "load_stats",
+           "package_torch", "run"]
 
 
 def _is_torch(model) -> bool:
@@ -65,6 +67,13 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
     extent = placement is Placement.LINEAR_INPUTS if extent is None else bool(extent)
     if _is_torch(model):
         from mstransform.runtime.fx_calibrate import calibrate_fx
+
+        onnx_only = {"include": include, "exclude": exclude, "axes": axes, "preprocess": preprocess,
+                     "threads": threads, "shard": shard, "device": device, "batch_axes": batch_axes,
+                     "runtime": None if choice(Runtime, runtime, "runtime") is Runtime.ONNXRUNTIME else runtime}
+        given = [k for k, v in onnx_only.items() if v]
+        if given:  # refused, not ignored: the FX path runs the module on its own device, on batches as given
+            raise UsageError(f"does not apply to torch models (the FX path): {', '.join(given)}", param="model")
 
         return calibrate_fx(model, data, placement=placement, batch_size=batch_size, limit=limit,
                             include_se=include_se, progress=progress, extent=extent)
@@ -129,16 +138,14 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
     narrow = Selection(include, exclude)
     AlphaPlan.of(alpha).per_site([s.name for s in _find_sites(m, placement) if narrow.rejects((s.name, s.feed_name)) is None])
     preprocess = preprocess or Preprocess()
-    if HARDENED_MARK in m.metadata_props:  # refused before the expensive step, not after it
-        raise UsageError(f"already holds {m.metadata_props[HARDENED_MARK]} sparsify operator(s) from mstransform; "
-                         "harden the base model instead", param="model")
+    refuse_hardened(m)  # before the expensive step, not after it
     probe = probe_from(DataSource(data, input_specs(m, batch_axes), batch_size=8, limit=8, preprocess=preprocess))
     stats = calibrate(model, data, placement=placement, batch_size=batch_size, limit=limit, preprocess=preprocess,
                       threads=threads, log=log, runtime=runtime, extent=True if mode is Mode.FORGED else None,
                       batch_axes=batch_axes)
     try:
-        report = harden(model, stats, alpha=alpha, mode=mode, center=center, formulation=formulation, output=output,
-                        include=include, exclude=exclude, probe=probe, verify=verify, threads=threads,
+        report = harden(model, stats, output, alpha=alpha, mode=mode, center=center, formulation=formulation,
+                        selection=Selection(include, exclude), probe=probe, verify=verify, threads=threads,
                         precision=precision, runtime=runtime)
         stats.save(stats_output)
     except BaseException:

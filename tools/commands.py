@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mstransform.core.errors import UsageError
 from mstransform.core.fileio import atomic_output, check_outputs
-from mstransform.core.options import AlphaPlan
+from mstransform.core.options import AlphaPlan, Selection
 
 
 def say(msg: str) -> None:
@@ -149,8 +149,8 @@ def cmd_harden(a) -> int:
         report = done.report
     else:
         check_outputs([output], [model, a.stats, a.eval, a.data])
-        report = api.harden(model, a.stats, alpha=alpha, mode=Mode(a.mode), center=a.center,
-                            formulation=a.formulation, output=output, include=a.include, exclude=a.exclude,
+        report = api.harden(model, a.stats, output, alpha=alpha, mode=Mode(a.mode), center=a.center,
+                            formulation=a.formulation, selection=Selection(a.include, a.exclude),
                             ignore_fingerprint=a.ignore_fingerprint, verify=not a.no_verify, threads=a.threads,
                             precision=a.precision, runtime=a.runtime, probe=a.data, batch_axes=_batch_axes(a),
                             preprocess=pre)

@@ -17,82 +17,78 @@ import mstransform
 from mstransform.core.errors import StatsError, UsageError
 from mstransform.core.fileio import as_output_error, atomic_folder, check_output_path, remove_quietly, replace_into
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Runtime, Selection, choice
-from mstransform.core.params import site_params
 from mstransform.core.stats import InputRecord, Stats, load_stats
 from mstransform.passes.fingerprint import fingerprint, weights_digest
 from mstransform.passes.onnx_view import find_sites
+from mstransform.passes.plan import build_plan
 from mstransform.passes.precision import convert_precision
 from mstransform.passes.prepare import DropInferredPass, ProvenancePass, at_least_opset, load_model
-from mstransform.passes.sparsify import InsertSparsifyPass
+from mstransform.passes.sparsify import Inserted, InsertSparsifyPass
 from mstransform.runtime.data import DataSource, Preprocess, head
 from mstransform.runtime.inputs import input_specs
-from mstransform.runtime.verify import VerifyReport, check_file, numeric_check
+from mstransform.runtime.verify import check_file, numeric_check
 
 MAX_PROTO = 2**31 - 1
 HARDENED_MARK = "mstransform.sites"
 
 
 @dataclass
+class Hardened:
+    """A hardened model in memory (:func:`harden_model`): nothing written, nothing checked."""
+
+    model: ir.Model
+    sites: list[str]  # sites that got an operator
+    skipped: list[str]  # sites left as identity (threshold 0 in every channel)
+    alphas: dict[str, float]
+    inserted: list[Inserted]
+    stats: Stats  # as matched to the model's site names
+
+    def summary(self) -> str:
+        return (f"inserted {len(self.sites)} sparsify operator(s)"
+                + (f"; {len(self.skipped)} site(s) left as identity (threshold 0)" if self.skipped else ""))
+
+
+@dataclass
 class HardenReport:
-    output: Path | None
+    """A hardened model written to ``output`` (:func:`harden`), and the checks it passed."""
+
+    output: Path
     model: ir.Model
     sites: list[str]
     skipped: list[str]
     alphas: dict[str, float]
-    verify: VerifyReport | None = None
-    checks: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)  # empty when the self-check was turned off
+    max_abs_diff: float | None = None  # operators vs the numpy reference; None when not checked
 
     def summary(self) -> str:
         lines = [f"inserted {len(self.sites)} sparsify operator(s)"
-                 + (f"; {len(self.skipped)} site(s) left as identity (threshold 0)" if self.skipped else "")]
-        if self.output is not None:
-            lines.append(f"wrote {self.output}")
-        lines += [f"check: {c}" for c in self.checks]
-        return "\n".join(lines)
+                 + (f"; {len(self.skipped)} site(s) left as identity (threshold 0)" if self.skipped else ""),
+                 f"wrote {self.output}"]
+        return "\n".join(lines + [f"check: {c}" for c in self.checks])
 
 
-def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, mode: Mode | str = Mode.MEANSPARSE,
-           center: Center | str = Center.MEAN, formulation: Formulation | str = Formulation.WHERE,
-           output: str | Path | None = None, include: str | None = None, exclude: str | None = None,
-           ignore_fingerprint: bool = False, probe=None, verify: bool = True,
-           threads: int | None = None, precision: Precision | str = Precision.FP32,
-           runtime: Runtime | str = Runtime.ONNXRUNTIME, batch_axes: dict[str, int | None] | None = None,
-           preprocess: Preprocess | None = None) -> HardenReport:
-    """Insert the sparsify operator at every site of ``stats``; with ``output``, write and verify the model.
+def harden_model(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2,
+                 mode: Mode | str = Mode.MEANSPARSE, center: Center | str = Center.MEAN,
+                 formulation: Formulation | str = Formulation.WHERE, selection: Selection | None = None,
+                 ignore_fingerprint: bool = False, precision: Precision | str = Precision.FP32) -> Hardened:
+    """Insert the sparsify operator at every site of ``stats`` into ``model`` (a path or an ``onnx_ir`` model,
+    loaded afresh from a path; an ``onnx_ir`` model is changed in place) and return it in memory.
 
-    ``alpha`` is one number or an :class:`AlphaPlan` (per-site overrides). ``include`` and
-    ``exclude`` narrow the calibrated sites further. ``precision`` fp16/bf16 converts the model
-    first (:mod:`mstransform.passes.precision`), so the operators are made in that type from
-    the float64 statistics; ``runtime`` runs the self-check after writing. The input file is
-    never modified.
-
-    The self-check runs on ``probe`` -- data in any form :func:`mstransform.calibrate` takes (its first
-    8 samples, read with ``batch_axes`` and ``preprocess``; a dict of arrays is fed as it is) -- or, without it, on a synthetic batch
-    shaped like the calibration samples the stats recorded (:func:`synthetic_probe`).
-    """
+    ``alpha`` is one number or an :class:`AlphaPlan` (per-site overrides); ``selection``'s
+    include/exclude patterns narrow the calibrated sites further. ``precision`` fp16/bf16 converts
+    the model first (:mod:`mstransform.passes.precision`), so the operators are made in that type
+    from the float64 statistics."""
     if type(model).__module__.startswith("torch") or hasattr(model, "named_modules"):
         raise UsageError("is a torch model; use mstransform.harden_torch for nn.Module / torch.export programs",
                          param="model")
-    plan_alpha = AlphaPlan.of(alpha)
     mode, center = choice(Mode, mode, "mode"), choice(Center, center, "center")
     formulation = choice(Formulation, formulation, "formulation")
-    precision, runtime = choice(Precision, precision, "precision"), choice(Runtime, runtime, "runtime")
-    narrow = Selection(include, exclude)
-    source_path = None if isinstance(model, ir.Model) else Path(model)
-    if output is not None:
-        output = check_output_path(output, source_path, stats if not isinstance(stats, Stats) else None)
-        check_output_path(output.with_name(output.name + ".data"), source_path)
+    precision = choice(Precision, precision, "precision")
+    plan_alpha = AlphaPlan.of(alpha)
     if not isinstance(stats, Stats):
         stats = load_stats(stats)
     m = load_model(model)
-    if probe is not None and not isinstance(probe, dict):
-        probe = probe_from(DataSource(probe, input_specs(m, batch_axes), batch_size=8, limit=8,
-                                      preprocess=preprocess or Preprocess()))
-    elif isinstance(probe, dict):
-        probe = {k: np.asarray(v) for k, v in probe.items()}
-    if HARDENED_MARK in m.metadata_props:
-        raise UsageError(f"already holds {m.metadata_props[HARDENED_MARK]} sparsify operator(s) from mstransform; "
-                         "harden the base model instead", param="model")
+    refuse_hardened(m)
     from_fx = stats.selection.framework == "fx"  # names carry over; tensor names do not
     fp = fingerprint(m)
     if fp != stats.fingerprint and not ignore_fingerprint and not from_fx:
@@ -105,55 +101,68 @@ def harden(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2, 
     if precision is not Precision.FP32:
         m = convert_precision(m, precision)
     m = at_least_opset(m)
-    sel = dataclasses.replace(stats.selection, framework="onnx")
-    table = find_sites(m, stats.placement, sel)
-    stats = stats.matched_to([(s.name, s.kind, s.channels, s.feed_name) for s in table], by_position=from_fx,
-                             check_feeds=not from_fx)
-    chosen = [s for s in table if narrow.rejects((s.name, s.feed_name)) is None and s.name in stats.sites]
-    alphas = plan_alpha.per_site([s.name for s in chosen])
-    plan = []
-    for s in chosen:
-        st = stats.sites[s.name]
-        plan.append((dataclasses.replace(s, axis=st.axis, rank=st.rank),
-                     site_params(st, alphas[s.name], mode, center)))
-    _check_representable(plan)
-    result = InsertSparsifyPass(plan, formulation)(m)
-    ProvenancePass(_provenance(mode, center, plan_alpha, stats, len(result.inserted), formulation, precision))(m)
-    report = HardenReport(None, m, [i.site for i in result.inserted], result.skipped, alphas)
-    if output is None:
-        return report
+    table = find_sites(m, stats.placement, dataclasses.replace(stats.selection, framework="onnx"))
+    narrow = Selection(selection.include, selection.exclude) if selection is not None else Selection()
+    plan = build_plan(table, stats, plan_alpha, mode, center, narrow=narrow, by_position=from_fx,
+                      check_feeds=not from_fx,
+                      dtype_of=lambda s: s.feed.dtype.numpy() if s.feed.dtype is not None else np.float32)
+    result = InsertSparsifyPass(list(plan.entries), formulation)(m)
+    ProvenancePass(_provenance(mode, center, plan_alpha, plan.stats, len(result.inserted), formulation, precision))(m)
+    return Hardened(m, [i.site for i in result.inserted], result.skipped, plan.alphas, result.inserted, plan.stats)
+
+
+def refuse_hardened(m: ir.Model) -> None:
+    """A model this tool hardened already is refused: harden the base model instead."""
+    if HARDENED_MARK in m.metadata_props:
+        raise UsageError(f"already holds {m.metadata_props[HARDENED_MARK]} sparsify operator(s) from mstransform; "
+                         "harden the base model instead", param="model")
+
+
+def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float | AlphaPlan = 0.2,
+           mode: Mode | str = Mode.MEANSPARSE, center: Center | str = Center.MEAN,
+           formulation: Formulation | str = Formulation.WHERE, selection: Selection | None = None,
+           ignore_fingerprint: bool = False, precision: Precision | str = Precision.FP32, probe=None,
+           verify: bool = True, threads: int | None = None, runtime: Runtime | str = Runtime.ONNXRUNTIME,
+           batch_axes: dict[str, int | None] | None = None, preprocess: Preprocess | None = None) -> HardenReport:
+    """:func:`harden_model`, then write the model to ``output`` and check the written file.
+
+    The checks: ``onnx.checker`` with strict shape inference, a load in ``runtime``, and every
+    operator against the numpy reference on ``probe`` -- data in any form :func:`mstransform.calibrate`
+    takes (its first 8 samples, read with ``batch_axes`` and ``preprocess``; a dict of arrays is fed as
+    it is) or, without it, a synthetic batch shaped like the calibration samples the stats recorded
+    (:func:`synthetic_probe`). The input file and the files it references are never modified; a file
+    that fails a check is removed."""
+    runtime = choice(Runtime, runtime, "runtime")
+    source_path = None if isinstance(model, ir.Model) else Path(model)
+    output = check_output_path(output, source_path, stats if not isinstance(stats, Stats) else None)
+    check_output_path(output.with_name(output.name + ".data"), source_path)
+    loaded = load_model(model)
+    if probe is not None and not isinstance(probe, dict):
+        specs = input_specs(loaded, batch_axes)
+        probe = probe_from(DataSource(probe, specs, batch_size=8, limit=8, preprocess=preprocess or Preprocess()))
+    elif isinstance(probe, dict):
+        probe = {k: np.asarray(v) for k, v in probe.items()}
+    done = harden_model(loaded, stats, alpha=alpha, mode=mode, center=center, formulation=formulation,
+                        selection=selection, ignore_fingerprint=ignore_fingerprint, precision=precision)
+    m = done.model
     DropInferredPass()(m)
     if m.ir_version is not None and m.ir_version < 4:  # IR 3 and older: every initializer is also a graph input
         listed = {id(v) for v in m.graph.inputs}
         m.graph.inputs.extend(v for v in m.graph.initializers.values() if id(v) not in listed)
     _save(m, output)
-    report.output = output
+    report = HardenReport(output, m, done.sites, done.skipped, done.alphas)
     if verify:
         try:
             report.checks += check_file(output)
-            report.verify = numeric_check(output, result.inserted,
-                                          probe if probe is not None else synthetic_probe(m, stats.inputs),
-                                          threads=threads, runtime=runtime)
-            report.checks += report.verify.checks
+            checked = numeric_check(output, done.inserted,
+                                    probe if probe is not None else synthetic_probe(m, done.stats.inputs),
+                                    threads=threads, runtime=runtime)
+            report.checks += checked.checks
+            report.max_abs_diff = checked.max_abs_diff
         except BaseException:
             remove_output(output)
             raise
     return report
-
-
-def _check_representable(plan) -> None:
-    """Every constant finite in the type it is written in (a variance of 1e80 is no float32 threshold,
-    a mean of 7e4 no float16 center)."""
-    for site, params in plan:
-        dtype = np.dtype(site.feed.dtype.numpy()) if site.feed.dtype is not None else np.dtype(np.float32)
-        for label, values in (("center", params.center), ("threshold", params.threshold)):
-            with np.errstate(over="ignore", invalid="ignore"):
-                written = np.asarray(values).astype(dtype)
-            bad = ~np.isfinite(written.astype(np.float64))
-            if bad.any():
-                worst = float(np.asarray(values, np.float64)[bad][0])
-                raise StatsError(f"site {site.name!r}: its {label} {worst:.3g} (channel {int(np.argmax(bad))}) is not "
-                                 f"finite in {dtype.name}, the site's type; the stats do not fit this model")
 
 
 def _provenance(mode: Mode, center: Center, alpha: AlphaPlan, stats: Stats, n: int, formulation: Formulation,

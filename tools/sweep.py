@@ -25,7 +25,7 @@ from mstransform.robustness.plots import plot_sweep
 from mstransform.robustness.selection import SweepRow, choose_alpha
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import make_session, providers_for
-from mstransform.tools.harden import harden
+from mstransform.tools.harden import harden, harden_model
 
 
 @dataclass
@@ -69,12 +69,12 @@ def sweep(model, stats: Stats, data, alphas: list[float], cfg: AttackConfig, *, 
     check_classifier(make_session(model, threads=threads, providers=providers_for(device)), x, y)
     rows, t0 = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mstransform-sweep-") as tmp:
-        harden(model, stats, alpha=alphas[-1], verify=False)  # stats fit the model: fail before any attack
+        harden_model(model, stats, alpha=alphas[-1])  # stats fit the model: fail before any attack
         for alpha in alphas:
             path = Path(model)
             if alpha > 0:
                 path = Path(tmp) / f"alpha{alpha:g}.onnx"
-                harden(model, stats, alpha=alpha, output=path, threads=threads)
+                harden(model, stats, path, alpha=alpha, threads=threads)
             r = evaluate_model(f"alpha={alpha:g}", path, x, y, cfg, threads=threads, device=device)
             rows.append(SweepRow(alpha, r.accuracy["clean"], r.accuracy["apgd-ce"], r.accuracy["bpda"]))
             if progress:
