@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mstransform.core.errors import UsageError
-from mstransform.core.fileio import check_outputs, remove_quietly
+from mstransform.core.fileio import atomic_output, check_outputs, remove_quietly
 from mstransform.core.options import (AlphaPlan, Center, Device, Formulation, Mode, Placement, Precision, Runtime,
                                       Selection, choice)
 from mstransform.core.stats import Stats, load_stats
@@ -30,9 +30,9 @@ from mstransform.runtime.session import (check_runtime_choice, choose_providers,
 from mstransform.tools.harden import (Hardened, HardenReport, harden, harden_model, probe_from, refuse_hardened,
                                       remove_output)
 
-__all__ = ["Hardened", "HardenReport", "OneStepResult", "RunResult", "calibrate", "calibrate_and_harden",
-           "compare_accuracy", "find_sites", "harden", "harden_model", "harden_torch", "load_model", "load_stats",
-           "package_torch", "run"]
+__all__ = ["Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "build_engine", "calibrate",
+           "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output", "find_sites", "harden",
+           "harden_model", "harden_torch", "load_model", "load_stats", "merge_stats", "package_torch", "run"]
 
 
 def _is_torch(model) -> bool:
@@ -165,12 +165,97 @@ def compare_accuracy(models: list[str | Path], data, *, batch_size: int = 64, pr
             for p in models]
 
 
+def default_output(model: str | Path, mode: Mode | str = Mode.MEANSPARSE) -> Path:
+    """Where a hardened model goes when no output is named: ``MODEL.<mode>.onnx`` next to the input."""
+    model = Path(model)
+    return model.with_name(f"{model.stem}.{choice(Mode, mode, 'mode').value}.onnx")
+
+
+def default_stats_output(output: str | Path) -> Path:
+    """Where the one-step form keeps its statistics when no path is named: ``OUT.stats.npz``."""
+    output = Path(output)
+    return output.with_name(output.stem + ".stats.npz")
+
+
+def merge_stats(paths: list[str | Path], output: str | Path) -> Stats:
+    """Merge shards (Chan's rule in float64) and write the result to ``output``; returns the merged stats."""
+    (out,) = check_outputs([output], list(paths))
+    if not paths:
+        raise UsageError("names no stats file to merge", param="stats")
+    parts = [load_stats(p) for p in paths]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = merged.merge(part)
+    merged.save(out)
+    return merged
+
+
+@dataclass
+class TrtCheck:
+    """What the static TensorRT check found for one release."""
+
+    version: str
+    findings: list
+    fp16: bool
+
+    @property
+    def errors(self) -> list:
+        return [f for f in self.findings if f.level == "error"]
+
+    def raise_for_errors(self) -> None:
+        """CompatibilityError (exit 9) naming the first blocking problem, if any."""
+        from mstransform.core.errors import CompatibilityError
+
+        if self.errors:
+            raise CompatibilityError(f"{len(self.errors)} problem(s) for TensorRT {self.version}; "
+                                     f"first: {self.errors[0]}")
+
+
+def check_trt(model, version: str | None = None, *, fp16: bool = False) -> TrtCheck:
+    """The static TensorRT compatibility check of ``model`` against one release's ONNX parser facts."""
+    from mstransform.deploy.trt_check import DEFAULT_VERSION, versions
+    from mstransform.deploy.trt_check import check_trt as _check
+
+    version = version or DEFAULT_VERSION
+    if version not in versions():
+        raise UsageError(f"unknown TensorRT version {version!r}; known: {', '.join(versions())}", param="trt_version")
+    return TrtCheck(version, _check(load_model(model), version, fp16=fp16), fp16)
+
+
+def build_engine(model: str | Path, output: str | Path, *, shapes: str | None = None, fp16: bool = False,
+                 bf16: bool = False, workspace_mib: int = 1024, timing_cache: str | Path | None = None) -> Path:
+    """A TensorRT engine of ``model`` written to ``output``; ``shapes`` is MIN/OPT/MAX (batch sizes or
+    ``NAME:1x3x224x224/...`` per input). Needs TensorRT (DependencyError otherwise)."""
+    from mstransform.deploy.trt_engine import build_engine as _build
+    from mstransform.deploy.trt_engine import import_tensorrt, parse_shapes
+
+    (out,) = check_outputs([output], [model, timing_cache])
+    specs = input_specs(load_model(model))
+    unknown = [s.name for s in specs if s.shape is None]
+    if unknown:
+        raise UsageError(f"input {unknown[0]!r} has no known shape; TensorRT needs ranked inputs (re-export with shapes)",
+                         param="model")
+    if not 1 <= workspace_mib <= 1 << 20:
+        raise UsageError(f"must be between 1 and 1048576 MiB, got {workspace_mib}", param="workspace")
+    profile = parse_shapes(shapes, {s.name: s.shape for s in specs})
+    import_tensorrt()
+    return _build(model, out, fp16=fp16, bf16=bf16, profile=profile, workspace_mib=workspace_mib,
+                  timing_cache=timing_cache)
+
+
 @dataclass
 class RunResult:
     runtime: str  # one line: runtime, provider and why
     predictions: np.ndarray
     accuracy: Accuracy | None
     notes: list[str]  # about the data, one line each (e.g. empty class folders)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the predictions as a ``.npy`` file, atomically."""
+        with atomic_output(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, self.predictions)
+        return Path(path)
 
 
 def run(model: str | Path, data, *, providers: list[str] | None = None, batch_size: int = 64,

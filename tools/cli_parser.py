@@ -17,7 +17,8 @@ FLAGS = {"alpha": "--alpha", "alphas": "--alphas", "batch_size": "--batch-size",
          "pgd_steps": "--pgd-steps", "square_queries": "--square-queries", "seed": "--seed",
          "max_clean_drop": "--max-clean-drop", "channel": "--channel", "mean/std": "--mean/--std", "std": "--std",
          "probe": "--data", "data": "--data", "model": "MODEL", "shard": "--shard", "workspace": "--workspace",
-         "device": "--device", "runtime": "--runtime", "providers": "--providers", "batch_axes": "--batch-axis"}
+         "device": "--device", "runtime": "--runtime", "providers": "--providers", "batch_axes": "--batch-axis",
+         "trt_version": "--trt-version", "stats": "--stats"}
 
 
 class Parser(argparse.ArgumentParser):

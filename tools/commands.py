@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from mstransform.core.errors import UsageError
-from mstransform.core.fileio import atomic_output, check_outputs
+from mstransform.core.fileio import check_outputs
 from mstransform.core.options import AlphaPlan, Selection
 
 
@@ -105,18 +105,13 @@ def cmd_calibrate(a) -> int:
 
 
 def cmd_stats(a) -> int:
-    from mstransform.core.stats import load_stats
+    from mstransform.tools import api
 
     if a.stats_command == "inspect":
-        print(load_stats(a.stats).summary())
+        print(api.load_stats(a.stats).summary())
         return 0
-    (out,) = check_outputs([a.output], a.inputs)
-    parts = [load_stats(p) for p in a.inputs]
-    merged = parts[0]
-    for part in parts[1:]:
-        merged = merged.merge(part)
-    merged.save(out)
-    print(f"merged {len(a.inputs)} file(s): {len(merged)} site(s), {merged.samples} sample(s); wrote {out}")
+    merged = api.merge_stats(a.inputs, a.output)
+    print(f"merged {len(a.inputs)} file(s): {len(merged)} site(s), {merged.samples} sample(s); wrote {a.output}")
     return 0
 
 
@@ -127,7 +122,7 @@ def cmd_harden(a) -> int:
     if a.stats is None and a.data is None:
         raise UsageError("give --stats NPZ (from `mstransform calibrate`) or --data PATH to calibrate now")
     model = Path(a.model)
-    output = Path(a.output) if a.output else model.with_name(f"{model.stem}.{a.mode}.onnx")
+    output = Path(a.output) if a.output else api.default_output(model, a.mode)
     alpha = AlphaPlan.parse(a.alpha)
     pre = _preprocess(a)
     base = None
@@ -135,7 +130,7 @@ def cmd_harden(a) -> int:
         (base,) = api.compare_accuracy([model], a.eval, batch_size=a.batch_size, preprocess=pre, threads=a.threads,
                                        runtime=a.runtime, batch_axes=_batch_axes(a))
     if a.stats is None:
-        stats_out = Path(a.save_stats) if a.save_stats else output.with_name(output.stem + ".stats.npz")
+        stats_out = Path(a.save_stats) if a.save_stats else api.default_stats_output(output)
         check_outputs([output, stats_out], [model, a.data, a.eval])
         t0 = time.perf_counter()
         done = api.calibrate_and_harden(model, a.data, output=output, stats_output=stats_out, alpha=alpha,
@@ -165,49 +160,27 @@ def cmd_harden(a) -> int:
 
 
 def cmd_check_trt(a) -> int:
-    from mstransform.core.errors import CompatibilityError
-    from mstransform.deploy.trt_check import DEFAULT_VERSION, check_trt, versions
     from mstransform.tools import api
 
-    version = a.trt_version or DEFAULT_VERSION
-    if version not in versions():
-        raise UsageError(f"unknown --trt-version {version!r}; known: {', '.join(versions())}")
-    findings = check_trt(api.load_model(a.model), version, fp16=a.fp16)
-    for f in findings:
+    report = api.check_trt(a.model, a.trt_version, fp16=a.fp16)
+    for f in report.findings:
         print(f)
-    errors = [f for f in findings if f.level == "error"]
-    if errors:
-        raise CompatibilityError(f"{len(errors)} problem(s) for TensorRT {version}; first: {errors[0]}")
-    print(f"ok: compatible with the TensorRT {version} ONNX parser's operator table"
-          + (" and fp16 constants" if a.fp16 else "") + f" ({len(findings)} warning(s))")
+    report.raise_for_errors()
+    print(f"ok: compatible with the TensorRT {report.version} ONNX parser's operator table"
+          + (" and fp16 constants" if a.fp16 else "") + f" ({len(report.findings)} warning(s))")
     return 0
 
 
 def cmd_engine(a) -> int:
-    from mstransform.runtime.inputs import input_specs
-    from mstransform.deploy.trt_engine import build_engine, import_tensorrt, parse_shapes
     from mstransform.tools import api
 
-    (out,) = check_outputs([a.output], [a.model, a.timing_cache])
-    model = api.load_model(a.model)
-    specs = input_specs(model)
-    unknown = [s.name for s in specs if s.shape is None]
-    if unknown:
-        raise UsageError(f"input {unknown[0]!r} has no known shape; TensorRT needs ranked inputs (re-export with shapes)",
-                         param="model")
-    if not 1 <= a.workspace <= 1 << 20:
-        raise UsageError(f"--workspace must be between 1 and 1048576 MiB, got {a.workspace}")
-    profile = parse_shapes(a.shapes, {s.name: s.shape for s in specs})
-    import_tensorrt()
-    build_engine(a.model, out, fp16=a.fp16, bf16=a.bf16, profile=profile, workspace_mib=a.workspace,
-                 timing_cache=a.timing_cache)
+    out = api.build_engine(a.model, a.output, shapes=a.shapes, fp16=a.fp16, bf16=a.bf16, workspace_mib=a.workspace,
+                           timing_cache=a.timing_cache)
     print(f"wrote {out}")
     return 0
 
 
 def cmd_run(a) -> int:
-    import numpy as np
-
     from mstransform.runtime.session import providers_for
     from mstransform.tools import api
 
@@ -224,10 +197,7 @@ def cmd_run(a) -> int:
     else:
         print(f"predictions for {len(preds)} sample(s): {preds[:20].tolist()}{' ...' if len(preds) > 20 else ''}")
     if out is not None:
-        with atomic_output(out) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, preds)
-        print(f"wrote {out}")
+        print(f"wrote {result.save(out)}")
     return 0
 
 
