@@ -25,7 +25,7 @@ import numpy as np
 from mstransform.core.errors import DataError, DependencyError, UsageError
 from mstransform.core.options import MAX_BATCH, MAX_ITERS, Device, Runtime, check_count, choice
 from mstransform.runtime.data import DataSource
-from mstransform.runtime.session import check_runtime_choice, open_session, providers_for
+from mstransform.runtime.session import check_runtime_choice, open_session, providers_for, run_step
 
 ATTACKS = ("apgd-ce", "apgd-dlr", "pgd", "square", "bpda")
 DEFAULT_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "bpda")
@@ -94,7 +94,7 @@ def check_classifier(session, x: np.ndarray, y: np.ndarray) -> None:
     """Refuse a model whose first output is not a score per class for the labels given."""
     out = session.get_outputs()[0]
     name = session.get_inputs()[0].name
-    logits = session.run([out.name], {name: x[:1]})[0]
+    logits = run_step(session, [out.name], {name: x[:1]}, DataError, "a first classification of the data")[0]
     if logits.ndim != 2:
         raise DataError(f"output {out.name!r} has shape {list(logits.shape)}, not (batch, classes): "
                         "evaluation needs class scores")

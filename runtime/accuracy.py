@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mstransform.core.errors import DataError
+from mstransform.runtime.session import run_step
 
 
 @dataclass
@@ -25,7 +26,8 @@ def predict(session, batches, require_labels: bool = True) -> tuple[np.ndarray, 
     for batch in batches:
         if batch.labels is None and require_labels:
             raise DataError("evaluation data has no labels; add a 'labels' array (or use class sub-folders)")
-        logits = np.asarray(session.run([out], batch.inputs)[0])
+        logits = np.asarray(run_step(session, [out], batch.inputs, DataError,
+                                     f"inference, batch starting at sample {batch.start}")[0])
         if logits.ndim != 2 or logits.shape[0] != len(batch):
             raise DataError(f"output {out!r} has shape {list(logits.shape)}, not (batch, classes): "
                             "accuracy needs class scores")
