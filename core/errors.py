@@ -3,8 +3,40 @@
 Every error the command line reports is one of these: it prints as a single line
 (``mstransform: error: ...``) naming the problem and what to do, and the process exits
 with the class's code. Anything else is a bug and prints a traceback.
+
+The line is printed through :meth:`MstError.render`, which escapes control and line-breaking
+characters (:func:`one_line`): a file name holding a newline cannot split it. An ``OSError``
+gets the class of the path it names (``mstransform.core.fileio.classify_os_error``). One status
+is not an error: 141 (:data:`EXIT_BROKEN_PIPE`) when the reader of standard output closed the pipe.
 """
 from __future__ import annotations
+
+import unicodedata
+
+# What a shell reports for ``ls | head -c 1``: 128 + SIGPIPE. The reader closed the pipe, so
+# the command stops quietly (no message, no traceback) with this status, as git and ls do.
+EXIT_BROKEN_PIPE = 141
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def one_line(text: str) -> str:
+    """``text`` safe to print as one terminal line: every character that breaks a line or moves the
+    cursor (control characters, U+0085, U+2028/U+2029, bidi overrides) and every undecodable byte of
+    a file name (a lone surrogate) is written as its Python escape (``\\n``, ``\\x1b``, ``\\u2028``),
+    the way ``repr`` writes it; printable text, backslashes included, is left as it is."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch in _BIDI or unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp"):
+            out.append(ascii(ch)[1:-1])
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 class MstError(Exception):
@@ -30,10 +62,11 @@ class MstError(Exception):
         return f"{self.param} {self.detail}" if self.param else self.detail
 
     def render(self, flags: dict[str, str]) -> str:
-        """The message with the parameter replaced by the flag that sets it (``alpha`` -> ``--alpha``)."""
+        """The message with the parameter replaced by the flag that sets it (``alpha`` -> ``--alpha``),
+        as one line: a path holding a newline or an escape sequence cannot split or repaint it."""
         if not self.param:
-            return self.detail
-        return f"{flags.get(self.param, self.param)} {self.detail}"
+            return one_line(self.detail)
+        return one_line(f"{flags.get(self.param, self.param)} {self.detail}")
 
 
 class UsageError(MstError, exit_code=2):

@@ -1,19 +1,38 @@
-"""Safe file output: inputs are never overwritten, special files never replaced, and every
-output is written to a temporary name beside the target and renamed, so a crash, a full disk
-or Ctrl-C leaves either the old file or nothing, never half a file.
+"""Safe file input and output, and the one mapping of operating-system errors to error classes.
+
+Outputs: inputs are never overwritten (by resolved path or by inode, and through every file an
+input model references), special files are never replaced, and every output is written under a
+name of its own beside the target, checked there, and renamed, so a crash, a full disk, Ctrl-C
+or a second run writing the same path leaves either the old file or a whole new one, never half
+a file, and a run removes only the temporary files it made itself. Outputs get mode
+``0666 & ~umask``, as a file made by ``open`` would.
+
+Inputs: :func:`check_readable` refuses anything that is not a regular file (or a folder where one
+is accepted) before it is opened, so a FIFO cannot block and a device cannot be read for ever.
+
+Errors: :func:`input_error`, :func:`as_output_error` and :func:`classify_os_error` turn an
+``OSError`` into the one-line error of its class (data, stats, model, output).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
 
-from mstransform.core.errors import OutputError, UsageError
+from mstransform.core.errors import MstError, OutputError, UsageError
+
+# errno values that only a write can raise: whatever file they name, the output is at fault.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+# What the companion of a model output is called: ``OUT.data`` holds its external data.
+DATA_SUFFIX = ".data"
+_TMP_PREFIX = ".mstransform-"
 
 
+# -- paths -------------------------------------------------------------------------------------
 def resolved(path: str | Path, what: str = "path") -> Path:
     """``path`` made absolute with links followed; a one-line error on a symlink loop."""
     try:
@@ -22,58 +41,210 @@ def resolved(path: str | Path, what: str = "path") -> Path:
         raise UsageError(f"{what} {path} cannot be resolved ({e})") from None
 
 
+def _stat(path) -> os.stat_result | None:
+    """``os.stat`` (links followed), None where it fails for any reason (missing, too long, a loop)."""
+    try:
+        return os.stat(path)
+    except (OSError, ValueError):
+        return None
+
+
+def file_id(path) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` names, links followed; None where it does not exist."""
+    st = _stat(path)
+    return None if st is None else (st.st_dev, st.st_ino)
+
+
 def same_file(a: str | Path, b: str | Path) -> bool:
     """True when ``a`` and ``b`` name one file: same resolved path, or same inode (hard links)."""
-    ra, rb = resolved(a), resolved(b)
-    if ra == rb:
+    if resolved(a) == resolved(b):
         return True
+    ia = file_id(a)
+    return ia is not None and ia == file_id(b)
+
+
+def data_companion(path: str | Path) -> Path:
+    """The external-data file written beside a model output: ``OUT.data``."""
+    path = Path(path)
+    return path.with_name(path.name + DATA_SUFFIX)
+
+
+def names_folder(raw) -> bool:
+    """``-o newdir/``, ``-o out/.``: a path that can only name a folder (pathlib drops the slash)."""
+    text = os.fspath(raw)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    seps = tuple(s for s in (os.sep, os.altsep) if s)
+    return text.endswith(seps) or os.path.basename(text) in (".", "..", "")
+
+
+def _name_max(folder: Path) -> int:
     try:
-        return os.path.samefile(ra, rb)
-    except OSError:
-        return False
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
-def check_outputs(outputs, inputs) -> list[Path | None]:
+def output_mode() -> int:
+    """The mode ``open()`` would give a new file: ``0o666 & ~umask`` (temporary files start at 0o600)."""
+    try:  # Linux >= 4.7 shows the umask without changing it (thread-safe)
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# -- inputs ------------------------------------------------------------------------------------
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(mode: int) -> str | None:
+    """What a file of ``mode`` is when it is neither a regular file nor a folder."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def input_error(e: OSError, path, error: type[MstError], what: str) -> MstError:
+    """A failed read of input ``path`` as one line of ``error``'s class (``what``: "data file")."""
+    if e.errno == errno.ENOENT:
+        return error(f"{what} {path} does not exist")
+    return error(f"{what} {path} cannot be read ({e.strerror or e})")
+
+
+def check_readable(path: str | Path, error: type[MstError], what: str, *, folder: bool = False,
+                   missing_ok: bool = False) -> Path:
+    """Refuse, before anything opens it, an input that is not a regular file (nor a folder, with
+    ``folder``), or that cannot be opened and read; ``error(message)`` names ``what`` and ``path``.
+
+    A FIFO would block the reader for ever, a device read for ever: they are refused from their
+    mode, never opened. A regular file is opened and one byte read, so a permission, I/O or
+    name-length problem is reported here, in the input's class, instead of as a bare OSError
+    from deep inside a reader. With ``missing_ok`` a missing path passes (the reader says it).
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if missing_ok and e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return path
+        raise input_error(e, path, error, what) from None
+    except ValueError:  # a NUL byte in the name
+        raise error(f"{what} {path!r} is not a valid file name") from None
+    if stat.S_ISDIR(st.st_mode):
+        if not folder:
+            raise error(f"{what} {path} is a folder, not a file")
+        try:
+            with os.scandir(path) as entries:
+                next(entries, None)
+        except OSError as e:
+            raise input_error(e, path, error, what) from None
+        return path
+    kind = special_kind(st.st_mode)
+    if kind is not None:
+        raise error(f"{what} {path} is {kind}, not a regular file{' or folder' if folder else ''}; "
+                    "give a file (special files are never read)")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        try:
+            os.read(fd, 1)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise input_error(e, path, error, what) from None
+    return path
+
+
+# -- outputs -----------------------------------------------------------------------------------
+def check_outputs(outputs, inputs, *, models=()) -> list[Path | None]:
     """Refuse, before any work, every output that is an input, another output, or not writable.
 
-    ``outputs`` and ``inputs`` are paths or None (absent). An output that exists must be a
-    regular file: renaming onto a device node (/dev/null, /dev/full) would replace the device.
+    ``outputs`` and ``inputs`` are paths or None (absent). ``inputs`` must hold every file the
+    inputs reference (an input model's external data: ``passes.references.model_references``).
+    ``models`` names the outputs that are ONNX models: each also writes ``OUT.data`` (its
+    external data) when it is big or its input had external data, so that file is checked too.
+
+    An output is refused when it is an input by resolved path or by inode (symbolic and hard
+    links), when it ends in a separator or names a folder, when its name is longer than the
+    folder allows, and when it exists as anything but a regular file: renaming onto a device
+    node (/dev/null, /dev/full) would replace the device.
     """
-    ins = [Path(p) for p in inputs if p is not None]
-    checked: list[Path | None] = []
+    models = {os.fspath(m) for m in models if m is not None}
+    ins = []
+    for p in inputs:
+        if p is None:
+            continue
+        ins.append((Path(p), _resolved_or_none(p), file_id(p)))
+    entries = []
     for out in outputs:
+        entries.append((out, None))
+        if out is not None and os.fspath(out) in models:
+            entries.append((data_companion(out), out))
+    checked: list[Path | None] = []
+    seen: list[tuple[Path, Path, tuple[int, int] | None]] = []
+    for out, owner in entries:
         if out is None:
             checked.append(None)
             continue
-        path = Path(out)
-        target = resolved(path, "output path")
-        for inp in ins:
-            if inp.exists() and same_file(path, inp) or target == resolved(inp, "input path"):
-                raise OutputError(f"output path {path} is the input {inp}; choose another output "
-                                  "(inputs are never modified)")
-        for other in checked:
-            if other is not None and (target == resolved(other) or same_file(path, other)):
-                raise OutputError(f"two outputs are the same file {path}; give each its own name")
-        if target.exists() and not target.is_file():
-            kind = "a folder" if target.is_dir() else "not a regular file (a device, pipe or socket)"
-            raise OutputError(f"output path {path} is {kind}; give a regular file name")
-        parent = target.parent
-        if not parent.is_dir():
-            raise OutputError(f"output folder {parent} does not exist; create it or choose another output")
-        if not os.access(parent, os.W_OK):
-            raise OutputError(f"output folder {parent} is not writable; choose another output")
-        checked.append(path)
+        path = _check_one(out, owner, ins, seen)
+        seen.append((path, resolved(path, "output path"), file_id(path)))
+        if owner is None:
+            checked.append(path)
     return checked
 
 
-def check_output_path(path: str | Path, *inputs) -> Path:
-    """One output against its inputs (see :func:`check_outputs`)."""
-    return check_outputs([path], inputs)[0]
+def _resolved_or_none(p) -> Path | None:
+    try:
+        return Path(p).resolve()
+    except (RuntimeError, OSError, ValueError):
+        return None
+
+
+def _check_one(out, owner, ins, seen) -> Path:
+    label = f"output path {out}" if owner is None else f"{out} (the external data of output {owner})"
+    if names_folder(out):
+        raise OutputError(f"output path {out} names a folder (it ends with a separator); give a file name")
+    path = Path(out)
+    target = resolved(path, "output path")
+    parent = target.parent
+    size, most = len(os.fsencode(target.name)), _name_max(parent if parent.is_dir() else Path("/"))
+    if size > most and owner is None:  # OUT.data is written for big models only; too long, it fails unpublished
+        raise OutputError(f"{label}: file name too long ({size} bytes, at most {most}); choose a shorter name")
+    ident = file_id(target)
+    for inp, inp_resolved, inp_id in ins:
+        if target == inp_resolved or (ident is not None and ident == inp_id):
+            raise OutputError(f"{label} is the input {inp}; choose another output (inputs are never modified)")
+    for other, other_resolved, other_id in seen:
+        if target == other_resolved or (ident is not None and ident == other_id):
+            raise OutputError(f"two outputs are the same file {path}; give each its own name")
+    st = _stat(target)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, pipe or socket)"
+        raise OutputError(f"{label} is {kind}; give a regular file name")
+    if not parent.is_dir():
+        raise OutputError(f"output folder {parent} does not exist; create it or choose another output")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output folder {parent} is not writable; choose another output")
+    return path
+
+
+def check_output_path(path: str | Path, *inputs, model: bool = False) -> Path:
+    """One output against its inputs (see :func:`check_outputs`); ``model``: it writes ``OUT.data`` too."""
+    return check_outputs([path], inputs, models=[path] if model else ())[0]
 
 
 def _map_os_error(e: OSError, path: Path) -> OutputError | None:
-    if e.errno == errno.ENOSPC:
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
         return OutputError(f"disk full while writing {path}; free space and run again")
+    if e.errno == errno.EFBIG:
+        return OutputError(f"cannot write {path}: file too large for the file-size limit (ulimit -f) or the "
+                           "file system; raise the limit or write elsewhere")
     if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return OutputError(f"cannot write {path}: {e.strerror}")
     return None
@@ -84,23 +255,41 @@ def as_output_error(e: OSError, path: Path) -> OutputError:
     return _map_os_error(e, path) or OutputError(f"cannot write {path}: {e.strerror or e}")
 
 
+def _ours(e: OSError, *mine) -> bool:
+    """True when ``e`` came from writing one of ``mine`` (or names no file: a write to an open file)."""
+    names = [n for n in (e.filename, getattr(e, "filename2", None)) if n is not None]
+    if not names:
+        return True
+    owned = {os.path.abspath(os.fspath(m)) for m in mine}
+    return all(os.path.abspath(os.fsdecode(n) if isinstance(n, bytes) else str(n)) in owned
+               or _TMP_PREFIX in str(n) for n in names)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path):
-    """Yield a temporary path in the target's folder; rename it onto ``path`` on success."""
+    """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
+
+    The temporary file is this call's own (a unique name), gets mode ``0666 & ~umask`` before
+    the rename, and is removed on any failure. An OSError of the write (disk full, file-size
+    limit, read-only file system) comes out as one OutputError line."""
     path = Path(path)
     target = resolved(path, "output path")
-    if target.exists() and not stat.S_ISREG(target.stat().st_mode):
+    st = _stat(target)
+    if st is not None and not stat.S_ISREG(st.st_mode):
         raise OutputError(f"output path {path} is not a regular file; refusing to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:  # a short prefix: the temporary name must fit where the target's name just fits
+        fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{path.name[:24]}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as e:
+        raise as_output_error(e, path) from None
     try:
         yield Path(tmp)
+        os.chmod(tmp, output_mode())
         os.replace(tmp, target)
     except OSError as e:
         _unlink(tmp)
-        mapped = _map_os_error(e, path)
-        if mapped is not None:
-            raise mapped from None
+        if _ours(e, tmp, target, path):
+            raise as_output_error(e, path) from None
         raise
     except BaseException:
         _unlink(tmp)
@@ -109,20 +298,127 @@ def atomic_output(path: str | Path):
 
 @contextlib.contextmanager
 def atomic_folder(parent: str | Path):
-    """A temporary folder inside ``parent`` that is removed afterwards, whatever happens."""
-    tmpdir = tempfile.mkdtemp(prefix=".mstransform-", dir=parent)
+    """A temporary folder of this call's own inside ``parent``, removed afterwards whatever happens."""
+    try:
+        tmpdir = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=parent)
+    except OSError as e:
+        raise as_output_error(e, Path(parent)) from None
     try:
         yield Path(tmpdir)
     finally:
-        for name in os.listdir(tmpdir):
-            _unlink(os.path.join(tmpdir, name))
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+class Publication:
+    """What :func:`publishing` yields: ``path``, the temporary file to write and check (it has the
+    output's own name, inside a private folder beside the output, so a model's relative
+    external-data location ``OUT.data`` is right in both places), and, after a successful
+    exit, ``published``: each file renamed into place with its (device, inode)."""
+
+    def __init__(self, output: Path, folder: Path, companions: tuple[str, ...]):
+        self.output, self.folder, self.companions = output, folder, companions
+        self.path = folder / output.name
+        self.published: list[tuple[Path, tuple[int, int] | None]] = []
+
+    def retract(self) -> None:
+        """Undo the publication (a later step failed): see :func:`retract`."""
+        retract(self.published)
+        self.published = []
+
+
+def retract(published) -> None:
+    """Remove each published ``(path, (device, inode))`` that is still the file this run renamed
+    there, never a file another run (or the user) has put there since."""
+    for dst, ident in reversed(list(published)):
+        if ident is not None and file_id(dst) == ident:
+            _unlink(dst)
+
+
+@contextlib.contextmanager
+def publishing(output: str | Path, companions: tuple[str, ...] = (DATA_SUFFIX,)):
+    """Write, check, then publish ``output``: yield a :class:`Publication` whose ``path`` is a
+    temporary file of this run's own; when the block ends without error, rename its companions
+    (``path.data``, where written) and then the file onto ``output``, with mode ``0666 & ~umask``.
+
+    On any error (a failed write, a failed verification, Ctrl-C) only this run's temporary folder
+    is removed: the output as it was (another run's, or the old file) is never touched. Two runs
+    publishing the same output each check their own file; the last rename wins, whole: the
+    renames of one output's files happen under an exclusive lock on its folder.
+    """
+    output = Path(output)
+    if names_folder(output):
+        raise OutputError(f"output path {output} names a folder (it ends with a separator); give a file name")
+    folder = resolved(output.parent, "output folder")
+    dest = folder / output.name  # a final symbolic link is replaced, never written through
+    st = _stat(dest)
+    if st is not None and not stat.S_ISREG(st.st_mode) and not os.path.islink(dest):
+        raise OutputError(f"output path {output} is not a regular file; refusing to replace it")
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=folder))
+    except OSError as e:
+        raise as_output_error(e, output) from None
+    pub = Publication(dest, tmpdir, tuple(companions))
+    try:
+        yield pub
+        mode = output_mode()
+        moves = [(tmpdir / (output.name + c), folder / (output.name + c)) for c in pub.companions]
+        moves = [(s, d) for s, d in moves if os.path.lexists(s)] + [(pub.path, dest)]
+        with _folder_lock(folder), _signals_held():
+            for src, dst in moves:
+                os.chmod(src, mode)
+                ident = file_id(src)
+                os.replace(src, dst)
+                pub.published.append((dst, ident))
+    except OSError as e:
+        if _ours(e, tmpdir, pub.path, dest, *(d for _, d in pub.published)):
+            raise as_output_error(e, output) from None
+        raise
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait until the block ends: a model and its ``.data`` are renamed as a pair."""
+    import signal
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive advisory lock on ``folder`` (its own descriptor: no lock file is left behind)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: renames stay atomic one by one
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
         with contextlib.suppress(OSError):
-            os.rmdir(tmpdir)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def replace_into(src: Path, dst: Path) -> None:
     """Rename ``src`` onto ``dst``, mapping disk-full and permission errors to OutputError."""
     try:
+        os.chmod(src, output_mode())
         os.replace(src, dst)
     except OSError as e:
         raise as_output_error(e, dst) from None
@@ -136,3 +432,51 @@ def remove_quietly(*paths: Path) -> None:
 def _unlink(p) -> None:
     with contextlib.suppress(OSError):
         os.unlink(p)
+
+
+# -- the one mapping of an OSError that reached the top level ----------------------------------
+def classify_os_error(e: OSError, roles) -> MstError | None:
+    """The error of its class for an OSError no reader or writer mapped on the way.
+
+    ``roles`` lists ``(path, error class, what)`` for each path the command was given (the
+    model as ModelError, ``--data`` as DataError, an output as OutputError, ...). The file the
+    error names decides: the role whose path it is (or lies inside: an image of a data folder,
+    the temporary file beside an output); a write-only errno (disk full, file too large,
+    read-only file system) is an output's; anything else is None (the caller says so in one line).
+    """
+    names = [n for n in (e.filename, getattr(e, "filename2", None)) if n is not None]
+    text = e.strerror or str(e)
+    for name in names:
+        name = os.fsdecode(name) if isinstance(name, bytes) else str(name)
+        role = _role_of(name, roles)
+        if role is not None:
+            path, error, what = role
+            if error is OutputError:
+                return as_output_error(e, Path(path))
+            if e.errno == errno.ENOENT:
+                return error(f"{what} {name} does not exist")
+            return error(f"{what} {name} cannot be read ({text})")
+    if e.errno in WRITE_ERRNOS:
+        where = f" {os.fsdecode(names[0]) if isinstance(names[0], bytes) else names[0]}" if names else ""
+        return OutputError(f"cannot write{where}: {text}")
+    return None
+
+
+def _role_of(name: str, roles):
+    absname = os.path.abspath(name)
+    inside = None
+    for path, error, what in roles:
+        if path is None:
+            continue
+        p = os.path.abspath(os.fspath(path))
+        if absname == p:
+            return path, error, what
+        if error is OutputError:
+            parent = os.path.dirname(p)
+            base = os.path.basename(absname)
+            if os.path.dirname(absname) == parent and (base.startswith(_TMP_PREFIX) or base.startswith(
+                    f".{os.path.basename(p)}")) or absname.startswith(os.path.join(parent, _TMP_PREFIX)):
+                inside = inside or (path, error, what)
+        elif absname.startswith(p.rstrip(os.sep) + os.sep):
+            inside = inside or (path, error, what)
+    return inside

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mstransform.core.fileio import check_readable
+
 
 def _header_fits(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:
     """Why a member's header does not fit its size (None when it fits)."""
@@ -33,13 +35,11 @@ def _header_fits(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:
 
 def read_npz(path: Path, error: type[Exception], what: str) -> dict[str, np.ndarray]:
     """All arrays of ``path``; ``error(message)`` on anything unreadable, pickled, oversized or missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{what} {path} does not exist")
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":
-            raise error(f"{what} {path} is not a readable .npz file (no zip header)")
+    path = check_readable(path, error, what)  # missing, a folder, a FIFO or device, unreadable: one line
     try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                raise error(f"{what} {path} is not a readable .npz file (no zip header)")
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
                 if info.flag_bits & 0x1:

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from mstransform.core.errors import MstError, StatsError
-from mstransform.core.fileio import atomic_output
+from mstransform.core.fileio import atomic_output, check_readable
 from mstransform.core.moments import Moments
 from mstransform.core.npz import read_npz
 from mstransform.core.options import Placement, Selection
@@ -149,7 +149,7 @@ class Stats:
 
     @classmethod
     def load(cls, path: str | Path) -> "Stats":
-        path = Path(path)
+        path = check_readable(path, StatsError, "stats file", missing_ok=True)  # a name too long, a FIFO
         if not path.exists():
             raise StatsError(f"stats file {path} does not exist; run `mstransform calibrate` first")
         arrays = read_npz(path, StatsError, "stats file")

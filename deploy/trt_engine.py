@@ -26,6 +26,7 @@ from pathlib import Path
 
 from mstransform.core.errors import DependencyError, ModelError, UsageError
 from mstransform.core.fileio import atomic_output, check_outputs
+from mstransform.passes.references import with_references
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, *, fp16: bool = F
     With ``timing_cache`` the cache file is read if present (refused in one line if TensorRT cannot
     read it or rejects it) and written back with the plan after a successful build.
     """
-    plan_path, cache_path = check_outputs([plan_path, timing_cache], [onnx_path])
+    plan_path, cache_path = check_outputs([plan_path, timing_cache], with_references(onnx_path))
     trt = import_tensorrt()
     major = trt_major(trt)
     if major >= 11 and (fp16 or bf16):

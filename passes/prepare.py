@@ -18,6 +18,7 @@ from onnx_ir.passes import InPlacePass, PassResult
 from onnx_ir.passes.common import NameFixPass, ShapeInferencePass
 
 from mstransform.core.errors import ModelError
+from mstransform.core.fileio import check_readable
 
 INFERRED = "mstransform.inferred"
 
@@ -162,6 +163,7 @@ def load_model(model: str | Path | ir.Model) -> ir.Model:
             raise ModelError(f"model path {path} is a broken or looping symbolic link and cannot be read")
         raise ModelError(f"model file {path} does not exist" if not path.exists() else
                          f"model path {path} is not a regular file")
+    check_readable(path, ModelError, "model file")  # permission, I/O error: one line, not "not an ONNX model"
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError and others

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from mstransform.core.errors import DataError
+from mstransform.core.fileio import check_readable, input_error
 from mstransform.core.npz import read_npz
 from mstransform.core.options import MAX_BATCH, check_count
 from mstransform.runtime.inputs import InputSpec
@@ -109,9 +110,7 @@ class DataSource:
     # -- opening -------------------------------------------------------------------------
     def _open(self, source: Any) -> None:
         if isinstance(source, (str, os.PathLike)):
-            path = Path(source)
-            if not path.exists():
-                raise DataError(f"data path {path} does not exist")
+            path = check_readable(source, DataError, "data path", folder=True)  # a FIFO never opened
             if path.is_dir():
                 self._images, self.notes = _list_images(path)
                 return
@@ -397,9 +396,13 @@ def _check_finite(spec: InputSpec, x: np.ndarray, start: int) -> None:
 
 
 def _magic(path: Path, expected: bytes, kind: str) -> None:
-    with open(path, "rb") as f:
-        if f.read(len(expected)) != expected:
-            raise DataError(f"cannot read data file {path}: not a {kind} file")
+    try:
+        with open(path, "rb") as f:
+            start = f.read(len(expected))
+    except OSError as e:
+        raise input_error(e, path, DataError, "data file") from None
+    if start != expected:
+        raise DataError(f"cannot read data file {path}: not a {kind} file")
 
 
 def _load_npy(path: Path) -> np.ndarray:

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from mstransform.core.errors import UsageError
-from mstransform.core.fileio import atomic_output, check_outputs, remove_quietly
+from mstransform.core.fileio import atomic_output, check_outputs
 from mstransform.core.options import (AlphaPlan, Center, Device, Formulation, Mode, Placement, Precision, Runtime,
                                       Selection, choice)
 from mstransform.core.stats import Stats, load_stats
 from mstransform.passes.onnx_view import find_sites as _find_sites
 from mstransform.passes.prepare import load_model
+from mstransform.passes.references import with_references
 from mstransform.passes.sites import SiteTable
 from mstransform.runtime.accuracy import Accuracy, accuracy, predict
 from mstransform.runtime.calibrate import calibrate_table
@@ -28,7 +29,7 @@ from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, make_session, open_session,
                                          providers_for)
 from mstransform.tools.harden import (Hardened, HardenReport, harden, harden_model, probe_from, refuse_hardened,
-                                      remove_output)
+                                      retract_output)
 
 __all__ = ["Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "build_engine", "calibrate",
            "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output", "find_sites", "harden",
@@ -133,7 +134,8 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
     mode = choice(Mode, mode, "mode")
     placement = choice(Placement, placement or (Placement.LINEAR_INPUTS if mode is Mode.FORGED
                                                 else Placement.ACTIVATIONS), "placement")
-    output, stats_output = check_outputs([output, stats_output], [model, data if isinstance(data, (str, Path)) else None])
+    output, stats_output = check_outputs([output, stats_output], [*with_references(model),
+                                         data if isinstance(data, (str, Path)) else None], models=[output])
     m = load_model(model)
     narrow = Selection(include, exclude)
     AlphaPlan.of(alpha).per_site([s.name for s in _find_sites(m, placement) if narrow.rejects((s.name, s.feed_name)) is None])
@@ -143,14 +145,13 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
     stats = calibrate(model, data, placement=placement, batch_size=batch_size, limit=limit, preprocess=preprocess,
                       threads=threads, log=log, runtime=runtime, extent=True if mode is Mode.FORGED else None,
                       batch_axes=batch_axes)
+    report = harden(model, stats, output, alpha=alpha, mode=mode, center=center, formulation=formulation,
+                    selection=Selection(include, exclude), probe=probe, verify=verify, threads=threads,
+                    precision=precision, runtime=runtime)  # publishes nothing when it fails
     try:
-        report = harden(model, stats, output, alpha=alpha, mode=mode, center=center, formulation=formulation,
-                        selection=Selection(include, exclude), probe=probe, verify=verify, threads=threads,
-                        precision=precision, runtime=runtime)
-        stats.save(stats_output)
+        stats.save(stats_output)  # atomic: a failed save leaves no file of its own
     except BaseException:
-        remove_output(output)
-        remove_quietly(stats_output)
+        retract_output(report)  # only the model this call published, never another run's
         raise
     return OneStepResult(stats, stats_output, report)
 
@@ -229,7 +230,7 @@ def build_engine(model: str | Path, output: str | Path, *, shapes: str | None = 
     from mstransform.deploy.trt_engine import build_engine as _build
     from mstransform.deploy.trt_engine import import_tensorrt, parse_shapes
 
-    (out,) = check_outputs([output], [model, timing_cache])
+    (out,) = check_outputs([output], [*with_references(model), timing_cache])
     specs = input_specs(load_model(model))
     unknown = [s.name for s in specs if s.shape is None]
     if unknown:

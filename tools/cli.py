@@ -4,47 +4,231 @@
 print one line and exit with the code of their class (see :mod:`mstransform.core.errors`);
 the console entry point (:mod:`mstransform.tools.entry`) turns Ctrl-C and SIGTERM into exit
 130 from the first instruction on. Without ``--debug`` no traceback is ever printed.
+
+Before a command runs, every path it was given is checked by its role (:data:`ROLES`): an input
+that is a FIFO, a device or a socket is refused unopened, one that cannot be read is reported in
+its class, an output that ends in a separator is refused, and outputs are checked against every
+file an input model references. An ``OSError`` that still reaches the top is reported in the
+class of the path it names (:func:`~mstransform.core.fileio.classify_os_error`).
+
+Standard output and error: a reader that closes the pipe (``mstransform sites m.onnx | head``)
+stops the command quietly with status 141 (128 + SIGPIPE, what a shell reports for ``ls`` or
+``git`` in the same place), temporary files removed; standard output on a full device is an
+output error (exit 6) in one line.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 import warnings
+
+# Each path flag (its argparse dest) by role: (error class name, what the message calls it).
+ROLES = {"model": ("ModelError", "model file"), "models": ("ModelError", "model file"),
+         "data": ("DataError", "data"), "eval": ("DataError", "labelled data"),
+         "stats": ("StatsError", "stats file"), "inputs": ("StatsError", "stats file"),
+         "output": ("OutputError", "output"), "save_stats": ("OutputError", "output"),
+         "json": ("OutputError", "output"), "csv": ("OutputError", "output"), "plot": ("OutputError", "output"),
+         "timing_cache": ("OutputError", "timing cache")}
+INPUTS = ("model", "models", "data", "eval", "stats", "inputs")
+OUTPUTS = ("output", "save_stats", "json", "csv", "plot")
 
 
 def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    args = None
+    streams = _guard_streams()
     try:
-        from mstransform.core.errors import MstError
-        from mstransform.tools.cli_parser import FLAGS, build_parser, with_default_command
+        from mstransform.tools.cli_parser import build_parser, with_default_command
         from mstransform.tools.commands import COMMANDS
 
         if not debug:
             warnings.simplefilter("ignore")  # library chatter is not the user's error
             logging.disable(logging.WARNING)
         parser = build_parser()
-        args = parser.parse_args(with_default_command(argv))
+        try:
+            args = parser.parse_args(with_default_command(argv))
+        except SystemExit:  # --help, --version: their text reaches the reader, or a closed pipe ends quietly
+            sys.stdout.flush()
+            raise
         if args.command is None:
             parser.print_help()
+            sys.stdout.flush()
             return 2
-        return COMMANDS[args.command](args)
-    except MstError as err:
+        check_paths(args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe or a full device is found here, not at interpreter exit
+        sys.stderr.flush()
+        return code
+    except Exception as err:  # every error becomes one line (MemoryError and RecursionError too)
         if debug:
             raise
-        print(f"mstransform: error: {err.render(FLAGS)}", file=sys.stderr)
+        return _report(err, args)
+    finally:
+        _restore_streams(streams)
+
+
+def _report(err: BaseException, args) -> int:
+    """One line on standard error for ``err``; the exit code of its class."""
+    from mstransform.core.errors import EXIT_BROKEN_PIPE, MstError, OutputError, one_line
+    from mstransform.core.fileio import classify_os_error
+
+    if isinstance(err, StreamError) and err.errno == errno.EPIPE or isinstance(err, BrokenPipeError):
+        _silence(err.name if isinstance(err, StreamError) else None)
+        return EXIT_BROKEN_PIPE  # the reader has gone: nothing to say, as `ls | head` says nothing
+    if isinstance(err, StreamError):  # /dev/full: an output error like any other write
+        _silence(err.name)
+        err = OutputError(str(err))
+    if isinstance(err, OSError):
+        err = classify_os_error(err, roles(args)) or err
+    if isinstance(err, MstError):
+        from mstransform.tools.cli_parser import FLAGS
+
+        _say(f"mstransform: error: {err.render(FLAGS)}")
         return err.exit_code
-    except (MemoryError, RecursionError, OSError) as err:  # the machine, not the input: still one line
-        if debug:
-            raise
-        print(f"mstransform: error: {type(err).__name__}: {err} (run with --debug for details)", file=sys.stderr)
+    if isinstance(err, (MemoryError, RecursionError, OSError)):  # the machine, not the input: still one line
+        _say(one_line(f"mstransform: error: {type(err).__name__}: {err} (run with --debug for details)"))
         return 1
-    except Exception as err:  # a bug: one line unless --debug
-        if debug:
-            raise
-        print(f"mstransform: error: internal error {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-              " (a bug: please report it with the output of --debug)", file=sys.stderr)
-        return 1
+    text = str(err).splitlines()[0] if str(err) else ""  # a bug: one line unless --debug
+    _say(one_line(f"mstransform: error: internal error {type(err).__name__}: {text}"
+                  " (a bug: please report it with the output of --debug)"))
+    return 1
+
+
+def path_args(args) -> list:
+    """``(dest, path, error class, what)`` for every path flag given in ``args`` (see :data:`ROLES`)."""
+    if args is None:
+        return []
+    from mstransform.core import errors
+
+    return [(dest, v, getattr(errors, cls), what) for dest, (cls, what) in ROLES.items()
+            for v in _as_list(getattr(args, dest, None)) if isinstance(v, (str, os.PathLike))]
+
+
+def roles(args) -> list:
+    """``(path, error class, what)`` for every path flag of ``args``: what
+    :func:`~mstransform.core.fileio.classify_os_error` needs to name an OSError's class."""
+    return [(p, cls, what) for _, p, cls, what in path_args(args)]
+
+
+def check_paths(args) -> None:
+    """Every path flag checked by its role before the command runs.
+
+    Inputs: a FIFO, device or socket is refused without opening it (a FIFO with no writer would
+    block for ever); one that cannot be read (permission, I/O error, a name too long) is an error
+    of its class. Missing inputs and folders are left to the readers, which say it in their words.
+    Outputs: a path ending in a separator names a folder and is refused; when an input model
+    references files (external data), the outputs are checked against them and their ``.data``
+    companion too (:func:`~mstransform.core.fileio.check_outputs`).
+    """
+    from mstransform.core.errors import OutputError
+    from mstransform.core.fileio import check_outputs, check_readable, names_folder
+
+    inputs = [p for dest, p, cls, what in path_args(args) if dest in INPUTS]
+    for dest, path, cls, what in path_args(args):
+        if dest in INPUTS and (dest in ("data", "eval") or not os.path.isdir(path)):  # a folder model: load_model says
+            check_readable(path, cls, what, folder=dest in ("data", "eval"), missing_ok=True)
+    outputs = [getattr(args, d, None) for d in OUTPUTS]
+    for out in outputs:
+        if out is not None and names_folder(out):
+            raise OutputError(f"output path {out} names a folder (it ends with a separator); give a file name")
+    models = [v for d in ("model", "models") for v in _as_list(getattr(args, d, None))]
+    if not any(o is not None for o in outputs) or not models:
+        return
+    from mstransform.passes.references import model_references
+
+    referenced = [r for m in models for r in model_references(m)]
+    if referenced:
+        harden = getattr(args, "command", None) == "harden"
+        check_outputs(outputs, [*inputs, *referenced],
+                      models=[args.output] if harden and args.output else ())
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+# -- standard streams ----------------------------------------------------------------------
+class StreamError(Exception):
+    """A write to standard output or error failed (``errno``; ``name``: "standard output")."""
+
+    def __init__(self, err: OSError, name: str):
+        super().__init__(f"cannot write {name}: {err.strerror or err}")
+        self.errno, self.name = err.errno, name
+
+
+class _Guarded:
+    """A standard stream whose failed writes raise :class:`StreamError` naming the stream."""
+
+    def __init__(self, stream, name: str):
+        self._stream, self._name = stream, name
+
+    def _call(self, method, *a):
+        try:
+            return getattr(self._stream, method)(*a)
+        except OSError as e:
+            raise StreamError(e, self._name) from None
+
+    def write(self, text):
+        return self._call("write", text)
+
+    def writelines(self, lines):
+        return self._call("writelines", lines)
+
+    def flush(self):
+        return self._call("flush")
+
+    def __getattr__(self, attr):
+        return getattr(self._stream, attr)
+
+
+def _guard_streams():
+    saved = (sys.stdout, sys.stderr)
+    if sys.stdout is not None and not isinstance(sys.stdout, _Guarded):
+        sys.stdout = _Guarded(sys.stdout, "standard output")
+    if sys.stderr is not None and not isinstance(sys.stderr, _Guarded):
+        sys.stderr = _Guarded(sys.stderr, "standard error")
+    return saved
+
+
+def _restore_streams(saved) -> None:
+    out, err = saved
+    if isinstance(sys.stdout, _Guarded):
+        sys.stdout = out
+    if isinstance(sys.stderr, _Guarded):
+        sys.stderr = err
+
+
+def _silence(name: str | None) -> None:
+    """After a failed write: point the stream's descriptor at /dev/null, so the text still buffered
+    is dropped at exit instead of failing again ("Exception ignored ... BrokenPipeError")."""
+    for stream_name, fd in (("standard output", 1), ("standard error", 2)):
+        if name not in (None, stream_name) or (name is None and fd == 2):
+            continue
+        stream = sys.__stdout__ if fd == 1 else sys.__stderr__
+        try:
+            if stream is None or stream.fileno() != fd:
+                continue
+        except (OSError, ValueError, AttributeError):
+            continue
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        except OSError:
+            pass
+
+
+def _say(line: str) -> None:
+    """The error line on standard error; a standard error that cannot be written stays silent."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, StreamError):
+        _silence("standard error")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from mstransform.core.errors import UsageError
 from mstransform.core.fileio import check_outputs
 from mstransform.core.options import AlphaPlan, Selection
+from mstransform.passes.references import with_references
 
 
 def say(msg: str) -> None:
@@ -92,7 +93,7 @@ def cmd_sites(a) -> int:
 def cmd_calibrate(a) -> int:
     from mstransform.tools import api
 
-    (out,) = check_outputs([a.output], [a.model, a.data])
+    (out,) = check_outputs([a.output], [*with_references(a.model), a.data])
     t0 = time.perf_counter()
     stats = api.calibrate(a.model, a.data, placement=a.placement, include=a.include, exclude=a.exclude,
                           include_se=a.include_se, axes=_axes(a.axis), batch_size=a.batch_size, limit=a.limit,
@@ -131,7 +132,7 @@ def cmd_harden(a) -> int:
                                        runtime=a.runtime, batch_axes=_batch_axes(a))
     if a.stats is None:
         stats_out = Path(a.save_stats) if a.save_stats else api.default_stats_output(output)
-        check_outputs([output, stats_out], [model, a.data, a.eval])
+        check_outputs([output, stats_out], [*with_references(model), a.data, a.eval], models=[output])
         t0 = time.perf_counter()
         done = api.calibrate_and_harden(model, a.data, output=output, stats_output=stats_out, alpha=alpha,
                                         mode=a.mode, center=a.center, formulation=a.formulation,
@@ -143,7 +144,7 @@ def cmd_harden(a) -> int:
               f"{time.perf_counter() - t0:.1f} s; wrote {done.stats_path}")
         report = done.report
     else:
-        check_outputs([output], [model, a.stats, a.eval, a.data])
+        check_outputs([output], [*with_references(model), a.stats, a.eval, a.data], models=[output])
         report = api.harden(model, a.stats, output, alpha=alpha, mode=Mode(a.mode), center=a.center,
                             formulation=a.formulation, selection=Selection(a.include, a.exclude),
                             ignore_fingerprint=a.ignore_fingerprint, verify=not a.no_verify, threads=a.threads,
@@ -184,7 +185,7 @@ def cmd_run(a) -> int:
     from mstransform.runtime.session import providers_for
     from mstransform.tools import api
 
-    (out,) = check_outputs([a.output], [a.model, a.data])
+    (out,) = check_outputs([a.output], [*with_references(a.model), a.data])
     providers = a.providers.split(",") if a.providers else providers_for(a.device)
     result = api.run(a.model, a.data, providers=providers, batch_size=a.batch_size, limit=a.limit,
                      preprocess=_preprocess(a), threads=a.threads, runtime=a.runtime, batch_axes=_batch_axes(a))
@@ -204,7 +205,7 @@ def cmd_run(a) -> int:
 def cmd_eval(a) -> int:
     from mstransform.tools.evaluation import evaluate
 
-    check_outputs([a.json, a.csv], [*a.models, a.data])
+    check_outputs([a.json, a.csv], [*with_references(*a.models), a.data])
     cfg = _attack_config(a, [x.strip() for x in a.attacks.split(",") if x.strip()])
     report = evaluate(a.models, a.data, cfg, progress=say, threads=a.threads, device=a.device, runtime=a.runtime)
     print(report.table())
@@ -216,7 +217,7 @@ def cmd_sweep(a) -> int:
     from mstransform.core.stats import load_stats
     from mstransform.tools.sweep import sweep
 
-    check_outputs([a.plot, a.json, a.csv], [a.model, a.data, a.stats])
+    check_outputs([a.plot, a.json, a.csv], [*with_references(a.model), a.data, a.stats])
     cfg = _attack_config(a, ("apgd-ce", "bpda"))
     report = sweep(a.model, load_stats(a.stats), a.data, list(_floats(a.alphas, "--alphas")), cfg,
                    max_clean_drop=a.max_clean_drop, progress=say, threads=a.threads, device=a.device)
@@ -236,7 +237,7 @@ def cmd_plot(a) -> int:
     from mstransform.core.stats import load_stats
     from mstransform.robustness.plots import plot_site_histogram
 
-    (out,) = check_outputs([a.output], [a.model, a.data, a.stats])
+    (out,) = check_outputs([a.output], [*with_references(a.model), a.data, a.stats])
     result = plot_site_histogram(a.model, load_stats(a.stats), a.data, a.site, a.channel, check_alpha(a.alpha),
                                  out, a.limit)
     print(f"{result.values} values; {100 * result.replaced:.1f}% fall in the blocked band; wrote {out}")

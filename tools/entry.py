@@ -1,6 +1,18 @@
 """The console entry point. Its first act is to install the signal handlers, before any import
 that can take time (numpy, onnx, onnx_ir -> sympy, torch), so Ctrl-C or SIGTERM at start-up
-gives the same one line and exit 130 as in the middle of a run."""
+gives the same one line and exit 130 as in the middle of a run.
+
+Its second is to quiet the libraries underneath at their source, before they are imported:
+ONNX Runtime's telemetry is switched off (``ORT_DISABLE_TELEMETRY=1``), so a read-only or
+missing HOME no longer prints "Failed to persist telemetry device ID" and nothing is written
+under ``~/.cache/Microsoft``. A value the user set is kept. (OpenVINO's runtime, the only part
+of OpenVINO used here, has no telemetry: only its conversion tools do.)
+
+SIGPIPE stays ignored, as Python sets it: a closed pipe surfaces as an error that the command
+line turns into a quiet exit 141 after the temporary files are removed (:mod:`~.cli`), where
+dying on the signal would leave them behind.
+"""
+import os
 import signal
 import sys
 
@@ -11,9 +23,15 @@ def _raise(signum, frame):
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+# Environment read by the libraries at import or first use; setdefault keeps the user's choice.
+QUIET_ENV = {"ORT_DISABLE_TELEMETRY": "1"}
+
+
 def main(argv=None) -> int:
     signal.signal(signal.SIGINT, _raise)
     signal.signal(signal.SIGTERM, _raise)
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     try:
         from mstransform.tools.cli import run
 
@@ -29,7 +47,10 @@ def report_interrupt(e: KeyboardInterrupt) -> int:
     """One line for Ctrl-C or SIGTERM; atomic outputs have already removed their temporary files."""
     what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
     err = Interrupted(f"{what}; no partial output was left")
-    print(f"mstransform: error: {err}", file=sys.stderr, flush=True)
+    try:
+        print(f"mstransform: error: {err}", file=sys.stderr, flush=True)
+    except Exception:  # standard error closed or full: the exit code still says it
+        pass
     return err.exit_code
 
 

@@ -1,8 +1,10 @@
 """Hardening an ONNX model: plan the operators from statistics, run the pass, write, verify.
 
 Everything the command line does for ``mstransform MODEL --stats S --alpha A`` happens here,
-so a user importing :func:`harden` gets the same checks: inputs are never modified, a model
-that fails verification is removed, and nothing is left behind on any error.
+so a user importing :func:`harden` gets the same checks: inputs (and the files they reference)
+are never modified, the model is written and verified under a name of its own and renamed into
+place only once verified (a model that fails is never published, an earlier file stays), and
+nothing is left behind on any error.
 """
 from __future__ import annotations
 
@@ -15,13 +17,14 @@ import onnx_ir as ir
 
 import mstransform
 from mstransform.core.errors import StatsError, UsageError
-from mstransform.core.fileio import as_output_error, atomic_folder, check_output_path, remove_quietly, replace_into
+from mstransform.core.fileio import as_output_error, check_outputs, publishing, retract
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Runtime, Selection, choice
 from mstransform.core.stats import InputRecord, Stats, load_stats
 from mstransform.passes.fingerprint import fingerprint, weights_digest
 from mstransform.passes.onnx_view import find_sites
 from mstransform.passes.plan import build_plan
 from mstransform.passes.precision import convert_precision
+from mstransform.passes.references import model_references
 from mstransform.passes.prepare import DropInferredPass, ProvenancePass, at_least_opset, load_model
 from mstransform.passes.sparsify import Inserted, InsertSparsifyPass
 from mstransform.runtime.data import DataSource, Preprocess, head
@@ -59,6 +62,7 @@ class HardenReport:
     alphas: dict[str, float]
     checks: list[str] = field(default_factory=list)  # empty when the self-check was turned off
     max_abs_diff: float | None = None  # operators vs the numpy reference; None when not checked
+    published: list = field(default_factory=list)  # (path, (device, inode)) renamed into place: retract_output
 
     def summary(self) -> str:
         lines = [f"inserted {len(self.sites)} sparsify operator(s)"
@@ -130,12 +134,13 @@ def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float
     operator against the numpy reference on ``probe`` -- data in any form :func:`mstransform.calibrate`
     takes (its first 8 samples, read with ``batch_axes`` and ``preprocess``; a dict of arrays is fed as
     it is) or, without it, a synthetic batch shaped like the calibration samples the stats recorded
-    (:func:`synthetic_probe`). The input file and the files it references are never modified; a file
-    that fails a check is removed."""
+    (:func:`synthetic_probe`). The input file and the files it references are never modified; the model
+    is written and checked under a temporary name of this call's own and renamed onto ``output`` (and
+    ``output.data``) only when every check passed: a file that fails is never published."""
     runtime = choice(Runtime, runtime, "runtime")
     source_path = None if isinstance(model, ir.Model) else Path(model)
-    output = check_output_path(output, source_path, stats if not isinstance(stats, Stats) else None)
-    check_output_path(output.with_name(output.name + ".data"), source_path)
+    (output,) = check_outputs([output], [source_path, *model_references(model),
+                                         stats if not isinstance(stats, Stats) else None], models=[output])
     loaded = load_model(model)
     if probe is not None and not isinstance(probe, dict):
         specs = input_specs(loaded, batch_axes)
@@ -149,19 +154,17 @@ def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float
     if m.ir_version is not None and m.ir_version < 4:  # IR 3 and older: every initializer is also a graph input
         listed = {id(v) for v in m.graph.inputs}
         m.graph.inputs.extend(v for v in m.graph.initializers.values() if id(v) not in listed)
-    _save(m, output)
     report = HardenReport(output, m, done.sites, done.skipped, done.alphas)
-    if verify:
-        try:
-            report.checks += check_file(output)
-            checked = numeric_check(output, done.inserted,
+    with publishing(output) as pub:  # write and check this call's own file, then rename it into place
+        _save(m, pub.path, output)
+        if verify:
+            report.checks += check_file(pub.path)
+            checked = numeric_check(pub.path, done.inserted,
                                     probe if probe is not None else synthetic_probe(m, done.stats.inputs),
                                     threads=threads, runtime=runtime)
             report.checks += checked.checks
             report.max_abs_diff = checked.max_abs_diff
-        except BaseException:
-            remove_output(output)
-            raise
+    report.published = pub.published
     return report
 
 
@@ -178,26 +181,24 @@ def _external(m: ir.Model) -> bool:
     return any(isinstance(v.const_value, ir.ExternalTensor) for v in m.graph.initializers.values())
 
 
-def _save(m: ir.Model, output: Path) -> None:
-    """Write the model (and its external data, if any) atomically next to ``output``."""
+def _save(m: ir.Model, path: Path, output: Path) -> None:
+    """Write the model to ``path`` (a temporary file named like ``output``) and, when it is big or
+    already external, its data to ``path.data`` beside it: the name it keeps once published."""
     big = _external(m) or sum(v.const_value.nbytes for v in m.graph.initializers.values()
                               if v.const_value is not None) > MAX_PROTO // 2
-    data_name = output.name + ".data"
-    with atomic_folder(output.resolve().parent) as tmp:
-        try:
-            if big:
-                ir.save(m, tmp / output.name, external_data=data_name)
-            else:
-                ir.save(m, tmp / output.name)
-        except OSError as e:
-            raise as_output_error(e, output) from None
+    try:
         if big:
-            replace_into(tmp / data_name, output.parent / data_name)
-        replace_into(tmp / output.name, output)
+            ir.save(m, path, external_data=path.name + ".data")
+        else:
+            ir.save(m, path)
+    except OSError as e:
+        raise as_output_error(e, output) from None
 
 
-def remove_output(output: Path) -> None:
-    remove_quietly(output, output.parent / (output.name + ".data"))
+def retract_output(report: HardenReport) -> None:
+    """Remove the model ``report`` published (a later step failed), unless another run replaced it since."""
+    retract(report.published)
+    report.published = []
 
 
 def synthetic_probe(m: ir.Model, inputs: tuple[InputRecord, ...] = (), batch: int = 2,
