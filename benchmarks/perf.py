@@ -257,7 +257,7 @@ def section_scaleout(tmp: Path, quick: bool) -> list[str]:
     data = tmp / "scale.npz"
     np.savez(data, input=np.concatenate([base] * (n // len(base) + 1))[:n])
     model = str(EXAMPLE / "model.onnx")
-    cli = [sys.executable, "-m", "mstransform.tools.cli", "--threads", "1", "calibrate", model, "--data", str(data)]
+    cli = [sys.executable, "-m", "mstransform", "--threads", "1", "calibrate", model, "--data", str(data)]
     rows = ["| processes | method | wall s | max rel diff vs 1 process |", "|---|---|---|---|"]
     t0 = time.perf_counter()
     subprocess.run([*cli, "-o", str(tmp / "one.npz")], check=True, capture_output=True)
@@ -277,7 +277,7 @@ def section_scaleout(tmp: Path, quick: bool) -> list[str]:
              for i in range(2)]
     for p in procs:
         assert p.wait() == 0
-    subprocess.run([sys.executable, "-m", "mstransform.tools.cli", "stats", "merge", str(tmp / "s0.npz"),
+    subprocess.run([sys.executable, "-m", "mstransform", "stats", "merge", str(tmp / "s0.npz"),
                     str(tmp / "s1.npz"), "-o", str(tmp / "merged.npz")], check=True, capture_output=True)
     rows.append(f"| 2 | --shard + stats merge | {time.perf_counter() - t0:.2f} | {diff(Stats.load(tmp / 'merged.npz')):.1e} |")
     torchrun = Path(sys.executable).parent / "torchrun"

@@ -108,3 +108,18 @@ class Interrupted(MstError, exit_code=130):
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that no ``except Exception`` on the way can swallow it."""
 
+
+
+def report_interrupt(e: KeyboardInterrupt) -> int:
+    """One line for Ctrl-C or SIGTERM (atomic outputs have already removed their temporary files); its exit code.
+
+    Here, below every room, so the console entry point can say it before anything else is imported."""
+    import sys
+
+    what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+    err = Interrupted(f"{what}; no partial output was left")
+    try:
+        print(f"mstransform: error: {err}", file=sys.stderr, flush=True)
+    except Exception:  # standard error closed or full: the exit code still says it
+        pass
+    return err.exit_code

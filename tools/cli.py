@@ -233,16 +233,10 @@ def _say(line: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """In-process entry (tests, embedding): leaves the caller's signal handlers alone. The console
-    script and ``python -m mstransform.tools.cli`` go through :mod:`mstransform.tools.entry`."""
-    from mstransform.tools.entry import report_interrupt
+    script and ``python -m mstransform`` go through :mod:`mstransform.tools.entry`."""
+    from mstransform.core.errors import report_interrupt
 
     try:
         return run(argv)
     except KeyboardInterrupt as e:
         return report_interrupt(e)
-
-
-if __name__ == "__main__":
-    from mstransform.tools.entry import main as entry_main
-
-    sys.exit(entry_main())

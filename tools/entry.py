@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 
-from mstransform.core.errors import Interrupted, Terminated  # numpy-free, like everything imported so far
+from mstransform.core.errors import Terminated, report_interrupt  # numpy-free, like everything imported so far
 
 
 def _raise(signum, frame):
@@ -41,17 +41,6 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done or reported: exit with its code
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return code
-
-
-def report_interrupt(e: KeyboardInterrupt) -> int:
-    """One line for Ctrl-C or SIGTERM; atomic outputs have already removed their temporary files."""
-    what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-    err = Interrupted(f"{what}; no partial output was left")
-    try:
-        print(f"mstransform: error: {err}", file=sys.stderr, flush=True)
-    except Exception:  # standard error closed or full: the exit code still says it
-        pass
-    return err.exit_code
 
 
 if __name__ == "__main__":
