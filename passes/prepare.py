@@ -147,6 +147,9 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
                              "refusing to read it")
         if not target.is_file():
             raise ModelError(f"external data file {loc!r} of tensor {init.name!r} is missing next to {path}")
+        if target.stat().st_nlink > 1:  # onnx refuses it when reading the weights ("hard link attack")
+            raise ModelError(f"external data file {loc!r} of tensor {init.name!r} has more than one hard link; "
+                             "onnx refuses to read such files: copy it (cp) instead of linking it")
 
 
 def load_model(model: str | Path | ir.Model) -> ir.Model:
