@@ -41,10 +41,12 @@ class Center(str, enum.Enum):
 
 
 class Formulation(str, enum.Enum):
-    """``where``: Sub/Abs/Less/Where; ``float``: the same values with no bool tensor."""
+    """``where``: Sub/Abs/Less/Where; ``float``: the same values with no bool tensor; ``bounds``: the same
+    decisions as two comparisons of x with exact per-channel bounds (docs/cpu-layout.md)."""
 
     WHERE = "where"
     FLOAT = "float"
+    BOUNDS = "bounds"
 
 
 class Precision(str, enum.Enum):

@@ -12,6 +12,17 @@ runtimes or precisions that reject bool ``Where``::
     m = Relu(Sign(threshold - Abs(x - center)))   # 1 where |x-c| < t else 0
     y = center * m + x * (1 - m)                  # exact: one term is always zero
 
+The ``bounds`` formulation makes the same decisions with two comparisons of ``x`` itself::
+
+    m = And(Greater(x, low), Less(x, high)); y = Where(m, center, x)
+
+``fl(x - c)`` is monotone in ``x``, so ``{x : |fl(x - c)| < t}`` is an interval of floats;
+``low`` and ``high`` are the nearest floats outside it (searched at harden time in the site's
+own float type, :func:`exclusive_bounds`), so ``m`` equals ``Less(Abs(Sub(x, c)), t)`` on every
+input, NaN included, and ``y`` equals the ``where`` form bit for bit. No float intermediate is
+written (three bool tensors instead of two float and one bool); see docs/cpu-layout.md for the
+runtimes it suits.
+
 A site whose threshold is zero in every channel is the identity and is not inserted, so
 ``alpha = 0`` returns the model unchanged. The pass keeps no state between calls: what it
 inserted comes back in its :class:`SparsifyResult`, so one instance can run on many models.
@@ -29,6 +40,72 @@ from mstransform.core.params import SiteParams
 from mstransform.passes.sites import Site
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+
+
+def _max_finite(dtype: np.dtype) -> float:
+    if dtype.name == "bfloat16":  # ml_dtypes' type: numpy's finfo does not know it
+        import ml_dtypes
+
+        return float(ml_dtypes.finfo(dtype).max)
+    return float(np.finfo(dtype).max)
+
+
+def _keys(a: np.ndarray) -> np.ndarray:
+    """Unsigned integers that sort like the floats of ``a`` (-0 just below +0, infinities at the ends)."""
+    bits = a.view(np.dtype(f"u{a.dtype.itemsize}"))
+    sign = bits.dtype.type(1 << (8 * a.dtype.itemsize - 1))
+    return np.where(bits & sign, ~bits, bits | sign)
+
+
+def _floats(keys: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    sign = keys.dtype.type(1 << (8 * dtype.itemsize - 1))
+    return np.where(keys & sign, keys ^ sign, ~keys).astype(keys.dtype).view(dtype)
+
+
+def exclusive_bounds(center, threshold, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, the nearest floats of ``dtype`` just outside ``{x : |fl(x - c)| < t}``.
+
+    With ``fl`` the subtraction in ``dtype`` (what the ``where`` form and the numpy reference
+    compute), the set is an interval of floats because ``fl(x - c)`` is monotone in ``x``; a
+    binary search over the floats' order finds its ends ``L <= c <= H``, and ``(low, high)`` are
+    the floats just before ``L`` and just after ``H`` (``-inf``/``+inf`` at the ends of the
+    range). Then ``low < x < high`` holds exactly when ``|fl(x - c)| < t``. A channel with no
+    such ``x`` (``t <= 0``, NaN, or ``c`` not finite) gets ``(+inf, -inf)``: nothing is inside.
+    """
+    dtype = np.dtype(dtype)
+    c = np.asarray(center).astype(dtype)
+    t = np.asarray(threshold).astype(dtype)
+    with np.errstate(all="ignore"):
+        ok = np.isfinite(c.astype(np.float64)) & (t.astype(np.float64) > 0)
+        cs = np.where(ok, c, np.zeros((), dtype)).astype(dtype)
+        ts = np.where(ok, t, np.ones((), dtype)).astype(dtype)
+        big = np.array([_max_finite(dtype)], dtype=dtype)
+        kmin, kmax, kc = _keys(-big)[0], _keys(big)[0], _keys(cs)
+        lo, hi = np.full_like(kc, kmin), kc.copy()
+        while np.any(lo < hi):  # L: the first float with fl(x - c) > -t (true at c)
+            mid = lo + (hi - lo) // 2
+            inside = (_floats(mid, dtype) - cs) > -ts
+            lo, hi = np.where(inside, lo, mid + 1), np.where(inside, mid, hi)
+        first = lo
+        lo, hi = kc.copy(), np.full_like(kc, kmax)
+        while np.any(lo < hi):  # H: the last float with fl(x - c) < t
+            mid = hi - (hi - lo) // 2
+            inside = (_floats(mid, dtype) - cs) < ts
+            lo, hi = np.where(inside, mid, lo), np.where(inside, hi, mid - 1)
+        low, high = _floats(first - 1, dtype), _floats(lo + 1, dtype)
+        inf = np.array(np.inf).astype(dtype)
+        return np.where(ok, low, inf).astype(dtype), np.where(ok, high, -inf).astype(dtype)
+
+
+def bounds_threshold(center: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """A threshold whose band equals ``low < x < high`` around ``center``, in their type.
+
+    ``low`` and ``high`` are the nearest excluded floats, so ``t = min(|fl(low - c)|, |fl(high - c)|)``
+    is excluded and everything inside is below it. The matcher recomputes the bounds from this
+    ``t`` and accepts the operator only if they come back unchanged."""
+    with np.errstate(all="ignore"):
+        t = np.minimum(np.abs(low - center), np.abs(high - center))
+        return np.where(low < high, t, np.zeros((), center.dtype)).astype(center.dtype)
 
 
 @dataclass(frozen=True)
@@ -103,17 +180,27 @@ class InsertSparsifyPass(InPlacePass):
             graph.register_initializer(value)
             return value
 
-        center, thr = const("center", params.center), const("threshold", params.threshold)
-        x = site.feed
+        center, x = const("center", params.center), site.feed
+        if self.formulation is Formulation.BOUNDS:
+            low, high = exclusive_bounds(params.center, params.threshold, np_dtype)
+            thr, top = const("low", low), const("high", high)
+        else:
+            thr = const("threshold", params.threshold)
 
         def node(op: str, inputs, tag: str) -> ir.Node:
             n = ir.Node("", op, inputs, name=f"{prefix}/{tag}", num_outputs=1)
             n.outputs[0].name = f"{prefix}/{tag}_out"
             if x.type is not None and not x.meta.get("mstransform.inferred"):  # annotate only like the input
                 n.outputs[0].shape = x.shape
-                n.outputs[0].type = ir.TensorType(ir.DataType.BOOL if op == "Less" else dtype)
+                n.outputs[0].type = ir.TensorType(ir.DataType.BOOL if op in ("Less", "Greater", "And") else dtype)
             return n
 
+        if self.formulation is Formulation.BOUNDS:
+            above = node("Greater", [x, thr], "AboveLow")
+            below = node("Less", [x, top], "BelowHigh")
+            inside = node("And", [above.outputs[0], below.outputs[0]], "InBand")
+            where = node("Where", [inside.outputs[0], center, x], "Where")
+            return [above, below, inside, where], where.outputs[0], (center.name, thr.name)
         sub = node("Sub", [x, center], "Sub")
         ab = node("Abs", [sub.outputs[0]], "Abs")
         if self.formulation is Formulation.WHERE:

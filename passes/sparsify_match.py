@@ -2,9 +2,11 @@
 
 ``Where(Less(Abs(Sub(x, c)), t), c, x)`` with constant ``c`` and ``t`` (what the pass inserts
 and what ``torch.onnx.export`` of a :class:`~mstransform.passes.fx_ops.MeanSparse` module
-emits), and the bool-free ``Add(Mul(c, m), Mul(x, Sub(1, m)))`` with
-``m = Relu(Sign(Sub(t, Abs(Sub(x, c)))))``. The verifier, the differentiable twin and the
-TensorRT checker all find operators through this, so a renamed node cannot hide one.
+emits), the bool-free ``Add(Mul(c, m), Mul(x, Sub(1, m)))`` with
+``m = Relu(Sign(Sub(t, Abs(Sub(x, c)))))``, and ``Where(And(Greater(x, low), Less(x, high)), c, x)``
+whose bounds are exactly those of some threshold around ``c`` (that threshold is what it reports).
+The verifier, the differentiable twin and the TensorRT checker all find operators through this,
+so a renamed node cannot hide one.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mstransform.passes._ir import const_array, operand_orders
+from mstransform.passes.sparsify import bounds_threshold, exclusive_bounds
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class SparsifyOp:
     center: np.ndarray  # as stored (pre-shaped for broadcasting)
     threshold: np.ndarray
     nodes: tuple[ir.Node, ...]
-    constants: tuple[ir.Value, ...]  # the center and threshold values, in that order
+    constants: tuple[ir.Value, ...]  # the center and threshold values (bounds form: center, low, high)
 
 
 def _producer(value, op: str):
@@ -56,6 +59,30 @@ def _where_form(where: ir.Node) -> SparsifyOp | None:
     return SparsifyOp(x, where.outputs[0], center, const_array(t), (*nodes, less, where), (c, t))
 
 
+def _bounds_form(where: ir.Node) -> SparsifyOp | None:
+    """``Where(And(Greater(x, low), Less(x, high)), c, x)`` with bounds that some threshold around ``c`` makes."""
+    cond, c, x = where.inputs
+    both = _producer(cond, "And")
+    if both is None or const_array(c) is None or const_array(x) is not None:
+        return None
+    for a, b in operand_orders(both):
+        above, below = _producer(a, "Greater"), _producer(b, "Less")
+        if above is None or below is None or above.inputs[0] is not x or below.inputs[0] is not x:
+            continue
+        center, low, high = const_array(c), const_array(above.inputs[1]), const_array(below.inputs[1])
+        if low is None or high is None or not (center.shape == low.shape == high.shape):
+            continue
+        if not (center.dtype == low.dtype == high.dtype) or center.dtype.kind not in "fV":
+            continue
+        t = bounds_threshold(center, low, high)
+        again = exclusive_bounds(center, t, center.dtype)
+        if not (np.array_equal(again[0], low) and np.array_equal(again[1], high)):
+            continue  # bounds no threshold makes: not this operator
+        return SparsifyOp(x, where.outputs[0], center, t, (above, below, both, where),
+                          (c, above.inputs[1], below.inputs[1]))
+    return None
+
+
 def _float_form(add: ir.Node) -> SparsifyOp | None:
     for left, right in operand_orders(add):
         cm, xk = _producer(left, "Mul"), _producer(right, "Mul")
@@ -84,7 +111,7 @@ def find_sparsify_ops(graph: ir.Graph) -> list[SparsifyOp]:
     ops = []
     for node in graph:
         if node.op_type == "Where" and len(node.inputs) == 3:
-            op = _where_form(node)
+            op = _where_form(node) or _bounds_form(node)
         elif node.op_type == "Add" and len(node.inputs) == 2:
             op = _float_form(node)
         else:
