@@ -207,9 +207,7 @@ def section_transform(tmp: Path, quick: bool) -> list[str]:
     import onnxruntime as ort
 
     import mstransform as mst
-    from mstransform.passes.sparsify import InsertSparsifyPass
-    from mstransform.core.params import site_params
-    from mstransform.tools.api import find_sites, load_model
+    from mstransform.tools.api import load_model
 
     rows = ["| model | params | size MB | transform s | transform peak MiB | peak / size |", "|---|---|---|---|---|---|"]
     path, params = mlp_model(tmp / "mlp100m.onnx", 10, 3136, external=False)
@@ -218,9 +216,7 @@ def section_transform(tmp: Path, quick: bool) -> list[str]:
     model = load_model(path)
     tracemalloc.start()
     t0 = time.perf_counter()
-    table = find_sites(model, stats.placement)
-    plan = [(s, site_params(stats.sites[s.name], 0.2)) for s in table]
-    InsertSparsifyPass(plan)(model)
+    mst.harden_model(model, stats, alpha=0.2)  # find sites, plan, insert: the whole pass manager
     dt = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

@@ -9,17 +9,15 @@ name, stacked over loop iterations, or empty where its branch did not run.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import onnx_ir as ir
-from onnx_ir.passes import InPlacePass, PassResult
+from onnx_ir.passes import InPlacePass, PassResult, PostconditionError
 
 from mstransform.passes.subgraphs import lifting
 
 
-@dataclass
-class ExposeResult(PassResult):
-    added: list[ir.Value] = field(default_factory=list)
+ADDED = "mstransform.exposed"  # model.meta: the values the pass appended to the graph's outputs last
 
 
 class ExposeValuesPass(InPlacePass):
@@ -29,7 +27,7 @@ class ExposeValuesPass(InPlacePass):
         super().__init__()
         self.values = list(values)
 
-    def call(self, model: ir.Model) -> ExposeResult:
+    def call(self, model: ir.Model) -> PassResult:
         added, seen = [], set()
         for v in self.values:
             if id(v) in seen or v.is_graph_output():
@@ -38,7 +36,14 @@ class ExposeValuesPass(InPlacePass):
             seen.add(id(v))
             model.graph.outputs.append(v)
             added.append(v)
-        return ExposeResult(model, bool(added), added)
+        model.meta[ADDED] = added  # the side record ``exposed`` reads and undoes
+        return PassResult(model, bool(added))
+
+    def ensures(self, model: ir.Model) -> None:
+        outputs = {id(v) for v in model.graph.outputs}
+        missing = [v.name for v in self.values if id(v) not in outputs]
+        if missing:
+            raise PostconditionError(f"value {missing[0]!r} is not a graph output")
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,11 @@ def exposed(model: ir.Model, values: list[ir.Value], fills: list | None = None):
     """Within the block, ``values`` (or their lifted twins) are graph outputs of ``model``; afterwards
     the model is as before. Yields an :class:`Exposure`. ``fills``: see :func:`subgraphs.lifting`."""
     with lifting(model, list(values), fills) as lifted:
-        result = ExposeValuesPass([lv.value for lv in lifted])(model)
+        ExposeValuesPass([lv.value for lv in lifted])(model)
+        added = model.meta.pop(ADDED)
         try:
             yield Exposure({v.name: lv.value.name for v, lv in zip(values, lifted)},
                            {v.name: lv.levels for v, lv in zip(values, lifted)})
         finally:
-            for v in result.added:
+            for v in added:
                 model.graph.outputs.remove(v)

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import onnx.version_converter
 import onnx_ir as ir
-from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, PreconditionError
+from onnx_ir.passes import FunctionalPass, InPlacePass, PassResult, PostconditionError, PreconditionError
 
 from mstransform.core.errors import ModelError
 from mstransform.core.options import Precision
@@ -31,6 +31,7 @@ from mstransform.passes.prepare import DropInferredPass, reprepared
 
 FLOAT = ir.DataType.FLOAT
 _TYPES = {Precision.FP16: ir.DataType.FLOAT16, Precision.BF16: ir.DataType.BFLOAT16}
+PRECISION_TYPES = {p: t.numpy() for p, t in _TYPES.items()}  # numpy dtypes of the reduced precisions
 # (op type, input index) that ONNX types as float32 whatever the data's type
 _FLOAT32_ONLY = {("Resize", 2), ("Upsample", 1)}
 
@@ -204,6 +205,23 @@ def convert_precision(model: ir.Model, precision: Precision) -> ir.Model:
     except PreconditionError as e:
         raise ModelError(str(e.__cause__ or e)) from None
     return model
+
+
+class PrecisionOpsetPass(FunctionalPass):
+    """A new model at the lowest standard opset where all ops take ``precision`` (ONNX's version converter).
+
+    Run it only where :func:`unsupported_ops` finds an op (it returns a new model by contract)."""
+
+    def __init__(self, precision: Precision):
+        super().__init__()
+        self.precision = Precision(precision)
+
+    def requires(self, model: ir.Model) -> None:
+        if not unsupported_ops(model, self.precision):
+            raise PreconditionError(f"every op already takes {self.precision.value}: nothing to upgrade")
+
+    def call(self, model: ir.Model) -> PassResult:
+        return PassResult(upgrade_opset(model, self.precision), True)
 
 
 def upgrade_opset(model: ir.Model, precision: Precision) -> ir.Model:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes import InPlacePass, PassResult
+from onnx_ir.passes import FunctionalPass, InPlacePass, PassResult, PreconditionError
 from onnx_ir.passes.common import NameFixPass, ShapeInferencePass
 
 from mstransform.core.errors import ModelError
@@ -185,6 +185,23 @@ def load_model(model: str | Path | ir.Model) -> ir.Model:
 
 
 OPERATOR_OPSET = 9  # the opset from which Where, Sign and Less on every float type exist
+
+
+class UpgradeOpsetPass(FunctionalPass):
+    """A new model at ``opset`` (ONNX's version converter): :func:`at_least_opset` as a pass.
+
+    Run it only on a model below ``opset`` (it returns a new model by contract)."""
+
+    def __init__(self, opset: int = OPERATOR_OPSET):
+        super().__init__()
+        self.opset = opset
+
+    def requires(self, model: ir.Model) -> None:
+        if model.opset_imports.get("", 1) >= self.opset:
+            raise PreconditionError(f"the model is at opset {model.opset_imports.get('', 1)} already")
+
+    def call(self, model: ir.Model) -> PassResult:
+        return PassResult(at_least_opset(model, self.opset), True)
 
 
 def at_least_opset(model: ir.Model, opset: int = OPERATOR_OPSET) -> ir.Model:

@@ -52,11 +52,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes import InPlacePass, PassResult
+from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, PreconditionError
 
 from mstransform.passes.subgraphs import lifting
 
@@ -113,10 +113,7 @@ class Reduction:
         return int(counts.sum()), s1, s2, extent
 
 
-@dataclass
-class ReductionResult(PassResult):
-    reductions: list[Reduction] = field(default_factory=list)
-    nodes: list[ir.Node] = field(default_factory=list)
+REDUCTIONS = "mstransform.reductions"  # model.meta: (list[Reduction], list[ir.Node]) the pass added last
 
 
 class AddSiteReductionsPass(InPlacePass):
@@ -134,15 +131,15 @@ class AddSiteReductionsPass(InPlacePass):
 
     def requires(self, model: ir.Model) -> None:
         if len(self.fixed) != len(self.targets):
-            raise ValueError(f"{len(self.fixed)} fixed shifts for {len(self.targets)} targets")
+            raise PreconditionError(f"{len(self.fixed)} fixed shifts for {len(self.targets)} targets")
         for (value, axis, rank), fixed in zip(self.targets, self.fixed):
             if not 1 <= axis < rank:  # axis 0 is the batch: statistics are per channel over samples
-                raise ValueError(f"channel axis {axis} is not in 1..{rank - 1} for {value.name!r}")
+                raise PreconditionError(f"channel axis {axis} is not in 1..{rank - 1} for {value.name!r}")
             if fixed is not None and (not fixable(value, axis, rank) or np.ndim(fixed) != 1):
-                raise ValueError(f"a fixed shift needs channel axis 1 of a rank >= 3 tensor with static sizes "
+                raise PreconditionError(f"a fixed shift needs channel axis 1 of a rank >= 3 tensor with static sizes "
                                  f"after it, and one value per channel ({value.name!r}: axis {axis}, rank {rank})")
 
-    def call(self, model: ir.Model) -> ReductionResult:
+    def call(self, model: ir.Model) -> PassResult:
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         groups: list[list[ir.Node]] = []
         reductions = []
@@ -178,7 +175,15 @@ class AddSiteReductionsPass(InPlacePass):
                 model.graph.inputs.append(r.shift)  # read from inside a body as an outer-scope value
             if r.feed.graph is model.graph:
                 model.graph.outputs.extend(r.outputs)
-        return ReductionResult(model, bool(reductions), reductions, nodes)
+        model.meta[REDUCTIONS] = (reductions, nodes)  # the side record ``reducing`` reads and undoes
+        return PassResult(model, bool(reductions))
+
+    def ensures(self, model: ir.Model) -> None:
+        reductions, _ = model.meta[REDUCTIONS]
+        outputs = {id(v) for v in model.graph.outputs}
+        for r in reductions:
+            if r.feed.graph is model.graph and not all(id(v) in outputs for v in r.outputs):
+                raise PostconditionError(f"the reduction of {r.feed.name!r} is not a graph output")
 
 
 def fixable(value: ir.Value, axis: int, rank: int) -> bool:
@@ -264,15 +269,16 @@ def reducing(model: ir.Model, targets: list[tuple[ir.Value, int, int]], extent: 
     The reductions of a site inside an ``If``/``Loop``/``Scan`` body are lifted out of it
     (:mod:`mstransform.passes.subgraphs`): an ``If``'s other branch returns zeros (``channels``
     per target sizes them) and a zero shape, so a branch that did not run counts no samples."""
-    result = AddSiteReductionsPass(targets, extent, fixed)(model)
-    inner = [i for i, r in enumerate(result.reductions) if r.feed.graph is not model.graph]
+    AddSiteReductionsPass(targets, extent, fixed)(model)
+    added, added_nodes = model.meta.pop(REDUCTIONS)
+    inner = [i for i, r in enumerate(added) if r.feed.graph is not model.graph]
     values, fills = [], []
     for i in inner:
-        r, width = result.reductions[i], (channels[i] if channels is not None else 1)
+        r, width = added[i], (channels[i] if channels is not None else 1)
         for v in r.outputs:
             values.append(v)
             fills.append(np.zeros(r.rank, np.int64) if v is r.shape else np.zeros(width, np.float32))
-    reductions = list(result.reductions)
+    reductions = list(added)
     try:
         with lifting(model, values, fills) as lifted:
             k = 0
@@ -289,23 +295,23 @@ def reducing(model: ir.Model, targets: list[tuple[ir.Value, int, int]], extent: 
                 for lv in lifted:
                     model.graph.outputs.remove(lv.value)
     finally:
-        for r in result.reductions:
+        for r in added:
             if r.feed.graph is model.graph:
                 for v in r.outputs:
                     model.graph.outputs.remove(v)
             if r.shift is not None:
                 model.graph.inputs.remove(r.shift)
-        for r, group in _groups(result):
+        for r, group in _groups(added, added_nodes):
             r.feed.graph.remove(group, safe=True)
 
 
-def _groups(result: ReductionResult):
+def _groups(reductions: list[Reduction], nodes: list[ir.Node]):
     """Each reduction's own nodes (they live in the site's graph)."""
     by_graph: dict[int, list[ir.Node]] = {}
-    for n in result.nodes:
+    for n in nodes:
         by_graph.setdefault(id(n.graph), []).append(n)
     seen = set()
-    for r in result.reductions:
+    for r in reductions:
         g = r.feed.graph
         if id(g) not in seen:
             seen.add(id(g))

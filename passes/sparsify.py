@@ -25,87 +25,30 @@ runtimes it suits.
 
 A site whose threshold is zero in every channel is the identity and is not inserted, so
 ``alpha = 0`` returns the model unchanged. The pass keeps no state between calls: what it
-inserted comes back in its :class:`SparsifyResult`, so one instance can run on many models.
+inserted goes into the model's side record (:func:`inserted`), so one instance can run on many models.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, PreconditionError
 
-from mstransform.core.options import Formulation
+from mstransform.core.options import Formulation, Placement, Selection
 from mstransform.core.params import SiteParams
+from mstransform.passes.bounds import exclusive_bounds
 from mstransform.passes.sites import Site
+from mstransform.passes.sparsify_match import guarded
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 
 
-def _max_finite(dtype: np.dtype) -> float:
-    if dtype.name == "bfloat16":  # ml_dtypes' type: numpy's finfo does not know it
-        import ml_dtypes
-
-        return float(ml_dtypes.finfo(dtype).max)
-    return float(np.finfo(dtype).max)
-
-
-def _keys(a: np.ndarray) -> np.ndarray:
-    """Unsigned integers that sort like the floats of ``a`` (-0 just below +0, infinities at the ends)."""
-    bits = a.view(np.dtype(f"u{a.dtype.itemsize}"))
-    sign = bits.dtype.type(1 << (8 * a.dtype.itemsize - 1))
-    return np.where(bits & sign, ~bits, bits | sign)
-
-
-def _floats(keys: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    sign = keys.dtype.type(1 << (8 * dtype.itemsize - 1))
-    return np.where(keys & sign, keys ^ sign, ~keys).astype(keys.dtype).view(dtype)
-
-
-def exclusive_bounds(center, threshold, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel, the nearest floats of ``dtype`` just outside ``{x : |fl(x - c)| < t}``.
-
-    With ``fl`` the subtraction in ``dtype`` (what the ``where`` form and the numpy reference
-    compute), the set is an interval of floats because ``fl(x - c)`` is monotone in ``x``; a
-    binary search over the floats' order finds its ends ``L <= c <= H``, and ``(low, high)`` are
-    the floats just before ``L`` and just after ``H`` (``-inf``/``+inf`` at the ends of the
-    range). Then ``low < x < high`` holds exactly when ``|fl(x - c)| < t``. A channel with no
-    such ``x`` (``t <= 0``, NaN, or ``c`` not finite) gets ``(+inf, -inf)``: nothing is inside.
-    """
-    dtype = np.dtype(dtype)
-    c = np.asarray(center).astype(dtype)
-    t = np.asarray(threshold).astype(dtype)
-    with np.errstate(all="ignore"):
-        ok = np.isfinite(c.astype(np.float64)) & (t.astype(np.float64) > 0)
-        cs = np.where(ok, c, np.zeros((), dtype)).astype(dtype)
-        ts = np.where(ok, t, np.ones((), dtype)).astype(dtype)
-        big = np.array([_max_finite(dtype)], dtype=dtype)
-        kmin, kmax, kc = _keys(-big)[0], _keys(big)[0], _keys(cs)
-        lo, hi = np.full_like(kc, kmin), kc.copy()
-        while np.any(lo < hi):  # L: the first float with fl(x - c) > -t (true at c)
-            mid = lo + (hi - lo) // 2
-            inside = (_floats(mid, dtype) - cs) > -ts
-            lo, hi = np.where(inside, lo, mid + 1), np.where(inside, mid, hi)
-        first = lo
-        lo, hi = kc.copy(), np.full_like(kc, kmax)
-        while np.any(lo < hi):  # H: the last float with fl(x - c) < t
-            mid = hi - (hi - lo) // 2
-            inside = (_floats(mid, dtype) - cs) < ts
-            lo, hi = np.where(inside, mid, lo), np.where(inside, hi, mid - 1)
-        low, high = _floats(first - 1, dtype), _floats(lo + 1, dtype)
-        inf = np.array(np.inf).astype(dtype)
-        return np.where(ok, low, inf).astype(dtype), np.where(ok, high, -inf).astype(dtype)
-
-
-def bounds_threshold(center: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """A threshold whose band equals ``low < x < high`` around ``center``, in their type.
-
-    ``low`` and ``high`` are the nearest excluded floats, so ``t = min(|fl(low - c)|, |fl(high - c)|)``
-    is excluded and everything inside is below it. The matcher recomputes the bounds from this
-    ``t`` and accepts the operator only if they come back unchanged."""
-    with np.errstate(all="ignore"):
-        t = np.minimum(np.abs(low - center), np.abs(high - center))
-        return np.where(low < high, t, np.zeros((), center.dtype)).astype(center.dtype)
+INSERTED = "mstransform.inserted"  # model.meta: list[Inserted], what the pass inserted (in memory only)
+SKIPPED = "mstransform.skipped"  # model.meta: list[str], sites left as the identity (threshold 0)
+COUNT = "mstransform.sites"  # metadata_props: how many operators the model holds (written with the model)
 
 
 @dataclass(frozen=True)
@@ -119,53 +62,98 @@ class Inserted:
     threshold: str
 
 
-@dataclass
-class SparsifyResult(PassResult):
-    inserted: list[Inserted] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+@dataclass(frozen=True)
+class Operator:
+    """The operator for one site, by the site's name: its constants and the axis and rank they follow."""
+
+    params: SiteParams
+    axis: int
+    rank: int
+
+
+def inserted(model: ir.Model) -> list[Inserted]:
+    """The side record of what :class:`InsertSparsifyPass` inserted into ``model`` (empty if nothing)."""
+    return list(model.meta.get(INSERTED, []))
 
 
 class InsertSparsifyPass(InPlacePass):
-    """Insert the sparsify operator before the readers of each site's tensor."""
+    """Insert the sparsify operator before the readers of each named site's tensor.
 
-    def __init__(self, plan: list[tuple[Site, SiteParams]], formulation: Formulation | str = Formulation.WHERE):
+    Configured by names and parameters only (``operators``: site name -> :class:`Operator`), it finds
+    its targets in each model it runs on with the site finder (``placement``, ``selection``), so one
+    instance runs on any model with those sites. A site whose tensor is already guarded by a sparsify
+    operator is left alone, so a second run changes nothing. What was inserted goes into the model's
+    side record (:func:`inserted`) and its count into ``metadata_props`` (``mstransform.sites``)."""
+
+    def __init__(self, operators: Mapping[str, Operator], formulation: Formulation | str = Formulation.WHERE, *,
+                 placement: Placement | str = Placement.ACTIVATIONS, selection: Selection = Selection()):
         super().__init__()
-        self.plan = list(plan)
+        self.operators = dict(operators)
         self.formulation = Formulation(formulation)
+        self.placement, self.selection = Placement(placement), selection
+
+    def _targets(self, model: ir.Model) -> list[tuple[Site, Operator]]:
+        from mstransform.passes.onnx_view import find_sites
+
+        found = find_sites(model, self.placement, self.selection).by_name()
+        return [(found[name], op) for name, op in self.operators.items() if name in found]
 
     def requires(self, model: ir.Model) -> None:
-        nodes = {id(n) for n in model.graph.all_nodes()}  # bodies of If/Loop/Scan too
-        for site, params in self.plan:
-            if site.rank is None or site.axis is None:
-                raise PreconditionError(f"site {site.name!r} has no known rank/channel axis")
-            if params.center.shape != params.threshold.shape or params.center.ndim != 1:
-                raise PreconditionError(f"site {site.name!r}: center and threshold must be 1-D and equal in shape")
-            if any(id(n) not in nodes for n, _ in site.readers):
-                raise PreconditionError(f"site {site.name!r} reads from nodes that are not in the model")
+        found = {site.name: site for site, _ in self._targets(model)}
+        for name, op in self.operators.items():
+            p = op.params
+            if p.center.shape != p.threshold.shape or p.center.ndim != 1:
+                raise PreconditionError(f"site {name!r}: center and threshold must be 1-D and equal in shape")
+            if not 0 <= op.axis < op.rank:
+                raise PreconditionError(f"site {name!r}: channel axis {op.axis} is outside its rank {op.rank}")
+            site = found.get(name)
+            if site is None:
+                raise PreconditionError(f"site {name!r} is not in this model (`mstransform sites` lists its sites)")
             if site.feed.dtype is not None and site.feed.dtype not in FLOAT_TYPES:
-                raise PreconditionError(f"site {site.name!r} is of type {site.feed.dtype}, not a float type")
+                raise PreconditionError(f"site {name!r} is of type {site.feed.dtype}, not a float type")
+            shape = site.feed.shape
+            if shape is not None and len(shape) != op.rank:
+                raise PreconditionError(f"site {name!r} has rank {len(shape)}; its operator was made for {op.rank}")
+            if shape is not None and isinstance(shape[op.axis], int) and shape[op.axis] != p.center.shape[0]:
+                raise PreconditionError(f"site {name!r} has {shape[op.axis]} channels on axis {op.axis}; its "
+                                        f"operator has {p.center.shape[0]}")
 
-    def call(self, model: ir.Model) -> SparsifyResult:
+    def call(self, model: ir.Model) -> PassResult:
         graph = model.graph  # holds the constants; a body reads them as outer-scope values
         order = {id(n): i for g in [graph, *graph.subgraphs()] for i, n in enumerate(g)}
-        result = SparsifyResult(model, False)
-        for site, params in self.plan:
-            if params.is_identity:
-                result.skipped.append(site.name)
+        added, skipped = [], []
+        for site, op in self._targets(model):
+            if op.params.is_identity:
+                skipped.append(site.name)
                 continue
+            if guarded(site.feed):
+                continue  # guarded already (a second run)
+            site = dataclasses.replace(site, axis=op.axis, rank=op.rank)
             first_reader = min((n for n, _ in site.readers), key=lambda n: order[id(n)])
-            nodes, y, names = self._build(graph, site, params)
+            nodes, y, names = self._build(graph, site, op.params)
             first_reader.graph.insert_before(first_reader, nodes)  # in the site's own graph
             for node, idx in site.readers:
                 node.replace_input_with(idx, y)
-            result.inserted.append(Inserted(site.name, site.feed.name, y.name, *names))
-        result.modified = bool(result.inserted)
-        return result
+            added.append(Inserted(site.name, site.feed.name, y.name, *names))
+        if added:
+            model.meta[INSERTED] = [*inserted(model), *added]
+            model.metadata_props[COUNT] = str(len(model.meta[INSERTED]))
+        model.meta[SKIPPED] = skipped
+        return PassResult(model, bool(added))
 
     def ensures(self, model: ir.Model) -> None:
-        for site, params in self.plan:
-            if not params.is_identity and f"mstransform/{site.name}/center" not in model.graph.initializers:
+        records = {r.site: r for r in inserted(model) if r.site in self.operators}
+        for site, _ in self._targets(model):
+            record = records.get(site.name)
+            if record is None:
+                continue
+            if record.center not in model.graph.initializers:
                 raise PostconditionError(f"site {site.name!r}: constants were not registered")
+            if not guarded(site.feed):  # every reader must now read the operator's output
+                raise PostconditionError(f"site {site.name!r}: its readers were not rewired to the operator")
+        dangling = _dangling(model)
+        if dangling:
+            raise PostconditionError(f"value {dangling!r} is read but nothing produces it")
 
     def _build(self, graph: ir.Graph, site: Site, params: SiteParams):
         dtype = site.feed.dtype or ir.DataType.FLOAT
@@ -218,3 +206,16 @@ class InsertSparsifyPass(InPlacePass):
             out = node("Add", [cm.outputs[0], xk.outputs[0]], "Select")
             nodes = [sub, ab, gap, sign, mask, keep, cm, xk, out]
         return nodes, nodes[-1].outputs[0], (center.name, thr.name)
+
+
+def _dangling(model: ir.Model) -> str | None:
+    """The name of a value some node reads that no node, graph input or initializer provides."""
+    provided: set[int] = set()
+    for g in [model.graph, *model.graph.subgraphs()]:
+        provided.update(id(v) for v in [*g.inputs, *g.initializers.values()])
+        provided.update(id(v) for node in g for v in node.outputs)
+    for node in model.graph.all_nodes():
+        for v in node.inputs:
+            if v is not None and id(v) not in provided and v.const_value is None:
+                return v.name or "?"
+    return None

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mstransform.passes._ir import const_array, operand_orders
-from mstransform.passes.sparsify import bounds_threshold, exclusive_bounds
+from mstransform.passes.bounds import bounds_threshold, exclusive_bounds
 
 
 @dataclass(frozen=True)
@@ -106,16 +106,35 @@ def _float_form(add: ir.Node) -> SparsifyOp | None:
     return None
 
 
+def _operator_ending_at(node: ir.Node) -> SparsifyOp | None:
+    if node.op_type == "Where" and len(node.inputs) == 3:
+        return _where_form(node) or _bounds_form(node)
+    if node.op_type == "Add" and len(node.inputs) == 2:
+        return _float_form(node)
+    return None
+
+
+def find_sparsify_op(value: ir.Value) -> SparsifyOp | None:
+    """The sparsify operator whose output ``value`` is, if it is one."""
+    node = value.producer()
+    return None if node is None else _operator_ending_at(node)
+
+
+def guarded(value: ir.Value) -> bool:
+    """Whether ``value`` is already guarded: it is a sparsify operator's output (an activation's site), or
+    every reader of it outside one operator is gone (a residual site, whose operator reads it itself)."""
+    if find_sparsify_op(value) is not None:
+        return True
+    for use in value.uses():
+        ends = [use.node] + [u.node for out in use.node.outputs for u in out.uses()]
+        for node in ends:
+            op = _operator_ending_at(node)
+            if op is not None and op.x is value:
+                outside = [u for u in value.uses() if u.node not in op.nodes]
+                return not outside
+    return False
+
+
 def find_sparsify_ops(graph: ir.Graph) -> list[SparsifyOp]:
     """Every sparsify operator of ``graph``, in graph order."""
-    ops = []
-    for node in graph:
-        if node.op_type == "Where" and len(node.inputs) == 3:
-            op = _where_form(node) or _bounds_form(node)
-        elif node.op_type == "Add" and len(node.inputs) == 2:
-            op = _float_form(node)
-        else:
-            continue
-        if op is not None:
-            ops.append(op)
-    return ops
+    return [op for op in map(_operator_ending_at, graph) if op is not None]

@@ -53,8 +53,10 @@ class OpenVinoSession:
 
     SHAPES = 4  # specialisations kept; a calibration meets two (the batch and a short last one)
 
-    def __init__(self, model, *, threads: int | None = None, device: str = "CPU"):
-        """``model``: an ONNX file, or an in-memory ``onnx_ir`` model (read from bytes, never written)."""
+    def __init__(self, model, *, threads: int | None = None, device: str = "CPU", specialise: bool = True):
+        """``model``: an ONNX file, or an in-memory ``onnx_ir`` model (read from bytes, never written).
+        ``specialise=False`` runs every feed on the one dynamic compile (the self-check compares two
+        graphs, one with inner tensors exposed, which a static compile fuses differently)."""
         ov = import_openvino()
         if threads is not None:
             check_count(threads, "threads", high=256)
@@ -70,7 +72,7 @@ class OpenVinoSession:
             raise ModelError(f"OpenVINO cannot load the model: {first}") from None
         self.request = self.compiled.create_infer_request()
         self._config = config
-        self._static = all(not p.get_partial_shape().is_dynamic for p in self.compiled.inputs)
+        self._static = not specialise or all(not p.get_partial_shape().is_dynamic for p in self.compiled.inputs)
         self._by_shape: dict[tuple, tuple] = {}  # feed shapes -> (compiled, request), most recent last
         self._bf16 = ov.Type.bf16
         self.version, self.device = ov.get_version().split("-")[0], device

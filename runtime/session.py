@@ -118,17 +118,17 @@ def check_runtime_choice(runtime=None, device=None, providers: list | None = Non
 
 
 def open_session(model, *, runtime=None, providers: list[str] | None = None, threads: int | None = None,
-                 memory_pattern: bool = True):
+                 memory_pattern: bool = True, specialise: bool = True):
     """A session on ``runtime`` (ONNX Runtime by default, or OpenVINO): both answer ``run`` alike.
 
     ``model`` is a file or an in-memory ``onnx_ir`` model; ``providers`` and ``memory_pattern``
-    are ONNX Runtime's."""
+    are ONNX Runtime's, ``specialise`` OpenVINO's (a compile per feed shape)."""
     from mstransform.core.options import Runtime, choice
 
     if runtime is not None and choice(Runtime, runtime, "runtime") is Runtime.OPENVINO:
         from mstransform.runtime.openvino_session import OpenVinoSession
 
-        return OpenVinoSession(model, threads=threads)
+        return OpenVinoSession(model, threads=threads, specialise=specialise)
     return make_session(model, providers=providers, threads=threads, memory_pattern=memory_pattern)
 
 

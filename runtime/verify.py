@@ -64,10 +64,10 @@ def numeric_check(path: Path, inserted: list[Inserted], probe: dict[str, np.ndar
     outputs = [v.name for v in model.graph.outputs]
     step = "self-check of the written model on the probe (" + ", ".join(
         f"{k} {tuple(v.shape)} {v.dtype.name}" for k, v in probe.items()) + ")"
-    final = run_step(open_session(path, runtime=runtime, threads=threads, providers=providers), outputs, probe,
-                     VerificationError, step)
+    plain = open_session(path, runtime=runtime, threads=threads, providers=providers, specialise=False)
+    final = run_step(plain, outputs, probe, VerificationError, step)
     with exposed(model, [v for op in ops for v in (op.x, op.y)]) as seen:
-        session = open_session(model, runtime=runtime, threads=threads, providers=providers)
+        session = open_session(model, runtime=runtime, threads=threads, providers=providers, specialise=False)
         report.checks.append(f"loads and runs: {describe(session)}")
         wanted = list(dict.fromkeys([*outputs, *(seen.names[v] for op in ops for v in (op.x.name, op.y.name))]))
         fetched = dict(zip(wanted, run_step(session, wanted, probe, VerificationError, step)))

@@ -24,7 +24,7 @@ from conftest import exported, random_inputs
 
 import mstransform as mst
 import zoo
-from mstransform.passes.sparsify import bounds_threshold, exclusive_bounds
+from mstransform.passes.bounds import bounds_threshold, exclusive_bounds
 from mstransform.passes.sparsify_match import find_sparsify_ops
 
 NEW = ["bounds"]  # formulations that must equal ``where`` bit for bit

@@ -14,25 +14,27 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes import PassError, PreconditionError
 
 import mstransform
-from mstransform.core.errors import StatsError, UsageError
+from mstransform.core.errors import ModelError, MstError, StatsError, UsageError
 from mstransform.core.fileio import as_output_error, check_outputs, publishing, retract
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Runtime, Selection, choice
 from mstransform.core.stats import InputRecord, Stats, load_stats
 from mstransform.passes.fingerprint import fingerprint, weights_digest
 from mstransform.passes.onnx_view import find_sites
 from mstransform.passes.plan import build_plan
-from mstransform.passes.precision import convert_precision
+from mstransform.passes.precision import PRECISION_TYPES, ConvertFloatPass, PrecisionOpsetPass, unsupported_ops
+from mstransform.passes.prepare import (OPERATOR_OPSET, DropInferredPass, ProvenancePass, UpgradeOpsetPass,
+                                        load_model)
 from mstransform.passes.references import model_references
-from mstransform.passes.prepare import DropInferredPass, ProvenancePass, at_least_opset, load_model
-from mstransform.passes.sparsify import Inserted, InsertSparsifyPass
+from mstransform.passes.sparsify import COUNT, SKIPPED, Inserted, InsertSparsifyPass, Operator, inserted
 from mstransform.runtime.data import DataSource, Preprocess, head
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.verify import check_file, numeric_check
 
 MAX_PROTO = 2**31 - 1
-HARDENED_MARK = "mstransform.sites"
+HARDENED_MARK = COUNT  # metadata_props key the sparsify pass writes: a hardened model is refused as input
 
 
 @dataclass
@@ -102,17 +104,42 @@ def harden_model(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan =
         raise StatsError(f"stats were measured on a model with other weights (digest {stats.weights}, this model "
                          f"{weights_digest(m)}): the same architecture, trained otherwise; calibrate this model "
                          "or pass ignore_fingerprint")
-    if precision is not Precision.FP32:
-        m = convert_precision(m, precision)
-    m = at_least_opset(m)
-    table = find_sites(m, stats.placement, dataclasses.replace(stats.selection, framework="onnx"))
+    site_selection = dataclasses.replace(stats.selection, framework="onnx")
+    table = find_sites(m, stats.placement, site_selection)
     narrow = Selection(selection.include, selection.exclude) if selection is not None else Selection()
+    written = PRECISION_TYPES.get(precision)  # the type float sites will have once converted
     plan = build_plan(table, stats, plan_alpha, mode, center, narrow=narrow, by_position=from_fx,
                       check_feeds=not from_fx,
-                      dtype_of=lambda s: s.feed.dtype.numpy() if s.feed.dtype is not None else np.float32)
-    result = InsertSparsifyPass(list(plan.entries), formulation)(m)
-    ProvenancePass(_provenance(mode, center, plan_alpha, plan.stats, len(result.inserted), formulation, precision))(m)
-    return Hardened(m, [i.site for i in result.inserted], result.skipped, plan.alphas, result.inserted, plan.stats)
+                      dtype_of=lambda s: written or (s.feed.dtype.numpy() if s.feed.dtype is not None else np.float32))
+    operators = {site.name: Operator(params, site.axis, site.rank) for site, params in plan.entries}
+    passes = []
+    if precision is not Precision.FP32:
+        if unsupported_ops(m, precision):  # bf16 Conv needs opset 22
+            passes.append(PrecisionOpsetPass(precision))
+        passes.append(ConvertFloatPass(precision))
+    elif m.opset_imports.get("", 1) < OPERATOR_OPSET:  # an opset-7 export lacks Where
+        passes.append(UpgradeOpsetPass(OPERATOR_OPSET))
+    passes += [InsertSparsifyPass(operators, formulation, placement=stats.placement, selection=site_selection),
+               ProvenancePass(_provenance(mode, center, plan_alpha, plan.stats, formulation, precision))]
+    m = _run_passes(ir.passes.PassManager(passes), m)
+    done = inserted(m)
+    return Hardened(m, [i.site for i in done], list(m.meta.get(SKIPPED, [])), plan.alphas, done, plan.stats)
+
+
+def _run_passes(manager, m: ir.Model) -> ir.Model:
+    """Run ``manager`` on ``m``; our own errors come out as they were raised, a pass's precondition as a
+    model error (one line), anything else as the bug it is."""
+    try:
+        return manager(m).model
+    except PassError as e:
+        cause = e
+        while cause is not None:
+            if isinstance(cause, MstError):
+                raise cause from None
+            if isinstance(cause, PreconditionError):
+                raise ModelError(str(cause)) from None
+            cause = cause.__cause__
+        raise
 
 
 def refuse_hardened(m: ir.Model) -> None:
@@ -168,12 +195,12 @@ def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float
     return report
 
 
-def _provenance(mode: Mode, center: Center, alpha: AlphaPlan, stats: Stats, n: int, formulation: Formulation,
+def _provenance(mode: Mode, center: Center, alpha: AlphaPlan, stats: Stats, formulation: Formulation,
                 precision: Precision):
     return {"mstransform.version": mstransform.__version__, "mstransform.mode": mode.value,
             "mstransform.center": Center.ZERO.value if mode is Mode.FORGED else center.value,
             "mstransform.alpha": alpha.describe(), "mstransform.stats_sha256": stats.sha256(),
-            "mstransform.stats_fingerprint": stats.fingerprint, HARDENED_MARK: str(n),
+            "mstransform.stats_fingerprint": stats.fingerprint,
             "mstransform.formulation": formulation.value, "mstransform.precision": precision.value}
 
 
