@@ -41,7 +41,19 @@ class ActivationMatch:
             self.readers = [(n, i) for n in self.nodes for i, v in enumerate(n.inputs) if v is self.feed]
 
 
-Result = ActivationMatch | str
+@dataclass(frozen=True)
+class NoMatch:
+    """Why a rule did not match at a node: the rule, the offending node and the reason in words."""
+
+    rule: type  # the Rule subclass that tried
+    node: ir.Node
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+Result = ActivationMatch | NoMatch
 
 SQRT2 = math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -112,12 +124,13 @@ class Rule:
         return ActivationMatch(self.kinds[0], self.form, b["x"], b["nodes"], b["nodes"][-1])
 
     def match(self, node: ir.Node) -> Result:
+        """The activation anchored at ``node``, or a :class:`NoMatch` naming this rule, the node and why."""
         b = self.pattern(node)
         if isinstance(b, str):
-            return b
+            return NoMatch(type(self), node, b)
         why = self.check(b)
         if why:
-            return why
+            return NoMatch(type(self), node, why)
         m = self.build(b)
         assert m.kind in self.kinds, f"{type(self).__name__} produced {m.kind!r}, not one of its kinds {self.kinds}"
         return m
@@ -328,11 +341,11 @@ SINGLE_RULES: tuple[Rule, ...] = (ClipRule(), SingleOpRule())
 REPORTED_OPS = SingleOpRule.anchors | ClipRule.anchors | {"Erf"}
 
 
-def match_activations(graph: ir.Graph) -> tuple[list[ActivationMatch], dict[ir.Node, str]]:
-    """All activations in ``graph`` and, for each catalogue op left unmatched, the reason."""
+def match_activations(graph: ir.Graph) -> tuple[list[ActivationMatch], dict[ir.Node, NoMatch]]:
+    """All activations in ``graph`` and, for each catalogue op left unmatched, why (:class:`NoMatch`)."""
     matches: list[ActivationMatch] = []
     claimed: set[int] = set()
-    reasons: dict[ir.Node, str] = {}
+    reasons: dict[ir.Node, NoMatch] = {}
     nodes = list(graph)
     for rule in COMPOSITE_RULES:
         for node in nodes:
@@ -342,7 +355,7 @@ def match_activations(graph: ir.Graph) -> tuple[list[ActivationMatch], dict[ir.N
             if isinstance(result, ActivationMatch) and not any(id(n) in claimed for n in result.nodes):
                 matches.append(result)
                 claimed.update(id(n) for n in result.nodes)
-            elif isinstance(result, str):
+            elif isinstance(result, NoMatch):
                 reasons.setdefault(node, result)
     for node in nodes:
         if id(node) in claimed or node.domain not in ("", "ai.onnx"):

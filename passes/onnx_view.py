@@ -72,7 +72,7 @@ class OnnxView:
     # -- SiteSource ---------------------------------------------------------------------------
     def activations(self):
         matches, reasons = match_activations(self.graph)
-        rejected = [Rejection(n.name or "?", n.op_type, r) for n, r in reasons.items()]
+        rejected = [Rejection(n.name or "?", n.op_type, r.reason) for n, r in reasons.items()]
         found = [Candidate(m.kind, m.form, m.feed, m.output_node.outputs[0], m.nodes, m.readers,
                            m.output_node.name or f"{m.kind}_{i}") for i, m in enumerate(matches)]
         return found, rejected
