@@ -1,88 +1,21 @@
-"""Safe file input and output, and the one mapping of operating-system errors to error classes.
-
-Outputs: inputs are never overwritten (by resolved path or by inode, and through every file an
-input model references), special files are never replaced, and every output is written under a
-name of its own beside the target, checked there, and renamed, so a crash, a full disk, Ctrl-C
-or a second run writing the same path leaves either the old file or a whole new one, never half
-a file, and a run removes only the temporary files it made itself. Outputs get mode
-``0666 & ~umask``, as a file made by ``open`` would.
-
-Inputs: :func:`check_readable` refuses anything that is not a regular file (or a folder where one
-is accepted) before it is opened, so a FIFO cannot block and a device cannot be read for ever.
-
-Errors: :func:`input_error`, :func:`as_output_error` and :func:`classify_os_error` turn an
-``OSError`` into the one-line error of its class (data, stats, model, output).
+"""Safe file output: every output is written under a name of its own beside the target, checked
+there, and renamed, so a crash, a full disk, Ctrl-C or a second run writing the same path leaves
+either the old file or a whole new one, never half a file, and a run removes only the temporary
+files it made itself. Outputs get mode ``0666 & ~umask``, as a file made by ``open`` would. The
+checks on paths before any work are in :mod:`mstransform.core.guards`.
 """
 from __future__ import annotations
-
 import contextlib
-import errno
 import os
 import shutil
 import stat
 import tempfile
 from pathlib import Path
+from mstransform.core.errors import OutputError
 
-from mstransform.core.errors import MstError, OutputError, UsageError
+from mstransform.core.guards import DATA_SUFFIX, _stat, as_output_error, file_id, names_folder, resolved
 
-# errno values that only a write can raise: whatever file they name, the output is at fault.
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
-# What the companion of a model output is called: ``OUT.data`` holds its external data.
-DATA_SUFFIX = ".data"
 _TMP_PREFIX = ".mstransform-"
-
-
-# -- paths -------------------------------------------------------------------------------------
-def resolved(path: str | Path, what: str = "path") -> Path:
-    """``path`` made absolute with links followed; a one-line error on a symlink loop."""
-    try:
-        return Path(path).resolve()
-    except (RuntimeError, OSError) as e:  # Python raises RuntimeError on a symlink loop
-        raise UsageError(f"{what} {path} cannot be resolved ({e})") from None
-
-
-def _stat(path) -> os.stat_result | None:
-    """``os.stat`` (links followed), None where it fails for any reason (missing, too long, a loop)."""
-    try:
-        return os.stat(path)
-    except (OSError, ValueError):
-        return None
-
-
-def file_id(path) -> tuple[int, int] | None:
-    """(device, inode) of the file ``path`` names, links followed; None where it does not exist."""
-    st = _stat(path)
-    return None if st is None else (st.st_dev, st.st_ino)
-
-
-def same_file(a: str | Path, b: str | Path) -> bool:
-    """True when ``a`` and ``b`` name one file: same resolved path, or same inode (hard links)."""
-    if resolved(a) == resolved(b):
-        return True
-    ia = file_id(a)
-    return ia is not None and ia == file_id(b)
-
-
-def data_companion(path: str | Path) -> Path:
-    """The external-data file written beside a model output: ``OUT.data``."""
-    path = Path(path)
-    return path.with_name(path.name + DATA_SUFFIX)
-
-
-def names_folder(raw) -> bool:
-    """``-o newdir/``, ``-o out/.``: a path that can only name a folder (pathlib drops the slash)."""
-    text = os.fspath(raw)
-    if isinstance(text, bytes):
-        text = os.fsdecode(text)
-    seps = tuple(s for s in (os.sep, os.altsep) if s)
-    return text.endswith(seps) or os.path.basename(text) in (".", "..", "")
-
-
-def _name_max(folder: Path) -> int:
-    try:
-        return os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        return 255
 
 
 def output_mode() -> int:
@@ -99,162 +32,6 @@ def output_mode() -> int:
     return 0o666 & ~mask
 
 
-# -- inputs ------------------------------------------------------------------------------------
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def special_kind(mode: int) -> str | None:
-    """What a file of ``mode`` is when it is neither a regular file nor a folder."""
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return None
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
-
-
-def input_error(e: OSError, path, error: type[MstError], what: str) -> MstError:
-    """A failed read of input ``path`` as one line of ``error``'s class (``what``: "data file")."""
-    if e.errno == errno.ENOENT:
-        return error(f"{what} {path} does not exist")
-    return error(f"{what} {path} cannot be read ({e.strerror or e})")
-
-
-def check_readable(path: str | Path, error: type[MstError], what: str, *, folder: bool = False,
-                   missing_ok: bool = False) -> Path:
-    """Refuse, before anything opens it, an input that is not a regular file (nor a folder, with
-    ``folder``), or that cannot be opened and read; ``error(message)`` names ``what`` and ``path``.
-
-    A FIFO would block the reader for ever, a device read for ever: they are refused from their
-    mode, never opened. A regular file is opened and one byte read, so a permission, I/O or
-    name-length problem is reported here, in the input's class, instead of as a bare OSError
-    from deep inside a reader. With ``missing_ok`` a missing path passes (the reader says it).
-    """
-    path = Path(path)
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        if missing_ok and e.errno in (errno.ENOENT, errno.ENOTDIR):
-            return path
-        raise input_error(e, path, error, what) from None
-    except ValueError:  # a NUL byte in the name
-        raise error(f"{what} {path!r} is not a valid file name") from None
-    if stat.S_ISDIR(st.st_mode):
-        if not folder:
-            raise error(f"{what} {path} is a folder, not a file")
-        try:
-            with os.scandir(path) as entries:
-                next(entries, None)
-        except OSError as e:
-            raise input_error(e, path, error, what) from None
-        return path
-    kind = special_kind(st.st_mode)
-    if kind is not None:
-        raise error(f"{what} {path} is {kind}, not a regular file{' or folder' if folder else ''}; "
-                    "give a file (special files are never read)")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-        try:
-            os.read(fd, 1)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise input_error(e, path, error, what) from None
-    return path
-
-
-# -- outputs -----------------------------------------------------------------------------------
-def check_outputs(outputs, inputs, *, models=()) -> list[Path | None]:
-    """Refuse, before any work, every output that is an input, another output, or not writable.
-
-    ``outputs`` and ``inputs`` are paths or None (absent). ``inputs`` must hold every file the
-    inputs reference (an input model's external data: ``passes.references.model_references``).
-    ``models`` names the outputs that are ONNX models: each also writes ``OUT.data`` (its
-    external data) when it is big or its input had external data, so that file is checked too.
-
-    An output is refused when it is an input by resolved path or by inode (symbolic and hard
-    links), when it ends in a separator or names a folder, when its name is longer than the
-    folder allows, and when it exists as anything but a regular file: renaming onto a device
-    node (/dev/null, /dev/full) would replace the device.
-    """
-    models = {os.fspath(m) for m in models if m is not None}
-    ins = []
-    for p in inputs:
-        if p is None:
-            continue
-        ins.append((Path(p), _resolved_or_none(p), file_id(p)))
-    entries = []
-    for out in outputs:
-        entries.append((out, None))
-        if out is not None and os.fspath(out) in models:
-            entries.append((data_companion(out), out))
-    checked: list[Path | None] = []
-    seen: list[tuple[Path, Path, tuple[int, int] | None]] = []
-    for out, owner in entries:
-        if out is None:
-            checked.append(None)
-            continue
-        path = _check_one(out, owner, ins, seen)
-        seen.append((path, resolved(path, "output path"), file_id(path)))
-        if owner is None:
-            checked.append(path)
-    return checked
-
-
-def _resolved_or_none(p) -> Path | None:
-    try:
-        return Path(p).resolve()
-    except (RuntimeError, OSError, ValueError):
-        return None
-
-
-def _check_one(out, owner, ins, seen) -> Path:
-    label = f"output path {out}" if owner is None else f"{out} (the external data of output {owner})"
-    if names_folder(out):
-        raise OutputError(f"output path {out} names a folder (it ends with a separator); give a file name")
-    path = Path(out)
-    target = resolved(path, "output path")
-    parent = target.parent
-    size, most = len(os.fsencode(target.name)), _name_max(parent if parent.is_dir() else Path("/"))
-    if size > most and owner is None:  # OUT.data is written for big models only; too long, it fails unpublished
-        raise OutputError(f"{label}: file name too long ({size} bytes, at most {most}); choose a shorter name")
-    ident = file_id(target)
-    for inp, inp_resolved, inp_id in ins:
-        if target == inp_resolved or (ident is not None and ident == inp_id):
-            raise OutputError(f"{label} is the input {inp}; choose another output (inputs are never modified)")
-    for other, other_resolved, other_id in seen:
-        if target == other_resolved or (ident is not None and ident == other_id):
-            raise OutputError(f"two outputs are the same file {path}; give each its own name")
-    st = _stat(target)
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, pipe or socket)"
-        raise OutputError(f"{label} is {kind}; give a regular file name")
-    if not parent.is_dir():
-        raise OutputError(f"output folder {parent} does not exist; create it or choose another output")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"output folder {parent} is not writable; choose another output")
-    return path
-
-
-def check_output_path(path: str | Path, *inputs, model: bool = False) -> Path:
-    """One output against its inputs (see :func:`check_outputs`); ``model``: it writes ``OUT.data`` too."""
-    return check_outputs([path], inputs, models=[path] if model else ())[0]
-
-
-def _map_os_error(e: OSError, path: Path) -> OutputError | None:
-    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
-        return OutputError(f"disk full while writing {path}; free space and run again")
-    if e.errno == errno.EFBIG:
-        return OutputError(f"cannot write {path}: file too large for the file-size limit (ulimit -f) or the "
-                           "file system; raise the limit or write elsewhere")
-    if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return OutputError(f"cannot write {path}: {e.strerror}")
-    return None
-
-
-def as_output_error(e: OSError, path: Path) -> OutputError:
-    """Any failed write of ``path`` as one OutputError line."""
-    return _map_os_error(e, path) or OutputError(f"cannot write {path}: {e.strerror or e}")
-
-
 def _ours(e: OSError, *mine) -> bool:
     """True when ``e`` came from writing one of ``mine`` (or names no file: a write to an open file)."""
     names = [n for n in (e.filename, getattr(e, "filename2", None)) if n is not None]
@@ -263,7 +40,6 @@ def _ours(e: OSError, *mine) -> bool:
     owned = {os.path.abspath(os.fspath(m)) for m in mine}
     return all(os.path.abspath(os.fsdecode(n) if isinstance(n, bytes) else str(n)) in owned
                or _TMP_PREFIX in str(n) for n in names)
-
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path):
@@ -295,7 +71,6 @@ def atomic_output(path: str | Path):
         _unlink(tmp)
         raise
 
-
 @contextlib.contextmanager
 def atomic_folder(parent: str | Path):
     """A temporary folder of this call's own inside ``parent``, removed afterwards whatever happens."""
@@ -307,7 +82,6 @@ def atomic_folder(parent: str | Path):
         yield Path(tmpdir)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-
 
 class Publication:
     """What :func:`publishing` yields: ``path``, the temporary file to write and check (it has the
@@ -325,14 +99,12 @@ class Publication:
         retract(self.published)
         self.published = []
 
-
 def retract(published) -> None:
     """Remove each published ``(path, (device, inode))`` that is still the file this run renamed
     there, never a file another run (or the user) has put there since."""
     for dst, ident in reversed(list(published)):
         if ident is not None and file_id(dst) == ident:
             _unlink(dst)
-
 
 @contextlib.contextmanager
 def publishing(output: str | Path, companions: tuple[str, ...] = (DATA_SUFFIX,)):
@@ -376,7 +148,6 @@ def publishing(output: str | Path, companions: tuple[str, ...] = (DATA_SUFFIX,))
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
-
 @contextlib.contextmanager
 def _signals_held():
     """Ctrl-C and SIGTERM wait until the block ends: a model and its ``.data`` are renamed as a pair."""
@@ -392,7 +163,6 @@ def _signals_held():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
 
 @contextlib.contextmanager
 def _folder_lock(folder: Path):
@@ -414,7 +184,6 @@ def _folder_lock(folder: Path):
     finally:
         os.close(fd)  # closing releases the lock
 
-
 def replace_into(src: Path, dst: Path) -> None:
     """Rename ``src`` onto ``dst``, mapping disk-full and permission errors to OutputError."""
     try:
@@ -423,60 +192,10 @@ def replace_into(src: Path, dst: Path) -> None:
     except OSError as e:
         raise as_output_error(e, dst) from None
 
-
 def remove_quietly(*paths: Path) -> None:
     for p in paths:
         _unlink(p)
 
-
 def _unlink(p) -> None:
     with contextlib.suppress(OSError):
         os.unlink(p)
-
-
-# -- the one mapping of an OSError that reached the top level ----------------------------------
-def classify_os_error(e: OSError, roles) -> MstError | None:
-    """The error of its class for an OSError no reader or writer mapped on the way.
-
-    ``roles`` lists ``(path, error class, what)`` for each path the command was given (the
-    model as ModelError, ``--data`` as DataError, an output as OutputError, ...). The file the
-    error names decides: the role whose path it is (or lies inside: an image of a data folder,
-    the temporary file beside an output); a write-only errno (disk full, file too large,
-    read-only file system) is an output's; anything else is None (the caller says so in one line).
-    """
-    names = [n for n in (e.filename, getattr(e, "filename2", None)) if n is not None]
-    text = e.strerror or str(e)
-    for name in names:
-        name = os.fsdecode(name) if isinstance(name, bytes) else str(name)
-        role = _role_of(name, roles)
-        if role is not None:
-            path, error, what = role
-            if error is OutputError:
-                return as_output_error(e, Path(path))
-            if e.errno == errno.ENOENT:
-                return error(f"{what} {name} does not exist")
-            return error(f"{what} {name} cannot be read ({text})")
-    if e.errno in WRITE_ERRNOS:
-        where = f" {os.fsdecode(names[0]) if isinstance(names[0], bytes) else names[0]}" if names else ""
-        return OutputError(f"cannot write{where}: {text}")
-    return None
-
-
-def _role_of(name: str, roles):
-    absname = os.path.abspath(name)
-    inside = None
-    for path, error, what in roles:
-        if path is None:
-            continue
-        p = os.path.abspath(os.fspath(path))
-        if absname == p:
-            return path, error, what
-        if error is OutputError:
-            parent = os.path.dirname(p)
-            base = os.path.basename(absname)
-            if os.path.dirname(absname) == parent and (base.startswith(_TMP_PREFIX) or base.startswith(
-                    f".{os.path.basename(p)}")) or absname.startswith(os.path.join(parent, _TMP_PREFIX)):
-                inside = inside or (path, error, what)
-        elif absname.startswith(p.rstrip(os.sep) + os.sep):
-            inside = inside or (path, error, what)
-    return inside

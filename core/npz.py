@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mstransform.core.fileio import check_readable
+from mstransform.core.guards import check_readable
 
 
 def _header_fits(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:

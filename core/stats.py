@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from mstransform.core.errors import MstError, StatsError
-from mstransform.core.fileio import atomic_output, check_readable
+from mstransform.core.fileio import atomic_output
+from mstransform.core.guards import check_readable
 from mstransform.core.moments import Moments
 from mstransform.core.npz import read_npz
 from mstransform.core.options import Placement, Selection

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mstransform.core.errors import DependencyError, ModelError, UsageError
-from mstransform.core.fileio import atomic_output, check_outputs
+from mstransform.core.fileio import atomic_output
+from mstransform.core.guards import check_outputs
 from mstransform.passes.references import with_references
 
 

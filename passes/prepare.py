@@ -18,7 +18,7 @@ from onnx_ir.passes import FunctionalPass, InPlacePass, PassResult, Precondition
 from onnx_ir.passes.common import NameFixPass, ShapeInferencePass
 
 from mstransform.core.errors import ModelError
-from mstransform.core.fileio import check_readable
+from mstransform.core.guards import check_readable
 
 INFERRED = "mstransform.inferred"
 

@@ -33,14 +33,14 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from mstransform.core.errors import DataError
-from mstransform.core.fileio import check_readable, input_error
+from mstransform.core.guards import check_readable, input_error
 from mstransform.core.npz import read_npz
 from mstransform.core.options import MAX_BATCH, check_count
+from mstransform.runtime.images import list_images, read_image
 from mstransform.runtime.inputs import InputSpec
 
 __all__ = ["Batch", "DataSource", "InputSpec", "Preprocess"]
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class DataSource:
         if isinstance(source, (str, os.PathLike)):
             path = check_readable(source, DataError, "data path", folder=True)  # a FIFO never opened
             if path.is_dir():
-                self._images, self.notes = _list_images(path)
+                self._images, self.notes = list_images(path)
                 return
             if path.suffix == ".npy":
                 arr = _load_npy(path)
@@ -307,43 +307,7 @@ class DataSource:
         return (x - vec(self.pre.mean, 0.0)) / std
 
     def _read_image(self, path: Path) -> np.ndarray:
-        """One image as (C, H, W): float in [0, 1] by its own bit depth for a float input (8 or 16 bits;
-        raw values when ``scale`` is given), its raw integers for an integer input."""
-        import warnings
-
-        from PIL import Image, UnidentifiedImageError
-
-        spec = self.specs[0]
-        shape = spec.shape or (None, 3, None, None)
-        if len(shape) != 4:
-            raise DataError(f"image folders need a model with one (N,C,H,W) input; {spec.name!r} has rank {len(shape)}")
-        c = shape[1] or 3
-        size = self.pre.size or ((shape[3], shape[2]) if shape[2] and shape[3] else None)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as im:
-                    deep = im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I") and c == 1
-                    if deep:  # 16-bit grayscale: kept at 16 bits (convert("L") clips to 8)
-                        im = im.convert("I")
-                        if size is not None and im.size != tuple(size):
-                            im = im.resize(tuple(size), Image.BILINEAR)
-                        arr = np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
-                    else:
-                        im = im.convert("L" if c == 1 else "RGB")
-                        if size is not None and im.size != tuple(size):
-                            im = im.resize(tuple(size), Image.BILINEAR)
-                        arr = np.asarray(im, dtype=np.uint8)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise DataError(f"image {path} is too large to decode safely ({str(e).split('.')[0]})") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            raise DataError(f"cannot read image {path}: {e}") from None
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        if not spec.is_float:
-            return arr
-        if self.pre.scale is not None:
-            return arr.astype(np.float32)
-        return arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
+        return read_image(path, self.specs[0], self.pre.size, raw=self.pre.scale is not None)
 
 
 def _labels(labels) -> np.ndarray:
@@ -419,22 +383,3 @@ def _load_npy(path: Path) -> np.ndarray:
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     return read_npz(path, DataError, "data file")
-
-
-def _list_images(root: Path) -> tuple[list[tuple[Path, int | None]], list[str]]:
-    """The images under ``root``, sorted, and notes. Where every image sits in a sub-folder, each
-    sub-folder of ``root`` is a class (sorted names, empty ones included, so labels keep their
-    meaning when a class has no images here); images directly in ``root`` make an unlabelled set."""
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-    if not files:
-        raise DataError(f"folder {root} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
-    if any(p.parent == root for p in files):
-        return [(p, None) for p in files], []
-    classes = sorted(d for d in root.iterdir() if d.is_dir())
-    index = {d.name: i for i, d in enumerate(classes)}
-    labelled = [(p, index[p.relative_to(root).parts[0]]) for p in files]
-    counts = np.bincount([lab for _, lab in labelled], minlength=len(classes))
-    empty = [classes[i].name for i in np.flatnonzero(counts == 0)]
-    notes = [f"note: class folder(s) {', '.join(map(repr, empty[:5]))}{' ...' if len(empty) > 5 else ''} of {root} "
-             f"hold no images; labels still follow all {len(classes)} sorted class folders"] if empty else []
-    return labelled, notes

@@ -14,7 +14,6 @@ otherwise default to bf16, which moves values across the band edge.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 

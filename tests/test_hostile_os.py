@@ -24,7 +24,7 @@ import pytest
 from conftest import EXAMPLE, run_cli
 
 import mstransform as mst
-from mstransform.core import fileio
+from mstransform.core import fileio, guards
 from mstransform.core.errors import DataError, ModelError, OutputError, StatsError, one_line
 
 MODEL, CALIB = EXAMPLE / "model.onnx", EXAMPLE / "calib.npz"
@@ -350,10 +350,10 @@ def test_os_error_mapping(tmp_path, cls, name, code):
              (tmp_path / "imgs", DataError, "data"), (tmp_path / "stats.npz", StatsError, "stats file"),
              (tmp_path / "o.onnx", OutputError, "output")]
     filename = None if name is None else str(name if name.startswith("/") else tmp_path / name)
-    err = fileio.classify_os_error(OSError(code, os.strerror(code), filename), roles)
+    err = guards.classify_os_error(OSError(code, os.strerror(code), filename), roles)
     assert type(err) is cls and "\n" not in str(err)
-    assert fileio.classify_os_error(OSError(errno.EIO, "Input/output error", "/unrelated"), roles) is None
-    assert isinstance(fileio.input_error(PermissionError(errno.EACCES, "Permission denied"), "x", DataError, "data"),
+    assert guards.classify_os_error(OSError(errno.EIO, "Input/output error", "/unrelated"), roles) is None
+    assert isinstance(guards.input_error(PermissionError(errno.EACCES, "Permission denied"), "x", DataError, "data"),
                       DataError)
 
 
@@ -524,6 +524,6 @@ def test_output_check_is_by_inode(tmp_path):
     (tmp_path / "c").symlink_to(a)
     for out in ("b", "c"):
         with pytest.raises(OutputError, match="is the input"):
-            fileio.check_outputs([tmp_path / out], [a])
+            guards.check_outputs([tmp_path / out], [a])
     with pytest.raises(OutputError, match="external data of output"):
-        fileio.check_outputs([tmp_path / "m.onnx"], [tmp_path / "m.onnx.data"], models=[tmp_path / "m.onnx"])
+        guards.check_outputs([tmp_path / "m.onnx"], [tmp_path / "m.onnx.data"], models=[tmp_path / "m.onnx"])

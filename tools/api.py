@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from mstransform.core.errors import UsageError
-from mstransform.core.fileio import atomic_output, check_outputs
+from mstransform.core.fileio import atomic_output
+from mstransform.core.guards import check_outputs
 from mstransform.core.options import (AlphaPlan, Center, Device, Formulation, Mode, Placement, Precision, Runtime,
                                       Selection, choice)
 from mstransform.core.stats import Stats, load_stats

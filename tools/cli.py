@@ -73,7 +73,7 @@ def run(argv: list[str] | None = None) -> int:
 def _report(err: BaseException, args) -> int:
     """One line on standard error for ``err``; the exit code of its class."""
     from mstransform.core.errors import EXIT_BROKEN_PIPE, MstError, OutputError, one_line
-    from mstransform.core.fileio import classify_os_error
+    from mstransform.core.guards import classify_os_error
 
     if isinstance(err, StreamError) and err.errno == errno.EPIPE or isinstance(err, BrokenPipeError):
         _silence(err.name if isinstance(err, StreamError) else None)
@@ -124,7 +124,7 @@ def check_paths(args) -> None:
     companion too (:func:`~mstransform.core.fileio.check_outputs`).
     """
     from mstransform.core.errors import OutputError
-    from mstransform.core.fileio import check_outputs, check_readable, names_folder
+    from mstransform.core.guards import check_outputs, check_readable, names_folder
 
     inputs = [p for dest, p, cls, what in path_args(args) if dest in INPUTS]
     for dest, path, cls, what in path_args(args):

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from mstransform.core.errors import UsageError
-from mstransform.core.fileio import check_outputs
+from mstransform.core.guards import check_outputs
 from mstransform.core.options import AlphaPlan, Selection
 from mstransform.passes.references import with_references
 

@@ -18,7 +18,8 @@ from onnx_ir.passes import PassError, PreconditionError
 
 import mstransform
 from mstransform.core.errors import ModelError, MstError, StatsError, UsageError
-from mstransform.core.fileio import as_output_error, check_outputs, publishing, retract
+from mstransform.core.fileio import publishing, retract
+from mstransform.core.guards import as_output_error, check_outputs
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Runtime, Selection, choice
 from mstransform.core.stats import InputRecord, Stats, load_stats
 from mstransform.passes.fingerprint import fingerprint, weights_digest
