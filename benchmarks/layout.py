@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mstransform.runtime.openvino_session import layer_counts
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 EXAMPLE = HERE.parent / "examples" / "fashion_mnist" / "model.onnx"
@@ -122,17 +124,8 @@ def ov_compile(path: Path, shape=None, threads: int = 2):
 
 def ov_counts(compiled) -> collections.Counter:
     """Layer types of OpenVINO's runtime model; reorders split into activation / constant ones."""
-    counts = collections.Counter()
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        rt = op.get_rt_info()
-        kind = rt["layerType"].astype(str)
-        if kind == "Reorder":
-            src = op.input(0).get_source_output().get_node().get_rt_info()["layerType"].astype(str)
-            kind = "Reorder(const)" if src == "Const" else "Reorder"
-        elif kind == "Convolution":
-            fused = rt["originalLayersNames"].astype(str).split(",")
-            counts["op fused in conv"] += sum("mstransform/" in n for n in fused)
-        counts[kind] += 1
+    counts = layer_counts(compiled)
+    counts["op fused in conv"] = counts.pop("fused", 0)
     return counts
 
 

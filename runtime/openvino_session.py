@@ -13,6 +13,7 @@ otherwise default to bf16, which moves values across the band edge.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,3 +126,22 @@ class OpenVinoSession:
 
             array = array.view(np.uint16).view(ml_dtypes.bfloat16)
         return array
+
+
+def layer_counts(compiled) -> Counter[str]:
+    """The layer types of OpenVINO's runtime model of ``compiled`` (what its CPU plugin actually runs).
+
+    ``Reorder`` counts layout conversions of tensors, ``Reorder(const)`` those of constants (run once,
+    at compile time); ``fused`` counts sparsify nodes (named ``mstransform/...``) that a Convolution
+    took into its post-ops. ``docs/cpu-layout.md`` reads these counts for each formulation."""
+    counts: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        kind = rt["layerType"].astype(str)
+        if kind == "Reorder":
+            src = op.input(0).get_source_output().get_node().get_rt_info()["layerType"].astype(str)
+            kind = "Reorder(const)" if src == "Const" else "Reorder"
+        elif kind == "Convolution":
+            counts["fused"] += sum("mstransform/" in n for n in rt["originalLayersNames"].astype(str).split(","))
+        counts[kind] += 1
+    return counts

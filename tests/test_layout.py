@@ -26,6 +26,7 @@ import mstransform as mst
 import zoo
 from mstransform.passes.bounds import bounds_threshold, exclusive_bounds
 from mstransform.passes.sparsify_match import find_sparsify_ops
+from mstransform.runtime.openvino_session import layer_counts
 
 NEW = ["bounds"]  # formulations that must equal ``where`` bit for bit
 
@@ -239,17 +240,7 @@ def ov_counts(path, shape=None) -> collections.Counter:
     if shape is not None:
         model.reshape({model.inputs[0].get_any_name(): list(shape)})
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2})
-    counts = collections.Counter()
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        rt = op.get_rt_info()
-        kind = rt["layerType"].astype(str)
-        if kind == "Reorder":
-            src = op.input(0).get_source_output().get_node().get_rt_info()["layerType"].astype(str)
-            kind = "Reorder(const)" if src == "Const" else "Reorder"
-        if kind == "Convolution":
-            counts["fused"] += sum("mstransform/" in n for n in rt["originalLayersNames"].astype(str).split(","))
-        counts[kind] += 1
-    return counts
+    return layer_counts(compiled)
 
 
 # per formulation: (Eltwise kernels per site with the batch dynamic, activation Reorders more than
