@@ -7,12 +7,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import EXAMPLE, check_bad_inputs
+from conftest import EXAMPLE, bad_input_cases, check_bad_input
 
-import mstransform as mst
 
 MODEL = EXAMPLE / "model.onnx"
 CALIB = EXAMPLE / "calib.npz"
@@ -24,11 +24,11 @@ def sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    """A folder with a copy of the example model and its stats (calibrated once)."""
+def work(tmp_path_factory, example_hardened):
+    """A folder of the user's own with a copy of the example model and its stats (the session's)."""
     d = tmp_path_factory.mktemp("cli")
     shutil.copy(MODEL, d / "model.onnx")
-    mst.calibrate(d / "model.onnx", CALIB, limit=512, progress=False).save(d / "stats.npz")
+    shutil.copyfile(example_hardened.stats, d / "stats.npz")
     return d
 
 
@@ -84,9 +84,7 @@ def test_centers_match_the_papers_ablation(cli, center, export_dir, tmp_path):
     """--center zero/global: ONNX Runtime on the result vs the torch model with the paper's operator,
     its constants read straight from the stats file (0, or the mean over all channels; alpha * sigma_c)."""
     import onnxruntime as ort
-    import torch
-    import zoo
-    from conftest import assert_close_but_for_edge_flips, exported, random_inputs
+    from conftest import assert_onnx_matches_reference, exported, random_inputs
 
     path, alpha = exported("resnet", "legacy-17-folded", export_dir), 0.5
     np.save(tmp_path / "calib.npy", random_inputs("resnet", 48, seed=2))
@@ -99,15 +97,10 @@ def test_centers_match_the_papers_ablation(cli, center, export_dir, tmp_path):
         mean, var = raw[f"mean/{i}"], raw[f"var/{i}"]
         c = np.zeros_like(mean) if center == "zero" else np.full_like(mean, mean.mean())
         params.append((c, alpha * np.sqrt(var), int(axis)))
-    model = zoo.build("resnet")
-    zoo.with_reference_operator(model, "resnet", params)
     x = random_inputs("resnet", 4, seed=5)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]  # noqa: E731
-    got = run(tmp_path / "h.onnx")
-    assert np.max(np.abs(got - run(path))) > 1e-3  # the operator moved the output
-    assert_close_but_for_edge_flips(got, ref)
+    assert np.max(np.abs(run(tmp_path / "h.onnx") - run(path))) > 1e-3  # the operator moved the output
+    assert_onnx_matches_reference(tmp_path / "h.onnx", "resnet", params, x)
 
 
 def _stats_arrays(path):
@@ -120,8 +113,10 @@ def _write(path, arrays):
     return path
 
 
-def bad_cases(work: Path, tmp: Path):
-    """(label, argv, expected exit code, words the message must contain)."""
+@pytest.fixture(scope="module")
+def bad(work, tmp_path_factory):
+    """The bad files of the table below, written once; ``folder`` must gain no file from any case."""
+    tmp = tmp_path_factory.mktemp("cli-bad")
     good = work / "stats.npz"
     arr = _stats_arrays(good)
     other = dict(arr, fingerprint=np.array("0123456789abcdef"))
@@ -132,41 +127,51 @@ def bad_cases(work: Path, tmp: Path):
     channels = dict(arr, **{"mean/0": arr["mean/0"][:3], "var/0": arr["var/0"][:3]})
     nan = dict(arr, **{"var/2": np.full_like(arr["var/2"], np.nan)})
     neg = dict(arr, **{"var/1": -arr["var/1"]})
+    for name, arrays in (("other", other), ("missing", missing), ("ch", channels), ("nanstats", nan), ("neg", neg)):
+        _write(tmp / f"{name}.npz", arrays)
     (tmp / "notonnx.onnx").write_text("this is not a model\n")
     (tmp / "garbage.npz").write_bytes(b"PK\x03\x04garbage")
     np.savez(tmp / "flat.npz", input=np.zeros((4, 28, 28), np.uint8))
     np.savez(tmp / "nan.npz", input=np.full((4, 1, 28, 28), np.nan, np.float32))
     np.savez(tmp / "empty.npz", input=np.zeros((0, 1, 28, 28), np.uint8))
     np.savez(tmp / "pickled.npz", a=np.array([{"x": 1}], dtype=object))
-    out = tmp / "out.onnx"
-    m = work / "model.onnx"
-    return [
-        ("not an ONNX file", [tmp / "notonnx.onnx", "--stats", good, "-o", out], 3, "not an ONNX model"),
-        ("model missing", [tmp / "nope.onnx", "--stats", good, "-o", out], 3, "does not exist"),
-        ("stats of another model", [m, "--stats", _write(tmp / "other.npz", other), "-o", out], 4, "another model"),
-        ("missing site", [m, "--stats", _write(tmp / "missing.npz", missing), "-o", out], 4, "no statistics"),
-        ("channel-count mismatch", [m, "--stats", _write(tmp / "ch.npz", channels), "-o", out], 4, "channels"),
-        ("NaN in stats", [m, "--stats", _write(tmp / "nanstats.npz", nan), "-o", out], 4, "NaN"),
-        ("negative variance", [m, "--stats", _write(tmp / "neg.npz", neg), "-o", out], 4, "negative variance"),
-        ("pickled stats", [m, "--stats", tmp / "pickled.npz", "-o", out], 4, "object arrays"),
-        ("stats file missing", [m, "--stats", tmp / "none.npz", "-o", out], 4, "does not exist"),
-        ("negative alpha", [m, "--stats", good, "--alpha", "-0.1", "-o", out], 2, ">= 0"),
-        ("NaN alpha", [m, "--stats", good, "--alpha", "nan", "-o", out], 2, "finite"),
-        ("absurd alpha", [m, "--stats", good, "--alpha", "1e9", "-o", out], 2, "below 100"),
-        ("alpha for unknown site", [m, "--stats", good, "--alpha", "nosuch=0.1", "-o", out], 2, "matches no site"),
-        ("output equals input", [m, "--stats", good, "-o", m], 6, "is the input"),
-        ("output folder missing", [m, "--stats", good, "-o", tmp / "no" / "dir" / "x.onnx"], 6, "does not exist"),
-        ("unreadable data", ["calibrate", m, "--data", tmp / "garbage.npz", "-o", tmp / "s.npz"], 5, "cannot read"),
-        ("wrong input shape", ["calibrate", m, "--data", tmp / "flat.npz", "-o", tmp / "s.npz"], 5, "expects shape"),
-        ("NaN in data", ["calibrate", m, "--data", tmp / "nan.npz", "-o", tmp / "s.npz"], 5, "NaN"),
-        ("empty data", ["calibrate", m, "--data", tmp / "empty.npz", "-o", tmp / "s.npz"], 5, "no samples"),
-        ("neither stats nor data", [m, "-o", out], 2, "--stats"),
-        ("unknown option", [m, "--stats", good, "--frobnicate"], 2, "unrecognized"),
-    ]
+    return SimpleNamespace(tmp=tmp, good=good, m=work / "model.onnx", out=tmp / "out.onnx", stats_out=tmp / "s.npz",
+                           folder=tmp, protected=[work / "model.onnx", good])
 
 
-def test_bad_input_one_line_no_output(work, tmp_path):
-    check_bad_inputs(bad_cases(work, tmp_path), tmp_path, [work / "model.onnx", work / "stats.npz"])
+# (label, argv of the prepared files, expected exit code, words the message must contain)
+BAD_CASES = [
+    ("not an ONNX file", lambda f: [f.tmp / "notonnx.onnx", "--stats", f.good, "-o", f.out], 3, "not an ONNX model"),
+    ("model missing", lambda f: [f.tmp / "nope.onnx", "--stats", f.good, "-o", f.out], 3, "does not exist"),
+    ("stats of another model", lambda f: [f.m, "--stats", f.tmp / "other.npz", "-o", f.out], 4, "another model"),
+    ("missing site", lambda f: [f.m, "--stats", f.tmp / "missing.npz", "-o", f.out], 4, "no statistics"),
+    ("channel-count mismatch", lambda f: [f.m, "--stats", f.tmp / "ch.npz", "-o", f.out], 4, "channels"),
+    ("NaN in stats", lambda f: [f.m, "--stats", f.tmp / "nanstats.npz", "-o", f.out], 4, "NaN"),
+    ("negative variance", lambda f: [f.m, "--stats", f.tmp / "neg.npz", "-o", f.out], 4, "negative variance"),
+    ("pickled stats", lambda f: [f.m, "--stats", f.tmp / "pickled.npz", "-o", f.out], 4, "object arrays"),
+    ("stats file missing", lambda f: [f.m, "--stats", f.tmp / "none.npz", "-o", f.out], 4, "does not exist"),
+    ("negative alpha", lambda f: [f.m, "--stats", f.good, "--alpha", "-0.1", "-o", f.out], 2, ">= 0"),
+    ("NaN alpha", lambda f: [f.m, "--stats", f.good, "--alpha", "nan", "-o", f.out], 2, "finite"),
+    ("absurd alpha", lambda f: [f.m, "--stats", f.good, "--alpha", "1e9", "-o", f.out], 2, "below 100"),
+    ("alpha for unknown site", lambda f: [f.m, "--stats", f.good, "--alpha", "nosuch=0.1", "-o", f.out], 2,
+     "matches no site"),
+    ("output equals input", lambda f: [f.m, "--stats", f.good, "-o", f.m], 6, "is the input"),
+    ("output folder missing", lambda f: [f.m, "--stats", f.good, "-o", f.tmp / "no" / "dir" / "x.onnx"], 6,
+     "does not exist"),
+    ("unreadable data", lambda f: ["calibrate", f.m, "--data", f.tmp / "garbage.npz", "-o", f.stats_out], 5,
+     "cannot read"),
+    ("wrong input shape", lambda f: ["calibrate", f.m, "--data", f.tmp / "flat.npz", "-o", f.stats_out], 5,
+     "expects shape"),
+    ("NaN in data", lambda f: ["calibrate", f.m, "--data", f.tmp / "nan.npz", "-o", f.stats_out], 5, "NaN"),
+    ("empty data", lambda f: ["calibrate", f.m, "--data", f.tmp / "empty.npz", "-o", f.stats_out], 5, "no samples"),
+    ("neither stats nor data", lambda f: [f.m, "-o", f.out], 2, "--stats"),
+    ("unknown option", lambda f: [f.m, "--stats", f.good, "--frobnicate"], 2, "unrecognized"),
+]
+
+
+@bad_input_cases(BAD_CASES)
+def test_bad_input_one_line_no_output(label, argv, code, words, bad):
+    check_bad_input(label, argv(bad), code, words, bad.folder, bad.protected)
 
 
 def test_missing_external_data(cli, tmp_path):

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import os
 import zipfile
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
-from conftest import EXAMPLE, check_bad_inputs, run_cli
+from conftest import EXAMPLE, bad_input_cases, check_bad_input, run_cli
 
-import mstransform as mst
 
 MODEL, CALIB, TEST = EXAMPLE / "model.onnx", EXAMPLE / "calib.npz", EXAMPLE / "test.npz"
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
+def work(tmp_path_factory, example_hardened):
+    """The session's stats and hardened example, and a hard link to the stats: another name, the same inode."""
     d = tmp_path_factory.mktemp("hostile")
-    stats = mst.calibrate(MODEL, CALIB, limit=256, progress=False)
-    stats.save(d / "stats.npz")
-    mst.harden(MODEL, stats, alpha=0.2, output=d / "hard.onnx")
-    os.link(d / "stats.npz", d / "stats-link.npz")  # a hard link: another name, the same inode
-    return d
+    os.link(example_hardened.stats, d / "stats-link.npz")
+    return SimpleNamespace(stats=example_hardened.stats, hard=example_hardened.hardened, link=d / "stats-link.npz")
 
 
 def _absurd_npz(path):
@@ -33,8 +31,10 @@ def _absurd_npz(path):
         f.write(b"\0" * 16)
 
 
-def _cases(w, tmp):
-    s, hard, out = w / "stats.npz", w / "hard.onnx", tmp / "o.onnx"
+@pytest.fixture(scope="module")
+def hostile(work, tmp_path_factory):
+    """The hostile files of the table below, built once per module; ``folder`` must gain no file from any case."""
+    tmp = tmp_path_factory.mktemp("hostile-files")
     (tmp / "loop.onnx").symlink_to(tmp / "loop.onnx")
     _absurd_npz(tmp / "absurd.npz")
     x = (np.load(TEST)["input"][:8])
@@ -49,49 +49,62 @@ def _cases(w, tmp):
                 entry.value = "../outside.bin"
     (tmp / "ext.onnx").write_bytes(ext.SerializeToString())
     (tmp / "w.bin").unlink()
-    return [
-        # aliasing: an output that is any input, by name or by inode
-        ("harden output = stats", [MODEL, "--stats", s, "-o", s], 6, "is the input"),
-        ("harden output = stats via hard link", [MODEL, "--stats", s, "-o", w / "stats-link.npz"], 6, "is the input"),
-        ("save-stats = eval data", [MODEL, "--data", CALIB, "--save-stats", TEST, "--eval", TEST, "-o", out], 6,
-         "is the input"),
-        ("model output = save-stats", [MODEL, "--data", CALIB, "--save-stats", out, "-o", out], 6, "same file"),
-        ("merge output = a shard", ["stats", "merge", s, w / "stats-link.npz", "-o", s], 6, "is the input"),
-        ("merge a shard with itself", ["stats", "merge", s, s, "-o", tmp / "m.npz"], 4, "identical"),
-        ("eval json = model", ["eval", MODEL, "--data", TEST, "--json", MODEL], 6, "is the input"),
-        # special files
-        ("output is a device", [MODEL, "--stats", s, "-o", "/dev/null"], 6, "not a regular file"),
-        ("predictions to a device", ["run", MODEL, "--data", TEST, "-o", "/dev/full"], 6, "not a regular file"),
-        # unbounded values, refused before work
-        ("absurd threads", ["--threads", "100000", "sites", MODEL], 0, ""),
-        ("absurd batch", ["calibrate", MODEL, "--data", CALIB, "--batch-size", "1000000000", "-o", tmp / "x.npz"], 2,
-         "--batch-size"),
-        ("eps out of the box", ["eval", MODEL, "--data", TEST, "--eps", "1e9"], 2, "--eps"),
-        ("zero images", ["eval", MODEL, "--data", TEST, "-n", "0"], 2, "-n/--images"),
-        ("absurd queries", ["eval", MODEL, "--data", TEST, "--square-queries", "10000000000"], 2, "--square-queries"),
-        ("negative budget", ["sweep", MODEL, "--stats", s, "--data", TEST, "--max-clean-drop", "-1"], 2,
-         "--max-clean-drop"),
-        # crashes inside libraries, caught at their source
-        ("symlink loop", ["sites", tmp / "loop.onnx"], 3, "cannot be read"),
-        ("invalid regex", ["sites", MODEL, "--include", "("], 2, "--include"),
-        ("absurd array header", ["calibrate", MODEL, "--data", tmp / "absurd.npz", "-o", tmp / "x.npz"], 5, "announces"),
-        ("labels beyond the classes", ["eval", MODEL, "--data", tmp / "labels99.npz", "-n", "8"], 5, "classes"),
-        ("labels not integers", ["eval", MODEL, "--data", tmp / "labelsf.npz", "-n", "8"], 5, "integers"),
-        ("accuracy on foreign labels", [MODEL, "--stats", s, "-o", out, "--eval", tmp / "labels99.npz"], 5, "labels"),
-        ("external data outside the folder", ["sites", tmp / "ext.onnx"], 3, "outside the model's folder"),
-        ("hardened model hardened again", [hard, "--stats", s, "--ignore-fingerprint", "-o", out], 2, "already"),
-        # leftovers: a failure after calibration leaves neither file
-        ("one-step failing late", [MODEL, "--data", CALIB, "--alpha", "nosuch=0.1", "-o", out], 2, "matches no site"),
-    ]
+    return SimpleNamespace(tmp=tmp, s=work.stats, link=work.link, hard=work.hard, out=tmp / "o.onnx", folder=tmp,
+                           protected=[MODEL, CALIB, TEST, work.stats, work.hard])
 
 
-def test_hostile_inputs(work, tmp_path):
-    cases = _cases(work, tmp_path)
-    threads = [c for c in cases if c[0] == "absurd threads"][0]
-    r = run_cli(*threads[1])  # `sites` opens no session: the bound applies where threads are used
-    assert r.code == 0
-    check_bad_inputs([c for c in cases if c[0] != "absurd threads"], tmp_path,
-                     [MODEL, CALIB, TEST, work / "stats.npz", work / "hard.onnx"])
+# (label, argv of the prepared files, exit code, words in the message)
+HOSTILE_CASES = [
+    # aliasing: an output that is any input, by name or by inode
+    ("harden output = stats", lambda f: [MODEL, "--stats", f.s, "-o", f.s], 6, "is the input"),
+    ("harden output = stats via hard link", lambda f: [MODEL, "--stats", f.s, "-o", f.link], 6, "is the input"),
+    ("save-stats = eval data", lambda f: [MODEL, "--data", CALIB, "--save-stats", TEST, "--eval", TEST, "-o", f.out],
+     6, "is the input"),
+    ("model output = save-stats", lambda f: [MODEL, "--data", CALIB, "--save-stats", f.out, "-o", f.out], 6,
+     "same file"),
+    ("merge output = a shard", lambda f: ["stats", "merge", f.s, f.link, "-o", f.s], 6, "is the input"),
+    ("merge a shard with itself", lambda f: ["stats", "merge", f.s, f.s, "-o", f.tmp / "m.npz"], 4, "identical"),
+    ("eval json = model", lambda f: ["eval", MODEL, "--data", TEST, "--json", MODEL], 6, "is the input"),
+    # special files
+    ("output is a device", lambda f: [MODEL, "--stats", f.s, "-o", "/dev/null"], 6, "not a regular file"),
+    ("predictions to a device", lambda f: ["run", MODEL, "--data", TEST, "-o", "/dev/full"], 6, "not a regular file"),
+    # unbounded values, refused before work (an absurd --threads: test_absurd_threads_... below)
+    ("absurd batch", lambda f: ["calibrate", MODEL, "--data", CALIB, "--batch-size", "1000000000", "-o",
+                                f.tmp / "x.npz"], 2, "--batch-size"),
+    ("eps out of the box", lambda f: ["eval", MODEL, "--data", TEST, "--eps", "1e9"], 2, "--eps"),
+    ("zero images", lambda f: ["eval", MODEL, "--data", TEST, "-n", "0"], 2, "-n/--images"),
+    ("absurd queries", lambda f: ["eval", MODEL, "--data", TEST, "--square-queries", "10000000000"], 2,
+     "--square-queries"),
+    ("negative budget", lambda f: ["sweep", MODEL, "--stats", f.s, "--data", TEST, "--max-clean-drop", "-1"], 2,
+     "--max-clean-drop"),
+    # crashes inside libraries, caught at their source
+    ("symlink loop", lambda f: ["sites", f.tmp / "loop.onnx"], 3, "cannot be read"),
+    ("invalid regex", lambda f: ["sites", MODEL, "--include", "("], 2, "--include"),
+    ("absurd array header", lambda f: ["calibrate", MODEL, "--data", f.tmp / "absurd.npz", "-o", f.tmp / "x.npz"], 5,
+     "announces"),
+    ("labels beyond the classes", lambda f: ["eval", MODEL, "--data", f.tmp / "labels99.npz", "-n", "8"], 5,
+     "classes"),
+    ("labels not integers", lambda f: ["eval", MODEL, "--data", f.tmp / "labelsf.npz", "-n", "8"], 5, "integers"),
+    ("accuracy on foreign labels", lambda f: [MODEL, "--stats", f.s, "-o", f.out, "--eval", f.tmp / "labels99.npz"], 5,
+     "labels"),
+    ("external data outside the folder", lambda f: ["sites", f.tmp / "ext.onnx"], 3, "outside the model's folder"),
+    ("hardened model hardened again", lambda f: [f.hard, "--stats", f.s, "--ignore-fingerprint", "-o", f.out], 2,
+     "already"),
+    # leftovers: a failure after calibration leaves neither file
+    ("one-step failing late", lambda f: [MODEL, "--data", CALIB, "--alpha", "nosuch=0.1", "-o", f.out], 2,
+     "matches no site"),
+]
+
+
+@bad_input_cases(HOSTILE_CASES)
+def test_hostile_input(label, argv, code, words, hostile):
+    check_bad_input(label, argv(hostile), code, words, hostile.folder, hostile.protected)
+
+
+def test_absurd_threads_pass_where_no_session_opens(hostile):
+    """`sites` opens no session: the bound applies where threads are used (next test)."""
+    r = run_cli("--threads", "100000", "sites", MODEL)
+    assert r.code == 0, r.err
 
 
 def test_thread_bound_is_checked_before_work(work, tmp_path):

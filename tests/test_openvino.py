@@ -39,19 +39,18 @@ def test_each_operator_in_openvino_equals_numpy(name, export_dir, tmp_path):
     assert moved > 0  # the operators replaced values: the comparison could fail
 
 
-def test_run_and_eval_on_openvino(tmp_path):
-    stats = mst.calibrate(EXAMPLE / "model.onnx", EXAMPLE / "calib.npz", limit=256, progress=False)
-    mst.harden(EXAMPLE / "model.onnx", stats, alpha=0.3, output=tmp_path / "h.onnx")
-    r = run_cli("run", tmp_path / "h.onnx", "--data", EXAMPLE / "test.npz", "--limit", "300", "--runtime", "openvino",
+def test_run_and_eval_on_openvino(tmp_path, example_hardened):
+    hard = example_hardened.hardened
+    r = run_cli("run", hard, "--data", EXAMPLE / "test.npz", "--limit", "300", "--runtime", "openvino",
                 "-o", tmp_path / "ov.npy")
     assert r.code == 0, r.err
     assert r.out.startswith("OpenVINO ") and "(f32)" in r.out.splitlines()[0]
-    r = run_cli("run", tmp_path / "h.onnx", "--data", EXAMPLE / "test.npz", "--limit", "300", "-o", tmp_path / "ort.npy")
+    r = run_cli("run", hard, "--data", EXAMPLE / "test.npz", "--limit", "300", "-o", tmp_path / "ort.npy")
     assert r.code == 0, r.err
     ov, ort_ = np.load(tmp_path / "ov.npy"), np.load(tmp_path / "ort.npy")
     labels = np.load(EXAMPLE / "test.npz")["labels"][:300]
     assert np.mean(ov == ort_) >= 0.99 and np.mean(ov == labels) > 0.8
-    r = run_cli("eval", EXAMPLE / "model.onnx", tmp_path / "h.onnx", "--data", EXAMPLE / "test.npz", "-n", "32",
+    r = run_cli("eval", EXAMPLE / "model.onnx", hard, "--data", EXAMPLE / "test.npz", "-n", "32",
                 "--apgd-iters", "3", "--square-queries", "10", "--runtime", "openvino", "--json", tmp_path / "r.json")
     assert r.code == 0, r.err
 

@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
 import torch
 import torch.nn as nn
-from conftest import EXAMPLE, check_bad_inputs, numpy_moments
+from conftest import EXAMPLE, bad_input_cases, check_bad_input, numpy_moments
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,14 +36,10 @@ def export(model: nn.Module, shape, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stats_file(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rel")
-    mst.calibrate(MODEL, CALIB, limit=256, progress=False).save(d / "stats.npz")
-    return d / "stats.npz"
-
-
-def more_bad_cases(tmp: Path, stats: Path):
-    """Bad inputs beyond tests/test_cli.py's table: (label, argv, exit code, words in the message)."""
+def bad(tmp_path_factory, example_hardened):
+    """The bad files of the table below, written once; ``folder`` must gain no file from any case."""
+    tmp = tmp_path_factory.mktemp("rel-bad")
+    stats = example_hardened.stats
     raw = MODEL.read_bytes()
     (tmp / "trunc.onnx").write_bytes(raw[: len(raw) // 2])
     m = onnx.load(str(MODEL))
@@ -63,32 +60,39 @@ def more_bad_cases(tmp: Path, stats: Path):
     np.savez(tmp / "objdata.npz", input=np.array([object()] * 2, dtype=object))
     (tmp / "imgs").mkdir()
     (tmp / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    out = tmp / "o.onnx"
-    s = tmp / "s.npz"
-    return [
-        ("truncated ONNX", ["sites", tmp / "trunc.onnx"], 3, "not an ONNX model"),
-        ("unsupported opset", ["sites", tmp / "opset99.onnx"], 3, "opset 99"),
-        ("no activations", ["calibrate", tmp / "linear.onnx", "--data", CALIB, "-o", s], 3, "no sites"),
-        ("extra site in stats", [MODEL, "--stats", tmp / "extra.npz", "-o", out], 4, "lacks"),
-        ("Inf in stats", [MODEL, "--stats", tmp / "inf.npz", "-o", out], 4, "Inf"),
-        ("stats version", [MODEL, "--stats", tmp / "v9.npz", "-o", out], 4, "version '9'"),
-        ("stats not a zip", [MODEL, "--stats", tmp / "text.npz", "-o", out], 4, "not a readable"),
-        ("merge stats of two models", ["stats", "merge", stats, tmp / "inf.npz", "-o", s], 4, "NaN or Inf"),
-        ("string data", ["calibrate", MODEL, "--data", tmp / "strings.npz", "-o", s], 5, "not numeric"),
-        ("pickled data", ["calibrate", MODEL, "--data", tmp / "objdata.npz", "-o", s], 5, "object arrays"),
-        ("unreadable image", ["calibrate", MODEL, "--data", tmp / "imgs", "-o", s], 5, "cannot read image"),
-        ("data path missing", ["calibrate", MODEL, "--data", tmp / "none.npz", "-o", s], 5, "does not exist"),
-        ("batch size 0", ["calibrate", MODEL, "--data", CALIB, "--batch-size", "0", "-o", s], 2, "--batch-size"),
-        ("bad shard", ["calibrate", MODEL, "--data", CALIB, "--shard", "3/2", "-o", s], 2, "shard"),
-        ("bad axis override", ["sites", MODEL, "--axis", "/Relu=x"], 2, "integer axis"),
-        ("axis for unknown site", ["sites", MODEL, "--axis", "nosuch=1"], 2, "unknown site"),
-        ("unknown TensorRT version", ["check-trt", MODEL, "--trt-version", "1.0"], 2, "trt-version"),
-        ("stats output equals data", ["calibrate", MODEL, "--data", CALIB, "-o", CALIB], 6, "is the input"),
-    ]
+    return SimpleNamespace(tmp=tmp, stats=stats, out=tmp / "o.onnx", s=tmp / "s.npz", folder=tmp,
+                           protected=[MODEL, CALIB, stats])
 
 
-def test_more_bad_inputs(tmp_path, stats_file):
-    check_bad_inputs(more_bad_cases(tmp_path, stats_file), tmp_path, [MODEL, CALIB, stats_file])
+# Bad inputs beyond tests/test_cli.py's table: (label, argv of the prepared files, exit code, words in the message)
+MORE_BAD_CASES = [
+    ("truncated ONNX", lambda f: ["sites", f.tmp / "trunc.onnx"], 3, "not an ONNX model"),
+    ("unsupported opset", lambda f: ["sites", f.tmp / "opset99.onnx"], 3, "opset 99"),
+    ("no activations", lambda f: ["calibrate", f.tmp / "linear.onnx", "--data", CALIB, "-o", f.s], 3, "no sites"),
+    ("extra site in stats", lambda f: [MODEL, "--stats", f.tmp / "extra.npz", "-o", f.out], 4, "lacks"),
+    ("Inf in stats", lambda f: [MODEL, "--stats", f.tmp / "inf.npz", "-o", f.out], 4, "Inf"),
+    ("stats version", lambda f: [MODEL, "--stats", f.tmp / "v9.npz", "-o", f.out], 4, "version '9'"),
+    ("stats not a zip", lambda f: [MODEL, "--stats", f.tmp / "text.npz", "-o", f.out], 4, "not a readable"),
+    ("merge stats of two models", lambda f: ["stats", "merge", f.stats, f.tmp / "inf.npz", "-o", f.s], 4,
+     "NaN or Inf"),
+    ("string data", lambda f: ["calibrate", MODEL, "--data", f.tmp / "strings.npz", "-o", f.s], 5, "not numeric"),
+    ("pickled data", lambda f: ["calibrate", MODEL, "--data", f.tmp / "objdata.npz", "-o", f.s], 5, "object arrays"),
+    ("unreadable image", lambda f: ["calibrate", MODEL, "--data", f.tmp / "imgs", "-o", f.s], 5, "cannot read image"),
+    ("data path missing", lambda f: ["calibrate", MODEL, "--data", f.tmp / "none.npz", "-o", f.s], 5,
+     "does not exist"),
+    ("batch size 0", lambda f: ["calibrate", MODEL, "--data", CALIB, "--batch-size", "0", "-o", f.s], 2,
+     "--batch-size"),
+    ("bad shard", lambda f: ["calibrate", MODEL, "--data", CALIB, "--shard", "3/2", "-o", f.s], 2, "shard"),
+    ("bad axis override", lambda f: ["sites", MODEL, "--axis", "/Relu=x"], 2, "integer axis"),
+    ("axis for unknown site", lambda f: ["sites", MODEL, "--axis", "nosuch=1"], 2, "unknown site"),
+    ("unknown TensorRT version", lambda f: ["check-trt", MODEL, "--trt-version", "1.0"], 2, "trt-version"),
+    ("stats output equals data", lambda f: ["calibrate", MODEL, "--data", CALIB, "-o", CALIB], 6, "is the input"),
+]
+
+
+@bad_input_cases(MORE_BAD_CASES)
+def test_more_bad_inputs(label, argv, code, words, bad):
+    check_bad_input(label, argv(bad), code, words, bad.folder, bad.protected)
 
 
 def test_debug_shows_traceback(tmp_path):

@@ -24,24 +24,15 @@ from mstransform.robustness.twin_check import check_twin
 MODEL = EXAMPLE / "model.onnx"
 
 
-@pytest.fixture(scope="module")
-def hardened(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rob")
-    stats = mst.calibrate(MODEL, EXAMPLE / "calib.npz", limit=512, progress=False)
-    stats.save(d / "stats.npz")
-    mst.harden(MODEL, stats, alpha=0.3, output=d / "hard.onnx")
-    return d
-
-
 def _test_images(n):
     return (np.load(EXAMPLE / "test.npz")["input"][:n] / 255).astype(np.float32)
 
 
-def test_twin_is_the_deployed_model(hardened):
-    for path, ops in ((MODEL, 0), (hardened / "hard.onnx", 7)):
+def test_twin_is_the_deployed_model(example_hardened):
+    for path, ops in ((MODEL, 0), (example_hardened.hardened, 7)):
         report = check_twin(OnnxTwin(path), path, _test_images(64))
         assert report.operators == ops and report.max_rel_diff <= 1e-4
-    assert len(OnnxTwin(hardened / "hard.onnx").units) == 7
+    assert len(OnnxTwin(example_hardened.hardened).units) == 7
 
 
 def _plant(twin: OnnxTwin, error: str) -> None:
@@ -62,8 +53,8 @@ def _plant(twin: OnnxTwin, error: str) -> None:
 
 
 @pytest.mark.parametrize("error", ["weights", "center", "threshold", "dropped", "axis"])
-def test_twin_check_refuses_planted_errors(hardened, error):
-    path = hardened / "hard.onnx"
+def test_twin_check_refuses_planted_errors(example_hardened, error):
+    path = example_hardened.hardened
     twin = OnnxTwin(path)
     _plant(twin, error)
     with pytest.raises(VerificationError, match="twin"):
@@ -126,8 +117,8 @@ def test_alpha_selection_rule():
         choose_alpha([SweepRow(0.2, 1, 1, 1)])
 
 
-def test_eval_end_to_end(cli, hardened, tmp_path):
-    r = cli("eval", MODEL, hardened / "hard.onnx", "--data", EXAMPLE / "test.npz", "-n", "64", "--batch-size", "64",
+def test_eval_end_to_end(cli, example_hardened, tmp_path):
+    r = cli("eval", MODEL, example_hardened.hardened, "--data", EXAMPLE / "test.npz", "-n", "64", "--batch-size", "64",
             "--apgd-iters", "5", "--pgd-steps", "3", "--square-queries", "20", "--json", tmp_path / "r.json",
             "--csv", tmp_path / "r.csv")
     assert r.code == 0, r.err
@@ -143,8 +134,8 @@ def test_eval_end_to_end(cli, hardened, tmp_path):
     assert len(rows) == 2 and float(rows[0]["clean"]) > 80
 
 
-def test_sweep_end_to_end(cli, hardened, tmp_path):
-    r = cli("sweep", MODEL, "--stats", hardened / "stats.npz", "--data", EXAMPLE / "val.npz", "--alphas", "0.2",
+def test_sweep_end_to_end(cli, example_hardened, tmp_path):
+    r = cli("sweep", MODEL, "--stats", example_hardened.stats, "--data", EXAMPLE / "val.npz", "--alphas", "0.2",
             "-n", "32", "--batch-size", "32", "--apgd-iters", "3", "--plot", tmp_path / "s.png", "--json",
             tmp_path / "s.json")
     assert r.code == 0, r.err
@@ -155,7 +146,7 @@ def test_sweep_end_to_end(cli, hardened, tmp_path):
     # clean accuracies recomputed here, independently: ONNX Runtime on the first 32 held-out images
     val = np.load(EXAMPLE / "val.npz")
     x, y = (val["input"][:32] / 255).astype(np.float32), val["labels"][:32]
-    mst.harden(MODEL, mst.load_stats(hardened / "stats.npz"), alpha=0.2, output=tmp_path / "a.onnx")
+    mst.harden(MODEL, mst.load_stats(example_hardened.stats), alpha=0.2, output=tmp_path / "a.onnx")
     for row, path in zip(rows, (MODEL, tmp_path / "a.onnx")):
         logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
         assert row["clean"] == pytest.approx(100 * np.mean(logits.argmax(1) == y))
@@ -175,8 +166,8 @@ def test_sweep_plot_draws_the_rows():
         assert list(lines[label].get_ydata()) == [getattr(r, field) for r in rows]
 
 
-def test_plot_histogram(cli, hardened, tmp_path):
-    r = cli("plot", MODEL, "--stats", hardened / "stats.npz", "--data", EXAMPLE / "calib.npz", "--site",
+def test_plot_histogram(cli, example_hardened, tmp_path):
+    r = cli("plot", MODEL, "--stats", example_hardened.stats, "--data", EXAMPLE / "calib.npz", "--site",
             "/block1/Relu_1", "--channel", "2", "--limit", "64", "-o", tmp_path / "h.png")
     assert r.code == 0, r.err
     frac = float(r.out.split("; ")[1].split("%")[0])

@@ -242,22 +242,34 @@ SITE_MODULES = {
 }
 
 
-def with_reference_operator(model: nn.Module, name: str, params: list[tuple]) -> list:
+def with_reference_operator(model: nn.Module, name: str, params: list[tuple], *, forced: dict | None = None,
+                            record: dict | None = None) -> list:
     """Attach the paper's operator (torch, written independently of the ONNX pass) before each site module.
 
     ``params`` holds (center, threshold, axis) per site, in ``SITE_MODULES`` order.
-    Returns the hook handles.
+    ``record``, a dict, receives per site index ``(x, decision)``: the tensor entering the operator and
+    the operator's own decision ``|x - c| < t``. ``forced``, per site index, a tensor the site module
+    reads *instead of* the operator's output (teacher forcing: the segment after the operator then
+    computes from the value another implementation's operator produced). Returns the hook handles.
     """
     modules = dict(model.named_modules())
     handles = []
-    for mod_name, (center, threshold, axis) in zip(SITE_MODULES[name], params):
-        def hook(module, args, center=center, threshold=threshold, axis=axis):
+    for i, (mod_name, (center, threshold, axis)) in enumerate(zip(SITE_MODULES[name], params)):
+        def hook(module, args, i=i, center=center, threshold=threshold, axis=axis, mod_name=mod_name):
             (x,) = args
             shape = [1] * x.ndim
             shape[axis] = -1
             c = torch.as_tensor(center, dtype=x.dtype).reshape(shape)
             t = torch.as_tensor(threshold, dtype=x.dtype).reshape(shape)
-            return (torch.where((x - c).abs() < t, c.expand_as(x), x),)
+            decision = (x - c).abs() < t
+            if record is not None:
+                assert i not in record, f"site module {mod_name!r} ran twice in one forward pass"
+                record[i] = (x.detach().clone(), decision.clone())
+            if forced is not None and i in forced:
+                y = forced[i]
+                assert tuple(y.shape) == tuple(x.shape), (mod_name, tuple(y.shape), tuple(x.shape))
+                return (y.to(x.dtype),)
+            return (torch.where(decision, c.expand_as(x), x),)
 
         handles.append(modules[mod_name].register_forward_pre_hook(hook))
     return handles
