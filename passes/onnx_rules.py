@@ -250,8 +250,18 @@ class SoftplusRule(Rule):
         return ActivationMatch("Softplus", form, b["x"], b["nodes"], b["nodes"][-1])
 
 
+def _scaled_input(value: ir.Value, x: ir.Value | None) -> ir.Node | None:
+    """The ``Mul(x, beta)`` (a scalar constant ``beta``) that produces ``value`` and nothing else reads, if any."""
+    node = value.producer()
+    if x is None or node is None or node.op_type != "Mul" or only_consumer(value) is None:
+        return None
+    other = other_input(node, x)
+    return node if other is not None and x in node.inputs and scalar(other) is not None else None
+
+
 class SelfGateRule(Rule):
-    """``x * Sigmoid(x)`` (SiLU/Swish) and ``x * HardSigmoid(x)`` (HardSwish).
+    """``x * Sigmoid(x)`` (SiLU/Swish), ``x * Sigmoid(beta * x)`` (Swish with a scale, as Paddle exports it)
+    and ``x * HardSigmoid(x)`` (HardSwish).
 
     A gate whose output scales a *different* tensor is not matched here; it stays a plain
     Sigmoid/HardSigmoid and the site finder decides whether it sits in a
@@ -265,9 +275,13 @@ class SelfGateRule(Rule):
         mul = only_consumer(out)
         if mul is None or mul.op_type != "Mul":
             return f"{node.op_type} output is not multiplied by its own input"
-        if other_input(mul, out) is not x:
-            return f"{node.op_type} output gates another tensor in '{mul.name}'"
-        return {"x": x, "nodes": [node, mul], "gate": node}
+        if other_input(mul, out) is x:
+            return {"x": x, "nodes": [node, mul], "gate": node}
+        x0 = other_input(mul, out)
+        scaled = _scaled_input(x, x0)
+        if node.op_type == "Sigmoid" and scaled is not None:  # Swish with beta: x0 * Sigmoid(beta * x0) (Paddle)
+            return {"x": x0, "nodes": [scaled, node, mul], "gate": node}
+        return f"{node.op_type} output gates another tensor in '{mul.name}'"
 
     def check(self, b):
         gate = b["gate"]
@@ -282,8 +296,8 @@ class SelfGateRule(Rule):
 
     def build(self, b):
         sigmoid = b["gate"].op_type == "Sigmoid"
-        return ActivationMatch("SiLU" if sigmoid else "HardSwish", "Sigmoid*Mul" if sigmoid else "HardSigmoid*Mul",
-                               b["x"], b["nodes"], b["nodes"][-1])
+        form = ("Mul*Sigmoid*Mul (beta)" if len(b["nodes"]) == 3 else "Sigmoid*Mul") if sigmoid else "HardSigmoid*Mul"
+        return ActivationMatch("SiLU" if sigmoid else "HardSwish", form, b["x"], b["nodes"], b["nodes"][-1])
 
 
 class ClipRule(Rule):

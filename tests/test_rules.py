@@ -217,6 +217,20 @@ def test_self_gate_matches(op, attrs, kind, form):
     assert_match(SelfGateRule().match(named(g, "gate")), kind, form, g, ["gate", "out"], [("gate", 0), ("out", 0)])
 
 
+def test_swish_with_a_scale_is_one_silu_site():
+    """Paddle's swish: ``x * Sigmoid(beta * x)``: one activation whose tensor is x, read by both Muls."""
+    g = graph_of([node("Mul", ["x", "beta"], ["scaled"]), node("Sigmoid", ["scaled"], ["gate"]),
+                  node("Mul", ["x", "gate"], ["out"])], {"beta": f32(1.7)})
+    assert_match(SelfGateRule().match(named(g, "gate")), "SiLU", "Mul*Sigmoid*Mul (beta)", g,
+                 ["scaled", "gate", "out"], [("scaled", 0), ("out", 0)])
+
+
+def test_a_scaled_gate_of_another_tensor_is_not_swish():
+    g = graph_of([node("Mul", ["y", "beta"], ["scaled"]), node("Sigmoid", ["scaled"], ["gate"]),
+                  node("Mul", ["x", "gate"], ["out"])], {"beta": f32(1.7)}, inputs=(("x", [2, 4]), ("y", [2, 4])))
+    assert_refused(SelfGateRule(), g, "gate", "Sigmoid output gates another tensor in 'out'")
+
+
 @pytest.mark.parametrize("graph, reason", [
     (lambda: self_gate("HardSigmoid"), "HardSigmoid(alpha=0.2, beta=0.5) * x is not HardSwish"),
     (lambda: self_gate("Sigmoid", gated="y"), "Sigmoid output gates another tensor in 'out'"),
