@@ -75,9 +75,7 @@ def normalise(package: str) -> str:
     return re.sub(r"[-_.]+", "_", package).lower()
 
 
-# ----------------------------------------------------------------------------- data makers
-def _rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
+_rng = np.random.default_rng
 
 
 def _image(shape, lo=-2.0, hi=2.0):

@@ -7,9 +7,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-U32 = 2.0**-24
-
-
 def _read_stats(path: Path) -> list[dict]:
     """The stats file read with numpy only (schema of core/stats.py): one dict per site."""
     with np.load(path, allow_pickle=False) as z:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import run_cli
-from os_cases import (CALIB, CLI, LONG, MODEL, PROGRESS, cli_env, one_error, refused, run_bounded,  # noqa: F401
+from os_cases import (CALIB, CLI, LONG, MODEL, PROGRESS, _Hang, cli_env, one_error, refused, run_bounded,  # noqa: F401
                       snapshot, stats_bytes, w)  # w and stats_bytes are fixtures
 
 import mstransform as mst
