@@ -40,15 +40,6 @@ class Center(str, enum.Enum):
     GLOBAL = "global"
 
 
-class Formulation(str, enum.Enum):
-    """``where``: Sub/Abs/Less/Where; ``float``: the same values with no bool tensor; ``bounds``: the same
-    decisions as two comparisons of x with exact per-channel bounds (docs/cpu-layout.md)."""
-
-    WHERE = "where"
-    FLOAT = "float"
-    BOUNDS = "bounds"
-
-
 class Precision(str, enum.Enum):
     """The float type of a written model: fp32 as exported, or converted for strongly typed engines."""
 
@@ -69,6 +60,15 @@ class Runtime(str, enum.Enum):
 
     ONNXRUNTIME = "onnxruntime"
     OPENVINO = "openvino"
+
+
+class Formulation(str, enum.Enum):
+    """``where``: Sub/Abs/Less/Where; ``float``: the same values with no bool tensor; ``bounds``: the same
+    decisions as two comparisons of x with exact per-channel bounds (docs/cpu-layout.md)."""
+
+    WHERE = "where"
+    FLOAT = "float"
+    BOUNDS = "bounds"
 
 
 def choice(enum_type: type[enum.Enum], value, param: str):
