@@ -323,7 +323,7 @@ def test_gate_of_another_tensor_is_rejected_with_its_reason(op, tmp_path):
     assert [(r.node, r.reason) for r in table.rejected] == [
         ("gate", "a gate: its output scales another tensor at 'out' (a recurrent cell's or GLU's gate); "
                  "include_se hardens it")]
-    assert [s.kind for s in mst.find_sites(path, include_se=True)] == [op]
+    assert [s.kind for s in mst.find_sites(path, selection=mst.Selection(include_se=True))] == [op]
 
 
 def test_squashing_activation_added_not_multiplied_is_a_site(tmp_path):
@@ -350,7 +350,7 @@ def test_squeeze_excite_branch_is_rejected_with_its_reason(tmp_path):
     assert [(s.name, s.axis, s.channels) for s in table] == [("out", 1, 4)]
     reason = "inside a Squeeze-and-Excitation branch (gates 'scaled'); include_se hardens it"
     assert sorted((r.node, r.reason) for r in table.rejected) == [("excite", reason), ("squeeze", reason)]
-    assert [s.name for s in mst.find_sites(path, include_se=True)] == ["squeeze", "excite", "out"]
+    assert [s.name for s in mst.find_sites(path, selection=mst.Selection(include_se=True))] == ["squeeze", "excite", "out"]
 
 
 def test_pooled_branch_that_does_not_scale_the_map_is_no_squeeze_excite(tmp_path):

@@ -25,7 +25,7 @@ def test_squeeze_excite_is_skipped_with_a_reason(label, export_dir):
     table = mst.find_sites(path)
     se = [r for r in table.rejected if "Squeeze-and-Excitation" in r.reason]
     assert sorted(r.op_type for r in se) == ["HardSigmoid", "Relu"]
-    with_se = mst.find_sites(path, include_se=True)
+    with_se = mst.find_sites(path, selection=mst.Selection(include_se=True))
     assert len(with_se) == len(table) + 2
 
 
@@ -70,9 +70,9 @@ def test_linear_inputs_placement(export_dir):
 
 def test_include_exclude_and_axis_override(export_dir):
     path = exported("resnet", "legacy-17-folded", export_dir)
-    assert len(mst.find_sites(path, include="block1")) == 2
-    assert len(mst.find_sites(path, exclude="block")) == 1
-    table = mst.find_sites(path, axes={"/act/Relu": 0})
+    assert len(mst.find_sites(path, selection=mst.Selection(include="block1"))) == 2
+    assert len(mst.find_sites(path, selection=mst.Selection(exclude="block"))) == 1
+    table = mst.find_sites(path, selection=mst.Selection(axes=(("/act/Relu", 0),)))
     assert table.by_name()["/act/Relu"].axis_rule == "override"
 
 

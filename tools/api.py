@@ -41,15 +41,16 @@ def _is_torch(model) -> bool:
     return type(model).__module__.startswith("torch") or hasattr(model, "named_modules")
 
 
-def find_sites(model, placement: Placement | str = Placement.ACTIVATIONS, *, include: str | None = None,
-               exclude: str | None = None, include_se: bool = False, axes: dict[str, int] | None = None) -> SiteTable:
-    """The site table of an ONNX ``model`` (path or ``onnx_ir`` model)."""
+def find_sites(model, placement: Placement | str = Placement.ACTIVATIONS,
+               selection: Selection = Selection()) -> SiteTable:
+    """The site table of an ONNX ``model`` (path or ``onnx_ir`` model): sites of ``placement``, narrowed
+    and re-axed by ``selection`` (include/exclude patterns, SE branches, channel-axis overrides)."""
     placement = choice(Placement, placement, "placement")
-    return _find_sites(load_model(model), placement, Selection(include, exclude, include_se, tuple((axes or {}).items())))
+    return _find_sites(load_model(model), placement, selection)
 
 
-def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS, include=None, exclude=None,
-              include_se: bool = False, axes: dict[str, int] | None = None, batch_size: int = 64,
+def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS, selection: Selection = Selection(),
+              batch_size: int = 64,
               limit: int | None = None, preprocess: Preprocess | None = None, progress: bool = True,
               threads: int | None = None, shard: tuple[int, int] | None = None, log=None,
               device: Device | str | None = None, runtime: Runtime | str = Runtime.ONNXRUNTIME,
@@ -63,14 +64,16 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
     ``extent`` also measures each channel's max ``|x|``, which forged mode needs (None: only for the
     linear-inputs placement, forged mode's own); it costs two more reads of every site tensor.
     ``batch_axes`` names, per input, the axis holding the samples, or None to pass that input whole
-    with every batch (default: found from the model, :mod:`mstransform.runtime.inputs`).
+    with every batch (default: found from the model, :mod:`mstransform.runtime.inputs`). ``selection``
+    narrows the sites (include/exclude patterns, SE branches, channel-axis overrides).
     """
     placement = choice(Placement, placement, "placement")
     extent = placement is Placement.LINEAR_INPUTS if extent is None else bool(extent)
     if _is_torch(model):
         from mstransform.runtime.fx_calibrate import calibrate_fx
 
-        onnx_only = {"include": include, "exclude": exclude, "axes": axes, "preprocess": preprocess,
+        onnx_only = {"selection patterns or axes": selection.include or selection.exclude or selection.axes,
+                     "preprocess": preprocess,
                      "threads": threads, "shard": shard, "device": device, "batch_axes": batch_axes,
                      "runtime": None if choice(Runtime, runtime, "runtime") is Runtime.ONNXRUNTIME else runtime}
         given = [k for k, v in onnx_only.items() if v]
@@ -78,10 +81,9 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
             raise UsageError(f"does not apply to torch models (the FX path): {', '.join(given)}", param="model")
 
         return calibrate_fx(model, data, placement=placement, batch_size=batch_size, limit=limit,
-                            include_se=include_se, progress=progress, extent=extent)
+                            include_se=selection.include_se, progress=progress, extent=extent)
     check_runtime_choice(runtime, device)
     m = load_model(model)
-    selection = Selection(include, exclude, include_se, tuple((axes or {}).items()))
     return calibrate_table(m, _find_sites(m, placement, selection), data, batch_size=batch_size, limit=limit,
                            preprocess=preprocess, progress=progress, threads=threads, selection=selection,
                            shard=shard, log=log, providers=providers_for(device), runtime=runtime, extent=extent,
@@ -120,14 +122,16 @@ class OneStepResult:
 def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_output: str | Path,
                          alpha: float | AlphaPlan = 0.2, mode: Mode | str = Mode.MEANSPARSE,
                          center: Center | str = Center.MEAN, formulation: Formulation | str = Formulation.WHERE,
-                         placement: Placement | str | None = None, include=None, exclude=None, batch_size: int = 64,
+                         placement: Placement | str | None = None, selection: Selection = Selection(),
+                         batch_size: int = 64,
                          limit: int | None = None, preprocess: Preprocess | None = None, verify: bool = True,
                          threads: int | None = None, log=None, precision: Precision | str = Precision.FP32,
                          runtime: Runtime | str = Runtime.ONNXRUNTIME,
                          batch_axes: dict[str, int | None] | None = None) -> OneStepResult:
     """Calibrate on ``data``, harden with the new stats (probing with real data), and write both files.
 
-    ``runtime`` runs the calibration and the self-check; ``precision`` is that of the written model.
+    ``runtime`` runs the calibration and the self-check; ``precision`` is that of the written model;
+    ``selection``'s include/exclude patterns choose which calibrated sites are hardened.
 
     All or nothing: outputs are checked against every input first, and if any step fails
     neither the hardened model nor the stats file is left behind.
@@ -138,8 +142,8 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
     output, stats_output = check_outputs([output, stats_output], [*with_references(model),
                                          data if isinstance(data, (str, Path)) else None], models=[output])
     m = load_model(model)
-    narrow = Selection(include, exclude)
-    AlphaPlan.of(alpha).per_site([s.name for s in _find_sites(m, placement) if narrow.rejects((s.name, s.feed_name)) is None])
+    AlphaPlan.of(alpha).per_site([s.name for s in _find_sites(m, placement)
+                                  if selection.rejects((s.name, s.feed_name)) is None])
     preprocess = preprocess or Preprocess()
     refuse_hardened(m)  # before the expensive step, not after it
     probe = probe_from(DataSource(data, input_specs(m, batch_axes), batch_size=8, limit=8, preprocess=preprocess))
@@ -147,7 +151,7 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
                       threads=threads, log=log, runtime=runtime, extent=True if mode is Mode.FORGED else None,
                       batch_axes=batch_axes)
     report = harden(model, stats, output, alpha=alpha, mode=mode, center=center, formulation=formulation,
-                    selection=Selection(include, exclude), probe=probe, verify=verify, threads=threads,
+                    selection=selection, probe=probe, verify=verify, threads=threads,
                     precision=precision, runtime=runtime)  # publishes nothing when it fails
     try:
         stats.save(stats_output)  # atomic: a failed save leaves no file of its own

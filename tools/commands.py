@@ -45,6 +45,12 @@ def _axes(specs) -> dict[str, int]:
     return out
 
 
+def _selection(a) -> Selection:
+    """The site selection flags (``--include/--exclude/--include-se/--axis``) as one :class:`Selection`."""
+    return Selection(a.include, a.exclude, getattr(a, "include_se", False),
+                     tuple(_axes(getattr(a, "axis", None)).items()))
+
+
 def _shard(spec):
     if spec is None:
         return None
@@ -85,8 +91,7 @@ def _attack_config(a, attacks):
 def cmd_sites(a) -> int:
     from mstransform.tools import api
 
-    print(api.find_sites(a.model, a.placement, include=a.include, exclude=a.exclude, include_se=a.include_se,
-                         axes=_axes(a.axis)).format())
+    print(api.find_sites(a.model, a.placement, _selection(a)).format())
     return 0
 
 
@@ -95,8 +100,8 @@ def cmd_calibrate(a) -> int:
 
     (out,) = check_outputs([a.output], [*with_references(a.model), a.data])
     t0 = time.perf_counter()
-    stats = api.calibrate(a.model, a.data, placement=a.placement, include=a.include, exclude=a.exclude,
-                          include_se=a.include_se, axes=_axes(a.axis), batch_size=a.batch_size, limit=a.limit,
+    stats = api.calibrate(a.model, a.data, placement=a.placement, selection=_selection(a), batch_size=a.batch_size,
+                          limit=a.limit,
                           preprocess=_preprocess(a), threads=a.threads, shard=_shard(a.shard), log=say,
                           device=a.device, runtime=a.runtime, extent=a.extent, batch_axes=_batch_axes(a))
     stats.save(out)
@@ -136,7 +141,7 @@ def cmd_harden(a) -> int:
         t0 = time.perf_counter()
         done = api.calibrate_and_harden(model, a.data, output=output, stats_output=stats_out, alpha=alpha,
                                         mode=a.mode, center=a.center, formulation=a.formulation,
-                                        placement=a.placement, include=a.include, exclude=a.exclude,
+                                        placement=a.placement, selection=_selection(a),
                                         batch_size=a.batch_size, limit=a.limit, preprocess=pre,
                                         verify=not a.no_verify, threads=a.threads, log=say,
                                         precision=a.precision, runtime=a.runtime, batch_axes=_batch_axes(a))
@@ -146,7 +151,7 @@ def cmd_harden(a) -> int:
     else:
         check_outputs([output], [*with_references(model), a.stats, a.eval, a.data], models=[output])
         report = api.harden(model, a.stats, output, alpha=alpha, mode=Mode(a.mode), center=a.center,
-                            formulation=a.formulation, selection=Selection(a.include, a.exclude),
+                            formulation=a.formulation, selection=_selection(a),
                             ignore_fingerprint=a.ignore_fingerprint, verify=not a.no_verify, threads=a.threads,
                             precision=a.precision, runtime=a.runtime, probe=a.data, batch_axes=_batch_axes(a),
                             preprocess=pre)
