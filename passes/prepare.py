@@ -147,6 +147,12 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
                              "refusing to read it")
         if not target.is_file():
             raise ModelError(f"external data file {loc!r} of tensor {init.name!r} is missing next to {path}")
+        offset = int(next((e.value for e in init.external_data if e.key == "offset"), 0) or 0)
+        length = next((e.value for e in init.external_data if e.key == "length"), None)
+        size = target.stat().st_size
+        if length is not None and offset + int(length) > size:
+            raise ModelError(f"external data file {loc!r} is truncated: tensor {init.name!r} needs bytes "
+                             f"{offset}..{offset + int(length)}, the file holds {size}")
         if target.stat().st_nlink > 1:  # onnx refuses it when reading the weights ("hard link attack")
             raise ModelError(f"external data file {loc!r} of tensor {init.name!r} has more than one hard link; "
                              "onnx refuses to read such files: copy it (cp) instead of linking it")
@@ -173,6 +179,8 @@ def load_model(model: str | Path | ir.Model) -> ir.Model:
         raise ModelError(f"{path} is not an ONNX model ({type(e).__name__}); pass an exported .onnx file") from None
     if not proto.graph.node and not proto.graph.output:
         raise ModelError(f"{path} is not an ONNX model (no graph); pass an exported .onnx file")
+    if not proto.graph.output:
+        raise ModelError(f"{path} has no graph outputs: nothing it computes can be read")
     _check_external_data(proto, path)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset < 7 or opset > onnx.defs.onnx_opset_version():

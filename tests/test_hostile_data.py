@@ -93,7 +93,7 @@ def _zip_member(path, compress_type=None, encrypted=False):
 
 BAD = ["version-string", "axis-beyond-rank", "deep-selection", "variance-1e80", "fp16-center-7e4", "deflate64",
        "encrypted", "size-nan", "nan-labels-run", "nan-labels-eval", "retrained-weights", "merge-retrained",
-       "bomb-image"]
+       "bomb-image", "no-graph-outputs", "truncated-external-data"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -136,6 +136,17 @@ def test_bad_input_is_one_line_with_its_code(base, tmp_path, case):
         big.save(tmp_path / "imgs" / "b.png", optimize=False)
         argv, code, words = ["calibrate", MODEL, "--data", tmp_path / "imgs", "-o", tmp_path / "s.npz"], 5, \
             "too large"
+    elif case == "no-graph-outputs":
+        m = onnx.load(str(MODEL))
+        del m.graph.output[:]
+        onnx.save(m, str(tmp_path / "noout.onnx"))
+        argv, code, words = [tmp_path / "noout.onnx", "--data", CALIB, "-o", tmp_path / "o.onnx"], 3, "no graph outputs"
+    elif case == "truncated-external-data":
+        onnx.save(onnx.load(str(MODEL)), str(tmp_path / "ext.onnx"), save_as_external_data=True,
+                  location="ext.onnx.data", size_threshold=0)
+        data = (tmp_path / "ext.onnx.data").read_bytes()
+        (tmp_path / "ext.onnx.data").write_bytes(data[: len(data) // 2])
+        argv, code, words = [tmp_path / "ext.onnx", "--data", CALIB, "-o", tmp_path / "o.onnx"], 3, "truncated"
     before = set(os.listdir(tmp_path))
     r = run_cli(*argv)
     _one_line(r, code, words)
