@@ -1,5 +1,5 @@
 """The documents say what the code does: docs/cli.md against the parser, the README's size and
-commands, and no notebook history ("session 7", "this session") anywhere a reader looks."""
+commands, and no notebook history (work sessions by number or as "this" one) anywhere a reader looks."""
 from __future__ import annotations
 
 import argparse
@@ -129,13 +129,14 @@ def test_readme_links_resolve():
             f"README.md links to {target}, which does not exist"
 
 
-HISTORY = r"session [0-9]|this session|earlier session|previous session|sessions so far"
+_S = "sess" + "ion"  # spelled in pieces, so this file does not match its own search
+HISTORY = rf"{_S} [0-9]|this {_S}|earlier {_S}|previous {_S}|{_S}s so far"
 
 
 def test_no_session_history_in_docs_or_code():
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("git is not installed or this is not a git checkout")
-    paths = ["README.md", "docs/*.md", "*.py", "benchmarks/", ":(exclude).venv", ":(exclude)tests/test_docs.py"]
+    paths = ["README.md", "docs/*.md", "*.py", "benchmarks/", ":(exclude).venv"]
     r = subprocess.run(["git", "grep", "--untracked", "-n", "-i", "-I", "-E", HISTORY, "--", *paths],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode in (0, 1), f"git grep failed: {r.stderr.strip()}"
