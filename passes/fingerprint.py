@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import onnx_ir as ir
 
 
@@ -41,7 +42,7 @@ def weights_digest(model: ir.Model) -> str:
         for name, v in sorted(g.initializers.items()):
             h.update(name.encode())
             h.update(b"\x1f")
-            if v.const_value is not None:
-                h.update(v.const_value.tobytes())
+            if v.const_value is not None:  # hashed from the (memory-mapped) buffer: no copy of the weights
+                h.update(memoryview(np.ascontiguousarray(v.const_value.numpy())).cast("B"))
             h.update(b"\x1e")
     return h.hexdigest()[:16]

@@ -101,9 +101,10 @@ def harden_model(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan =
     if fp != stats.fingerprint and not ignore_fingerprint and not from_fx:
         raise StatsError(f"stats were measured on another model (fingerprint {stats.fingerprint}, this model {fp}); "
                          "calibrate this model or pass ignore_fingerprint")
-    if stats.weights and not ignore_fingerprint and not from_fx and weights_digest(m) != stats.weights:
+    digest = weights_digest(m) if stats.weights and not ignore_fingerprint and not from_fx else stats.weights
+    if digest != stats.weights:
         raise StatsError(f"stats were measured on a model with other weights (digest {stats.weights}, this model "
-                         f"{weights_digest(m)}): the same architecture, trained otherwise; calibrate this model "
+                         f"{digest}): the same architecture, trained otherwise; calibrate this model "
                          "or pass ignore_fingerprint")
     site_selection = dataclasses.replace(stats.selection, framework="onnx")
     table = find_sites(m, stats.placement, site_selection)
