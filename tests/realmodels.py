@@ -60,31 +60,41 @@ def sha256_of(path: Path) -> str:
 
 
 def wheel(package: str, version: str, cache_dir=None) -> Path:
-    """The cached wheel of ``package==version``, downloaded with pip when not cached."""
+    """The cached wheel of ``package==version``, downloaded with pip when not cached.
+
+    Test workers share the cache: one downloads under a lock, into a folder of its own, and renames the
+    wheel into the cache whole; the others wait on the lock and find it there."""
+    import fcntl
+    import tempfile
+
     root = cache_root(cache_dir)
-    pattern = f"{normalise(package)}-{version}-*.whl"
-    found = sorted(p for p in root.glob("*.whl") if p.match(pattern) or _same_wheel(p.name, package, version))
-    if found:
-        return found[0]
     root.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--no-input", "--retries", "1", "--timeout", "20",
-           f"{package}=={version}", "-d", str(root)]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired as e:
-        raise RegistryUnreachable(f"pip download {package}=={version} timed out after {e.timeout:.0f} s") from e
-    text = (r.stdout or "") + (r.stderr or "")
-    if r.returncode != 0:
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        tail = " | ".join(lines[-3:])
-        if _NETWORK.search(text):
-            raise RegistryUnreachable(f"pip download {package}=={version}: {tail}")
-        raise FetchError(f"pip download {package}=={version} failed (exit {r.returncode}): {tail}")
-    found = sorted(p for p in root.glob("*.whl") if _same_wheel(p.name, package, version))
-    if not found:
-        raise FetchError(f"pip download {package}=={version} succeeded but left no wheel in {root}: {text[-300:]}")
-    return found[0]
+    with open(root / f".{normalise(package)}-{version}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = sorted(p for p in root.glob("*.whl") if _same_wheel(p.name, package, version))
+        if found:
+            return found[0]
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "--no-input", "--retries", "1", "--timeout", "20",
+                   f"{package}=={version}", "-d", tmp]
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            except subprocess.TimeoutExpired as e:
+                raise RegistryUnreachable(f"pip download {package}=={version} timed out after {e.timeout:.0f} s") from e
+            text = (r.stdout or "") + (r.stderr or "")
+            if r.returncode != 0:
+                lines = [ln for ln in text.splitlines() if ln.strip()]
+                tail = " | ".join(lines[-3:])
+                if _NETWORK.search(text):
+                    raise RegistryUnreachable(f"pip download {package}=={version}: {tail}")
+                raise FetchError(f"pip download {package}=={version} failed (exit {r.returncode}): {tail}")
+            got = sorted(p for p in Path(tmp).glob("*.whl") if _same_wheel(p.name, package, version))
+            if not got:
+                raise FetchError(f"pip download {package}=={version} succeeded but left no wheel: {text[-300:]}")
+            target = root / got[0].name
+            os.replace(got[0], target)
+            return target
 
 
 def _same_wheel(filename: str, package: str, version: str) -> bool:
