@@ -303,3 +303,37 @@ def test_twin_decisions_are_compared_as_decisions(case):
         return
     flips = decision_flips((x_twin, c, t), (x_ort, c, t))
     assert flips.any() == (case == "edge"), case
+
+
+def test_sites_inside_a_scan_body_count_every_step(tmp_path, cli):
+    """A recurrent cell as a Scan over the sequence axis (scan_output_axes given): h_t = Relu(x_t W + h_{t-1})."""
+    w = (RNG.standard_normal((4, 4)) * 0.5).astype(np.float32)
+    body = h.make_graph([h.make_node("MatMul", ["xt", "w"], ["m"], name="mm"),
+                         h.make_node("Add", ["m", "s"], ["a"], name="add"),
+                         h.make_node("Relu", ["a"], ["hh"], name="relu"),
+                         h.make_node("Identity", ["hh"], ["s_out"]), h.make_node("Identity", ["hh"], ["y_t"])], "body",
+                        [h.make_tensor_value_info("s", T.FLOAT, ["N", 4]), h.make_tensor_value_info("xt", T.FLOAT, ["N", 4])],
+                        [h.make_tensor_value_info("s_out", T.FLOAT, ["N", 4]),
+                         h.make_tensor_value_info("y_t", T.FLOAT, ["N", 4])])
+    scan = h.make_node("Scan", ["s0", "x"], ["sf", "y"], body=body, num_scan_inputs=1, scan_input_axes=[1],
+                       scan_output_axes=[1], name="Scan_0")
+    model = _save(tmp_path / "scan.onnx", [scan],
+                  [h.make_tensor_value_info("s0", T.FLOAT, ["N", 4]), h.make_tensor_value_info("x", T.FLOAT, ["N", 5, 4])],
+                  [h.make_tensor_value_info("sf", T.FLOAT, ["N", 4]), h.make_tensor_value_info("y", T.FLOAT, ["N", 5, 4])],
+                  [nh.from_array(w, "w")], opset=16, ir_version=8)
+    x = RNG.standard_normal((6, 5, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, s0=np.zeros((6, 4), np.float32))
+    assert cli("calibrate", model, "--data", tmp_path / "d.npz", "-o", tmp_path / "s.npz").code == 0
+    state, pre = np.zeros((6, 4)), []
+    for t in range(5):  # the recurrence in float64: the Relu's input at every step
+        a = x[:, t].astype(np.float64) @ w.astype(np.float64) + state
+        pre.append(a)
+        state = np.maximum(a, 0)
+    stats = Stats.load(tmp_path / "s.npz")
+    st = stats.sites["Scan_0:body/relu"].moments
+    flat = np.concatenate(pre)  # (steps * N, C): channel axis 1 of each step's (N, C)
+    assert st.count == 30
+    np.testing.assert_allclose(st.mean, flat.mean(0), atol=1e-5 * flat.std(0).max())
+    np.testing.assert_allclose(st.var, flat.var(0), rtol=1e-4)
+    r = cli(model, "--stats", tmp_path / "s.npz", "-o", tmp_path / "h.onnx")
+    assert r.code == 0 and "1 operator(s) vs numpy reference, max |diff| = 0" in r.out, r.err
