@@ -54,7 +54,7 @@ class ConvertFloatPass(InPlacePass):
         if refused:
             op, opset = refused[0]
             raise PreconditionError(f"{op} at opset {opset} does not take {self.precision.value} tensors in ONNX; "
-                                    "re-export at a newer opset (or convert with convert_precision)")
+                                    "re-export at a newer opset (or run PrecisionOpsetPass first)")
 
     def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
@@ -192,19 +192,6 @@ def unsupported_ops(model: ir.Model, precision: Precision) -> list[tuple[str, in
         if floats and not any(type_str in allowed for allowed in floats):
             refused.append((op_type, opset))
     return refused
-
-
-def convert_precision(model: ir.Model, precision: Precision) -> ir.Model:
-    """``model`` in ``precision``: its opset raised where ONNX needs it, then :class:`ConvertFloatPass`.
-
-    Returns the converted model (a new object when the opset was raised).
-    """
-    model = upgrade_opset(model, precision)
-    try:
-        ConvertFloatPass(precision)(model)
-    except PreconditionError as e:
-        raise ModelError(str(e.__cause__ or e)) from None
-    return model
 
 
 class PrecisionOpsetPass(FunctionalPass):

@@ -7,9 +7,8 @@ the console entry point (:mod:`mstransform.tools.entry`) turns Ctrl-C and SIGTER
 
 Before a command runs, every path it was given is checked by its role (:data:`ROLES`): an input
 that is a FIFO, a device or a socket is refused unopened, one that cannot be read is reported in
-its class, an output that ends in a separator is refused, and outputs are checked against every
-file an input model references. An ``OSError`` that still reaches the top is reported in the
-class of the path it names (:func:`~mstransform.core.fileio.classify_os_error`).
+its class, and an output that ends in a separator is refused. An ``OSError`` that still reaches the
+top is reported in the class of the path it names (:func:`~mstransform.core.guards.classify_os_error`).
 
 Standard output and error: a reader that closes the pipe (``mstransform sites m.onnx | head``)
 stops the command quietly with status 141 (128 + SIGPIPE, what a shell reports for ``ls`` or
@@ -119,14 +118,13 @@ def check_paths(args) -> None:
     Inputs: a FIFO, device or socket is refused without opening it (a FIFO with no writer would
     block for ever); one that cannot be read (permission, I/O error, a name too long) is an error
     of its class. Missing inputs and folders are left to the readers, which say it in their words.
-    Outputs: a path ending in a separator names a folder and is refused; when an input model
-    references files (external data), the outputs are checked against them and their ``.data``
-    companion too (:func:`~mstransform.core.fileio.check_outputs`).
+    Outputs: a path ending in a separator names a folder and is refused. Outputs against inputs and
+    every file an input model references are checked by the commands and the API themselves
+    (:func:`~mstransform.core.guards.check_outputs`).
     """
     from mstransform.core.errors import OutputError
-    from mstransform.core.guards import check_outputs, check_readable, names_folder
+    from mstransform.core.guards import check_readable, names_folder
 
-    inputs = [p for dest, p, cls, what in path_args(args) if dest in INPUTS]
     for dest, path, cls, what in path_args(args):
         if dest in INPUTS and (dest in ("data", "eval") or not os.path.isdir(path)):  # a folder model: load_model says
             check_readable(path, cls, what, folder=dest in ("data", "eval"), missing_ok=True)
@@ -134,16 +132,6 @@ def check_paths(args) -> None:
     for out in outputs:
         if out is not None and names_folder(out):
             raise OutputError(f"output path {out} names a folder (it ends with a separator); give a file name")
-    models = [v for d in ("model", "models") for v in _as_list(getattr(args, d, None))]
-    if not any(o is not None for o in outputs) or not models:
-        return
-    from mstransform.passes.references import model_references
-
-    referenced = [r for m in models for r in model_references(m)]
-    if referenced:
-        harden = getattr(args, "command", None) == "harden"
-        check_outputs(outputs, [*inputs, *referenced],
-                      models=[args.output] if harden and args.output else ())
 
 
 def _as_list(value) -> list:
