@@ -19,6 +19,28 @@ class Accuracy:
         return 100.0 * self.correct / max(self.total, 1)
 
 
+def is_class_scores(array: np.ndarray, samples: int, batch_axis: int | None = 0) -> bool:
+    """Whether ``array`` holds class scores: ``(samples, classes)`` floats, two classes or more."""
+    return (array.ndim == 2 and batch_axis == 0 and array.shape[0] == samples and array.shape[1] >= 2
+            and (array.dtype.kind == "f" or array.dtype.name == "bfloat16"))
+
+
+def check_labels(labels: np.ndarray, classes: int) -> None:
+    """DataError unless every label names one of ``classes`` classes."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise DataError(f"labels must lie in 0..{classes - 1} (the model's classes); found "
+                        f"{int(labels.min())}..{int(labels.max())}")
+
+
+def score(scores: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, Accuracy | None]:
+    """Arg-max predictions of ``(samples, classes)`` scores, and their accuracy where ``labels`` exist."""
+    preds = scores.argmax(axis=1)
+    if labels is None:
+        return preds, None
+    check_labels(labels, scores.shape[1])
+    return preds, Accuracy(int((preds == labels).sum()), int(len(labels)))
+
+
 def predict(session, batches, require_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Arg-max predictions of the first output and the labels (None if the data has none)."""
     out = session.get_outputs()[0].name
@@ -31,13 +53,10 @@ def predict(session, batches, require_labels: bool = True) -> tuple[np.ndarray, 
         if logits.ndim != 2 or logits.shape[0] != len(batch):
             raise DataError(f"output {out!r} has shape {list(logits.shape)}, not (batch, classes): "
                             "accuracy needs class scores")
-        if batch.labels is not None and len(batch.labels) and (batch.labels.min() < 0
-                                                               or batch.labels.max() >= logits.shape[1]):
-            raise DataError(f"labels must lie in 0..{logits.shape[1] - 1} (the model's classes); found "
-                            f"{int(batch.labels.min())}..{int(batch.labels.max())}")
-        preds.append(logits.argmax(axis=1))
         if batch.labels is not None:
+            check_labels(batch.labels, logits.shape[1])
             labels.append(batch.labels)
+        preds.append(logits.argmax(axis=1))
     p = np.concatenate(preds)
     return p, (np.concatenate(labels) if labels and sum(map(len, labels)) == len(p) else None)
 

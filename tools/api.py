@@ -8,7 +8,8 @@ subclasses on bad input and never modifies its inputs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,11 @@ from mstransform.passes.onnx_view import find_sites as _find_sites
 from mstransform.passes.prepare import load_model
 from mstransform.passes.references import with_references
 from mstransform.passes.sites import SiteTable
-from mstransform.runtime.accuracy import Accuracy, accuracy, predict
+from mstransform.runtime.accuracy import Accuracy, accuracy, is_class_scores, score
 from mstransform.runtime.calibrate import calibrate_table
 from mstransform.runtime.data import DataSource, Preprocess
 from mstransform.runtime.inputs import input_specs
+from mstransform.runtime.outputs import declared_outputs, gather_outputs
 from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, make_session, open_session,
                                          providers_for)
 from mstransform.tools.harden import (Hardened, HardenReport, harden, harden_model, probe_from, refuse_hardened,
@@ -252,22 +254,39 @@ def build_engine(model: str | Path, output: str | Path, *, shapes: str | None = 
 @dataclass
 class RunResult:
     runtime: str  # one line: runtime, provider and why
-    predictions: np.ndarray
-    accuracy: Accuracy | None
-    notes: list[str]  # about the data, one line each (e.g. empty class folders)
+    predictions: np.ndarray | None  # arg-max of the first output where it holds class scores, else None
+    accuracy: Accuracy | None  # where the first output holds class scores and the data has labels
+    notes: list[str]  # about the data and the outputs, one line each (e.g. empty class folders)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # every tensor output, by name, in graph order
+    output_axes: dict[str, int | None] = field(default_factory=dict)  # each output's batch axis (None: none)
+    samples: int = 0
 
     def save(self, path: str | Path) -> Path:
-        """Write the predictions as a ``.npy`` file, atomically."""
+        """Write atomically: a ``.npz`` path gets every output under its name (joined along its batch
+        axis), any other path the predictions as a ``.npy`` file (class scores only)."""
+        path = Path(path)
+        if path.suffix.lower() == ".npz":
+            with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+                for name, array in self.outputs.items():  # not np.savez: an output may be called 'file'
+                    with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                        np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+            return path
+        if self.predictions is None:
+            first = next(iter(self.outputs), "?")
+            raise UsageError(f"{path}: output {first!r} holds no class scores, so there are no predictions to "
+                             "write; name a .npz file to write every output", param="output")
         with atomic_output(path) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, self.predictions)
-        return Path(path)
+        return path
 
 
 def run(model: str | Path, data, *, providers: list[str] | None = None, batch_size: int = 64,
         limit: int | None = None, preprocess: Preprocess | None = None, threads: int | None = None,
         runtime: Runtime | str = Runtime.ONNXRUNTIME, batch_axes: dict[str, int | None] | None = None) -> RunResult:
-    """Batch inference in ONNX Runtime or OpenVINO: predictions, and accuracy when ``data`` has labels."""
+    """Batch inference in ONNX Runtime or OpenVINO on any model: every output, joined along its batch
+    axis (:mod:`mstransform.runtime.outputs`); where the first output holds class scores
+    ``(batch, classes)``, the arg-max predictions too, and the accuracy when ``data`` has labels."""
     m = load_model(model)
     runtime = choice(Runtime, runtime, "runtime")
     check_runtime_choice(runtime, providers=providers)
@@ -276,8 +295,18 @@ def run(model: str | Path, data, *, providers: list[str] | None = None, batch_si
     else:
         chosen, why = choose_providers(providers)
         session = make_session(model, providers=chosen, threads=threads)
-    source = DataSource(data, input_specs(m, batch_axes), batch_size=batch_size, limit=limit,
-                        preprocess=preprocess or Preprocess())
-    preds, labels = predict(session, source, require_labels=False)
-    acc = None if labels is None else Accuracy(int((preds == labels).sum()), len(labels))
-    return RunResult(describe(session, why), preds, acc, list(source.notes))
+    specs = input_specs(m, batch_axes)
+    source = DataSource(data, specs, batch_size=batch_size, limit=limit, preprocess=preprocess or Preprocess())
+    declared = declared_outputs(m)
+    got = gather_outputs(session, source, declared, specs)
+    notes = [*source.notes, *got.notes]
+    first = next(iter(declared))
+    scores = got.arrays.get(first)
+    preds = acc = None
+    if scores is not None and is_class_scores(scores, got.samples, got.batch_axes.get(first)):
+        preds, acc = score(scores, got.labels)
+    elif got.labels is not None:
+        shape = "a sequence or map" if scores is None else f"shape {list(scores.shape)}"
+        notes.append(f"mstransform: warning: the data has labels, but output {first!r} ({shape}) holds no class "
+                     "scores (batch, classes): no accuracy")
+    return RunResult(describe(session, why), preds, acc, notes, got.arrays, got.batch_axes, got.samples)

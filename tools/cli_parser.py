@@ -167,13 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", type=int, default=1024, help="workspace limit in MiB")
     p.add_argument("--timing-cache", help="timing cache file (read if present, written after the build)")
 
-    p = sub.add_parser("run", help="batch inference in ONNX Runtime: accuracy on labelled data, else predictions")
+    p = sub.add_parser("run", help="batch inference on any model: its outputs; where the first output holds class "
+                                   "scores, accuracy on labelled data, else predictions")
     p.add_argument("model")
     _add_data(p, required=True)
     p.add_argument("--providers", help="comma-separated ONNX Runtime providers (default: TensorRT > CUDA > CPU)")
     _add_device(p)
     _add_runtime(p)
-    p.add_argument("-o", "--output", help="write predictions (.npy)")
+    p.add_argument("-o", "--output", help="OUT.npz: every output, one array per output; any other name: the "
+                                               "predictions (.npy; class scores only)")
 
     p = sub.add_parser("eval", help="clean, white-box, black-box and straight-through accuracy, side by side")
     p.add_argument("models", nargs="+", help="ONNX models (base first, then hardened ones)")

@@ -194,17 +194,32 @@ def cmd_run(a) -> int:
     providers = a.providers.split(",") if a.providers else providers_for(a.device)
     result = api.run(a.model, a.data, providers=providers, batch_size=a.batch_size, limit=a.limit,
                      preprocess=_preprocess(a), threads=a.threads, runtime=a.runtime, batch_axes=_batch_axes(a))
+    preds = result.predictions
+    if out is not None and preds is None and out.suffix.lower() != ".npz":
+        raise UsageError(f"-o {out}: output {next(iter(result.outputs), '?')!r} holds no class scores, so there "
+                         "are no predictions to write; name a .npz file (-o OUT.npz) to write every output")
     print(result.runtime)
     for note in result.notes:
         say(note)
-    preds = result.predictions
     if result.accuracy is not None:
         print(f"accuracy {result.accuracy.percent:.2f}% ({result.accuracy.correct}/{result.accuracy.total})")
-    else:
+    elif preds is not None:
         print(f"predictions for {len(preds)} sample(s): {preds[:20].tolist()}{' ...' if len(preds) > 20 else ''}")
+    else:
+        print(f"outputs for {result.samples} sample(s): {_outputs_line(result)}")
     if out is not None:
         print(f"wrote {result.save(out)}")
     return 0
+
+
+def _outputs_line(result) -> str:
+    """``boxes [100,7,4] float32 (batch axis 0), anchors [7,4] float32 (no batch axis)``."""
+    parts = []
+    for name, array in result.outputs.items():
+        axis = result.output_axes.get(name)
+        parts.append(f"{name} [{','.join(map(str, array.shape))}] {array.dtype} "
+                     f"({'no batch axis' if axis is None else f'batch axis {axis}'})")
+    return ", ".join(parts) or "none is a tensor"
 
 
 def cmd_eval(a) -> int:
