@@ -7,7 +7,8 @@ table, a count). Each output's batch axis is found once every batch has run:
 1. the axes whose size is the batch's sample count in *every* batch, and along which the other
    dims agree from batch to batch (a short last batch settles most ties);
 2. among them, the one whose declared dim carries an input's batch dim name (``N``, ``batch``);
-   failing that, axes the graph declares with a fixed size are dropped where the inputs' batch is
+   failing that, axes the graph declares under an input's other dim names are dropped (``T`` of
+   ``x [N, T, 4]``), and so are those it declares with a fixed size where the inputs' batch is
    dynamic (a fixed 4 is not a batch of 4 samples);
 3. axis 0 where it remains, else the first that remains; none where none remains.
 
@@ -81,6 +82,7 @@ def gather_outputs(session, batches, declared: dict[str, tuple[Dim, ...] | None]
         notes.append(f"note: output {name!r} is a sequence or map, not a tensor: not written")
     names_of_batch = {s.dim_names[s.batch_axis] for s in specs
                       if s.dim_names and s.batch_axis is not None and s.batch_axis < len(s.dim_names)} - {None}
+    other_names = {d for s in specs for d in s.dim_names or ()} - names_of_batch - {None}
     dynamic_batch = any(s.shape and s.batch_axis is not None and s.batch_axis < len(s.shape)
                         and s.shape[s.batch_axis] is None for s in specs)
     arrays, axes = {}, {}
@@ -88,7 +90,7 @@ def gather_outputs(session, batches, declared: dict[str, tuple[Dim, ...] | None]
         if name in skipped:
             continue
         parts = pieces[name]
-        axis = _batch_axis(parts, sizes, declared[name], names_of_batch, dynamic_batch)
+        axis = _batch_axis(parts, sizes, declared[name], names_of_batch, other_names, dynamic_batch)
         axes[name] = axis
         if axis is not None:
             arrays[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
@@ -111,7 +113,7 @@ def _as_array(value) -> np.ndarray | None:
 
 
 def _batch_axis(parts: list[np.ndarray], sizes: list[int], declared: tuple[Dim, ...] | None,
-                batch_names: set[str], dynamic_batch: bool) -> int | None:
+                batch_names: set[str], other_names: set[str], dynamic_batch: bool) -> int | None:
     """The axis of ``parts`` (one array per batch) that holds the samples (see the module's rules)."""
     rank = parts[0].ndim
     if any(p.ndim != rank for p in parts):
@@ -124,17 +126,25 @@ def _batch_axis(parts: list[np.ndarray], sizes: list[int], declared: tuple[Dim, 
         named = [a for a in candidates if isinstance(declared[a], str) and declared[a] in batch_names]
         if named:
             return named[0]
-        if dynamic_batch:
-            candidates = [a for a in candidates if not isinstance(declared[a], int)]
+        candidates = [a for a in candidates if declared[a] not in other_names
+                      and not (dynamic_batch and isinstance(declared[a], int))]
     if 0 in candidates:
         return 0
     return candidates[0] if candidates else None
 
 
 def _kept_note(name: str, parts: list[np.ndarray], total: int) -> str:
-    shape = "[" + ",".join(map(str, parts[0].shape)) + "]"
-    text = f"note: output {name!r} ({shape} in the first batch) has no batch axis: written as the first batch gave it"
-    if any(p.shape != parts[0].shape or not np.array_equal(p, parts[0], equal_nan=p.dtype.kind in "fc")
-           for p in parts[1:]):
-        text += f"; later batches gave other values (--batch-size {total} runs all samples in one batch)"
+    """The note on an output kept as the first batch gave it: why, and whether later batches differed."""
+    def dims(p):
+        return "[" + ",".join(map(str, p.shape)) + "]"
+
+    whole = f"--batch-size {total} runs all samples in one batch"
+    changed = next((p for p in parts[1:] if p.shape != parts[0].shape), None)
+    if changed is not None:
+        return (f"note: output {name!r} changes shape between batches ({dims(parts[0])}, then {dims(changed)}), so its "
+                f"batches cannot be joined: written as the first batch gave it ({whole})")
+    text = (f"note: output {name!r} ({dims(parts[0])} in every batch) has no batch axis: written as the first batch "
+            "gave it")
+    if any(not np.array_equal(p, parts[0], equal_nan=p.dtype.kind in "fc") for p in parts[1:]):
+        text += f"; later batches gave other values ({whole})"
     return text

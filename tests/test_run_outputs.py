@@ -116,14 +116,17 @@ def test_embedding_model(tmp_path):
 
 def _sequence_model(tmp_path, rng, declared: bool):
     """y [N, T, 6] with a dynamic non-batch dim T, the same sequence-first [T, N, 6] (its samples on axis 1),
-    and the indices of inputs above 0.5, [3, nnz]: a shape that depends on the data."""
+    the indices of inputs above 0.5, [3, nnz] (a shape that depends on the data), and the mean over the
+    batch [T, 4] (no batch axis; other values in every batch)."""
     consts = {"w": rng.standard_normal((4, 6)).astype(np.float32), "half": np.array(0.5, np.float32)}
     nodes = [oh.make_node("MatMul", ["x", "w"], ["y"]), oh.make_node("Transpose", ["y"], ["seq_first"], perm=[1, 0, 2]),
-             oh.make_node("Greater", ["x", "half"], ["above"]), oh.make_node("NonZero", ["above"], ["hits"])]
-    shapes = ({"y": ["N", "T", 6], "seq_first": ["T", "N", 6], "hits": [3, "nnz"]} if declared
-              else {"y": [None] * 3, "seq_first": [None] * 3, "hits": [None] * 2})  # unnamed dims: no names to go by
+             oh.make_node("Greater", ["x", "half"], ["above"]), oh.make_node("NonZero", ["above"], ["hits"]),
+             oh.make_node("ReduceMean", ["x"], ["batch_mean"], axes=[0], keepdims=0)]
+    shapes = ({"y": ["N", "T", 6], "seq_first": ["T", "N", 6], "hits": [3, "nnz"], "batch_mean": ["T", 4]} if declared
+              else {"y": [None] * 3, "seq_first": [None] * 3, "hits": [None] * 2,
+                    "batch_mean": [None] * 2})  # unnamed dims: no names to go by
     outputs = [("y", F, shapes["y"]), ("seq_first", F, shapes["seq_first"]),
-               ("hits", onnx.TensorProto.INT64, shapes["hits"])]
+               ("hits", onnx.TensorProto.INT64, shapes["hits"]), ("batch_mean", F, shapes["batch_mean"])]
     return _model(tmp_path / "seq.onnx", nodes, [("x", F, ["N", "T", 4])], outputs, consts)
 
 
@@ -141,9 +144,13 @@ def test_dynamic_non_batch_dim_and_a_sequence_first_output(tmp_path, declared, n
         np.testing.assert_allclose(got["y"], np.concatenate([b["y"] for b in ref], axis=0), **CLOSE)
         np.testing.assert_allclose(got["seq_first"], np.concatenate([b["seq_first"] for b in ref], axis=1), **CLOSE)
         np.testing.assert_array_equal(got["hits"], ref[0]["hits"])
+        np.testing.assert_allclose(got["batch_mean"], ref[0]["batch_mean"], **CLOSE)
     assert "seq_first [%d,%d,6] float32 (batch axis 1)" % (t, n) in r.out
-    assert any(line.startswith("note: output 'hits'") and "later batches gave other values" in line
-               for line in r.err.splitlines()), r.err
+    err = r.err.splitlines()
+    assert any(line.startswith("note: output 'hits'") and ("changes shape between batches" in line
+               or "later batches gave other values" in line) for line in err), r.err  # nnz may repeat
+    assert any(line.startswith("note: output 'batch_mean'") and "no batch axis" in line
+               and "later batches gave other values" in line for line in err), r.err
 
 
 def _classifier(tmp_path, rng):
