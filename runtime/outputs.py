@@ -8,8 +8,9 @@ table, a count). Each output's batch axis is found once every batch has run:
    dims agree from batch to batch (a short last batch settles most ties);
 2. among them, the one whose declared dim carries an input's batch dim name (``N``, ``batch``);
    failing that, axes the graph declares under an input's other dim names are dropped (``T`` of
-   ``x [N, T, 4]``), and so are those it declares with a fixed size where the inputs' batch is
-   dynamic (a fixed 4 is not a batch of 4 samples);
+   ``x [N, T, 4]``), and where the inputs' batch is dynamic, so are those declared with a fixed
+   size other than 1 (a fixed 4 is not a batch of 4 samples; an export that bakes batch 1 into a
+   ``Reshape`` declares ``[1, 10]`` for a batch of one);
 3. axis 0 where it remains, else the first that remains; none where none remains.
 
 An output with no batch axis is kept as the first batch gave it, and :attr:`Outputs.notes` says
@@ -127,7 +128,7 @@ def _batch_axis(parts: list[np.ndarray], sizes: list[int], declared: tuple[Dim, 
         if named:
             return named[0]
         candidates = [a for a in candidates if declared[a] not in other_names
-                      and not (dynamic_batch and isinstance(declared[a], int))]
+                      and not (dynamic_batch and isinstance(declared[a], int) and declared[a] != 1)]
     if 0 in candidates:
         return 0
     return candidates[0] if candidates else None

@@ -21,6 +21,12 @@ F = onnx.TensorProto.FLOAT
 CLOSE = {"rtol": 1e-5, "atol": 1e-6}
 
 
+def _close(got: np.ndarray, want: np.ndarray, **tolerance) -> None:
+    """``got`` has ``want``'s type and shape, and its values within ``tolerance`` (CLOSE by default)."""
+    assert (got.dtype, got.shape) == (want.dtype, want.shape)
+    np.testing.assert_allclose(got, want, **(tolerance or CLOSE))
+
+
 def _model(path, nodes, inputs, outputs, consts, opset=17):
     """An ONNX model from helper nodes; ``inputs``/``outputs``: (name, element type, shape or None)."""
     def info(name, dtype, shape):
@@ -71,9 +77,9 @@ def test_detector_outputs_of_two_ranks_and_a_table(tmp_path):
     ref = _reference(model, "images", x, 8)
     with np.load(tmp_path / "out.npz", allow_pickle=False) as got:
         assert list(got.files) == ["boxes", "scores", "anchors"]
-        np.testing.assert_allclose(got["boxes"], np.concatenate([b["boxes"] for b in ref]), **CLOSE)
-        np.testing.assert_allclose(got["scores"], np.concatenate([b["scores"] for b in ref]), **CLOSE)
-        np.testing.assert_array_equal(got["anchors"], anchors)
+        _close(got["boxes"], np.concatenate([b["boxes"] for b in ref]))
+        _close(got["scores"], np.concatenate([b["scores"] for b in ref]))
+        _close(got["anchors"], anchors, rtol=0, atol=0)
         assert got["boxes"].shape == (20, 7, 4)
     assert "outputs for 20 sample(s)" in r.out and "accuracy" not in r.out and "predictions" not in r.out
     err = r.err.splitlines()
@@ -108,9 +114,9 @@ def test_embedding_model(tmp_path):
     expected = np.concatenate([b["embedding"] for b in _reference(model, "x", x, 16)])
     with np.load(tmp_path / "e.npz", allow_pickle=False) as got:
         assert list(got.files) == ["embedding"]
-        np.testing.assert_allclose(got["embedding"], expected, **CLOSE)
+        _close(got["embedding"], expected)
     result = mst.run(model, data, batch_size=16)  # the API gives the same arrays
-    np.testing.assert_allclose(result.outputs["embedding"], expected, **CLOSE)
+    _close(result.outputs["embedding"], expected)
     assert result.output_axes == {"embedding": 0}
 
 
@@ -141,10 +147,10 @@ def test_dynamic_non_batch_dim_and_a_sequence_first_output(tmp_path, declared, n
     assert r.code == 0, r.err
     ref = _reference(model, "x", x, 4)
     with np.load(tmp_path / "o.npz", allow_pickle=False) as got:
-        np.testing.assert_allclose(got["y"], np.concatenate([b["y"] for b in ref], axis=0), **CLOSE)
-        np.testing.assert_allclose(got["seq_first"], np.concatenate([b["seq_first"] for b in ref], axis=1), **CLOSE)
-        np.testing.assert_array_equal(got["hits"], ref[0]["hits"])
-        np.testing.assert_allclose(got["batch_mean"], ref[0]["batch_mean"], **CLOSE)
+        _close(got["y"], np.concatenate([b["y"] for b in ref], axis=0))
+        _close(got["seq_first"], np.concatenate([b["seq_first"] for b in ref], axis=1))
+        _close(got["hits"], ref[0]["hits"], rtol=0, atol=0)
+        _close(got["batch_mean"], ref[0]["batch_mean"])
     assert "seq_first [%d,%d,6] float32 (batch axis 1)" % (t, n) in r.out
     err = r.err.splitlines()
     assert any(line.startswith("note: output 'hits'") and ("changes shape between batches" in line
@@ -179,8 +185,26 @@ def test_classifier_with_labels(tmp_path):
     assert r.code == 0, r.err
     with np.load(tmp_path / "out.npz", allow_pickle=False) as got:
         assert list(got.files) == ["logits", "features"]
-        np.testing.assert_allclose(got["logits"], logits, **CLOSE)
-        np.testing.assert_allclose(got["features"], np.concatenate([b["features"] for b in ref]), **CLOSE)
+        _close(got["logits"], logits)
+        _close(got["features"], np.concatenate([b["features"] for b in ref]))
+
+
+def test_classifier_with_batch_one_baked_in(tmp_path):
+    """A dynamic batch declared on the input, batch 1 baked into a Reshape (logits declared [1, 5]): run
+    one sample at a time, the scores are still joined, predicted and scored."""
+    rng = np.random.default_rng(6)
+    consts = {"w": rng.standard_normal((20, 5)).astype(np.float32), "one_row": np.array([1, 5], np.int64)}
+    nodes = [oh.make_node("MatMul", ["x", "w"], ["s"]), oh.make_node("Reshape", ["s", "one_row"], ["logits"])]
+    model = _model(tmp_path / "b1.onnx", nodes, [("x", F, ["N", 20])], [("logits", F, [1, 5])], consts)
+    x = rng.standard_normal((6, 20)).astype(np.float32)
+    logits = np.concatenate([b["logits"] for b in _reference(model, "x", x, 1)])
+    labels = np.array([logits[0].argmax(), logits[1].argmin(), *logits[2:].argmax(1)])
+    data = _npz(tmp_path / "d.npz", x=x, labels=labels)
+    r = run_cli("run", model, "--data", data, "--batch-size", "1", "-o", tmp_path / "out.npz")
+    assert r.code == 0, r.err
+    assert r.out.splitlines()[1] == "accuracy 83.33% (5/6)" and "note:" not in r.err, r.out + r.err
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as got:
+        _close(got["logits"], logits)
 
 
 def test_openvino_writes_the_same_outputs(tmp_path):
@@ -196,9 +220,9 @@ def test_openvino_writes_the_same_outputs(tmp_path):
     with np.load(tmp_path / "ov.npz", allow_pickle=False) as got:
         assert list(got.files) == ["boxes", "scores", "anchors"]
         # another runtime's kernels: float32 sums of 192 terms in another order
-        np.testing.assert_allclose(got["boxes"], np.concatenate([b["boxes"] for b in ref]), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(got["scores"], np.concatenate([b["scores"] for b in ref]), rtol=1e-4, atol=1e-5)
-        np.testing.assert_array_equal(got["anchors"], anchors)
+        _close(got["boxes"], np.concatenate([b["boxes"] for b in ref]), rtol=1e-4, atol=1e-5)
+        _close(got["scores"], np.concatenate([b["scores"] for b in ref]), rtol=1e-4, atol=1e-5)
+        _close(got["anchors"], anchors, rtol=0, atol=0)
     seq = _sequence_model(tmp_path, rng, declared=False)
     xs = rng.standard_normal((10, 5, 4)).astype(np.float32)
     r = run_cli("run", seq, "--data", _npz(tmp_path / "s.npz", x=xs), "--batch-size", "4", "--runtime", "openvino",
@@ -206,6 +230,6 @@ def test_openvino_writes_the_same_outputs(tmp_path):
     assert r.code == 0, r.err
     ref = _reference(seq, "x", xs, 4)
     with np.load(tmp_path / "ovs.npz", allow_pickle=False) as got:
-        np.testing.assert_allclose(got["seq_first"], np.concatenate([b["seq_first"] for b in ref], axis=1),
+        _close(got["seq_first"], np.concatenate([b["seq_first"] for b in ref], axis=1),
                                    rtol=1e-4, atol=1e-5)
-        np.testing.assert_array_equal(got["hits"], ref[0]["hits"])
+        _close(got["hits"], ref[0]["hits"], rtol=0, atol=0)
