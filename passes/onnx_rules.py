@@ -1,23 +1,25 @@
-"""ONNX pattern rules: one rule per activation form, as exported by torch and others.
+"""ONNX activation rules: spelled activations by what they compute, single ops by their op.
 
-Each rule is pattern + check + match, in the spirit of onnxscript's rewrite rules: ``pattern``
-binds the wiring from an anchor node (op types and edges, commutative operands in either
-order), ``check`` tests constants and attributes, and both return a reason when the rule does
-not hold. A rule's ``kind`` is authoritative: it must name an entry of the activation
-catalogue (:mod:`mstransform.passes.catalogue`), and the match carries exactly that kind.
-Composite rules (GELU decompositions, Mish, SiLU, HardSwish) run first and claim their nodes,
-so a ``Tanh`` inside a GELU is not reported again as a plain Tanh.
+:class:`CompositeRule` accepts any spelling of a catalogue activation by its values
+(:mod:`mstransform.passes.composites`, over :class:`OnnxElementwise`); it runs first and
+claims its nodes, so a ``Tanh`` inside a GELU is never reported again as a plain Tanh. The
+single-op rules are pattern + check + match, in the spirit of onnxscript's rewrite rules:
+``pattern`` binds the wiring from an anchor node, ``check`` tests constants and attributes, and
+both return a reason when the rule does not hold. A rule's ``kind`` is authoritative: it must
+name an entry of the activation catalogue (:mod:`mstransform.passes.catalogue`).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
+from mstransform.core.activations import NONLINEAR, OPS
 from mstransform.passes.catalogue import KINDS, kind as catalogue_kind
-from mstransform.passes._ir import close, is_const, only_consumer, operand_orders, other_input, scalar
+from mstransform.passes.composites import Composite, Elementwise, find_composites
+from mstransform.passes._ir import close, const_array, is_const, scalar
 
 
 @dataclass
@@ -54,47 +56,6 @@ class NoMatch:
 
 
 Result = ActivationMatch | NoMatch
-
-SQRT2 = math.sqrt(2.0)
-SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-
-
-def _walk_gelu_tail(start: ir.Value, x: ir.Value, nodes: list[ir.Node]) -> ir.Node | str:
-    """Follow ``Add(1)``, ``Mul(0.5)`` and ``Mul(x)`` after the Erf/Tanh, in any order and with
-    commuted operands.
-
-    Returns the last node of the GELU or the reason the tail does not fit.
-    """
-    cur, seen = start, set()
-    last = None
-    while seen != {"add1", "half", "mulx"}:
-        node = only_consumer(cur)
-        if node is None:
-            return f"'{cur.name}' has several readers before the GELU tail completed (found {sorted(seen)})"
-        other = other_input(node, cur)
-        if node.op_type == "Add" and close(scalar(other), 1.0) and "add1" not in seen:
-            seen.add("add1")
-        elif node.op_type == "Mul" and other is x and "mulx" not in seen:
-            seen.add("mulx")
-        elif node.op_type == "Mul" and close(scalar(other), 0.5) and "half" not in seen:
-            seen.add("half")
-        elif node.op_type == "Mul" and other is not None and _is_half_of(other, x) and not seen & {"half", "mulx"}:
-            nodes.append(other.producer())
-            seen |= {"half", "mulx"}
-        else:
-            return f"'{node.name}' ({node.op_type}) does not continue a GELU (found {sorted(seen)})"
-        nodes.append(node)
-        cur, last = node.outputs[0], node
-    return last
-
-
-def _is_half_of(value: ir.Value, x: ir.Value) -> bool:
-    node = value.producer()
-    if node is None or node.op_type != "Mul":
-        return False
-    other = other_input(node, x)
-    return other is not None and close(scalar(other), 0.5)
-
 
 Bindings = dict[str, Any]
 
@@ -136,168 +97,91 @@ class Rule:
         return m
 
 
-class GeluErfRule(Rule):
-    """Exact GELU as exported at opset <= 19: ``x * 0.5 * (1 + Erf(x / sqrt(2)))``."""
-
-    kinds, anchors, form = ("Gelu",), frozenset({"Erf"}), "erf decomposition"
-
-    def pattern(self, node):
-        pre = node.inputs[0].producer()
-        if pre is None or pre.op_type not in ("Div", "Mul"):
-            return f"Erf input is not x/sqrt(2) (comes from {pre.op_type if pre else 'a graph input'})"
-        orders = [(pre.inputs[0], pre.inputs[1])] if pre.op_type == "Div" else operand_orders(pre)
-        for x, scale in orders:
-            want = SQRT2 if pre.op_type == "Div" else 1 / SQRT2
-            if close(scalar(scale), want):
-                nodes = [pre, node]
-                last = _walk_gelu_tail(node.outputs[0], x, nodes)
-                if isinstance(last, str):
-                    return "Erf is not part of an exact GELU: " + last
-                return {"x": x, "nodes": nodes}
-        return f"Erf input is {pre.op_type} by a constant other than sqrt(2)"
+FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
+# ONNX attributes an elementwise op reads, with their defaults (the spec's).
+ATTRIBUTES = {"LeakyRelu": {"alpha": 0.01}, "Elu": {"alpha": 1.0}, "Celu": {"alpha": 1.0},
+              "Selu": {"alpha": 1.6732632423543772, "gamma": 1.0507009873554805}, "ThresholdedRelu": {"alpha": 1.0},
+              "HardSigmoid": {"alpha": 0.2, "beta": 0.5}, "Gelu": {"approximate": "none"}}
+SAME_OPS = frozenset(OPS) - {"Identity", "Silu", "Log1p", "Expm1", "Clip"}
 
 
-class GeluTanhRule(Rule):
-    """Tanh-approximated GELU: ``0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))``."""
+class OnnxElementwise:
+    """One ``onnx_ir`` graph seen as elementwise ops (:class:`~mstransform.passes.composites.ElementwiseGraph`):
+    ONNX's own op names, constants as numpy arrays, ``Cast`` to a float type and ``Dropout`` as ``Identity``."""
 
-    kinds, anchors, form = ("Gelu",), frozenset({"Tanh"}), "tanh decomposition"
+    def __init__(self, graph: ir.Graph):
+        self.graph = graph
 
-    def pattern(self, node):
-        scale = node.inputs[0].producer()
-        if scale is None or scale.op_type != "Mul":
-            return "Tanh input is not scaled by sqrt(2/pi)"
-        for inner, k in operand_orders(scale):
-            add = inner.producer()
-            if not close(scalar(k), SQRT_2_OVER_PI) or add is None or add.op_type != "Add":
-                continue
-            for x, cubic in operand_orders(add):
-                cubic_nodes = _cubic_term(cubic, x)
-                if cubic_nodes is not None:
-                    nodes = [*cubic_nodes, add, scale, node]
-                    last = _walk_gelu_tail(node.outputs[0], x, nodes)
-                    if isinstance(last, str):
-                        return "Tanh is not part of a tanh GELU: " + last
-                    return {"x": x, "nodes": nodes}
-            return "no 0.044715*x^3 term beside x inside the Tanh"
-        return "Tanh input is not sqrt(2/pi)*(x + 0.044715x^3)"
+    def nodes(self):
+        return list(self.graph)
 
-
-def _cubic_term(value: ir.Value, x: ir.Value) -> list[ir.Node] | None:
-    """Nodes computing ``0.044715 * x^3`` from ``x`` (Pow or Mul chains), or None."""
-    node = value.producer()
-    if node is None or node.op_type != "Mul":
-        return None
-    cube = next((c for c, k in operand_orders(node) if close(scalar(k), 0.044715)), None)
-    if cube is None:
-        return None
-    nodes = [node]
-    stack, seen_x = [cube], 0
-    while stack:
-        v = stack.pop()
-        if v is x:
-            seen_x += 1
-            continue
-        p = v.producer()
-        if p is None or p.op_type not in ("Pow", "Mul") or len(nodes) > 4:
+    def elementwise(self, node: ir.Node) -> Elementwise | None:
+        if node.domain not in ("", "ai.onnx") or not node.outputs:
             return None
-        nodes.append(p)
-        if p.op_type == "Pow":
-            if p.inputs[0] is not x or not close(scalar(p.inputs[1]), 3.0):
-                return None
-            seen_x += 3
-        else:
-            stack.extend(p.inputs)
-    return nodes if seen_x == 3 else None
-
-
-def _softplus_tail(node: ir.Node) -> list[ir.Node]:
-    """Softplus and, in the dynamo form, the ``Where(x > threshold, x, Softplus(x))`` around it."""
-    x, out = node.inputs[0], node.outputs[0]
-    where = only_consumer(out)
-    if where is not None and where.op_type == "Where" and where.inputs[2] is out and where.inputs[1] is x:
-        cond = where.inputs[0].producer()
-        if cond is not None and cond.op_type == "Greater" and cond.inputs[0] is x:
-            return [node, cond, where]
-    return [node]
-
-
-class MishRule(Rule):
-    """Mish as exported: ``x * Tanh(Softplus(x))`` (Softplus possibly in its dynamo Where form)."""
-
-    kinds, anchors, form = ("Mish",), frozenset({"Softplus"}), "Softplus/Tanh/Mul"
-
-    def pattern(self, node):
-        x, nodes = node.inputs[0], _softplus_tail(node)
-        tanh = only_consumer(nodes[-1].outputs[0])
-        if tanh is None or tanh.op_type != "Tanh":
-            return "Softplus is not followed by Tanh"
-        mul = only_consumer(tanh.outputs[0])
-        if mul is None or mul.op_type != "Mul" or other_input(mul, tanh.outputs[0]) is not x:
-            return "Tanh(Softplus(x)) does not multiply x"
-        return {"x": x, "nodes": [*nodes, tanh, mul]}
-
-
-class SoftplusRule(Rule):
-    """Softplus, as one op or in the dynamo exporter's ``Where(x > t, x, Softplus(x))`` form."""
-
-    kinds, anchors = ("Softplus",), frozenset({"Softplus"})
-
-    def pattern(self, node):
-        return {"x": node.inputs[0], "nodes": _softplus_tail(node)}
-
-    def build(self, b):
-        form = "op" if len(b["nodes"]) == 1 else "Softplus/Greater/Where"
-        return ActivationMatch("Softplus", form, b["x"], b["nodes"], b["nodes"][-1])
-
-
-def _scaled_input(value: ir.Value, x: ir.Value | None) -> ir.Node | None:
-    """The ``Mul(x, beta)`` (a scalar constant ``beta``) that produces ``value`` and nothing else reads, if any."""
-    node = value.producer()
-    if x is None or node is None or node.op_type != "Mul" or only_consumer(value) is None:
-        return None
-    other = other_input(node, x)
-    return node if other is not None and x in node.inputs and scalar(other) is not None else None
-
-
-class SelfGateRule(Rule):
-    """``x * Sigmoid(x)`` (SiLU/Swish), ``x * Sigmoid(beta * x)`` (Swish with a scale, as Paddle exports it)
-    and ``x * HardSigmoid(x)`` (HardSwish).
-
-    A gate whose output scales a *different* tensor is not matched here; it stays a plain
-    Sigmoid/HardSigmoid and the site finder decides whether it sits in a
-    Squeeze-and-Excitation branch.
-    """
-
-    kinds, anchors = ("SiLU", "HardSwish"), frozenset({"Sigmoid", "HardSigmoid"})
-
-    def pattern(self, node):
-        x, out = node.inputs[0], node.outputs[0]
-        mul = only_consumer(out)
-        if mul is None or mul.op_type != "Mul":
-            return f"{node.op_type} output is not multiplied by its own input"
-        if other_input(mul, out) is x:
-            return {"x": x, "nodes": [node, mul], "gate": node}
-        x0 = other_input(mul, out)
-        scaled = _scaled_input(x, x0)
-        if node.op_type == "Sigmoid" and scaled is not None:  # Swish with beta: x0 * Sigmoid(beta * x0) (Paddle)
-            return {"x": x0, "nodes": [scaled, node, mul], "gate": node}
-        return f"{node.op_type} output gates another tensor in '{mul.name}'"
-
-    def check(self, b):
-        gate = b["gate"]
-        if gate.op_type == "Sigmoid":
+        op = node.op_type
+        operands = tuple(None if v is None else (const_array(v) if is_const(v) else v) for v in node.inputs)
+        if not operands or operands[0] is None:
             return None
-        a, beta = gate.attributes.get("alpha"), gate.attributes.get("beta")
-        a = a.as_float() if a is not None else 0.2
-        beta = beta.as_float() if beta is not None else 0.5
-        if not (close(a, 1 / 6) and close(beta, 0.5)):
-            return f"HardSigmoid(alpha={a:g}, beta={beta:g}) * x is not HardSwish"
-        return None
+        if op in ("Identity", "Dropout"):
+            return Elementwise("Identity", operands[:1])
+        if op == "Cast":
+            to = node.attributes.get("to")
+            return Elementwise("Identity", operands[:1]) if to is not None and to.as_int() in FLOAT_TYPES else None
+        if op == "Clip":
+            if len(node.inputs) > 1:
+                return Elementwise("Clip", (operands + (None, None))[:3])
+            lo, hi = node.attributes.get("min"), node.attributes.get("max")
+            return Elementwise("Clip", (operands[0], None if lo is None else np.float64(lo.as_float()),
+                                        None if hi is None else np.float64(hi.as_float())))
+        if op not in SAME_OPS:
+            return None
+        attrs = {}
+        for key, default in ATTRIBUTES.get(op, {}).items():
+            a = node.attributes.get(key)
+            attrs[key] = default if a is None else (a.as_string() if key == "approximate" else a.as_float())
+        return Elementwise(op, operands, attrs)
 
-    def build(self, b):
-        sigmoid = b["gate"].op_type == "Sigmoid"
-        form = ("Mul*Sigmoid*Mul (beta)" if len(b["nodes"]) == 3 else "Sigmoid*Mul") if sigmoid else "HardSigmoid*Mul"
-        return ActivationMatch("SiLU" if sigmoid else "HardSwish", form, b["x"], b["nodes"], b["nodes"][-1])
+    def output(self, node: ir.Node) -> ir.Value:
+        return node.outputs[0]
+
+    def producer(self, value: ir.Value) -> ir.Node | None:
+        node = value.producer()
+        return node if node is not None and node.graph is self.graph else None
+
+    def users(self, value: ir.Value) -> list[ir.Node]:
+        return [u.node for u in value.uses() if u.node.graph is self.graph]
+
+    def is_graph_output(self, value: ir.Value) -> bool:
+        return value.is_graph_output()
+
+
+def _composite_match(c: Composite) -> ActivationMatch:
+    form = f"{c.identified.describe()}: {'/'.join(c.ops)}"
+    return ActivationMatch(c.identified.kind, form, c.x, list(c.nodes), c.y.producer(), list(c.readers))
+
+
+class CompositeRule(Rule):
+    """Any spelling of a catalogue activation, accepted by what it computes
+    (:mod:`mstransform.passes.composites`): ``x * Sigmoid(1.702 * x)``, ``x / (1 + Exp(-x))``, a tanh GELU with
+    its constants folded or reassociated, ``x * Min(Relu(x + 3), 6) / 6``. Anchored at any nonlinear node."""
+
+    kinds = tuple(KINDS)
+    anchors = frozenset(NONLINEAR)
+    form = "computed"
+
+    def match(self, node: ir.Node) -> Result:
+        found, unresolved = find_composites(OnnxElementwise(node.graph), SINGLE_OPS, describe=_name)
+        for c in found:
+            if any(n is node for n in c.nodes):
+                return _composite_match(c)
+        for u in unresolved:
+            if u.node is node:
+                return NoMatch(CompositeRule, node, u.reason)
+        return NoMatch(CompositeRule, node, f"{node.op_type} computes no catalogue activation beyond its own op")
+
+
+def _name(item: ir.Node | ir.Value) -> str:
+    return item.name or (item.op_type if isinstance(item, ir.Node) else "?")
 
 
 class ClipRule(Rule):
@@ -349,30 +233,31 @@ class SingleOpRule(Rule):
         return ActivationMatch(self._kind_of[node.op_type], form, b["x"], [node], node)
 
 
-COMPOSITE_RULES: tuple[Rule, ...] = (GeluErfRule(), GeluTanhRule(), MishRule(), SoftplusRule(), SelfGateRule())
 SINGLE_RULES: tuple[Rule, ...] = (ClipRule(), SingleOpRule())
+SINGLE_OPS = SingleOpRule.anchors | ClipRule.anchors
 # Op types that, left unmatched, deserve a line saying why (Erf only appears in GELU).
-REPORTED_OPS = SingleOpRule.anchors | ClipRule.anchors | {"Erf"}
+REPORTED_OPS = SINGLE_OPS | {"Erf"}
 
 
 def match_activations(graph: ir.Graph) -> tuple[list[ActivationMatch], dict[ir.Node, NoMatch]]:
-    """All activations in ``graph`` and, for each catalogue op left unmatched, why (:class:`NoMatch`)."""
-    matches: list[ActivationMatch] = []
-    claimed: set[int] = set()
-    reasons: dict[ir.Node, NoMatch] = {}
+    """All activations in ``graph`` and, for each catalogue op left unmatched, why (:class:`NoMatch`).
+
+    Spelled activations first, found by what they compute (:class:`CompositeRule`); they claim their nodes,
+    so the Tanh inside a GELU is never a site of its own. Then the catalogue's single ops that no
+    composite claimed, unless they sit inside an expression of their own input that computes no
+    catalogue function (reported with the closest one, never guessed)."""
+    found, unresolved = find_composites(OnnxElementwise(graph), SINGLE_OPS, describe=_name)
+    matches = [_composite_match(c) for c in found]
+    claimed = {id(n) for c in found for n in c.nodes}
+    reasons: dict[ir.Node, NoMatch] = {u.node: NoMatch(CompositeRule, u.node, u.reason) for u in unresolved
+                                       if id(u.node) not in claimed}
     nodes = list(graph)
-    for rule in COMPOSITE_RULES:
-        for node in nodes:
-            if node.op_type not in rule.anchors or id(node) in claimed or node.domain not in ("", "ai.onnx"):
-                continue
-            result = rule.match(node)
-            if isinstance(result, ActivationMatch) and not any(id(n) in claimed for n in result.nodes):
-                matches.append(result)
-                claimed.update(id(n) for n in result.nodes)
-            elif isinstance(result, NoMatch):
-                reasons.setdefault(node, result)
     for node in nodes:
-        if id(node) in claimed or node.domain not in ("", "ai.onnx"):
+        if id(node) in claimed or node in reasons or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Erf":
+            reasons[node] = NoMatch(CompositeRule, node, "Erf is not inside a GELU: no expression around it computes "
+                                                         "a catalogue activation")
             continue
         for rule in SINGLE_RULES:
             if node.op_type in rule.anchors:
@@ -380,11 +265,11 @@ def match_activations(graph: ir.Graph) -> tuple[list[ActivationMatch], dict[ir.N
                 if isinstance(result, ActivationMatch):
                     matches.append(result)
                     claimed.add(id(node))
-                    reasons.pop(node, None)
                 else:
                     reasons[node] = result
                 break
     order = {id(n): i for i, n in enumerate(nodes)}
     matches.sort(key=lambda m: order[id(m.output_node)])
-    leftover = {n: r for n, r in reasons.items() if id(n) not in claimed and n.op_type in REPORTED_OPS}
+    leftover = {n: r for n, r in reasons.items() if id(n) not in claimed and (n.op_type in REPORTED_OPS
+                                                                               or r.rule is CompositeRule)}
     return matches, leftover

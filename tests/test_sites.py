@@ -48,7 +48,7 @@ def test_channel_axis_per_layout(label, export_dir):
 @pytest.mark.parametrize("label", ["legacy-17-folded", "dynamo-18-folded"])
 def test_gelu_decompositions_are_one_site_each(label, export_dir):
     table = mst.find_sites(exported("vit", label, export_dir))
-    assert sorted(s.form for s in table) == ["erf decomposition", "tanh decomposition"]
+    assert sorted(s.form.split(":")[0] for s in table) == ["erf", "tanh"]
     # nothing of the decomposition (Erf, Tanh) is reported as a separate activation
     assert not [r for r in table.rejected if r.op_type in ("Erf", "Tanh")]
 
