@@ -80,6 +80,10 @@ class Unresolved:
     reason: str
 
 
+def _is_const(operand) -> bool:
+    return isinstance(operand, (np.ndarray, np.generic))
+
+
 def _scalar(c) -> np.ndarray | None:
     """A constant as a float64 scalar when all its elements are equal (a per-channel constant is not one)."""
     if c is None:
@@ -109,7 +113,7 @@ class _Finder:
         return self._ew[key]
 
     def values(self, e: Elementwise) -> list:
-        return [v for v in e.operands if v is not None and not isinstance(v, np.ndarray)]
+        return [v for v in e.operands if v is not None and not _is_const(v)]
 
     def ancestors(self, anchor) -> list:
         """The anchor's computed operands, then their elementwise ancestors, nearest first."""
@@ -144,7 +148,7 @@ class _Finder:
                     continue
                 args, ready, pure = [], True, True
                 for v in e.operands:
-                    if isinstance(v, np.ndarray) or v is None:
+                    if v is None or _is_const(v):
                         s = _scalar(v)
                         if v is not None and s is None:
                             pure = False
@@ -261,13 +265,14 @@ class _Finder:
         return None
 
 
-def find_composites(graph: ElementwiseGraph, single_ops: frozenset[str] = frozenset(),
+def find_composites(graph: ElementwiseGraph, single=lambda node: False,
                     describe=str) -> tuple[list[Composite], list[Unresolved]]:
     """Every activation of ``graph`` found by its values, and the anchors left unresolved.
 
-    An activation of one node whose op is in ``single_ops`` (the catalogue's own ops: a ``Relu``, a
-    ``Celu``) is left to the caller, which knows its kind from the op; such an anchor is still reported
-    unresolved when it sits inside an expression of its own input. ``describe(value)`` names a value."""
+    An activation of one node for which ``single(node)`` holds (the catalogue's own ops: a ``Relu``, a
+    ``Celu``, an ``nn.SiLU``) is left to the caller, which knows its kind from the op; such an anchor is
+    still reported unresolved when it sits inside an expression of its own input. ``describe`` names a
+    node or a value for the reasons."""
     finder = _Finder(graph)
     found: list[Composite] = []
     unresolved: list[Unresolved] = []
@@ -280,8 +285,8 @@ def find_composites(graph: ElementwiseGraph, single_ops: frozenset[str] = frozen
         if comp is not None and any(id(n) in claimed for n in comp.nodes):
             comp = None
         ops = [finder.ew(n).op for n in comp.nodes] if comp is not None else []
-        bending = [op for op in ops if op not in VALUE_KEEPING]
-        if comp is not None and not (len(bending) == 1 and bending[0] in single_ops):
+        bending = [n for n in (comp.nodes if comp is not None else []) if finder.ew(n).op not in VALUE_KEEPING]
+        if comp is not None and not (len(bending) == 1 and single(bending[0])):
             comp.ops = ops
             found.append(comp)
             claimed.update(id(n) for n in comp.nodes)

@@ -19,6 +19,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 from mstransform.passes.catalogue import FX_POOLS, KINDS, Layout
+from mstransform.passes.composites import find_composites
+from mstransform.passes.fx_elementwise import FxElementwise, call_name
 from mstransform.passes.sites import Candidate, Rejection
 
 aten = torch.ops.aten
@@ -139,10 +141,20 @@ class FxView:
         return None
 
     def activations(self):
-        found, rejected = [], []
+        """Spelled activations by what they compute (the ONNX finder's mechanism, over
+        :class:`~mstransform.passes.fx_elementwise.FxElementwise`), then the catalogue's modules and
+        functions that none claimed, unless they sit inside an expression of their own input."""
+        composites, unresolved = find_composites(FxElementwise(self.gm), lambda n: self.kind_of(n) is not None,
+                                                 describe=lambda n: n.name)
+        claimed = {id(n) for c in composites for n in c.nodes}
+        found = [Candidate(c.identified.kind, f"{c.identified.describe()}: {'/'.join(c.ops)}", c.x, c.y, c.nodes,
+                           list({id(n): n for n, _ in c.readers}.values()), self.node_name(c.y)) for c in composites]
+        rejected = [Rejection(self.node_name(u.node), self.kind_of(u.node) or call_name(u.node), u.reason)
+                    for u in unresolved if id(u.node) not in claimed]
+        skip = claimed | {id(u.node) for u in unresolved}
         for node in self.gm.graph.nodes:
             kind = self.kind_of(node)
-            if kind is None:
+            if kind is None or id(node) in skip:
                 continue
             feed = self._first_input(node)
             if feed is None:
@@ -150,7 +162,8 @@ class FxView:
                 continue
             found.append(Candidate(kind, "module" if node.op == "call_module" else "function", feed, node, [node],
                                    [node], self.node_name(node)))
-        return found, rejected
+        order = {id(n): i for i, n in enumerate(self.gm.graph.nodes)}
+        return sorted(found, key=lambda c: order[id(c.out)]), rejected
 
     def is_const(self, value) -> bool:
         return value.op == "get_attr"

@@ -170,7 +170,7 @@ class CompositeRule(Rule):
     form = "computed"
 
     def match(self, node: ir.Node) -> Result:
-        found, unresolved = find_composites(OnnxElementwise(node.graph), SINGLE_OPS, describe=_name)
+        found, unresolved = find_composites(OnnxElementwise(node.graph), _single, describe=_name)
         for c in found:
             if any(n is node for n in c.nodes):
                 return _composite_match(c)
@@ -178,6 +178,10 @@ class CompositeRule(Rule):
             if u.node is node:
                 return NoMatch(CompositeRule, node, u.reason)
         return NoMatch(CompositeRule, node, f"{node.op_type} computes no catalogue activation beyond its own op")
+
+
+def _single(node: ir.Node) -> bool:
+    return node.op_type in SINGLE_OPS
 
 
 def _name(item: ir.Node | ir.Value) -> str:
@@ -246,7 +250,7 @@ def match_activations(graph: ir.Graph) -> tuple[list[ActivationMatch], dict[ir.N
     so the Tanh inside a GELU is never a site of its own. Then the catalogue's single ops that no
     composite claimed, unless they sit inside an expression of their own input that computes no
     catalogue function (reported with the closest one, never guessed)."""
-    found, unresolved = find_composites(OnnxElementwise(graph), SINGLE_OPS, describe=_name)
+    found, unresolved = find_composites(OnnxElementwise(graph), _single, describe=_name)
     matches = [_composite_match(c) for c in found]
     claimed = {id(n) for c in found for n in c.nodes}
     reasons: dict[ir.Node, NoMatch] = {u.node: NoMatch(CompositeRule, u.node, u.reason) for u in unresolved
