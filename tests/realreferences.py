@@ -13,6 +13,7 @@ Each scorer takes a model file (the base or the hardened one) and returns ``(sco
 """
 from __future__ import annotations
 
+import functools
 import zipfile
 
 import numpy as np
@@ -25,6 +26,7 @@ _MAGIKA_TYPES = {".py": "python", ".json": "json", ".md": "markdown", ".onnx": "
                  "/METADATA": "markdown", "scripts/magika": "elf"}
 
 
+@functools.lru_cache(maxsize=1)
 def _magika_files() -> tuple[list[np.ndarray], list[str], list[str]]:
     whl = R.wheel(*K.MAGIKA)
     feats, labels, names = [], [], []

