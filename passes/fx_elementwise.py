@@ -37,6 +37,7 @@ PARAMETRIC = {
     "hardsigmoid": ("HardSigmoid", []),
     "softplus": ("Softplus", [("beta", "beta", 1.0), ("threshold", "threshold", 20.0)]),
 }
+COPIES = ("lift_fresh_copy", "detach", "clone", "_to_copy", "to", "contiguous")  # a constant stays one through these
 CLIPS = {"clamp": (None, None), "clip": (None, None), "hardtanh": (-1.0, 1.0), "relu6": (0.0, 6.0)}
 MODULES = {nn.ReLU: "Relu", nn.Sigmoid: "Sigmoid", nn.Tanh: "Tanh", nn.SiLU: "Silu", nn.Hardswish: "HardSwish",
            nn.Mish: "Mish", nn.SELU: "Selu", nn.Softsign: "Softsign", nn.Dropout: "Identity", nn.Identity: "Identity"}
@@ -66,6 +67,9 @@ class FxElementwise:
             if a.op == "get_attr":
                 t = self._attr(a.target)
                 return t.detach().cpu().double().numpy() if isinstance(t, torch.Tensor) else MISSING
+            if a.op in ("call_function", "call_method") and call_name(a) in COPIES and a.args:
+                inner = self._operand(a.args[0])  # torch.export lifts a constant: lift_fresh_copy, detach
+                return inner if isinstance(inner, (np.ndarray, np.generic)) else a
             return a
         if isinstance(a, bool):
             return np.bool_(a)

@@ -149,7 +149,9 @@ class OnnxElementwise:
         return node if node is not None and node.graph is self.graph else None
 
     def users(self, value: ir.Value) -> list[ir.Node]:
-        return [u.node for u in value.uses() if u.node.graph is self.graph]
+        """The nodes reading ``value``'s number (a ``CastLike`` reads only the type of its second input)."""
+        return [u.node for u in value.uses() if u.node.graph is self.graph
+                and not (u.node.op_type == "CastLike" and u.idx == 1)]
 
     def is_graph_output(self, value: ir.Value) -> bool:
         return value.is_graph_output()
