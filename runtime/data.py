@@ -87,7 +87,8 @@ class DataSource:
         if limit is not None:
             check_count(limit, "limit")
         self.specs, self.limit, self.pre = specs, limit, preprocess
-        self.batch_size = _fixed_batch(specs) or batch_size
+        self.fixed = fixed_batch(specs)  # a batch size the model fixes: every batch has it
+        self.batch_size = self.fixed or batch_size
         self._arrays: dict[str, np.ndarray] | None = None
         self._samples = 0
         self._labels: np.ndarray | None = None
@@ -96,11 +97,33 @@ class DataSource:
         self.notes: list[str] = []  # what a command should tell the user about this data (one line each)
         self.origin = str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
         self._open(source)
+        if self.fixed:
+            self._whole_batches()
+
+    def _whole_batches(self) -> None:
+        """A model that fixes its batch size runs on batches of exactly that size: samples beyond the
+        last whole batch are left out (a note says so); fewer samples than one batch are refused."""
+        total = self._samples if self._arrays is not None else len(self._images or ())
+        if not total:
+            return  # a stream: its batches are checked against the declared shapes as they come
+        if total < self.fixed:
+            raise DataError(f"data holds {total} sample(s) but the model takes batches of exactly {self.fixed} "
+                            "(its inputs fix the batch size)")
+        if self.limit is not None and self.limit < self.fixed:
+            self.notes.append(f"note: the model takes batches of exactly {self.fixed}; the limit of {self.limit} "
+                              f"sample(s) is raised to {self.fixed}")
+            self.limit = self.fixed
+        n = len(self)
+        if n % self.fixed:
+            self.notes.append(f"note: the model takes batches of exactly {self.fixed}; the last {n % self.fixed} "
+                              "sample(s) are left out")
+            self.limit = n - n % self.fixed
 
     @property
     def axes(self) -> dict[str, int | None]:
-        """Each input's batch axis (None: passed whole with every batch)."""
-        return {s.name: s.batch_axis for s in self.specs}
+        """Each input's axis along which a batch may be cut into fewer samples (:func:`head`): its batch
+        axis, or None where the input is passed whole with every batch or the model fixes its batch size."""
+        return {s.name: None if _fixed_dim(s) else s.batch_axis for s in self.specs}
 
     @property
     def batched(self) -> list[InputSpec]:
@@ -324,10 +347,16 @@ def _labels(labels) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _fixed_batch(specs: list[InputSpec]) -> int | None:
+def _fixed_dim(spec: InputSpec) -> int | None:
+    """The size ``spec`` fixes on its batch axis (``[8, 6]`` -> 8), or None where that dim is dynamic."""
+    if spec.batch_axis is None or spec.shape is None or spec.batch_axis >= len(spec.shape):
+        return None
+    return spec.shape[spec.batch_axis]
+
+
+def fixed_batch(specs: list[InputSpec]) -> int | None:
     """The batch size a model fixes in its inputs' batch dims (``[1, 3, 224, 224]``), if any."""
-    sizes = {s.shape[s.batch_axis] for s in specs if s.batch_axis is not None and s.shape is not None
-             and s.batch_axis < len(s.shape) and s.shape[s.batch_axis] is not None}
+    sizes = {_fixed_dim(s) for s in specs} - {None}
     return sizes.pop() if len(sizes) == 1 else None
 
 

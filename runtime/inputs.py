@@ -13,7 +13,8 @@ state). In order of precedence:
    the main input is the first float input whose first dim is dynamic (see :func:`_main`);
 3. axis 0 when it is dynamic (the common ``[N, ...]`` export, and unnamed ``-1`` dims);
 4. where the main input's batch dim is unnamed, an input's one dynamic dim (``state [2, ?, 128]``);
-   where the model fixes the batch (``[1, 576]``), an input's one dim of that size (``[2, 1, 128]``);
+   where the model fixes the batch (``[1, 576]``), an input's one dim of that size (``[2, 1, 128]``),
+   and where several dims have that size (``[1, 128, 19, 1]``), the main input's batch axis, 0;
 5. none: a scalar, or nothing that says which axis holds the samples.
 
 The main input's own axis 0 is its batch axis whenever it has one, dynamic or fixed.
@@ -121,9 +122,12 @@ def _inferred_axis(s: InputSpec, main: InputSpec | None, batch_name: str | None)
     if main.shape[0] is None:  # an unnamed dynamic batch: an input whose only dynamic dim is elsewhere
         dynamic = [i for i, d in enumerate(s.shape) if d is None]
         return dynamic[0] if len(dynamic) == 1 and batch_name is None else None
-    # a batch the model fixes (batch 1 everywhere): the one dim of the same size, if only one
+    # a batch the model fixes (batch 1 everywhere): the one dim of the same size; where several dims
+    # have that size (a cache [1, 128, 19, 1]), the one on the main input's own batch axis, 0
     same = [i for i, d in enumerate(s.shape) if d == main.shape[0]]
-    return same[0] if len(same) == 1 else None
+    if len(same) == 1:
+        return same[0]
+    return 0 if 0 in same else None
 
 
 def parse_batch_axes(specs: list[str] | None) -> dict[str, int | None]:

@@ -46,6 +46,14 @@ def _source(model):
 @dataclass(frozen=True)
 class _Port:
     name: str
+    shape: tuple | None = None  # ONNX Runtime's spelling: an int per static dim, None per dynamic one
+
+
+def _shape(port) -> tuple | None:
+    shape = port.get_partial_shape()
+    if shape.rank.is_dynamic:
+        return None
+    return tuple(d.get_length() if d.is_static else None for d in shape)
 
 
 class OpenVinoSession:
@@ -76,7 +84,7 @@ class OpenVinoSession:
         self._by_shape: dict[tuple, tuple] = {}  # feed shapes -> (compiled, request), most recent last
         self._bf16 = ov.Type.bf16
         self.version, self.device = ov.get_version().split("-")[0], device
-        self._inputs = [_Port(p.get_any_name()) for p in self.compiled.inputs]
+        self._inputs = [_Port(p.get_any_name(), _shape(p)) for p in self.compiled.inputs]
         self._outputs = [_Port(p.get_any_name()) for p in self.compiled.outputs]
 
     def get_inputs(self) -> list[_Port]:
@@ -145,3 +153,101 @@ def layer_counts(compiled) -> Counter[str]:
             counts["fused"] += sum("mstransform/" in n for n in rt["originalLayersNames"].astype(str).split(","))
         counts[kind] += 1
     return counts
+
+
+# -- OpenVINO against ONNX Runtime on a hardened model: which decisions differ, and how far from the edge --
+
+@dataclass
+class OperatorGap:
+    """One sparsify operator as both runtimes ran it on the same feed."""
+
+    name: str  # the operator's input tensor
+    values: int
+    flips: int  # decisions that differ between the runtimes (and change the value)
+    max_input_diff: float  # max |x_ov - x_ort| over the tensor entering the operator
+    scale: float  # max |x_ort|
+    edge: np.ndarray  # per flip: ONNX Runtime's distance | |x - c| - t | to the band edge
+    allowed: np.ndarray  # per flip: that value's |x_ov - x_ort| plus four ulps (its type) of the tensor's scale
+
+
+@dataclass
+class RuntimeGap:
+    """OpenVINO against ONNX Runtime on one hardened model and feed (:func:`runtime_gap`)."""
+
+    operators: list[OperatorGap]
+    output_diff: float  # max |out_ov - out_ort| over the graph outputs, relative to max |out_ort|
+
+    @property
+    def flips(self) -> int:
+        return sum(op.flips for op in self.operators)
+
+    @property
+    def values(self) -> int:
+        return sum(op.values for op in self.operators)
+
+    @property
+    def far(self) -> int:
+        """Flips farther from the band edge than their inputs' difference explains: a wrong operator."""
+        return sum(int(np.count_nonzero(op.edge > op.allowed)) for op in self.operators)
+
+    def first_flip(self) -> OperatorGap | None:
+        return next((op for op in self.operators if op.flips), None)
+
+    def summary(self) -> str:
+        first = self.first_flip()
+        if first is None:
+            return (f"OpenVINO vs ONNX Runtime: every decision of {len(self.operators)} operator(s) agrees "
+                    f"({self.values} values); outputs within {self.output_diff:.2g} of scale")
+        return (f"OpenVINO vs ONNX Runtime: {self.flips} of {self.values} decisions differ, "
+                f"{self.flips - self.far} within their inputs' difference of the band edge; the first at "
+                f"{first.name!r}, where the inputs differ by {first.max_input_diff / max(first.scale, 1e-30):.2g} "
+                f"of scale; outputs within {self.output_diff:.2g} of scale")
+
+
+def _decided(x: np.ndarray, c: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The operator's own test ``|x - c| < t`` in ``x``'s type."""
+    return np.abs(x - c.astype(x.dtype)) < t.astype(x.dtype)
+
+
+def runtime_gap(path, feed: dict[str, np.ndarray], *, threads: int | None = None) -> RuntimeGap:
+    """Run the hardened model at ``path`` on ``feed`` in OpenVINO (f32) and ONNX Runtime (CPU), every
+    sparsify operator's input exposed, and compare their decisions.
+
+    Both runtimes compute each operator exactly (the self-check proves it against numpy on each one's
+    own input), so a decision can differ only where the inputs differ across the band edge: the first
+    such differences come from rounding upstream (convolutions and matrix products summed in another
+    order), and a flipped value moves by up to the threshold, which later layers carry forward, so
+    later operators see larger input differences and flip more. Each flip is recorded with its distance
+    to the edge and the difference that allows it (:attr:`RuntimeGap.far` counts flips it does not explain)."""
+    import onnx_ir as ir
+
+    from mstransform.core.operator import unit_roundoff
+    from mstransform.passes.expose import exposed
+    from mstransform.passes.sparsify_match import find_sparsify_ops
+    from mstransform.runtime.session import make_session
+
+    model = ir.load(str(path))
+    ops = find_sparsify_ops(model.graph)
+    outputs = [v.name for v in model.graph.outputs]
+    ort_out = make_session(path, providers=["CPUExecutionProvider"], threads=threads).run(outputs, feed)
+    ov_out = OpenVinoSession(path, threads=threads).run(outputs, feed)
+    scale = max((float(np.max(np.abs(o))) for o in ort_out if o.size), default=0.0)
+    diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(ov_out, ort_out) if b.size),
+               default=0.0)
+    with exposed(model, [op.x for op in ops]) as seen:
+        names = [seen.names[op.x.name] for op in ops]
+        xs_ort = make_session(model, providers=["CPUExecutionProvider"], threads=threads).run(names, feed)
+        xs_ov = OpenVinoSession(model, threads=threads, specialise=False).run(names, feed)
+    gaps = []
+    for op, x_ort, x_ov in zip(ops, xs_ort, xs_ov):
+        c = np.broadcast_to(op.center, x_ort.shape)
+        t = np.broadcast_to(op.threshold, x_ort.shape)
+        same_value = (x_ort == c) & (x_ov == c)
+        flips = (_decided(x_ort, c, t) != _decided(x_ov, c, t)) & ~same_value
+        moved = np.abs(x_ov.astype(np.float64) - x_ort.astype(np.float64))
+        top = float(np.max(np.abs(x_ort))) if x_ort.size else 0.0
+        edge = np.abs(np.abs(x_ort.astype(np.float64) - c) - t)[flips]
+        allowed = moved[flips] + 8 * unit_roundoff(x_ort.dtype) * max(top, 1e-30)  # four ulps of the scale
+        gaps.append(OperatorGap(op.x.name, x_ort.size, int(np.count_nonzero(flips)),
+                                float(moved.max()) if moved.size else 0.0, top, edge, allowed))
+    return RuntimeGap(gaps, diff / max(scale, 1e-30))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 
 import onnx_ir as ir
@@ -194,14 +195,29 @@ def encodable(path) -> bool:
 
 
 def first_line(e: BaseException) -> str:
-    """A runtime's exception as one line (ONNX Runtime and OpenVINO raise multi-line texts)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    """A runtime's exception as one line, its reason kept: ONNX Runtime and OpenVINO raise multi-line
+    texts whose first line often ends before the reason (``Got invalid dimensions for input: x for the
+    following indices`` / `` index: 0 Got: 4 Expected: 8``), so the lines are joined, not cut."""
+    text = " ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+    text = _SOURCE_LOCATION.sub("", text)  # ORT's "<file>.h:91 <function>(<args>) <condition> was false. "
+    if not text:
+        return type(e).__name__
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
 
 
-def run_step(session, fetch: list[str] | None, feed: dict, error, step: str) -> list:
+MAX_REASON = 600  # characters of a runtime's reason kept in an error line
+_SOURCE_LOCATION = re.compile(r"/\S+\.(?:h|hpp|cc|cpp):\d+ .*? was false\. ")
+
+
+def run_step(session, fetch: list[str] | None, feed: dict, error, step: str,
+             axes: dict[str, int | None] | None = None) -> list:
     """``session.run``, with a failure turned into ``error`` (an MstError class): one line naming
-    ``step`` and the runtime's reason."""
+    ``step`` and the runtime's reason.
+
+    A run that fails on several samples is tried once more on one sample (cut along ``axes``, else
+    along each input's declared dynamic axis 0): where that runs, the model declares its batch
+    dynamic but its graph holds batch 1 (an export that traced batch 1 into a ``Reshape``), and the
+    line says so and what to do."""
     from mstransform.core.errors import MstError
 
     try:
@@ -210,7 +226,39 @@ def run_step(session, fetch: list[str] | None, feed: dict, error, step: str) -> 
         raise
     except Exception as e:  # ORT and OpenVINO raise their own exception types
         runtime = "OpenVINO" if hasattr(session, "describe") else "ONNX Runtime"
-        raise error(f"{step}: {runtime} failed: {first_line(e)}") from None
+        reason = first_line(e)
+    batch = batch_of_one(session, feed, axes)
+    if batch is not None:
+        try:
+            session.run(fetch, batch[1])
+        except Exception:  # noqa: BLE001 -- it fails at batch 1 too: the first reason is the one to report
+            pass
+        else:
+            raise error(f"{step}: the model declares its batch dynamic but runs only at batch 1 ({runtime} failed "
+                        f"at batch {batch[0]}: {reason}); the graph holds batch 1, as an export traced at batch 1 "
+                        "into a Reshape does: give batch size 1 (--batch-size 1)") from None
+    raise error(f"{step}: {runtime} failed: {reason}") from None
+
+
+def batch_of_one(session, feed: dict, axes: dict[str, int | None] | None = None) -> tuple[int, dict] | None:
+    """(samples in ``feed``, ``feed`` cut to its first sample) where ``feed`` holds more than one sample
+    along a dynamic batch axis; None otherwise. Without ``axes``, an input's batch axis is its axis 0
+    where the session declares that dim dynamic."""
+    if axes is None:
+        declared = {i.name: getattr(i, "shape", None) for i in session.get_inputs()}
+        axes = {k: 0 for k, shape in declared.items() if shape and not isinstance(shape[0], int)}
+    cut, sizes = dict(feed), set()
+    for name, axis in axes.items():
+        x = feed.get(name)
+        if axis is None or x is None or getattr(x, "ndim", 0) <= axis:
+            continue
+        sizes.add(x.shape[axis])
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(0, 1)
+        cut[name] = x[tuple(index)]
+    if len(sizes) != 1 or sizes == {1} or sizes == {0}:
+        return None
+    return sizes.pop(), cut
 
 
 def max_threads() -> int:

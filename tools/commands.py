@@ -154,7 +154,7 @@ def cmd_harden(a) -> int:
                             formulation=a.formulation, selection=_selection(a),
                             ignore_fingerprint=a.ignore_fingerprint, verify=not a.no_verify, threads=a.threads,
                             precision=a.precision, runtime=a.runtime, probe=a.data, batch_axes=_batch_axes(a),
-                            preprocess=pre)
+                            preprocess=pre, batch_size=a.batch_size)
     print(report.summary())
     if a.eval:
         (hard,) = api.compare_accuracy([output], a.eval, batch_size=a.batch_size, preprocess=pre, threads=a.threads,

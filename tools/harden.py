@@ -30,11 +30,13 @@ from mstransform.passes.prepare import (OPERATOR_OPSET, DropInferredPass, Proven
                                         load_model)
 from mstransform.passes.references import model_references
 from mstransform.passes.sparsify import COUNT, SKIPPED, Inserted, InsertSparsifyPass, Operator, inserted
-from mstransform.runtime.data import DataSource, Preprocess, head
+from mstransform.runtime.data import DataSource, Preprocess, fixed_batch, head
 from mstransform.runtime.inputs import input_specs
-from mstransform.runtime.verify import check_file, numeric_check
+from mstransform.runtime.session import open_session
+from mstransform.runtime.verify import check_file, self_check
 
 MAX_PROTO = 2**31 - 1
+PROBE_SAMPLES, SYNTHETIC_SAMPLES = 8, 2  # the self-check's probe: samples from data, synthetic ones
 HARDENED_MARK = COUNT  # metadata_props key the sparsify pass writes: a hardened model is refused as input
 
 
@@ -156,14 +158,19 @@ def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float
            formulation: Formulation | str = Formulation.WHERE, selection: Selection | None = None,
            ignore_fingerprint: bool = False, precision: Precision | str = Precision.FP32, probe=None,
            verify: bool = True, threads: int | None = None, runtime: Runtime | str = Runtime.ONNXRUNTIME,
-           batch_axes: dict[str, int | None] | None = None, preprocess: Preprocess | None = None) -> HardenReport:
+           batch_axes: dict[str, int | None] | None = None, preprocess: Preprocess | None = None,
+           batch_size: int | None = None) -> HardenReport:
     """:func:`harden_model`, then write the model to ``output`` and check the written file.
 
     The checks: ``onnx.checker`` with strict shape inference, a load in ``runtime``, and every
     operator against the numpy reference on ``probe`` -- data in any form :func:`mstransform.calibrate`
-    takes (its first 8 samples, read with ``batch_axes`` and ``preprocess``; a dict of arrays is fed as
+    takes (its first samples, read with ``batch_axes`` and ``preprocess``; a dict of arrays is fed as
     it is) or, without it, a synthetic batch shaped like the calibration samples the stats recorded
-    (:func:`synthetic_probe`). The input file and the files it references are never modified; the model
+    (:func:`synthetic_probe`) -- and the written model against the input model on that probe: their
+    agreement (a ``check: outcome:`` line, information), and both at a second size of every dynamic
+    input dim, where the written model must run if the input model does (:func:`~mstransform.runtime.verify.self_check`).
+    The probe holds ``batch_size`` samples, at most 8 from data and 2 synthetic (None: those), or
+    the batch the model fixes. The input file and the files it references are never modified; the model
     is written and checked under a temporary name of this call's own and renamed onto ``output`` (and
     ``output.data``) only when every check passed: a file that fails is never published."""
     runtime = choice(Runtime, runtime, "runtime")
@@ -172,10 +179,10 @@ def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float
                                          stats if not isinstance(stats, Stats) else None], models=[output])
     loaded = load_model(model)
     if probe is not None and not isinstance(probe, dict):
-        specs = input_specs(loaded, batch_axes)
-        probe = probe_from(DataSource(probe, specs, batch_size=8, limit=8, preprocess=preprocess or Preprocess()))
+        probe = probe_data(probe, loaded, batch_axes=batch_axes, preprocess=preprocess, batch_size=batch_size)
     elif isinstance(probe, dict):
         probe = {k: np.asarray(v) for k, v in probe.items()}
+    base = _base_session(loaded, source_path, runtime, threads) if verify else None
     done = harden_model(loaded, stats, alpha=alpha, mode=mode, center=center, formulation=formulation,
                         selection=selection, ignore_fingerprint=ignore_fingerprint, precision=precision)
     m = done.model
@@ -188,13 +195,26 @@ def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float
         _save(m, pub.path, output)
         if verify:
             report.checks += check_file(pub.path)
-            checked = numeric_check(pub.path, done.inserted,
-                                    probe if probe is not None else synthetic_probe(m, done.stats.inputs),
-                                    threads=threads, runtime=runtime)
+            if probe is None:
+                probe = synthetic_probe(m, done.stats.inputs, batch=min(batch_size or SYNTHETIC_SAMPLES,
+                                                                        SYNTHETIC_SAMPLES))
+            checked = self_check(pub.path, base, done.inserted, probe, threads=threads, runtime=runtime)
             report.checks += checked.checks
             report.max_abs_diff = checked.max_abs_diff
     report.published = pub.published
     return report
+
+
+def _base_session(loaded: ir.Model, source_path: Path | None, runtime: Runtime, threads: int | None):
+    """A session of the model as loaded (legacy dims made symbolic), for the self-check's comparison:
+    made before hardening, which changes the loaded model in place. OpenVINO reads in-memory models
+    without external data only; such a model is read from its file."""
+    try:
+        return open_session(loaded, runtime=runtime, threads=threads, specialise=False)
+    except ModelError:
+        if source_path is None:
+            raise
+        return open_session(source_path, runtime=runtime, threads=threads, specialise=False)
 
 
 def _provenance(mode: Mode, center: Center, alpha: AlphaPlan, stats: Stats, formulation: Formulation,
@@ -261,8 +281,18 @@ def synthetic_probe(m: ir.Model, inputs: tuple[InputRecord, ...] = (), batch: in
     return out
 
 
-def probe_from(data_source: DataSource, n: int = 8) -> dict[str, np.ndarray]:
-    """The first ``n`` samples of ``data_source``: real samples for the self-check."""
+def probe_from(data_source: DataSource, n: int = PROBE_SAMPLES) -> dict[str, np.ndarray]:
+    """The first ``n`` samples of ``data_source``: real samples for the self-check (a batch the model
+    fixes is never cut)."""
     for batch in data_source:
         return head(batch.inputs, n, data_source.axes)
     raise UsageError("holds no probe batch", param="data")
+
+
+def probe_data(data, model: ir.Model, *, batch_axes: dict[str, int | None] | None = None,
+               preprocess: Preprocess | None = None, batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """The self-check's probe from ``data`` (any form :func:`mstransform.calibrate` takes): its first
+    ``batch_size`` samples, at most :data:`PROBE_SAMPLES`, or the batch size the model fixes."""
+    specs = input_specs(model, batch_axes)
+    n = fixed_batch(specs) or min(batch_size or PROBE_SAMPLES, PROBE_SAMPLES)
+    return probe_from(DataSource(data, specs, batch_size=n, limit=n, preprocess=preprocess or Preprocess()), n)
