@@ -242,17 +242,25 @@ class Stats:
         This is the documented fallback between an FX graph and its ONNX export when the
         exporter's optimizer renamed a node (e.g. ``elu`` -> ``node_Elu_13``).
         """
-        mine = list(self.sites.values())
-        if len(mine) != len(sites):
+        if self.misaligned(sites) is not None:
             return None
-        for s, (_, kind, channels) in zip(mine, sites):
-            if s.kind != kind or (channels not in (None, -1) and s.channels != channels):
-                return None
+        mine = list(self.sites.values())
         renamed = {}
         for s, (name, _, _) in zip(mine, sites):
             renamed[name] = SiteStats(name, s.feed, s.kind, s.axis, s.rank, s.dtype, s.moments)
         return Stats(self.fingerprint, self.placement, renamed, self.samples, self.selection, self.inputs,
                      self.unreached, self.weights)
+
+    def misaligned(self, sites: list[tuple[str, str, int | None]]) -> str | None:
+        """Why these stats cannot be aligned to ``sites`` by position (:meth:`aligned_to`), or None."""
+        mine = list(self.sites.values())
+        if len(mine) != len(sites):
+            return f"the model has {len(sites)} site(s), the stats {len(mine)}"
+        for i, (s, (name, kind, channels)) in enumerate(zip(mine, sites)):
+            if s.kind != kind or (isinstance(channels, int) and channels >= 0 and s.channels != channels):
+                return (f"site {i} of the model, {name!r} ({kind}, {channels if channels is not None else '?'} "
+                        f"channels), is {s.name!r} ({s.kind}, {s.channels} channels) in the stats")
+        return None
 
     def matched_to(self, sites: list[tuple[str, str, int | None, str]], *, by_position: bool,
                    check_feeds: bool) -> "Stats":
@@ -265,7 +273,11 @@ class Stats:
         stats = self
         names = [name for name, _, _, _ in sites]
         if by_position and set(names) != set(self.sites):
-            stats = self.aligned_to([(n, k, c) for n, k, c, _ in sites]) or self
+            by_kind = [(n, k, c) for n, k, c, _ in sites]
+            why = self.misaligned(by_kind)
+            if why is not None and not set(names) & set(self.sites):  # neither by name nor by position
+                raise StatsError(f"stats do not fit this model: {why}; stats of another model?")
+            stats = self.aligned_to(by_kind) or self
         extra = [n for n in stats.sites if n not in names]
         if extra:
             raise StatsError(f"stats hold site {extra[0]!r} that this model lacks ({len(extra)} in all); "

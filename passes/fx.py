@@ -5,6 +5,12 @@ Input: an ``nn.Module`` (traced with ``torch.fx.symbolic_trace``), a ``torch.exp
 from the shared finder and catalogue through :class:`~mstransform.passes.fx_view.FxView`;
 :class:`~mstransform.passes.fx_ops.MeanSparse` modules are inserted on the device of the
 tensors they guard. The caller's model is never edited: the pass works on a private copy.
+
+Statistics are checked against the graph before anything is inserted, as the ONNX pass checks them:
+site names (or, where the graph is not the calibrated one, kinds by position), and every site's channel
+count. Where the graph carries no shapes (a traced ``nn.Module`` without ``example``), they are
+propagated from the calibration samples the stats record; another model's stats fail there, in one
+:class:`~mstransform.core.errors.StatsError` line, never later in ``forward``.
 """
 from __future__ import annotations
 
@@ -16,8 +22,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from mstransform.core.errors import StatsError, UsageError
 from mstransform.core.options import AlphaPlan, Center, Mode, Placement, Selection
-from mstransform.core.stats import Stats
+from mstransform.core.stats import InputRecord, Stats
 from mstransform.passes.fx_ops import MeanSparse
 from mstransform.passes.fx_view import FxView
 from mstransform.passes.plan import build_plan
@@ -58,6 +65,45 @@ def find_fx_sites(model, placement: Placement | str = Placement.ACTIVATIONS, *, 
     return gm, site_table(gm, exported, placement, Selection(include_se=include_se, framework="fx"))
 
 
+def placement_of(model):
+    """A function that moves a batch to the device (and, where floating point, the dtype) of ``model``'s
+    first floating-point weight: a CPU float32 batch feeds a CUDA bfloat16 model as is."""
+    state = model.state_dict if isinstance(getattr(model, "state_dict", None), dict) else model.state_dict()
+    ref = next((t for t in state.values() if torch.is_tensor(t) and t.is_floating_point()), None)
+    if ref is None:
+        return lambda x: x
+    return lambda x: x.to(device=ref.device, dtype=ref.dtype) if x.is_floating_point() else x.to(ref.device)
+
+
+def input_record(name: str, x: torch.Tensor) -> InputRecord:
+    """One calibration sample's shape and type, as the stats file records an input (batch axis 0)."""
+    try:
+        dtype = str(np.dtype(str(x.dtype).removeprefix("torch.")))
+    except TypeError:  # bfloat16 has no numpy type: recorded as the float type data comes in
+        dtype = "float32"
+    return InputRecord(name, dtype, (1, *(int(d) for d in x.shape[1:])), 0)
+
+
+def _propagate_recorded(gm: fx.GraphModule, model, stats: Stats) -> None:
+    """Shapes on ``gm``'s nodes from a batch of two zero samples shaped as the stats' recorded inputs."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    records = [r for r in stats.inputs if r.batch_axis is not None]
+    if len(records) != len(stats.inputs) or len(records) != sum(n.op == "placeholder" for n in gm.graph.nodes):
+        return
+    place = placement_of(model)
+    batch = tuple(place(torch.zeros((2, *r.shape[1:]), dtype=torch.from_numpy(np.zeros(0, r.dtype)).dtype))
+                  for r in records)
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*batch)
+    except Exception as e:  # the model does not take the calibrated inputs: not its stats
+        shapes = ", ".join(str(tuple(r.shape)) for r in records)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise StatsError(f"stats were measured on inputs of shape {shapes} (one sample), which this model does not "
+                         f"take ({reason}); stats of another model?") from None
+
+
 def site_device(gm: fx.GraphModule, site: Site) -> torch.device:
     """Where the guarded tensor lives: its traced value's device, else the module's first tensor's."""
     val = site.feed.meta.get("val", site.feed.meta.get("example_value"))
@@ -84,6 +130,7 @@ def insert_module(gm: fx.GraphModule, site: Site, module: nn.Module, attr: str) 
 
 
 def fx_fingerprint(gm: fx.GraphModule) -> str:
+    """The structure of ``gm`` (ops, targets, arguments): equal for two traces of one model, whatever its widths."""
     h = hashlib.sha256()
     for n in gm.graph.nodes:
         h.update(f"{n.op}|{n.target}|{[getattr(a, 'name', repr(a)) for a in n.args]}".encode())
@@ -92,12 +139,23 @@ def fx_fingerprint(gm: fx.GraphModule) -> str:
 
 def harden_fx(model, stats: Stats, alpha: float | AlphaPlan = 0.2, *, mode: Mode | str = Mode.MEANSPARSE,
               center: Center | str = Center.MEAN, example: tuple | None = None) -> fx.GraphModule:
-    """A GraphModule with a :class:`MeanSparse` before every site of ``stats`` (matched by name,
-    or by position when an exporter renamed a node)."""
+    """A GraphModule with a :class:`MeanSparse` before every site of ``stats`` (matched by name; by position,
+    kind and channel count where the graph is not the one calibrated, e.g. an exporter renamed a node).
+
+    Channel counts come from the graph's shapes: ``torch.export`` and dynamo graphs carry them, a traced
+    module gets them from ``example`` or, without it, from the calibration samples the stats record."""
     gm, exported = editable(model, example)
+    if example is None and not exported:
+        _propagate_recorded(gm, model, stats)
     sel = stats.selection
     table = site_table(gm, exported, stats.placement, Selection(include_se=sel.include_se, framework="fx"))
-    plan = build_plan(table, stats, alpha, Mode(mode), Center(center), by_position=True, check_feeds=False)
+    unknown = [s.name for s in table if s.rank is None]
+    if unknown:
+        raise UsageError(f"gives no shapes for site {unknown[0]!r}, and the stats record no inputs to propagate: "
+                         "pass example (one batch of the model's inputs) so that the stats' channel counts can be "
+                         "checked", param="model")
+    same = stats.fingerprint == fx_fingerprint(gm)  # the graph calibrated: names must match as they are
+    plan = build_plan(table, stats, alpha, Mode(mode), Center(center), by_position=not same, check_feeds=False)
     for i, (site, params) in enumerate(plan.entries):
         st, a = plan.stats.sites[site.name], plan.alphas[site.name]
         sigma = params.threshold / a if a > 0 else np.sqrt(st.moments.var)

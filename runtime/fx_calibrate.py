@@ -11,7 +11,7 @@ from mstransform.core.errors import DataError
 from mstransform.core.moments import Moments, chan_merge
 from mstransform.core.options import Placement, Selection
 from mstransform.core.stats import SiteStats, Stats
-from mstransform.passes.fx import editable, fx_fingerprint, insert_module, site_table
+from mstransform.passes.fx import editable, fx_fingerprint, input_record, insert_module, placement_of, site_table
 
 
 class MomentsObserver(nn.Module):
@@ -96,15 +96,6 @@ def _batches(data, batch_size: int, limit: int | None):
             return  # stop before pulling another batch from a lazy source
 
 
-def _placement(model):
-    """A function that moves a floating-point batch to the device and dtype of ``model``'s weights."""
-    state = model.state_dict if isinstance(getattr(model, "state_dict", None), dict) else model.state_dict()
-    ref = next((t for t in state.values() if torch.is_tensor(t) and t.is_floating_point()), None)
-    if ref is None:
-        return lambda x: x
-    return lambda x: x.to(device=ref.device, dtype=ref.dtype) if x.is_floating_point() else x.to(ref.device)
-
-
 def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATIONS, example: tuple | None = None,
                  batch_size: int = 64, limit: int | None = None, include_se: bool = False,
                  progress: bool = True, extent: bool = False) -> Stats:
@@ -118,7 +109,7 @@ def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATI
     """
     from tqdm.auto import tqdm
 
-    place = _placement(model)
+    place = placement_of(model)
     batches = (place(x) for x in _batches(data, batch_size, limit))
     first = next(batches, None)
     if first is None:
@@ -127,6 +118,9 @@ def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATI
     selection = Selection(include_se=include_se, framework="fx")
     gm, exported = editable(model, example)
     table = site_table(gm, exported, placement, selection)
+    fingerprint = fx_fingerprint(gm)  # of the model's own graph, before the observers go in
+    names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    inputs = (input_record(names[0], first),) if len(names) == 1 else ()
     observers = {}
     for i, site in enumerate(table):
         obs = MomentsObserver(site.axis if site.axis is not None else 1, extent)
@@ -144,4 +138,4 @@ def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATI
     bar.close()
     sites = {name: SiteStats(name, site.feed.name, site.kind, obs.axis, obs.rank, obs.dtype, obs.moments)
              for (name, obs), site in zip(observers.items(), table)}
-    return Stats(fx_fingerprint(gm), table.placement, sites, samples, selection)
+    return Stats(fingerprint, table.placement, sites, samples, selection, inputs)
