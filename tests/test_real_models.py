@@ -43,7 +43,7 @@ U32 = 2.0**-24
 THREADS = 2
 
 # Calibration samples per model (small: the tier runs on 2 CPU cores).
-SAMPLES = {"open-nsfw": 4, "orientation": 4, "ocr-rec-v4": 4, "mnist-cntk": 120, "ocr-cls-v2": 64}
+SAMPLES = {"open-nsfw": 4, "orientation": 4, "ocr-rec-v4": 4, "mnist-cntk": 120, "ocr-cls-v2": 64, "dtln-mask": 32}
 DEFAULT_SAMPLES = 6
 
 # Channel axes that the graph fixes (site -> (axis, channels)): silero's decoder Relu reads the
