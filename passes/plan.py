@@ -3,7 +3,10 @@
 A plan is, per chosen site, the site (with the channel axis and rank the statistics were measured
 along) and its :class:`~mstransform.core.params.SiteParams` (center and threshold per channel).
 Sites the statistics never reached (inside branches no calibration sample took) and sites the
-selection narrows away are left out; every constant must be finite in the site's own type.
+selection narrows away are left out; every constant must be finite in the site's own type. A plan
+with nothing to insert is an error, never an unhardened model written with exit 0: a selection that
+keeps no site (usage), statistics that reached none of the chosen sites or that call a main-graph
+site unreached (stats). Alpha 0 is not empty: its sites are planned, as the identity.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mstransform.core.errors import StatsError
+from mstransform.core.errors import ModelError, StatsError, UsageError
 from mstransform.core.options import AlphaPlan, Center, Mode, Selection
 from mstransform.core.params import SiteParams, site_params
 from mstransform.core.stats import Stats
@@ -38,7 +41,20 @@ def build_plan(table: SiteTable, stats: Stats, alpha: float | AlphaPlan, mode: M
     ``dtype_of(site)`` gives a site's numpy dtype, for the check that every constant is finite in it."""
     matched = stats.matched_to([(s.name, s.kind, s.channels, s.feed_name) for s in table], by_position=by_position,
                                check_feeds=check_feeds)
-    chosen = [s for s in table if narrow.rejects((s.name, s.feed_name)) is None and s.name in matched.sites]
+    main = [s.name for s in table if s.graph == "main" and s.name in matched.unreached]
+    if main:
+        raise StatsError(f"stats list site {main[0]!r} as unreached, but it is in the main graph, which every sample "
+                         "runs; the stats file is corrupt or of another model: recalibrate")
+    selected = [s for s in table if narrow.rejects((s.name, s.feed_name)) is None]
+    if table.sites and not selected:
+        raise nothing_selected(narrow, len(table), "harden")
+    if not selected:
+        raise ModelError("the model has no sites to harden; `mstransform sites` says why")
+    chosen = [s for s in selected if s.name in matched.sites]
+    if not chosen:
+        raise StatsError(f"no site to harden: the stats list all {len(selected)} selected site(s) as unreached "
+                         "(inside branches or loops that no calibration sample entered); calibrate on data that "
+                         "reaches them")
     alphas = AlphaPlan.of(alpha).per_site([s.name for s in chosen])
     entries = []
     for s in chosen:
@@ -48,6 +64,15 @@ def build_plan(table: SiteTable, stats: Stats, alpha: float | AlphaPlan, mode: M
             _check_representable(entry, np.dtype(dtype_of(s)))
         entries.append(entry)
     return Plan(tuple(entries), alphas, matched)
+
+
+def nothing_selected(selection: Selection, available: int, what: str) -> UsageError:
+    """The error for include/exclude patterns that keep none of the ``available`` sites."""
+    param = "include" if selection.include else "exclude"
+    pattern = selection.include or selection.exclude
+    also = f" (with exclude {selection.exclude!r})" if selection.include and selection.exclude else ""
+    return UsageError(f"{pattern!r}{also} leaves none of the model's {available} site(s) to {what}; "
+                      "`mstransform sites` lists them", param=param)
 
 
 def _check_representable(entry: tuple[Site, SiteParams], dtype: np.dtype) -> None:

@@ -290,6 +290,9 @@ def test_plan_leaves_out_narrowed_and_unreached_sites(tmp_path):
     stats = stats_for(table, MEANS, VARS)
     assert [s.name for s, _ in build_plan(table, stats, 0.2, Mode.MEANSPARSE, Center.MEAN,
                                           narrow=Selection(exclude="r2")).entries] == ["r1"]
+    import dataclasses
+
+    table.sites[1] = dataclasses.replace(table.sites[1], graph="If_0:then_branch")  # only a body site may be unreached
     partial = stats_for(list(table)[:1], MEANS[:1], VARS[:1], unreached=["r2"])
     assert [s.name for s, _ in build_plan(table, partial, 0.2, Mode.MEANSPARSE, Center.MEAN).entries] == ["r1"]
 

@@ -25,14 +25,14 @@ from mstransform.passes.prepare import load_model
 from mstransform.passes.references import with_references
 from mstransform.passes.sites import SiteTable
 from mstransform.runtime.accuracy import Accuracy, accuracy, is_class_scores, score
-from mstransform.runtime.calibrate import calibrate_table
+from mstransform.passes.plan import nothing_selected
+from mstransform.runtime.calibrate import SampleHead, calibrate_table
 from mstransform.runtime.data import DataSource, Preprocess
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.outputs import declared_outputs, gather_outputs
 from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, make_session, open_session,
                                          providers_for)
-from mstransform.tools.harden import (Hardened, HardenReport, harden, harden_model, probe_from, refuse_hardened,
-                                      retract_output)
+from mstransform.tools.harden import Hardened, HardenReport, harden, harden_model, refuse_hardened, retract_output
 
 __all__ = ["Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "build_engine", "calibrate",
            "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output", "find_sites", "harden",
@@ -94,7 +94,12 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
 
 def harden_torch(model, stats: Stats | str | Path, alpha: float | AlphaPlan = 0.2, *,
                  mode: Mode | str = Mode.MEANSPARSE, center: Center | str = Center.MEAN, example: tuple | None = None):
-    """A hardened ``GraphModule`` of a torch ``nn.Module``, ``torch.export`` program or GraphModule."""
+    """A hardened ``GraphModule`` of a torch ``nn.Module``, ``torch.export`` program or GraphModule.
+
+    ``stats`` are checked against the model first, as :func:`harden` checks them: site names (kinds and
+    channel counts by position where the graph is another capture of the model) and every site's channel
+    count, read from the graph's shapes -- a traced module's from ``example`` or, without it, from the
+    calibration samples the stats record. Another model's stats raise :class:`StatsError` here."""
     from mstransform.passes.fx import harden_fx
 
     if not _is_torch(model):
@@ -132,6 +137,10 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
                          batch_axes: dict[str, int | None] | None = None) -> OneStepResult:
     """Calibrate on ``data``, harden with the new stats (probing with real data), and write both files.
 
+    ``data`` is read once, as calibration reads it (a generator or a ``DataLoader`` works): every sample
+    counts in the stats, and the self-check's probe is the first samples of the first batch, kept as
+    calibration read them.
+
     ``runtime`` runs the calibration and the self-check; ``precision`` is that of the written model;
     ``selection``'s include/exclude patterns choose which calibrated sites are hardened.
 
@@ -144,14 +153,19 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
     output, stats_output = check_outputs([output, stats_output], [*with_references(model),
                                          data if isinstance(data, (str, Path)) else None], models=[output])
     m = load_model(model)
-    AlphaPlan.of(alpha).per_site([s.name for s in _find_sites(m, placement)
-                                  if selection.rejects((s.name, s.feed_name)) is None])
-    preprocess = preprocess or Preprocess()
-    refuse_hardened(m)  # before the expensive step, not after it
-    probe = probe_from(DataSource(data, input_specs(m, batch_axes), batch_size=8, limit=8, preprocess=preprocess))
-    stats = calibrate(model, data, placement=placement, batch_size=batch_size, limit=limit, preprocess=preprocess,
-                      threads=threads, log=log, runtime=runtime, extent=True if mode is Mode.FORGED else None,
-                      batch_axes=batch_axes)
+    found = _find_sites(m, placement)
+    chosen = [s.name for s in found if selection.rejects((s.name, s.feed_name)) is None]
+    if len(found) and not chosen:  # before the expensive step, not after it
+        raise nothing_selected(selection, len(found), "harden")
+    AlphaPlan.of(alpha).per_site(chosen)
+    refuse_hardened(m)
+    check_runtime_choice(runtime)
+    keep = SampleHead(min(batch_size, 8))  # the probe: the first samples calibration reads, never read twice
+    stats = calibrate_table(m, found, data, batch_size=batch_size, limit=limit, preprocess=preprocess or Preprocess(),
+                            threads=threads, log=log, runtime=runtime, providers=providers_for(None),
+                            extent=mode is Mode.FORGED or placement is Placement.LINEAR_INPUTS,
+                            batch_axes=batch_axes, keep=keep)
+    probe = keep.inputs
     report = harden(model, stats, output, alpha=alpha, mode=mode, center=center, formulation=formulation,
                     selection=selection, probe=probe, verify=verify, threads=threads,
                     precision=precision, runtime=runtime)  # publishes nothing when it fails
