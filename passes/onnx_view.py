@@ -7,11 +7,10 @@ import dataclasses
 import onnx_ir as ir
 
 from mstransform.passes.catalogue import ONNX_POOLS, Layout
-from mstransform.core.errors import UsageError
 from mstransform.core.options import Placement, Selection
 from mstransform.passes._ir import is_const, other_input, static_shape
 from mstransform.passes.onnx_rules import match_activations
-from mstransform.passes.sites import Candidate, Rejection, SiteTable, build_site_table
+from mstransform.passes.sites import Candidate, Rejection, SiteTable, found_sites, select
 from mstransform.passes.subgraphs import graphs, owners, where
 
 CONV_LIKE = {"Conv", "ConvTranspose", "BatchNormalization", "MaxPool", "AveragePool", "InstanceNormalization",
@@ -138,7 +137,7 @@ def find_sites(model: ir.Model, placement: Placement | str = Placement.ACTIVATIO
     whole = SiteTable(Placement(placement), [], [])
     taken: set[str] = set()
     for graph in graphs(model):  # names first, so the selection and axis overrides see the names users see
-        table = build_site_table(OnnxView(graph), placement, Selection(include_se=selection.include_se))
+        table = found_sites(OnnxView(graph), placement, selection.include_se)
         place = where(graph, model, owned)
         for site in table.sites:
             if place != "main":
@@ -150,27 +149,4 @@ def find_sites(model: ir.Model, placement: Placement | str = Placement.ACTIVATIO
             whole.sites.append(site if name == site.name else dataclasses.replace(site, name=name))
         whole.rejected.extend(table.rejected if place == "main" else
                               [dataclasses.replace(r, node=f"{place}/{r.node}") for r in table.rejected])
-    return _select(whole, selection)
-
-
-def _select(table: SiteTable, selection: Selection) -> SiteTable:
-    """The user's include/exclude patterns and channel-axis overrides, over the sites of every graph."""
-    kept, rejected = [], list(table.rejected)
-    for s in table.sites:
-        why = selection.rejects((s.name, s.feed_name))
-        if why:
-            rejected.append(Rejection(s.name, s.kind, why))
-        else:
-            kept.append(s)
-    by_name = {s.name: i for i, s in enumerate(kept)}
-    for name, axis in selection.axes:
-        if name not in by_name:
-            raise UsageError(f"names unknown site {name!r}; `mstransform sites` lists them", param="axes")
-        s = kept[by_name[name]]
-        if s.rank is not None and not -s.rank <= axis < s.rank:
-            raise UsageError(f"{axis} is out of range for site {name!r} of rank {s.rank}", param="axes")
-        ax = axis % s.rank if s.rank is not None else axis
-        shape = static_shape(s.feed)
-        kept[by_name[name]] = dataclasses.replace(s, axis=ax, axis_rule="override",
-                                                  channels=shape[ax] if shape is not None else None)
-    return SiteTable(table.placement, kept, rejected)
+    return select(whole, selection, static_shape)

@@ -45,6 +45,7 @@ class Site:
     feed_name: str = ""
     all_uses: bool = False
     graph: str = "main"  # where the tensor lives: the main graph or a body (``/If_0:then_branch``)
+    no_axis: str = ""  # why no channel axis of fixed size was found (the site is rejected unless --axis names one)
 
 
 @dataclass(frozen=True)
@@ -155,9 +156,25 @@ def _site(src: SiteSource, name, kind, form, feed, readers, *, producer=None, al
     shape = src.shape(feed)
     rank = None if shape is None else len(shape)
     axis, rule = channel_axis(src, feed, rank)
+    axis, rule, no_axis = fixed_axis(shape, axis, rule, name)
     channels = shape[axis] if (shape is not None and axis is not None) else None
     return Site(name, kind, form, producer or src.describe_producer(feed), feed, tuple(readers), rank, axis, rule,
-                channels, src.value_name(feed), all_uses)
+                channels, src.value_name(feed), all_uses, no_axis=no_axis)
+
+
+def fixed_axis(shape, axis: int | None, rule: str, name: str) -> tuple[int | None, str, str]:
+    """Channels are a fixed number: a rule's axis whose dim is declared dynamic (a named dim, ``seq_len``) is no
+    channel axis. The one other axis of fixed size > 1 (batch aside) takes its place; with none or several, no
+    axis and the reason (statistics per sequence position would tie the model to one length).
+    Returns ``(axis, rule, why not)``; an unknown dim (no shape inferred) is read off a run instead."""
+    if shape is None or axis is None or not isinstance(shape[axis], str):
+        return axis, rule, ""
+    fixed = [i for i, d in enumerate(shape) if i > 0 and isinstance(d, int) and d > 1]
+    if len(fixed) == 1:
+        return fixed[0], f"the one fixed-size axis ({rule}: axis {axis} is '{shape[axis]}')", ""
+    dims = "[" + ",".join(str(d) if d is not None else "?" for d in shape) + "]"
+    return None, rule, (f"no channel axis of fixed size: {rule} gives axis {axis}, dynamic ('{shape[axis]}') in "
+                        f"{dims}; --axis {name}=AXIS names one")
 
 
 def _activation_sites(src: SiteSource, include_se: bool, rejected: list, taken: set):
@@ -235,13 +252,18 @@ def _linear_input_sites(src: SiteSource, include_se: bool, rejected: list, taken
 
 def build_site_table(src: SiteSource, placement: Placement | str, selection: Selection = Selection()) -> SiteTable:
     """The sites of ``placement`` in the graph behind ``src``, filtered and re-axed by ``selection``."""
+    return select(found_sites(src, placement, selection.include_se), selection, src.shape)
+
+
+def found_sites(src: SiteSource, placement: Placement | str, include_se: bool = False) -> SiteTable:
+    """Every site of ``placement`` the rules find in the graph behind ``src``, before the user's selection."""
     placement = Placement(placement)
     rejected: list[Rejection] = []
     taken: set[str] = set()
     if placement is Placement.LINEAR_INPUTS:
-        sites = _linear_input_sites(src, selection.include_se, rejected, taken)
+        sites = _linear_input_sites(src, include_se, rejected, taken)
     else:
-        acts = _activation_sites(src, selection.include_se, rejected, taken)
+        acts = _activation_sites(src, include_se, rejected, taken)
         sites = [s for _, s in acts]
         if placement is Placement.ACTIVATIONS_RESIDUAL:
             claimed = {id(n) for m, _ in acts for n in m.nodes}
@@ -249,27 +271,30 @@ def build_site_table(src: SiteSource, placement: Placement | str, selection: Sel
             sites += _residual_sites(src, claimed, fed, rejected, taken)
             order = src.order()
             sites.sort(key=lambda s: min(order[id(src.reader_node(r))] for r in s.readers))
-    kept = []
-    for s in sites:
+    return SiteTable(placement, sites, rejected)
+
+
+def select(table: SiteTable, selection: Selection, shape_of) -> SiteTable:
+    """The user's include/exclude patterns and channel-axis overrides over ``table`` (the found sites stay
+    untouched: new Site objects); a site still without a channel axis of fixed size is rejected with its
+    reason. ``shape_of(feed)`` is the graph's static shape of a site's tensor."""
+    kept, rejected = [], list(table.rejected)
+    for s in table.sites:
         why = selection.rejects((s.name, s.feed_name))
         if why:
             rejected.append(Rejection(s.name, s.kind, why))
         else:
             kept.append(s)
-    return SiteTable(placement, _override_axes(kept, dict(selection.axes), src), rejected)
-
-
-def _override_axes(sites: list[Site], axes: dict[str, int], src: SiteSource) -> list[Site]:
-    """Sites with the user's channel axes; new Site objects, the found ones stay untouched."""
-    by_name = {s.name: s for s in sites}
-    for name, axis in axes.items():
-        s = by_name.get(name)
-        if s is None:
+    by_name = {s.name: i for i, s in enumerate(kept)}
+    for name, axis in selection.axes:
+        if name not in by_name:
             raise UsageError(f"names unknown site {name!r}; `mstransform sites` lists them", param="axes")
+        s = kept[by_name[name]]
         if s.rank is not None and not -s.rank <= axis < s.rank:
             raise UsageError(f"{axis} is out of range for site {name!r} of rank {s.rank}", param="axes")
         ax = axis % s.rank if s.rank is not None else axis
-        shape = src.shape(s.feed)
-        by_name[name] = dataclasses.replace(s, axis=ax, axis_rule="override",
-                                            channels=shape[ax] if shape is not None else None)
-    return [by_name[s.name] for s in sites]
+        shape = shape_of(s.feed)
+        kept[by_name[name]] = dataclasses.replace(s, axis=ax, axis_rule="override", no_axis="",
+                                                  channels=shape[ax] if shape is not None else None)
+    rejected += [Rejection(s.name, s.kind, s.no_axis) for s in kept if s.no_axis]
+    return SiteTable(table.placement, [s for s in kept if not s.no_axis], rejected)
