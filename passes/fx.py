@@ -151,9 +151,9 @@ def harden_fx(model, stats: Stats, alpha: float | AlphaPlan = 0.2, *, mode: Mode
     table = site_table(gm, exported, stats.placement, Selection(include_se=sel.include_se, framework="fx"))
     unknown = [s.name for s in table if s.rank is None]
     if unknown:
-        raise UsageError(f"gives no shapes for site {unknown[0]!r}, and the stats record no inputs to propagate: "
-                         "pass example (one batch of the model's inputs) so that the stats' channel counts can be "
-                         "checked", param="model")
+        raise UsageError(f"gives no shape for site {unknown[0]!r} and the stats record no inputs it takes: pass "
+                         "example (one batch of the model's inputs), so that the stats' channel counts can be checked",
+                         param="model")
     same = stats.fingerprint == fx_fingerprint(gm)  # the graph calibrated: names must match as they are
     plan = build_plan(table, stats, alpha, Mode(mode), Center(center), by_position=not same, check_feeds=False)
     for i, (site, params) in enumerate(plan.entries):

@@ -201,6 +201,8 @@ def test_harden_torch_refuses_another_models_stats():
     exported = torch.export.export(convnet(12), (torch.zeros(2, 3, 6, 6),))
     with pytest.raises(StatsError, match="channels"):
         mst.harden_torch(exported, stats, alpha=0.2)
+    with pytest.raises(UsageError, match="example"):  # no shapes to check against: asked for, not guessed
+        mst.harden_torch(convnet(12), dataclasses.replace(stats, inputs=()), alpha=0.2)
     # its own stats still harden it, with or without an example batch
     for example in (None, (torch.from_numpy(x[:2]),)):
         hardened = mst.harden_torch(convnet(8), stats, alpha=0.2, example=example)
