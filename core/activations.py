@@ -209,17 +209,30 @@ def _error(g: np.ndarray, f: np.ndarray) -> float:
     return float(np.max(err)) if np.all(np.isfinite(err)) else math.inf
 
 
+@functools.lru_cache(maxsize=1)
+def _fixed() -> tuple[list[Reference], np.ndarray, np.ndarray]:
+    """The references without parameters, their values on GRID and the tolerance there (computed once)."""
+    refs = [r for r in REFERENCES if r.fit is None]
+    values = np.stack([r.f(GRID) for r in refs])
+    return refs, values, ATOL + RTOL * np.abs(values)
+
+
 def closest(g: np.ndarray) -> Identified | None:
     """The reference nearest to the values ``g`` on :data:`GRID` (agreeing or not), or None for non-finite values."""
     if g.shape != GRID.shape or g.dtype == bool or not np.all(np.isfinite(g)):
         return None
-    best = None
+    refs, values, tol = _fixed()
+    errors = np.max(np.abs(g - values) / tol, axis=1)
+    i = int(np.argmin(errors))
+    best = Identified(refs[i].kind, refs[i].form, {}, float(errors[i]))
     for ref in REFERENCES:
-        params = ref.fit(g) if ref.fit is not None else {}
+        if ref.fit is None:
+            continue
+        params = ref.fit(g)
         if params is None:
             continue
         err = _error(g, ref.f(GRID, **params))
-        if best is None or err < best.error:
+        if err < best.error:
             best = Identified(ref.kind, ref.form, params, err)
     return best
 
