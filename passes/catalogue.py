@@ -99,6 +99,12 @@ class GraphView(Protocol, Generic[N, V]):
 
     def node_name(self, node: N) -> str: ...
 
+    def constant_shapes(self, node: N) -> list[tuple[int, ...]]:
+        """The shapes of the node's constant operands (a bias, a scale)."""
+
+    def is_reduction(self, node: N) -> bool:
+        """A reduction over a tensor's elements (a mean, a sum, a max), whose output is a statistic."""
+
 
 def squeeze_source(view: GraphView, value, hops: int = SE_HOPS):
     """If ``value`` descends from a global pooling within a few single-input hops, the pooled map."""
@@ -163,7 +169,7 @@ def channel_axis(view: GraphView, value, rank: int | None, limit: int = 16) -> t
         return None, "rank unknown"
     if rank <= 2:
         return axis_by_rank(rank)
-    frontier, seen = [value], 0
+    frontier, seen, biased = [value], 0, None
     while frontier and seen < limit:
         node = view.producer(frontier.pop(0))
         seen += 1
@@ -179,10 +185,49 @@ def channel_axis(view: GraphView, value, rank: int | None, limit: int = 16) -> t
         if layout is Layout.TOKENS:
             return rank - 1, "tokens (N,L,C)" if rank == 3 else "last axis (after MatMul/LayerNorm)"
         if layout is Layout.KEEP:
+            if biased is None:
+                biased = bias_axis(view.constant_shapes(node), rank)
             frontier.extend(view.computed_inputs(node))
             continue
         break
+    if biased is not None:  # no layer said; a per-channel constant on the way did
+        return biased, "per-channel constant (bias, scale) along it"
     return _axis_of_readers(view, value, rank, limit) or axis_by_rank(rank)
+
+
+def bias_axis(shapes: list[tuple[int, ...]], rank: int) -> int | None:
+    """The axis a per-channel constant runs along: one broadcast shape of ``rank`` with exactly one dim > 1 (a
+    bias ``(1, C, 1)`` after a convolution an exporter split off, a ``(C,)`` bias after a MatMul); None when no
+    constant says (a positional table ``(1, L, C)`` runs along two)."""
+    for shape in shapes:
+        if len(shape) > rank or not all(isinstance(d, int) for d in shape):
+            continue
+        dims = [1] * (rank - len(shape)) + list(shape)
+        big = [i for i, d in enumerate(dims) if d > 1]
+        if len(big) == 1:
+            return big[0]
+    return None
+
+
+REDUCTION_HOPS = 8
+
+
+def is_statistic(view: GraphView, value, limit: int = REDUCTION_HOPS) -> str | None:
+    """Where ``value`` is computed elementwise from reductions alone (a LayerNorm's ``E[x^2] - E[x]^2`` guarded by
+    ``Max(., 0)``), the name of one: a statistic of a tensor, not a feature an activation reads. Else None."""
+    frontier, sources, seen = [value], [], 0
+    while frontier and seen < limit:
+        node = view.producer(frontier.pop(0))
+        seen += 1
+        if node is None:
+            continue
+        if view.layout(node) is Layout.KEEP:
+            frontier.extend(view.computed_inputs(node))
+        else:
+            sources.append(node)
+    if sources and not frontier and all(view.is_reduction(n) for n in sources):
+        return view.node_name(sources[0])
+    return None
 
 
 def _axis_of_readers(view: GraphView, value, rank: int, limit: int) -> tuple[int, str] | None:

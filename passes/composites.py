@@ -236,7 +236,7 @@ class _Finder:
                     if c is not None and (near is None or c.error < near.error):
                         near, merged_nodes = c, nodes
         leak = None
-        for _, _, _, ident, x, y, nodes in sorted(candidates, key=lambda c: c[:3]):
+        for _, _, _, ident, x, y, nodes in sorted(_fewest_extra(candidates), key=lambda c: c[:3]):
             inner = self.leaking(nodes, y)
             if inner is None:
                 return Composite(ident, x, y, nodes, self.readers(x, nodes)), near, merged_nodes, leak
@@ -263,6 +263,18 @@ class _Finder:
                     nxt.append(self.g.output(user))
             frontier = nxt
         return None
+
+
+def _fewest_extra(candidates: list) -> list:
+    """Drop a candidate that only extends a narrower one of the same kind from the same input and agrees no better
+    (``Max(v, 0) + 1e-6`` is within tolerance of a Relu, but the Relu is the ``Max``)."""
+    kept = []
+    for c in candidates:
+        nodes = {id(n) for n in c[6]}
+        if not any(o is not c and o[3].kind == c[3].kind and o[4] is c[4] and o[3].error <= c[3].error
+                   and {id(n) for n in o[6]} < nodes for o in candidates):
+            kept.append(c)
+    return kept
 
 
 def find_composites(graph: ElementwiseGraph, single=lambda node: False,

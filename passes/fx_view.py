@@ -58,6 +58,7 @@ TOKEN_TARGETS = ("linear", "matmul", "addmm", "mm", "bmm", "layer_norm")
 KEEP_TARGETS = ("add", "sub", "mul", "div", "dropout", "clone", "contiguous", "to", "_to_copy")
 CONV_MODULES = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.MaxPool2d, nn.AvgPool2d)
 TOKEN_MODULES = (nn.Linear, nn.LayerNorm)
+REDUCTIONS = ("mean", "sum", "amax", "amin", "var", "std", "var_mean", "prod", "max", "min")
 LINEAR_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
 LINEAR_TARGETS = ("linear", "conv1d", "conv2d", "conv3d", "convolution")
 
@@ -118,6 +119,20 @@ class FxView:
         if name in TOKEN_TARGETS:
             return Layout.TOKENS
         return Layout.KEEP if name in KEEP_TARGETS or self.kind_of(node) else Layout.UNKNOWN
+
+    def constant_shapes(self, node) -> list[tuple[int, ...]]:
+        if node.op != "call_function" or _target_name(node) not in ("add", "sub", "mul", "div", "truediv"):
+            return []
+        shapes = []
+        for a in node.args:
+            if isinstance(a, fx.Node) and a.op == "get_attr":
+                t = getattr(self.gm, a.target, None)
+                if isinstance(t, torch.Tensor):
+                    shapes.append(tuple(t.shape))
+        return shapes
+
+    def is_reduction(self, node) -> bool:
+        return node.op in ("call_function", "call_method") and _target_name(node).split(".")[0] in REDUCTIONS
 
     def node_name(self, node) -> str:
         return f"node_{node.name}" if self.exported else (node.target if node.op == "call_module" else node.name)

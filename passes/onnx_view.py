@@ -8,7 +8,7 @@ import onnx_ir as ir
 
 from mstransform.passes.catalogue import ONNX_POOLS, Layout
 from mstransform.core.options import Placement, Selection
-from mstransform.passes._ir import is_const, other_input, static_shape
+from mstransform.passes._ir import const_array, is_const, other_input, static_shape
 from mstransform.passes.onnx_rules import match_activations
 from mstransform.passes.sites import Candidate, Rejection, SiteTable, found_sites, select
 from mstransform.passes.subgraphs import graphs, owners, where
@@ -67,6 +67,14 @@ class OnnxView:
 
     def node_name(self, node) -> str:
         return node.name or "?"
+
+    def constant_shapes(self, node) -> list[tuple[int, ...]]:
+        if node.op_type not in ("Add", "Sub", "Mul", "Div"):
+            return []
+        return [tuple(const_array(v).shape) for v in node.inputs if v is not None and const_array(v) is not None]
+
+    def is_reduction(self, node) -> bool:
+        return node.op_type.startswith("Reduce")
 
     # -- SiteSource ---------------------------------------------------------------------------
     def activations(self):

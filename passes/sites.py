@@ -22,7 +22,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mstransform.passes.catalogue import RESIDUAL, GraphView, channel_axis, is_residual, squeeze_excite_gate
+from mstransform.passes.catalogue import (RESIDUAL, GraphView, channel_axis, is_residual, is_statistic,
+                                         squeeze_excite_gate)
 from mstransform.core.errors import UsageError
 from mstransform.core.options import Placement, Selection
 
@@ -184,6 +185,11 @@ def _activation_sites(src: SiteSource, include_se: bool, rejected: list, taken: 
     for m in found:
         if src.is_const(m.feed):
             rejected.append(Rejection(m.name, m.kind, "input is a constant"))
+            continue
+        stat = is_statistic(src, m.feed)
+        if stat is not None:
+            rejected.append(Rejection(m.name, m.kind, f"input is a statistic reduced by '{stat}' (a normalization's "
+                                                      "variance, say), not a feature"))
             continue
         gate = squeeze_excite_gate(src, m.feed, m.out)
         if gate and not include_se:

@@ -258,10 +258,7 @@ EXPECTED_SITES: dict[str, list[Site]] = {
 }
 
 # Where today's tool finds other sites than the graph computes (the test of EXPECTED_SITES is xfail there).
-SITE_BUGS: dict[str, str] = {
-    "magika": "LayerNorm_0's variance guard Max(0, E[x^2] - E[x]^2) is taken for a Relu site, and the Conv "
-              "output's channel axis for axis 2 (508 positions) where its bias (1, 512, 1) fixes axis 1",
-}
+SITE_BUGS: dict[str, str] = {}
 
 MODELS_ADDED: dict[str, RealModel] = {m.id: m for m in [
     RealModel(

@@ -76,14 +76,48 @@ def test_no_single_fixed_axis_is_reported_and_the_override_applies(tmp_path):
 
 @pytest.mark.parametrize("fixed_batch", [False, True])
 def test_a_rank_1_tensor_has_no_channels(tmp_path, fixed_batch):
-    """A per-sample scalar ``[N]`` feeding a Relu: by rank its channel axis would be the batch."""
+    """A per-sample score ``[N]`` (a MatMul by a vector) feeding a Relu: by rank its channel axis is the batch."""
     n = 4 if fixed_batch else "N"
-    model = tiny_model([oh.make_node("ReduceSum", ["x", "ax"], ["r"], keepdims=0, name="sum"),
+    model = tiny_model([oh.make_node("MatMul", ["x", "w"], ["r"], name="score"),
                         oh.make_node("Relu", ["r"], ["y"], name="relu")], [("x", [n, 3])], [("y", [n])],
-                       {"ax": np.array([1], np.int64)}, opset=13)
+                       {"w": np.ones(3, np.float32)}, opset=13)
     onnx.save(onnx.shape_inference.infer_shapes(model), str(tmp_path / "m.onnx"))
     table = mst.find_sites(tmp_path / "m.onnx")
     if fixed_batch:  # a fixed batch of 4 is a fixed size: nothing in the graph says it is not channels
         assert [s.axis for s in table] == [0]
     else:
         assert len(table) == 0 and table.rejected[0].reason.startswith("no channel axis of fixed size")
+
+
+def test_a_bias_names_the_channel_axis_where_no_layer_does(tmp_path):
+    """jax2tf writes a Conv1D as Conv on [N, C, L, 1], Squeeze, then the bias ``(1, C, 1)``: the channels are
+    axis 1 (16), not the last axis the rank rule of a rank-3 tensor gives (10 positions)."""
+    rng = np.random.default_rng(0)
+    nodes = [oh.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             oh.make_node("Squeeze", ["c", "ax3"], ["sq"], name="sq"),
+             oh.make_node("Add", ["sq", "b"], ["z"], name="bias"), oh.make_node("Relu", ["z"], ["y"], name="relu")]
+    consts = {"w": rng.standard_normal((16, 3, 1, 1)).astype(np.float32), "ax3": np.array([3], np.int64),
+              "b": rng.standard_normal((1, 16, 1)).astype(np.float32)}
+    model = onnx.shape_inference.infer_shapes(tiny_model(nodes, [("x", ["N", 3, 10, 1])], [("y", None)], consts))
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    (site,) = mst.find_sites(tmp_path / "m.onnx").sites
+    assert (site.axis, site.channels, site.axis_rule) == (1, 16, "per-channel constant (bias, scale) along it")
+
+
+def test_a_normalizations_variance_guard_is_no_activation(tmp_path):
+    """``Max(E[x^2] - E[x]^2, 0)`` (jax's LayerNorm) computes a Relu of a statistic, not of a feature."""
+    nodes = [oh.make_node("Mul", ["x", "x"], ["sq"], name="sq"),
+             oh.make_node("ReduceMean", ["sq"], ["m2"], axes=[-1], name="m2"),
+             oh.make_node("ReduceMean", ["x"], ["m1"], axes=[-1], name="m1"),
+             oh.make_node("Mul", ["m1", "m1"], ["m1sq"], name="m1sq"), oh.make_node("Sub", ["m2", "m1sq"], ["var"], name="v"),
+             oh.make_node("Max", ["var", "zero"], ["guard"], name="guard"),
+             oh.make_node("Add", ["guard", "eps"], ["ve"], name="ve"), oh.make_node("Sqrt", ["ve"], ["sd"], name="sd"),
+             oh.make_node("Sub", ["x", "m1"], ["d"], name="d"), oh.make_node("Div", ["d", "sd"], ["n"], name="n"),
+             oh.make_node("Relu", ["n"], ["y"], name="relu")]
+    model = tiny_model(nodes, [("x", ["N", 8])], [("y", None)],
+                       {"zero": np.float32(0), "eps": np.float32(1e-6)}, opset=13)
+    onnx.save(onnx.shape_inference.infer_shapes(model), str(tmp_path / "ln.onnx"))
+    table = mst.find_sites(tmp_path / "ln.onnx")
+    assert [s.name for s in table] == ["relu"]
+    assert [(r.node, r.reason) for r in table.rejected] == [
+        ("guard", "input is a statistic reduced by 'm2' (a normalization's variance, say), not a feature")]
