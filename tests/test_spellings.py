@@ -356,3 +356,27 @@ def test_a_jax2tf_gelu_is_hardened_on_its_input(tmp_path):
     near_edge = np.abs(np.abs(x - mu) - alpha * sigma) < 1e-4 * (1 + np.abs(x))
     assert inside.any() and (~inside).any()
     np.testing.assert_allclose(got[~near_edge], want[~near_edge], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("spelling", ["gelu-tanh-jax2tf", "hardswish-keras"])
+def test_fx_hardens_a_spelled_activation_on_its_input(spelling):
+    """harden_torch puts the operator where the ONNX pass does: every read of the activation's input is guarded,
+    so the module computes ``act(sparsify(fc1(x)))``, checked against float64 torch with statistics of its own."""
+    _, act = _spelled(spelling)
+    torch.manual_seed(0)
+    net = Net(act).eval()
+    calib, probe = torch.randn(256, 4), torch.randn(64, 4)
+    stats = mst.calibrate(net, calib, progress=False)
+    alpha = 0.5
+    hardened = mst.harden_torch(net, stats, alpha)
+    with torch.no_grad():
+        h = net.fc1.double()(calib.double())
+        mu, sigma = h.mean(0), h.std(0, unbiased=False)
+        x = net.fc1(probe.double())
+        inside = (x - mu).abs() < alpha * sigma
+        want = net.fc2.double()(act(torch.where(inside, mu, x)))
+        got = hardened.float()(probe).double()
+    near_edge = ((x - mu).abs() - alpha * sigma).abs() < 1e-4 * (1 + x.abs())
+    assert inside.any() and (~inside).any()
+    rows = ~near_edge.any(dim=1)
+    torch.testing.assert_close(got[rows], want[rows], rtol=1e-4, atol=1e-5)
