@@ -20,6 +20,7 @@ import numpy as np
 
 from mstransform.core.errors import DependencyError, ModelError
 from mstransform.core.options import check_count
+from mstransform.runtime.session import first_line, run_step
 
 
 def import_openvino():
@@ -76,8 +77,7 @@ class OpenVinoSession:
             self._model = self._core.read_model(_source(model))
             self.compiled = self._core.compile_model(self._model, device, config)
         except Exception as e:  # OpenVINO raises RuntimeError with multi-line text
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"OpenVINO cannot load the model: {first}") from None
+            raise ModelError(f"OpenVINO cannot load the model: {first_line(e)}") from None
         self.request = self.compiled.create_infer_request()
         self._config = config
         self._static = not specialise or all(not p.get_partial_shape().is_dynamic for p in self.compiled.inputs)
@@ -204,6 +204,10 @@ class RuntimeGap:
                 f"of scale; outputs within {self.output_diff:.2g} of scale")
 
 
+def _run(session, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return run_step(session, names, feed, ModelError, "comparing OpenVINO with ONNX Runtime on the probe")
+
+
 def _decided(x: np.ndarray, c: np.ndarray, t: np.ndarray) -> np.ndarray:
     """The operator's own test ``|x - c| < t`` in ``x``'s type."""
     return np.abs(x - c.astype(x.dtype)) < t.astype(x.dtype)
@@ -218,7 +222,8 @@ def runtime_gap(path, feed: dict[str, np.ndarray], *, threads: int | None = None
     such differences come from rounding upstream (convolutions and matrix products summed in another
     order), and a flipped value moves by up to the threshold, which later layers carry forward, so
     later operators see larger input differences and flip more. Each flip is recorded with its distance
-    to the edge and the difference that allows it (:attr:`RuntimeGap.far` counts flips it does not explain)."""
+    to the edge and the difference that allows it (:attr:`RuntimeGap.far` counts flips it does not explain).
+    Operators of the main graph only (not inside ``If``/``Loop``/``Scan`` bodies)."""
     import onnx_ir as ir
 
     from mstransform.core.operator import unit_roundoff
@@ -229,15 +234,15 @@ def runtime_gap(path, feed: dict[str, np.ndarray], *, threads: int | None = None
     model = ir.load(str(path))
     ops = find_sparsify_ops(model.graph)
     outputs = [v.name for v in model.graph.outputs]
-    ort_out = make_session(path, providers=["CPUExecutionProvider"], threads=threads).run(outputs, feed)
-    ov_out = OpenVinoSession(path, threads=threads).run(outputs, feed)
+    ort_out = _run(make_session(path, providers=["CPUExecutionProvider"], threads=threads), outputs, feed)
+    ov_out = _run(OpenVinoSession(path, threads=threads), outputs, feed)
     scale = max((float(np.max(np.abs(o))) for o in ort_out if o.size), default=0.0)
     diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(ov_out, ort_out) if b.size),
                default=0.0)
     with exposed(model, [op.x for op in ops]) as seen:
         names = [seen.names[op.x.name] for op in ops]
-        xs_ort = make_session(model, providers=["CPUExecutionProvider"], threads=threads).run(names, feed)
-        xs_ov = OpenVinoSession(model, threads=threads, specialise=False).run(names, feed)
+        xs_ort = _run(make_session(model, providers=["CPUExecutionProvider"], threads=threads), names, feed)
+        xs_ov = _run(OpenVinoSession(model, threads=threads, specialise=False), names, feed)
     gaps = []
     for op, x_ort, x_ov in zip(ops, xs_ort, xs_ov):
         c = np.broadcast_to(op.center, x_ort.shape)
