@@ -6,6 +6,7 @@ import dataclasses
 
 import onnx_ir as ir
 
+from mstransform.core.activations import OPS
 from mstransform.passes.catalogue import ONNX_POOLS, Layout
 from mstransform.core.options import Placement, Selection
 from mstransform.passes._ir import const_array, is_const, other_input, static_shape
@@ -16,9 +17,8 @@ from mstransform.passes.subgraphs import graphs, owners, where
 CONV_LIKE = {"Conv", "ConvTranspose", "BatchNormalization", "MaxPool", "AveragePool", "InstanceNormalization",
              "GlobalAveragePool", "LpPool", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth"}
 TOKEN_LIKE = {"MatMul", "Gemm", "LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"}
-LAYOUT_KEEPING = {"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu",
-                  "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Mish", "Clip", "Erf", "Where",
-                  "Identity", "Cast", "Dropout", "Pow", "Abs", "Neg", "Sqrt", "Less", "Greater", "Min", "Max"}
+# Elementwise ops keep the layout: every op of the activations' vocabulary, and the value-keeping ones.
+LAYOUT_KEEPING = frozenset(OPS) | {"Cast", "CastLike", "Dropout", "PRelu"}
 LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
