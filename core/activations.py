@@ -23,7 +23,7 @@ import numpy as np
 
 # Inputs every candidate is evaluated on: dense where activations bend, wide enough that a
 # saturating function shows it saturates, and holding the points parameters are read at.
-GRID = np.unique(np.concatenate([np.linspace(-12.0, 12.0, 241), np.linspace(-3.0, 3.0, 121)]))
+GRID = np.unique(np.round(np.concatenate([np.linspace(-12.0, 12.0, 241), np.linspace(-3.0, 3.0, 121)]), 9))
 # Agreement with a reference, pointwise: |g - f| <= ATOL + RTOL * |f|. Wide enough for constants
 # written in float16 (1/6 as 0.16663) or to four digits (0.7071), narrow enough that a GELU whose
 # cubic coefficient is 0.05 instead of 0.044715 (2.7e-3 off near x = 2) is not a GELU.
