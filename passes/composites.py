@@ -23,7 +23,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from mstransform.core.activations import GRID, NONLINEAR, SQUASHING, VALUE_KEEPING, Identified, closest, evaluate, identify
+from mstransform.core.activations import (GRID, NONLINEAR, SQUASHING, VALUE_KEEPING, Identified, closest, evaluate,
+                                          identify)
 
 N = TypeVar("N")
 V = TypeVar("V")
