@@ -37,10 +37,9 @@ from mstransform.core.guards import check_readable, input_error
 from mstransform.core.npz import read_npz
 from mstransform.core.options import MAX_BATCH, check_count
 from mstransform.runtime.images import list_images, read_image
-from mstransform.runtime.inputs import InputSpec
+from mstransform.runtime.inputs import InputSpec, fixed_batch, fixed_dim
 
 __all__ = ["Batch", "DataSource", "InputSpec", "Preprocess"]
-
 
 
 @dataclass(frozen=True)
@@ -109,21 +108,18 @@ class DataSource:
         if total < self.fixed:
             raise DataError(f"data holds {total} sample(s) but the model takes batches of exactly {self.fixed} "
                             "(its inputs fix the batch size)")
-        if self.limit is not None and self.limit < self.fixed:
-            self.notes.append(f"note: the model takes batches of exactly {self.fixed}; the limit of {self.limit} "
-                              f"sample(s) is raised to {self.fixed}")
-            self.limit = self.fixed
-        n = len(self)
-        if n % self.fixed:
-            self.notes.append(f"note: the model takes batches of exactly {self.fixed}; the last {n % self.fixed} "
-                              "sample(s) are left out")
-            self.limit = n - n % self.fixed
+        n, note = len(self), f"note: the model takes batches of exactly {self.fixed}; "
+        if n < self.fixed:  # a limit below one batch
+            self.notes.append(note + f"the limit of {n} sample(s) is raised to {self.fixed}")
+        elif n % self.fixed:
+            self.notes.append(note + f"the last {n % self.fixed} sample(s) are left out")
+        self.limit = max(n - n % self.fixed, self.fixed)
 
     @property
     def axes(self) -> dict[str, int | None]:
         """Each input's axis along which a batch may be cut into fewer samples (:func:`head`): its batch
         axis, or None where the input is passed whole with every batch or the model fixes its batch size."""
-        return {s.name: None if _fixed_dim(s) else s.batch_axis for s in self.specs}
+        return {s.name: None if fixed_dim(s) else s.batch_axis for s in self.specs}
 
     @property
     def batched(self) -> list[InputSpec]:
@@ -345,19 +341,6 @@ def _labels(labels) -> np.ndarray:
     if not np.all(a == np.round(a)):
         raise DataError("data 'labels' hold fractional values; class labels must be integers")
     return a.astype(np.int64)
-
-
-def _fixed_dim(spec: InputSpec) -> int | None:
-    """The size ``spec`` fixes on its batch axis (``[8, 6]`` -> 8), or None where that dim is dynamic."""
-    if spec.batch_axis is None or spec.shape is None or spec.batch_axis >= len(spec.shape):
-        return None
-    return spec.shape[spec.batch_axis]
-
-
-def fixed_batch(specs: list[InputSpec]) -> int | None:
-    """The batch size a model fixes in its inputs' batch dims (``[1, 3, 224, 224]``), if any."""
-    sizes = {_fixed_dim(s) for s in specs} - {None}
-    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _exact_cast(spec: InputSpec, x: np.ndarray) -> np.ndarray:

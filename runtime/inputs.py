@@ -21,6 +21,7 @@ The main input's own axis 0 is its batch axis whenever it has one, dynamic or fi
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,18 +131,61 @@ def _inferred_axis(s: InputSpec, main: InputSpec | None, batch_name: str | None)
     return 0 if 0 in same else None
 
 
-def parse_batch_axes(specs: list[str] | None) -> dict[str, int | None]:
-    """``NAME=AXIS`` or ``NAME=none`` strings as the command line takes them."""
+def fixed_dim(spec: InputSpec) -> int | None:
+    """The size ``spec`` fixes on its batch axis (``[8, 6]`` -> 8), or None where that dim is dynamic."""
+    if spec.batch_axis is None or spec.shape is None or spec.batch_axis >= len(spec.shape):
+        return None
+    return spec.shape[spec.batch_axis]
+
+
+def fixed_batch(specs: list[InputSpec]) -> int | None:
+    """The batch size a model fixes in its inputs' batch dims (``[1, 3, 224, 224]``), if any."""
+    sizes = {fixed_dim(s) for s in specs} - {None}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def parse_batch_axes(specs: list[str] | None, param: str = "batch_axes") -> dict[str, int | None]:
+    """``NAME=AXIS`` or ``NAME=none`` strings as the command line takes them (``--batch-axis``); the same
+    input named twice is refused unless both give the same axis."""
     out: dict[str, int | None] = {}
     for spec in specs or []:
-        name, sep, axis = spec.rpartition("=")
+        if not isinstance(spec, str):
+            raise UsageError(f"holds {type(spec).__name__} {spec!r:.40}; expected NAME=AXIS strings", param=param)
+        name, sep, text = spec.rpartition("=")
         if not sep or not name:
-            raise UsageError(f"--batch-axis {spec!r}: expected NAME=AXIS or NAME=none")
-        if axis.strip().lower() == "none":
-            out[name] = None
-            continue
-        try:
-            out[name] = int(axis)
-        except ValueError:
-            raise UsageError(f"--batch-axis {spec!r}: expected NAME=AXIS with an integer axis, or NAME=none") from None
+            raise UsageError(f"{spec!r}: expected NAME=AXIS or NAME=none", param=param)
+        if text.strip().lower() == "none":
+            axis = None
+        else:
+            try:
+                axis = int(text)
+            except ValueError:
+                raise UsageError(f"{spec!r}: expected NAME=AXIS with an integer axis, or NAME=none",
+                                 param=param) from None
+        if name in out and out[name] != axis:
+            raise UsageError(f"{spec!r} conflicts with {name}={'none' if out[name] is None else out[name]} given "
+                             "before; give each input's batch axis once", param=param)
+        out[name] = axis
+    return out
+
+
+def batch_axes_arg(value, param: str = "batch_axes") -> dict[str, int | None] | None:
+    """The API's ``batch_axes``: a mapping input name -> axis (an integer) or None, or the command line's
+    spelling (``"state=1"``, or a list of such strings); anything else is refused naming ``param``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return parse_batch_axes([value], param)
+    if isinstance(value, (list, tuple)):
+        return parse_batch_axes(list(value), param)
+    if not isinstance(value, Mapping):
+        raise UsageError(f"must map input names to axes (or be NAME=AXIS), not {type(value).__name__}", param=param)
+    out: dict[str, int | None] = {}
+    for name, axis in value.items():
+        if not isinstance(name, str):
+            raise UsageError(f"names input {name!r:.40}, not a string", param=param)
+        if axis is not None and (isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer))):
+            raise UsageError(f"gives input {name!r} axis {axis!r:.40} ({type(axis).__name__}); an axis is an integer "
+                             "or None", param=param)
+        out[name] = None if axis is None else int(axis)
     return out

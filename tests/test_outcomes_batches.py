@@ -70,6 +70,9 @@ def test_fixed_batch_leaves_out_a_partial_batch_and_says_so(tmp_path):
     assert stats.samples == 56
     np.testing.assert_allclose(_only_site(stats).moments.mean, _site_moments(x[:56])[0], rtol=1e-5, atol=1e-6)
     assert any("batches of exactly 8" in n and "last 4 sample(s)" in n for n in notes), notes
+    notes.clear()
+    stats = mst.calibrate(model, tmp_path / "d.npz", progress=False, log=notes.append, limit=3)
+    assert stats.samples == 8 and any("limit of 3 sample(s) is raised to 8" in n for n in notes), notes
     np.savez(tmp_path / "few.npz", x=x[:5])
     with pytest.raises(DataError, match="holds 5 sample.*exactly 8"):
         mst.calibrate(model, tmp_path / "few.npz", progress=False)

@@ -19,7 +19,7 @@ from onnx_ir.passes import PassError, PreconditionError
 import mstransform
 from mstransform.core.errors import ModelError, MstError, StatsError, UsageError
 from mstransform.core.fileio import publishing, retract
-from mstransform.core.guards import as_output_error, check_outputs
+from mstransform.core.guards import as_output_error
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Runtime, Selection, choice
 from mstransform.core.stats import InputRecord, Stats, load_stats
 from mstransform.passes.fingerprint import fingerprint, weights_digest
@@ -28,12 +28,12 @@ from mstransform.passes.plan import build_plan
 from mstransform.passes.precision import PRECISION_TYPES, ConvertFloatPass, PrecisionOpsetPass, unsupported_ops
 from mstransform.passes.prepare import (OPERATOR_OPSET, DropInferredPass, ProvenancePass, UpgradeOpsetPass,
                                         load_model)
-from mstransform.passes.references import model_references
 from mstransform.passes.sparsify import COUNT, SKIPPED, Inserted, InsertSparsifyPass, Operator, inserted
-from mstransform.runtime.data import DataSource, Preprocess, fixed_batch, head
-from mstransform.runtime.inputs import input_specs
+from mstransform.runtime.data import DataSource, Preprocess, head
+from mstransform.runtime.inputs import fixed_batch, input_specs
 from mstransform.runtime.session import open_session
 from mstransform.runtime.verify import check_file, self_check
+from mstransform.tools.arguments import checked
 
 MAX_PROTO = 2**31 - 1
 PROBE_SAMPLES, SYNTHETIC_SAMPLES = 8, 2  # the self-check's probe: samples from data, synthetic ones
@@ -76,6 +76,7 @@ class HardenReport:
         return "\n".join(lines + [f"check: {c}" for c in self.checks])
 
 
+@checked
 def harden_model(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2,
                  mode: Mode | str = Mode.MEANSPARSE, center: Center | str = Center.MEAN,
                  formulation: Formulation | str = Formulation.WHERE, selection: Selection | None = None,
@@ -153,6 +154,7 @@ def refuse_hardened(m: ir.Model) -> None:
                          "harden the base model instead", param="model")
 
 
+@checked(models_out=("output",))
 def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float | AlphaPlan = 0.2,
            mode: Mode | str = Mode.MEANSPARSE, center: Center | str = Center.MEAN,
            formulation: Formulation | str = Formulation.WHERE, selection: Selection | None = None,
@@ -174,9 +176,7 @@ def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float
     is written and checked under a temporary name of this call's own and renamed onto ``output`` (and
     ``output.data``) only when every check passed: a file that fails is never published."""
     runtime = choice(Runtime, runtime, "runtime")
-    source_path = None if isinstance(model, ir.Model) else Path(model)
-    (output,) = check_outputs([output], [source_path, *model_references(model),
-                                         stats if not isinstance(stats, Stats) else None], models=[output])
+    source_path = None if isinstance(model, ir.Model) else Path(model)  # output checked against every input: @checked
     loaded = load_model(model)
     if probe is not None and not isinstance(probe, dict):
         probe = probe_data(probe, loaded, batch_axes=batch_axes, preprocess=preprocess, batch_size=batch_size)
