@@ -18,12 +18,14 @@ install it, and APGD-CE is PGD with an adaptive step that is at least as strong.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mstransform.core.errors import DataError, DependencyError, UsageError
 from mstransform.core.options import MAX_BATCH, MAX_ITERS, Device, Runtime, check_count, choice
+from mstransform.robustness.chunks import accuracy, blank, chunk_ranges, chunk_seed, encode
 from mstransform.runtime.data import DataSource
 from mstransform.runtime.session import check_runtime_choice, open_session, providers_for, run_step
 
@@ -70,6 +72,7 @@ class ModelResult:
     twin_edge_flips: int
     accuracy: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    verdicts: dict[str, str] = field(default_factory=dict)  # per image: 1 correct, 0 wrong, . another shard's
 
 
 def load_labelled(path, specs, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,8 +123,10 @@ def _predict(session, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([session.run(None, {name: x[i:i + batch]})[0].argmax(1) for i in range(0, len(x), batch)])
 
 
-def _attack(name: str, twin, session, x, y, cfg: AttackConfig, device: str = "cpu"):
+def _attack(name: str, twin, session, x, y, cfg: AttackConfig, device: str = "cpu", seed: int | None = None):
     import torch
+
+    seed = cfg.seed if seed is None else seed
 
     try:
         from pyautoattack.autopgd_base import APGDAttack
@@ -131,7 +136,7 @@ def _attack(name: str, twin, session, x, y, cfg: AttackConfig, device: str = "cp
     xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     if name in ("apgd-ce", "apgd-dlr", "bpda"):
         loss = "dlr" if name == "apgd-dlr" else "ce"
-        atk = APGDAttack(twin, n_iter=cfg.apgd_iters, norm=cfg.norm, eps=cfg.eps, seed=cfg.seed, loss=loss,
+        atk = APGDAttack(twin, n_iter=cfg.apgd_iters, norm=cfg.norm, eps=cfg.eps, seed=seed, loss=loss,
                          device=device)
         twin.straight_through = name == "bpda"
         try:
@@ -145,14 +150,14 @@ def _attack(name: str, twin, session, x, y, cfg: AttackConfig, device: str = "cp
             raise DependencyError("the pgd attack needs torchattacks, which no extra installs (it declares "
                                   "torchvision): pip install --no-deps torchattacks==3.5.1 scipy; or leave pgd out "
                                   "(apgd-ce is at least as strong)") from None
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         atk = (torchattacks.PGD(twin, eps=cfg.eps, alpha=2.5 * cfg.eps / cfg.pgd_steps, steps=cfg.pgd_steps)
                if cfg.norm == "Linf" else
                torchattacks.PGDL2(twin, eps=cfg.eps, alpha=2.5 * cfg.eps / cfg.pgd_steps, steps=cfg.pgd_steps))
         return atk(xt, yt).detach().cpu().numpy()
     if name == "square":
         atk = SquareAttack(_OrtPredict(session), norm=cfg.norm, n_queries=cfg.square_queries, eps=cfg.eps,
-                           seed=cfg.seed, device=device)
+                           seed=seed, device=device)
         return atk.perturb(xt, yt).detach().cpu().numpy()
     raise UsageError(f"unknown attack {name!r}")
 
@@ -166,14 +171,19 @@ def _check_budget(adv: np.ndarray, x: np.ndarray, cfg: AttackConfig, name: str) 
 
 def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, progress=None,
                    threads: int | None = None, device: Device | str | None = None,
-                   runtime: Runtime | str = Runtime.ONNXRUNTIME) -> ModelResult:
+                   runtime: Runtime | str = Runtime.ONNXRUNTIME, chunks=None, store=None,
+                   index: int = 0) -> ModelResult:
     """Every attack of ``cfg`` on one model. ``device``: ONNX Runtime's provider and the torch device
     of the twin and the white-box attacks (CUDA runs them in full float32: TF32 off). ``runtime``
     runs the clean accuracy, the black-box attack and every adversarial check (OpenVINO or ONNX
-    Runtime); the twin is always checked against ONNX Runtime."""
+    Runtime); the twin is always checked against ONNX Runtime.
+
+    ``chunks``: the ``(start, stop)`` image ranges to attack (default: all of ``x`` in chunks of
+    ``cfg.batch_size``); each is seeded from ``(cfg.seed, start)`` (:mod:`~.chunks`). ``store``: a
+    :class:`~.chunks.ChunkStore` that finished chunks are read from and written to, as model ``index``."""
     check_runtime_choice(runtime, device)
     with _full_precision():
-        return _evaluate(label, path, x, y, cfg, progress, threads, device, runtime)
+        return _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, chunks, store, index)
 
 
 @contextlib.contextmanager
@@ -189,15 +199,12 @@ def _full_precision():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime) -> ModelResult:
-    import time
-
+def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, chunks, store, index) -> ModelResult:
     import torch
 
     from mstransform.robustness.twin import OnnxTwin
     from mstransform.robustness.twin_check import check_twin
 
-    torch.manual_seed(cfg.seed)
     providers = providers_for(device)
     dev = "cuda" if device is not None and choice(Device, device, "device") is Device.CUDA else "cpu"
     if dev == "cuda" and not torch.cuda.is_available():
@@ -206,31 +213,48 @@ def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime) -> Mod
     check_classifier(session, x, y)
     twin = OnnxTwin(path).eval().to(dev)
     twin_report = check_twin(twin, path, x[: min(len(x), 64)], threads=threads, providers=providers)
-    res = ModelResult(label, str(path), len(x), twin_report.max_rel_diff, len(twin.units), twin_report.flips)
-    clean = _predict(session, x, cfg.batch_size) == y
-    res.accuracy["clean"] = 100.0 * clean.mean()
-    survivors = clean.copy()
+    chunks = chunk_ranges(len(x), cfg.batch_size) if chunks is None else chunks
+    res = ModelResult(label, str(path), sum(b - a for a, b in chunks), twin_report.max_rel_diff, len(twin.units),
+                      twin_report.flips)
+    names = ["clean", *cfg.attacks, "worst-case"]
+    verdicts = {k: blank(len(x)) for k in names}
+    res.seconds = {k: 0.0 for k in cfg.attacks}
     from tqdm.auto import tqdm
 
-    batches = -(-len(x) // cfg.batch_size)
-    bar = tqdm(total=len(cfg.attacks) * batches, desc=f"attacking {label}", unit="batch", leave=False, disable=None)
-    for name in cfg.attacks:
-        if name == "bpda" and not twin.units and "apgd-ce" in res.accuracy:
-            res.accuracy["bpda"] = res.accuracy["apgd-ce"]  # no operator: the same attack
-            continue
-        t0 = time.perf_counter()
-        correct = np.zeros(len(x), dtype=bool)
-        for i in range(0, len(x), cfg.batch_size):
-            xb, yb = x[i:i + cfg.batch_size], y[i:i + cfg.batch_size]
-            adv = _attack(name, twin, session, xb, yb, cfg, dev).astype(np.float32)
-            _check_budget(adv, xb, cfg, name)
-            correct[i:i + len(xb)] = (_predict(session, adv, cfg.batch_size) == yb) & clean[i:i + len(xb)]
-            bar.update()
-        survivors &= correct
-        res.accuracy[name] = 100.0 * correct.mean()
-        res.seconds[name] = time.perf_counter() - t0
-        if progress:
-            progress(f"{label}: {name} {res.accuracy[name]:.2f}% ({res.seconds[name]:.0f} s)")
+    bar = tqdm(total=len(chunks), desc=f"attacking {label}", unit="chunk", leave=False, disable=None)
+    for start, stop in chunks:
+        done = store.load(index, start, stop) if store is not None else None
+        if done is None:
+            done = _attack_chunk(twin, session, x[start:stop], y[start:stop], cfg, dev, chunk_seed(cfg.seed, start))
+            if store is not None:
+                store.save(index, start, stop, *done)
+        got, seconds = done
+        for k in names:
+            verdicts[k][start:stop] = got[k]
+        for k in cfg.attacks:
+            res.seconds[k] += seconds[k]
+        bar.update()
     bar.close()
-    res.accuracy["worst-case"] = 100.0 * survivors.mean()
+    res.verdicts = {k: "".join(v) for k, v in verdicts.items()}
+    res.accuracy = {k: accuracy(v) for k, v in res.verdicts.items()}
+    if progress:
+        progress(f"{label}: " + ", ".join(f"{k} {res.accuracy[k]:.2f}%" for k in cfg.attacks))
     return res
+
+
+def _attack_chunk(twin, session, x, y, cfg, dev, seed) -> tuple[dict[str, str], dict[str, float]]:
+    """Every attack on one chunk: its verdicts (clean, each attack, worst case) and each attack's seconds."""
+    clean = _predict(session, x, cfg.batch_size) == y
+    verdicts, seconds, survivors = {"clean": encode(clean)}, {}, clean.copy()
+    for name in cfg.attacks:
+        t0 = time.perf_counter()
+        if name == "bpda" and not twin.units and "apgd-ce" in verdicts:  # no operator: BPDA is APGD-CE, seed and all
+            correct = np.array([c == "1" for c in verdicts["apgd-ce"]], dtype=bool)
+        else:
+            adv = _attack(name, twin, session, x, y, cfg, dev, seed).astype(np.float32)
+            _check_budget(adv, x, cfg, name)
+            correct = (_predict(session, adv, cfg.batch_size) == y) & clean
+        survivors &= correct
+        verdicts[name], seconds[name] = encode(correct), time.perf_counter() - t0
+    verdicts["worst-case"] = encode(survivors)
+    return verdicts, seconds

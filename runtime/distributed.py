@@ -1,5 +1,6 @@
-"""Calibration across processes with ``torch.distributed``: every rank measures its shard of
-the batches, rank 0 gathers the moments and merges them with Chan's rule.
+"""Calibration and evaluation across processes with ``torch.distributed``: every rank measures its
+shard of the batches, rank 0 gathers the moments and merges them with Chan's rule (calibration), or
+the ranks overlay their per-image verdicts (``mstransform eval`` and ``sweep`` under ``torchrun``).
 
 Launch::
 
@@ -17,8 +18,13 @@ single-process run up to float64 rounding of the merge order.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 
 import numpy as np
+
+# Verdict characters as bytes that MIN-reduce to the evaluated one: "." (not this rank's image) is highest.
+_CODES = {".": 255, "0": 0, "1": 1}
 
 
 def gather_stats(stats, group=None):
@@ -53,12 +59,81 @@ def gather_stats(stats, group=None):
     return Stats(stats.fingerprint, stats.placement, merged_sites, int(total.item()), stats.selection)
 
 
+def launched() -> tuple[int, int] | None:
+    """``(rank, world size)`` when ``torchrun`` (or another ``torch.distributed`` launcher) started this
+    process, else None."""
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return None
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+@contextlib.contextmanager
+def process_group(cuda: bool = False):
+    """The default process group: NCCL with each rank on the GPU of its ``LOCAL_RANK``, else gloo."""
+    import torch
+    import torch.distributed as dist
+
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        dist.destroy_process_group()
+
+
+def _device():
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+
+
+def overlay_verdicts(verdicts: list[str]) -> list[str]:
+    """Every rank's verdict strings (one character per image, ``.`` where another rank evaluated it)
+    overlaid into one per string, on every rank: a MIN all-reduce of bytes, no pickling."""
+    import torch
+    import torch.distributed as dist
+
+    back = {v: k for k, v in _CODES.items()}
+    out = []
+    for text in verdicts:
+        codes = torch.tensor([_CODES[c] for c in text], dtype=torch.uint8, device=_device())
+        dist.all_reduce(codes, op=dist.ReduceOp.MIN)
+        out.append("".join(back[int(c)] for c in codes.cpu().tolist()))
+    return out
+
+
+def sum_floats(values: list[float]) -> list[float]:
+    """Every rank's ``values``, summed elementwise, on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=_device())
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def max_floats(values: list[float]) -> list[float]:
+    """Every rank's ``values``, maximum elementwise, on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.cpu().tolist()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
 def main(argv=None) -> int:
     import torch.distributed as dist
 
     from mstransform.runtime.calibrate import calibrate_onnx
-
-    import os
 
     ap = argparse.ArgumentParser(description="calibrate under torchrun (gloo on the CPU, NCCL on GPUs)")
     ap.add_argument("model")

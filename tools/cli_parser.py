@@ -7,7 +7,8 @@ import argparse
 from mstransform.core.errors import UsageError
 from mstransform.core.options import Center, Device, Formulation, Mode, Placement, Precision, Runtime
 
-SUBCOMMANDS = ("sites", "calibrate", "stats", "harden", "check-trt", "engine", "run", "eval", "sweep", "plot")
+SUBCOMMANDS = ("sites", "calibrate", "stats", "harden", "check-trt", "engine", "run", "eval", "eval-merge", "sweep",
+               "plot")
 GLOBAL_VALUED = {"--threads"}
 # API parameter -> the flag that sets it, for error messages.
 FLAGS = {"alpha": "--alpha", "alphas": "--alphas", "batch_size": "--batch-size", "limit": "--limit",
@@ -183,10 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attack(p)
     p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
                    help="comma-separated; pgd also available when torchattacks is installed")
-    p.add_argument("--json", help="write the results as JSON")
+    p.add_argument("--json", help="write the results as JSON (with every image's verdicts; finished chunks are "
+                                  "kept in JSON.parts/ until it is written, and a rerun resumes from them)")
     p.add_argument("--csv", help="write the results as CSV")
+    p.add_argument("--shard", metavar="I/N", help="only chunks I, I+N, ... of --batch-size images (merge the "
+                                                  "shards' --json with `eval merge`)")
+    p.add_argument("--fresh", action="store_true", help="start over: ignore the chunks kept by an interrupted run")
     _add_device(p)
     _add_runtime(p)
+
+    p = sub.add_parser("eval-merge", help="`eval merge`: merge the --json reports of every shard of one evaluation")
+    p.add_argument("reports", nargs="+", help="the shards' JSON reports")
+    p.add_argument("-o", "--output", required=True, help="merged JSON report")
 
     p = sub.add_parser("sweep", help="choose alpha on a held-out split of the training data")
     p.add_argument("model")
@@ -198,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="PNG of clean, standard-robust and BPDA-robust accuracy against alpha")
     p.add_argument("--json")
     p.add_argument("--csv")
+    p.add_argument("--shard", metavar="I/N", help="only chunks I, I+N, ... of --batch-size images (merge the "
+                                                  "shards' --json with `eval merge`)")
+    p.add_argument("--fresh", action="store_true", help="start over: ignore the chunks kept by an interrupted run")
     _add_device(p)
 
     p = sub.add_parser("plot", help="feature histogram of one site/channel before and after the operator")
@@ -224,4 +236,6 @@ def with_default_command(argv: list[str]) -> list[str]:
             break
     if i < len(argv) and argv[i] not in SUBCOMMANDS and not any(x in argv for x in ("-h", "--help", "--version")):
         return [*argv[:i], "harden", *argv[i:]]
+    if argv[i:i + 2] == ["eval", "merge"]:  # `eval merge REPORTS -o OUT` is the command eval-merge
+        return [*argv[:i], "eval-merge", *argv[i + 2:]]
     return argv

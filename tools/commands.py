@@ -225,11 +225,27 @@ def _outputs_line(result) -> str:
 def cmd_eval(a) -> int:
     from mstransform.tools.evaluation import evaluate
 
+    from mstransform.tools.evaluation import parts_folder
+
     check_outputs([a.json, a.csv], [*with_references(*a.models), a.data])
+    if a.shard is not None and a.json is None:
+        raise UsageError("--shard needs --json: the shard's report is what `mstransform eval merge` reads")
     cfg = _attack_config(a, [x.strip() for x in a.attacks.split(",") if x.strip()])
-    report = evaluate(a.models, a.data, cfg, progress=say, threads=a.threads, device=a.device, runtime=a.runtime)
-    print(report.table())
+    report = evaluate(a.models, a.data, cfg, progress=say, threads=a.threads, device=a.device, runtime=a.runtime,
+                      shard=_shard(a.shard), parts=parts_folder(a.json, a.csv), fresh=a.fresh)
+    if report.primary:
+        print(report.table())
     report.write(a.json, a.csv)
+    return 0
+
+
+def cmd_eval_merge(a) -> int:
+    from mstransform.tools.evaluation import merge
+
+    (out,) = check_outputs([a.output], a.reports)
+    report = merge(a.reports, out)
+    print(report.table())
+    print(f"merged {len(a.reports)} report(s); wrote {out}")
     return 0
 
 
@@ -237,17 +253,23 @@ def cmd_sweep(a) -> int:
     from mstransform.core.stats import load_stats
     from mstransform.tools.sweep import sweep
 
+    from mstransform.tools.evaluation import parts_folder
+
     check_outputs([a.plot, a.json, a.csv], [*with_references(a.model), a.data, a.stats])
+    if a.shard is not None and a.json is None:
+        raise UsageError("--shard needs --json: the shard's report is what `mstransform eval merge` reads")
     cfg = _attack_config(a, ("apgd-ce", "bpda"))
     report = sweep(a.model, load_stats(a.stats), a.data, list(_floats(a.alphas, "--alphas")), cfg,
-                   max_clean_drop=a.max_clean_drop, progress=say, threads=a.threads, device=a.device)
-    print(f"sweep on {a.data} ({cfg.n} images, {cfg.norm} eps={cfg.eps:g}, APGD-CE {cfg.apgd_iters} iterations), "
-          f"{report.seconds:.0f} s")
-    print(report.table())
-    if report.alpha > 0:
-        print(f"apply: mstransform {a.model} --stats {a.stats} --alpha {report.alpha:g}")
+                   max_clean_drop=a.max_clean_drop, progress=say, threads=a.threads, device=a.device,
+                   shard=_shard(a.shard), parts=parts_folder(a.json, a.csv), fresh=a.fresh)
+    if report.primary:
+        print(f"sweep on {a.data} ({cfg.n} images, {cfg.norm} eps={cfg.eps:g}, APGD-CE {cfg.apgd_iters} iterations), "
+              f"{report.seconds:.0f} s")
+        print(report.table())
+        if report.alpha > 0:
+            print(f"apply: mstransform {a.model} --stats {a.stats} --alpha {report.alpha:g}")
     report.write(a.json, a.csv, a.plot, f"{Path(a.model).name}: alpha sweep on {Path(a.data).name}")
-    if a.plot:
+    if a.plot and report.primary:
         print(f"wrote {a.plot}")
     return 0
 
@@ -265,5 +287,6 @@ def cmd_plot(a) -> int:
 
 
 COMMANDS = {"sites": cmd_sites, "calibrate": cmd_calibrate, "stats": cmd_stats, "harden": cmd_harden,
-            "check-trt": cmd_check_trt, "engine": cmd_engine, "run": cmd_run, "eval": cmd_eval, "sweep": cmd_sweep,
+            "check-trt": cmd_check_trt, "engine": cmd_engine, "run": cmd_run, "eval": cmd_eval,
+            "eval-merge": cmd_eval_merge, "sweep": cmd_sweep,
             "plot": cmd_plot}

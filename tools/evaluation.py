@@ -3,18 +3,31 @@
 Every model and the data are opened and checked before the first attack runs (an unreadable
 second model must not cost minutes of attacks on the first), and every model must take the
 same input as the first.
+
+At dataset scale an evaluation runs in chunks of ``batch_size`` images (:mod:`~.chunks`):
+
+* ``shard=(I, N)`` attacks chunks ``I, I + N, ...`` and gives a shard report; :func:`merge`
+  combines the shards' JSON reports into the report of a single run, image by image;
+* under ``torchrun`` each process takes its rank's shard and rank 0 gets the merged report
+  (gloo on the CPU, NCCL with ``device="cuda"``);
+* with ``parts`` (a folder beside the report) each finished chunk's verdicts are kept there as
+  they come; the same call after an interruption resumes from them and ends with the report an
+  uninterrupted run gives; ``fresh=True`` starts over. The folder is removed once the report is
+  written, and only a complete report (or a shard's, marked as one) is ever returned.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from mstransform.core.errors import DataError
+from mstransform.core.errors import DataError, UsageError
 from mstransform.passes.prepare import load_model
 from mstransform.robustness.attacks import AttackConfig, ModelResult, check_classifier, evaluate_model, load_labelled
-from mstransform.robustness.reports import format_table, write_reports
+from mstransform.robustness.chunks import (ChunkStore, accuracy, check_resume, check_shard, chunk_ranges, of_shard,
+                                           run_key)
+from mstransform.robustness.reports import format_table, merge_reports, read_report, write_reports
+from mstransform.runtime import distributed
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import describe, open_session, providers_for
 
@@ -24,25 +37,52 @@ class EvalReport:
     results: list[ModelResult]
     cfg: AttackConfig
     data: str
-    n: int
+    n: int  # images in the evaluation (a shard attacks some of them)
     seconds: float
     runtime: str = ""  # one line: the runtime and provider every accuracy was measured on
+    shard: tuple[int, int] | None = None  # (I, N) for a shard's report; None for a whole evaluation
+    key: str = ""  # what the verdicts depend on (settings, models' and data's bytes): shards must share it
+    primary: bool = True  # False on ranks other than 0 under torchrun: nothing to print or write
+    store: ChunkStore | None = field(default=None, repr=False)
+    chunks: list = field(default_factory=list, repr=False)
 
     def table(self) -> str:
-        return (f"{self.cfg.norm} eps={self.cfg.eps:g}, {self.n} images from {self.data}, seed {self.cfg.seed}; "
+        where = f"{self.n} images from {self.data}"
+        if self.shard:
+            where = (f"shard {self.shard[0]}/{self.shard[1]}: {self.results[0].n} of the {self.n} images from "
+                     f"{self.data} (merge every shard's --json with `mstransform eval merge`)")
+        return (f"{self.cfg.norm} eps={self.cfg.eps:g}, {where}, seed {self.cfg.seed}; "
                 f"accuracy in %; every figure measured on the .onnx file by {self.runtime} ({self.seconds:.0f} s)\n"
                 + format_table(self.results))
 
     def write(self, json_path=None, csv_path=None) -> None:
-        write_reports(self.results, self.cfg, json_path, csv_path)
+        """Write the report (rank 0 only), then remove this process's kept chunks."""
+        if self.primary:
+            extra = {"data": self.data, "images": self.n, "shard": "%d/%d" % self.shard if self.shard else None,
+                     "key": self.key, "runtime": self.runtime, "seconds": self.seconds}
+            write_reports(self.results, self.cfg, json_path, csv_path, extra)
+        if self.store is not None:
+            self.store.clear(self.chunks, len(self.results))
+
+
+def parts_folder(json_path=None, csv_path=None) -> Path | None:
+    """Where an evaluation keeps its finished chunks: ``REPORT.parts`` beside its JSON (else CSV) report."""
+    report = json_path or csv_path
+    return None if report is None else Path(report).with_name(Path(report).name + ".parts")
 
 
 def evaluate(models: list[str | Path], data, cfg: AttackConfig, *, progress=None, threads: int | None = None,
-             device=None, runtime=None) -> EvalReport:
+             device=None, runtime=None, shard: tuple[int, int] | None = None, parts: str | Path | None = None,
+             fresh: bool = False) -> EvalReport:
     """Clean, white-box, black-box and straight-through accuracy of each model on labelled ``data``.
 
     ``device`` (cpu or cuda) runs ONNX Runtime on that provider and the twin and attacks there;
-    ``runtime`` (onnxruntime or openvino) is what every accuracy is measured on."""
+    ``runtime`` (onnxruntime or openvino) is what every accuracy is measured on. ``shard``,
+    ``parts`` and ``fresh``: see the module's docstring."""
+    shard, (parts, fresh) = check_shard(shard), check_resume(parts, fresh)
+    launched = distributed.launched()
+    if launched and shard is not None:
+        raise UsageError("under torchrun each process evaluates its rank's shard; leave --shard out", param="shard")
     specs = input_specs(load_model(models[0]))
     for path in models[1:]:
         other = input_specs(load_model(path))
@@ -53,10 +93,61 @@ def evaluate(models: list[str | Path], data, cfg: AttackConfig, *, progress=None
     for path in models:
         session = open_session(path, runtime=runtime, threads=threads, providers=providers_for(device))
         check_classifier(session, x, y)
+    key = run_key(cfg, models, data, runtime, device)
+    if not launched:
+        return _run(models, x, y, cfg, key, shard, parts, fresh, progress, threads, device, runtime, session, data)
+    with distributed.process_group(cuda=str(device).lower() == "cuda") as (rank, world):
+        report = _run(models, x, y, cfg, key, (rank, world), parts, fresh and rank == 0, progress, threads, device,
+                      runtime, session, data)
+        return _gathered(report, rank)
+
+
+def _run(models, x, y, cfg, key, shard, parts, fresh, progress, threads, device, runtime, session, data):
+    store = ChunkStore(parts, key, fresh=fresh) if parts is not None else None
+    chunks = chunk_ranges(len(x), cfg.batch_size, shard)
     t0 = time.perf_counter()
+    progress = of_shard(progress, shard)
     results = [evaluate_model(Path(m).stem, m, x, y, cfg, progress=progress, threads=threads, device=device,
-                              runtime=runtime or "onnxruntime") for m in models]
-    return EvalReport(results, cfg, str(data), len(x), time.perf_counter() - t0, describe(session))
+                              runtime=runtime or "onnxruntime", chunks=chunks, store=store, index=i)
+               for i, m in enumerate(models)]
+    return EvalReport(results, cfg, str(data), len(x), time.perf_counter() - t0, describe(session),
+                      shard if shard and shard[1] > 1 else None, key, store=store, chunks=chunks)
 
 
-__all__ = ["AttackConfig", "EvalReport", "evaluate"]
+def _gathered(report: EvalReport, rank: int) -> EvalReport:
+    """Every rank's verdicts overlaid (the merged report, on every rank; rank 0 prints and writes it)."""
+    gather_results(report.results, report.n)
+    (report.seconds,) = distributed.max_floats([report.seconds])
+    report.shard, report.primary = None, rank == 0
+    return report
+
+
+def gather_results(results: list[ModelResult], n: int) -> None:
+    """Under torchrun: each result's verdicts overlaid over every rank, seconds summed, the twin check's
+    worst figures kept, accuracies recomputed, in place."""
+    for r in results:
+        names = list(r.verdicts)
+        r.verdicts = dict(zip(names, distributed.overlay_verdicts([r.verdicts[k] for k in names])))
+        r.seconds = dict(zip(r.seconds, distributed.sum_floats(list(r.seconds.values()))))
+        r.twin_max_rel_diff, flips = distributed.max_floats([r.twin_max_rel_diff, float(r.twin_edge_flips)])
+        r.twin_edge_flips, r.n = int(flips), n
+        r.accuracy = {k: accuracy(v) for k, v in r.verdicts.items()}
+
+
+def merge(reports: list[str | Path], output: str | Path):
+    """The JSON reports of every shard of one evaluation (or one sweep), merged exactly, written to ``output``."""
+    docs = [read_report(p) for p in reports]
+    results, extra = merge_reports(docs, [str(p) for p in reports])
+    cfg = AttackConfig(**{**docs[0]["config"], "attacks": tuple(docs[0]["config"]["attacks"])})
+    if docs[0].get("kind") == "sweep":
+        from mstransform.tools.sweep import merged_sweep
+
+        report = merged_sweep(results, cfg, docs[0], extra)
+    else:
+        report = EvalReport(results, cfg, extra["data"], extra["images"], extra["seconds"], extra.get("runtime", ""),
+                            None, extra["key"])
+    report.write(output)
+    return report
+
+
+__all__ = ["AttackConfig", "EvalReport", "evaluate", "merge", "parts_folder"]

@@ -5,24 +5,32 @@ split with APGD-CE through the true gradient and through the straight-through (B
 gradient. The chosen alpha maximises the *worse* of the two robust accuracies within a
 clean-accuracy budget; test data is never touched. Everything is validated before the first
 alpha runs: the budget, every alpha, the stats against the model, the data.
+
+Like ``eval`` (:mod:`~.evaluation`), a sweep runs in chunks: ``shard=(I, N)`` attacks chunks
+``I, I + N, ...`` for every alpha and gives a shard report that ``eval merge`` combines (the alpha is
+chosen on the merged verdicts); under ``torchrun`` each rank takes its shard and rank 0 chooses;
+with ``parts`` finished chunks are kept and an interrupted sweep resumes.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mstransform.core.errors import UsageError
 from mstransform.core.fileio import atomic_output
 from mstransform.core.options import check_alpha
-from mstransform.core.stats import Stats
+from mstransform.core.stats import Stats, load_stats
 from mstransform.passes.prepare import load_model
-from mstransform.robustness.attacks import AttackConfig, check_classifier, evaluate_model, load_labelled
+from mstransform.robustness.attacks import AttackConfig, ModelResult, check_classifier, evaluate_model, load_labelled
+from mstransform.robustness.chunks import ChunkStore, check_resume, check_shard, chunk_ranges, of_shard, run_key
 from mstransform.robustness.plots import plot_sweep
 from mstransform.robustness.selection import SweepRow, choose_alpha
+from mstransform.runtime import distributed
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import make_session, providers_for
 from mstransform.tools.harden import harden, harden_model
@@ -36,6 +44,14 @@ class SweepReport:
     max_clean_drop: float
     cfg: AttackConfig
     seconds: float
+    results: list[ModelResult] = field(default_factory=list)  # per alpha, with every image's verdicts
+    images: int = 0
+    shard: tuple[int, int] | None = None
+    key: str = ""
+    data: str = ""
+    primary: bool = True  # False on ranks other than 0 under torchrun
+    store: ChunkStore | None = field(default=None, repr=False)
+    chunks: list = field(default_factory=list, repr=False)
 
     def table(self) -> str:
         lines = [f"{'alpha':>6}  {'clean':>6}  {'APGD-CE':>7}  {'BPDA':>6}  {'worst':>6}"]
@@ -43,10 +59,19 @@ class SweepReport:
         return "\n".join(lines + [f"chosen: {self.reason}"])
 
     def write(self, json_path=None, csv_path=None, plot_path=None, title: str = "") -> None:
+        """Write the report (rank 0 only), then remove this process's kept chunks."""
+        if self.primary:
+            self._write(json_path, csv_path, plot_path, title)
+        if self.store is not None:
+            self.store.clear(self.chunks, len(self.results))
+
+    def _write(self, json_path, csv_path, plot_path, title) -> None:
         if json_path:
-            payload = {"rows": [dataclasses.asdict(r) for r in self.rows], "chosen_alpha": self.alpha,
+            payload = {"kind": "sweep", "rows": [dataclasses.asdict(r) for r in self.rows], "chosen_alpha": self.alpha,
                        "reason": self.reason, "max_clean_drop": self.max_clean_drop,
-                       "config": dataclasses.asdict(self.cfg)}
+                       "config": dataclasses.asdict(self.cfg), "images": self.images, "data": self.data,
+                       "shard": "%d/%d" % self.shard if self.shard else None, "key": self.key,
+                       "seconds": self.seconds, "results": [dataclasses.asdict(r) for r in self.results]}
             with atomic_output(json_path) as tmp:
                 Path(tmp).write_text(json.dumps(payload, indent=2) + "\n")
         if csv_path:
@@ -57,28 +82,83 @@ class SweepReport:
             plot_sweep(self.rows, plot_path, title)
 
 
+def _stats_digest(stats: Stats) -> str:
+    h = hashlib.sha256()
+    for name, value in sorted(stats.to_arrays().items()):
+        h.update(name.encode() + b"\0" + value.tobytes())
+    return h.hexdigest()
+
+
 def sweep(model, stats: Stats, data, alphas: list[float], cfg: AttackConfig, *, max_clean_drop: float = 0.5,
-          progress=None, threads: int | None = None, device=None) -> SweepReport:
+          progress=None, threads: int | None = None, device=None, shard: tuple[int, int] | None = None,
+          parts: str | Path | None = None, fresh: bool = False) -> SweepReport:
     if not max_clean_drop >= 0:
         raise UsageError(f"must be >= 0 points, got {max_clean_drop}", param="max_clean_drop")
     alphas = sorted({0.0, *(check_alpha(a, "alphas") for a in alphas)})
     if len(alphas) < 2:
         raise UsageError("needs at least one alpha above 0", param="alphas")
+    shard, (parts, fresh) = check_shard(shard), check_resume(parts, fresh)
+    launched = distributed.launched()
+    if launched and shard is not None:
+        raise UsageError("under torchrun each process sweeps its rank's shard; leave --shard out", param="shard")
     cfg = dataclasses.replace(cfg, attacks=("apgd-ce", "bpda"))
     x, y = load_labelled(data, input_specs(load_model(model)), cfg.n)
     check_classifier(make_session(model, threads=threads, providers=providers_for(device)), x, y)
-    rows, t0 = [], time.perf_counter()
+    stats = stats if isinstance(stats, Stats) else load_stats(stats)
+    key = run_key(cfg, [model], data, None, device, alphas=alphas, stats=_stats_digest(stats))
+    if not launched:
+        return _sweep(model, stats, x, y, alphas, cfg, key, shard, parts, fresh, max_clean_drop, progress, threads,
+                      device, data)
+    from mstransform.tools.evaluation import gather_results
+
+    with distributed.process_group(cuda=str(device).lower() == "cuda") as (rank, world):
+        report = _sweep(model, stats, x, y, alphas, cfg, key, (rank, world), parts, fresh and rank == 0,
+                        max_clean_drop, progress, threads, device, data)
+        gather_results(report.results, len(x))
+        (seconds,) = distributed.max_floats([report.seconds])
+    merged = _chosen(report.results, cfg, max_clean_drop, seconds, len(x), None, key, str(data))
+    merged.store, merged.chunks, merged.primary = report.store, report.chunks, rank == 0
+    return merged
+
+
+def _sweep(model, stats, x, y, alphas, cfg, key, shard, parts, fresh, max_clean_drop, progress, threads, device,
+           data) -> SweepReport:
+    store = ChunkStore(parts, key, fresh=fresh) if parts is not None else None
+    chunks = chunk_ranges(len(x), cfg.batch_size, shard)
+    results, t0 = [], time.perf_counter()
+    progress = of_shard(progress, shard)
     with tempfile.TemporaryDirectory(prefix="mstransform-sweep-") as tmp:
         harden_model(model, stats, alpha=alphas[-1])  # stats fit the model: fail before any attack
-        for alpha in alphas:
+        for i, alpha in enumerate(alphas):
             path = Path(model)
             if alpha > 0:
                 path = Path(tmp) / f"alpha{alpha:g}.onnx"
                 harden(model, stats, path, alpha=alpha, threads=threads)
-            r = evaluate_model(f"alpha={alpha:g}", path, x, y, cfg, threads=threads, device=device)
-            rows.append(SweepRow(alpha, r.accuracy["clean"], r.accuracy["apgd-ce"], r.accuracy["bpda"]))
+            r = evaluate_model(f"alpha={alpha:g}", path, x, y, cfg, threads=threads, device=device, chunks=chunks,
+                               store=store, index=i)
+            results.append(r)
             if progress:
-                progress(f"alpha {alpha:g}: clean {rows[-1].clean:.2f}  APGD-CE {rows[-1].standard:.2f}  "
-                         f"BPDA {rows[-1].bpda:.2f}")
-    alpha, reason = choose_alpha(rows, max_clean_drop)
-    return SweepReport(rows, alpha, reason, max_clean_drop, cfg, time.perf_counter() - t0)
+                progress(f"alpha {alpha:g}: clean {r.accuracy['clean']:.2f}  APGD-CE {r.accuracy['apgd-ce']:.2f}  "
+                         f"BPDA {r.accuracy['bpda']:.2f}")
+    shard = shard if shard and shard[1] > 1 else None
+    report = _chosen(results, cfg, max_clean_drop, time.perf_counter() - t0, len(x), shard, key, str(data))
+    report.store, report.chunks = store, chunks
+    return report
+
+
+def _chosen(results, cfg, max_clean_drop, seconds, images, shard, key, data) -> SweepReport:
+    """The rows of ``results`` (one per alpha) and the alpha chosen on them; a shard chooses none."""
+    rows = [SweepRow(float(r.label.partition("=")[2]), r.accuracy["clean"], r.accuracy["apgd-ce"], r.accuracy["bpda"])
+            for r in results]
+    if shard:
+        alpha, reason = 0.0, (f"none yet: shard {shard[0]}/{shard[1]} holds {results[0].n} of the {images} images; "
+                              "merge every shard's --json with `mstransform eval merge`")
+    else:
+        alpha, reason = choose_alpha(rows, max_clean_drop)
+    return SweepReport(rows, alpha, reason, max_clean_drop, cfg, seconds, results, images, shard, key, data)
+
+
+def merged_sweep(results, cfg, first: dict, extra: dict) -> SweepReport:
+    """The sweep report of merged shards (:func:`~.evaluation.merge`): alpha chosen on every image."""
+    return _chosen(results, cfg, first["max_clean_drop"], extra["seconds"], extra["images"], None, extra["key"],
+                   extra.get("data", ""))
