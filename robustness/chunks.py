@@ -25,7 +25,6 @@ import numpy as np
 
 from mstransform.core.errors import UsageError
 from mstransform.core.fileio import atomic_output, remove_quietly
-from mstransform.core.guards import path_arg
 
 NOT_HERE = "."
 
@@ -47,7 +46,12 @@ def check_resume(parts, fresh) -> tuple[Path | None, bool]:
     """The folder of kept chunks (a path, or None: none kept) and ``fresh`` (a bool), checked."""
     if not isinstance(fresh, bool):
         raise UsageError(f"must be True or False, not {type(fresh).__name__}", param="fresh")
-    return path_arg(parts, "parts", optional=True), fresh
+    if parts is None:
+        return None, fresh
+    if not isinstance(parts, (str, bytes, os.PathLike)):
+        raise UsageError(f"must be a folder path (str, bytes or os.PathLike), not {type(parts).__name__}",
+                         param="parts")
+    return Path(os.fsdecode(os.fspath(parts))), fresh
 
 
 def chunk_ranges(n: int, batch: int, shard: tuple[int, int] | None = None) -> list[tuple[int, int]]:
