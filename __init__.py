@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 __version__ = "0.2.0"
 
 _API = {  # name -> module it lives in
-    **{n: "mstransform.tools.api" for n in (
-        "Hardened", "HardenReport", "OneStepResult", "RunResult", "calibrate", "calibrate_and_harden",
-        "compare_accuracy", "find_sites", "harden", "harden_model", "harden_torch", "load_model", "load_stats",
-        "package_torch", "run")},
+    **{n: "mstransform.tools.api" for n in (  # tools/api.py's __all__ (a test holds them equal)
+        "Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "build_engine", "calibrate",
+        "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output", "find_sites", "harden",
+        "harden_model", "harden_torch", "load_model", "load_stats", "merge_stats", "package_torch", "run")},
     **{n: "mstransform.core.options" for n in (
         "AlphaPlan", "Center", "Device", "Formulation", "Mode", "Placement", "Precision", "Runtime", "Selection")},
     "Stats": "mstransform.core.stats", "Preprocess": "mstransform.runtime.data",
@@ -39,9 +39,10 @@ if TYPE_CHECKING:
     from mstransform.core.stats import Stats
     from mstransform.robustness.attacks import AttackConfig
     from mstransform.runtime.data import Preprocess
-    from mstransform.tools.api import (Hardened, HardenReport, OneStepResult, RunResult, calibrate,
-                                       calibrate_and_harden, compare_accuracy, find_sites, harden, harden_model,
-                                       harden_torch, load_model, load_stats, package_torch, run)
+    from mstransform.tools.api import (Hardened, HardenReport, OneStepResult, RunResult, TrtCheck, build_engine,
+                                       calibrate, calibrate_and_harden, check_trt, compare_accuracy, default_output,
+                                       find_sites, harden, harden_model, harden_torch, load_model, load_stats,
+                                       merge_stats, package_torch, run)
     from mstransform.tools.evaluation import evaluate
     from mstransform.tools.sweep import sweep
 

@@ -24,6 +24,30 @@ _TMP_PREFIX = ".mstransform-"
 
 
 # -- paths -------------------------------------------------------------------------------------
+def is_path(value) -> bool:
+    """Whether ``value`` is a file path as Python spells one: ``str``, ``bytes`` or ``os.PathLike``."""
+    return isinstance(value, (str, bytes, os.PathLike))
+
+
+def path_arg(value, param: str, error: type[MstError] = UsageError, *, optional: bool = False) -> Path | None:
+    """``value`` (``str``, ``bytes`` or ``os.PathLike``) as a :class:`Path`; None where ``optional`` and absent.
+
+    Anything else is refused in one line naming ``param`` (``error``'s class); so is a name holding a
+    NUL byte, which no file can have."""
+    if value is None and optional:
+        return None
+    if not is_path(value):
+        raise error(f"must be a file path (str, bytes or os.PathLike), not {type(value).__name__}", param=param)
+    try:
+        text = os.fspath(value)
+        text = os.fsdecode(text) if isinstance(text, bytes) else text
+    except TypeError as e:  # __fspath__ returned something else
+        raise error(f"is not a file path ({e})", param=param) from None
+    if not isinstance(text, str) or "\0" in text or not text:
+        raise error(f"{text!r:.80} is not a valid file name", param=param)
+    return Path(text)
+
+
 def resolved(path: str | Path, what: str = "path") -> Path:
     """``path`` made absolute with links followed; a one-line error on a symlink loop."""
     try:

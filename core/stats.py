@@ -37,22 +37,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mstransform.core.errors import MstError, StatsError
+from mstransform.core.errors import MstError, StatsError, UsageError
 from mstransform.core.fileio import atomic_output
-from mstransform.core.guards import check_readable
+from mstransform.core.guards import check_readable, is_path, path_arg
 from mstransform.core.moments import Moments
 from mstransform.core.npz import read_npz
 from mstransform.core.options import Placement, Selection
+from mstransform.core.stats_fields import MAX_RANK, MAX_RECORDED_VALUE, Fields
 
 FORMAT = "mstransform.stats"
 VERSION = 2
 READS = (1, 2)
-MAX_RECORDED_VALUE = 1024  # elements: inputs without a batch axis up to this size keep their value
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class Stats:
 
     @classmethod
     def load(cls, path: str | Path) -> "Stats":
+        path = path_arg(path, "stats", StatsError)
         path = check_readable(path, StatsError, "stats file", missing_ok=True)  # a name too long, a FIFO
         if not path.exists():
             raise StatsError(f"stats file {path} does not exist; run `mstransform calibrate` first")
@@ -157,59 +160,54 @@ class Stats:
         return cls.from_arrays(arrays, str(path))
 
     @classmethod
-    def from_arrays(cls, a: dict[str, np.ndarray], origin: str = "stats") -> "Stats":
-        def need(key):
-            if key not in a:
-                raise StatsError(f"{origin} is not an mstransform stats file: key {key!r} is missing")
-            return a[key]
-
-        if str(need("format")) != FORMAT:
-            raise StatsError(f"{origin} is not an mstransform stats file (format {str(a['format'])[:40]!r})")
-        version = need("version")
+    def from_arrays(cls, a: Mapping, origin: str = "stats") -> "Stats":
+        """Stats from the arrays of a stats file (a dict, an ``NpzFile``, any mapping of arrays), every
+        key checked for type, rank and bounds on the way (:class:`~mstransform.core.stats_fields.Fields`)."""
+        f = Fields(a, origin)
+        fmt = f.raw("format")
+        if fmt.ndim != 0 or str(fmt) != FORMAT:
+            raise StatsError(f"{origin} is not an mstransform stats file (key 'format' is {str(fmt)[:40]!r})")
+        version = f.raw("version")
         if version.dtype.kind not in "iu" or version.ndim != 0 or int(version) not in READS:
             raise StatsError(f"{origin} has stats format version {str(version)[:20]!r}; this mstransform reads "
                              f"versions {', '.join(map(str, READS))}")
-        names = [str(x) for x in need("site_names")]
-        cols = {k: need(k) for k in ("site_feeds", "site_kinds", "site_axes", "site_ranks", "site_dtypes", "site_counts")}
-        if any(len(v) != len(names) for v in cols.values()):
-            raise StatsError(f"{origin} is inconsistent: site columns have different lengths")
+        names = [str(x) for x in f.column("site_names", "U")]
+        cols = {k: f.column(k, "U" if k in ("site_feeds", "site_kinds", "site_dtypes") else "iu", len(names))
+                for k in ("site_feeds", "site_kinds", "site_axes", "site_ranks", "site_dtypes", "site_counts")}
         if len(set(names)) != len(names):
             raise StatsError(f"{origin} lists a site twice")
         sites = {}
         for i, name in enumerate(names):
-            mean, var = (np.asarray(need(f"{k}/{i}"), dtype=np.float64) for k in ("mean", "var"))
-            absmax = np.asarray(a[f"absmax/{i}"], dtype=np.float64) if f"absmax/{i}" in a else None
-            present = {"mean": mean, "var": var, **({} if absmax is None else {"absmax": absmax})}
-            if len({arr.shape for arr in present.values()}) != 1 or mean.ndim != 1:
-                raise StatsError(f"{origin}: site {name!r} has mean/var/absmax of different shapes")
-            for label, arr in present.items():
-                if not np.all(np.isfinite(arr)):
-                    raise StatsError(f"{origin}: site {name!r} has NaN or Inf in its {label}; recalibrate")
+            mean = f.channels(f"mean/{i}")
+            var = f.channels(f"var/{i}", mean.size)
+            absmax = f.channels(f"absmax/{i}", mean.size) if f"absmax/{i}" in f else None
             if np.any(var < 0):
                 raise StatsError(f"{origin}: site {name!r} has a negative variance; the file is corrupt")
             axis, rank = int(cols["site_axes"][i]), int(cols["site_ranks"][i])
+            if not 0 < rank <= MAX_RANK:
+                raise f.fail("site_ranks", f"gives site {name!r} rank {rank}; ranks lie between 1 and {MAX_RANK}")
             if not 0 <= axis < rank:
                 raise StatsError(f"{origin}: site {name!r} has channel axis {axis} outside its rank {rank}")
             count = int(cols["site_counts"][i])
             if count <= 0:
                 raise StatsError(f"{origin}: site {name!r} has no samples")
             moments = Moments(count, mean, var * count, absmax)
-            sites[name] = SiteStats(name, str(cols["site_feeds"][i]), str(cols["site_kinds"][i]),
-                                    int(cols["site_axes"][i]), int(cols["site_ranks"][i]), str(cols["site_dtypes"][i]),
-                                    moments)
+            sites[name] = SiteStats(name, str(cols["site_feeds"][i]), str(cols["site_kinds"][i]), axis, rank,
+                                    str(cols["site_dtypes"][i]), moments)
         try:
-            selection = Selection.from_json(str(a.get("selection", "{}")))
+            selection = Selection.from_json(f.text("selection", "{}"))
         except (json.JSONDecodeError, ValueError, TypeError, RecursionError) as e:
             raise StatsError(f"{origin}: the selection record is not valid ({str(e)[:80]})") from None
         except MstError as e:  # a bad pattern inside the file
             raise StatsError(f"{origin}: the selection record holds {e}") from None
         try:
-            placement = Placement(str(need("placement")))
+            placement = Placement(f.text("placement"))
         except ValueError:
-            raise StatsError(f"{origin}: unknown placement {str(a['placement'])!r}") from None
-        unreached = tuple(str(x) for x in np.asarray(a.get("site_unreached", np.array([], dtype=str))).reshape(-1))
-        return cls(str(need("fingerprint")), placement, sites, int(a.get("samples", 0)), selection,
-                   _input_records(a, origin), unreached, str(a.get("weights", "")))
+            raise f.fail("placement", f"names unknown placement {f.text('placement')[:40]!r}") from None
+        unreached = tuple(str(x) for x in f.column("site_unreached", "U", optional=True))
+        inputs = tuple(InputRecord(e["name"], e["dtype"], e["shape"], e["batch_axis"], e["value"]) for e in f.inputs())
+        return cls(f.text("fingerprint"), placement, sites, f.integer("samples", default=0), selection,
+                   inputs, unreached, f.text("weights", ""))
 
     def merge(self, other: "Stats") -> "Stats":
         """Exact merge of two shards measured on the same model with the same sites."""
@@ -316,26 +314,22 @@ class Stats:
         return "\n".join(lines)
 
 
-def _input_records(a: dict[str, np.ndarray], origin: str) -> tuple[InputRecord, ...]:
-    if "inputs" not in a:
-        return ()  # version 1
-    try:
-        entries = json.loads(str(a["inputs"]))
-        records = []
-        for k, e in enumerate(entries):
-            axis = e["batch_axis"]
-            shape = tuple(int(d) for d in e["shape"])
-            if (axis is not None and not (isinstance(axis, int) and 0 <= axis < len(shape))) or min(shape, default=0) < 0:
-                raise ValueError(f"input {k} has a bad shape or batch axis")
-            value = a.get(f"input_value/{k}")
-            records.append(InputRecord(str(e["name"]), str(np.dtype(e["dtype"])), shape, axis,
-                                       None if value is None else np.asarray(value)))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as e:
-        raise StatsError(f"{origin}: the inputs record is not valid ({str(e)[:80]})") from None
-    return tuple(records)
+def load_stats(path: str | bytes | os.PathLike) -> Stats:
+    """The stats file at ``path``, every key checked (:meth:`Stats.from_arrays`)."""
+    return Stats.load(path_arg(path, "stats", StatsError))
 
 
-def load_stats(path: str | Path) -> Stats:
-    return Stats.load(path)
+def as_stats(value, param: str = "stats") -> Stats:
+    """``value`` as :class:`Stats`: stats already, a stats file's path (``str``, ``bytes``, ``os.PathLike``),
+    or its arrays (``np.load("stats.npz")``, a mapping of arrays), checked as a file's are; anything else
+    is refused in one line naming ``param``."""
+    if isinstance(value, Stats):
+        return value
+    if is_path(value):
+        return Stats.load(path_arg(value, param, StatsError))
+    if isinstance(value, Mapping):
+        return Stats.from_arrays(value, param)
+    raise UsageError(f"must be Stats, a stats file path or its arrays (np.load of it, a mapping of arrays), "
+                     f"not {type(value).__name__}", param=param)
 
 

@@ -8,7 +8,8 @@ import onnx_ir as ir
 
 from mstransform.core.activations import OPS
 from mstransform.passes.catalogue import ONNX_POOLS, Layout
-from mstransform.core.options import Placement, Selection
+from mstransform.core.options import Placement, Selection, choice
+from mstransform.core.typed import typed
 from mstransform.passes._ir import const_array, is_const, other_input, static_shape
 from mstransform.passes.onnx_rules import match_activations
 from mstransform.passes.sites import Candidate, Rejection, SiteTable, found_sites, select
@@ -136,13 +137,14 @@ class OnnxView:
         return value.name or ""
 
 
+@typed
 def find_sites(model: ir.Model, placement: Placement | str = Placement.ACTIVATIONS,
                selection: Selection = Selection()) -> SiteTable:
     """The sites of ``placement`` in ``model``: its main graph, then every ``If``/``Loop``/``Scan`` body
     (see :func:`build_site_table`). A site inside a body is named after its body
     (``/If_0:then_branch/...``), so sites of two branches never share a name."""
     owned = owners(model)
-    whole = SiteTable(Placement(placement), [], [])
+    whole = SiteTable(choice(Placement, placement, "placement"), [], [])
     taken: set[str] = set()
     for graph in graphs(model):  # names first, so the selection and axis overrides see the names users see
         table = found_sites(OnnxView(graph), placement, selection.include_se)

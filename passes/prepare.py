@@ -18,7 +18,7 @@ from onnx_ir.passes import FunctionalPass, InPlacePass, PassResult, Precondition
 from onnx_ir.passes.common import NameFixPass, ShapeInferencePass
 
 from mstransform.core.errors import ModelError
-from mstransform.core.guards import check_readable
+from mstransform.core.guards import check_readable, path_arg
 
 INFERRED = "mstransform.inferred"
 
@@ -162,7 +162,7 @@ def load_model(model: str | Path | ir.Model) -> ir.Model:
     """Load an ONNX model (external data stays memory-mapped), name unnamed nodes, infer shapes."""
     if isinstance(model, ir.Model):
         return model
-    path = Path(model)
+    path = path_arg(model, "model")  # str, bytes or os.PathLike; anything else is refused naming the parameter
     try:
         is_file = path.is_file()
     except OSError as e:  # a symlink loop, a name too long

@@ -39,6 +39,7 @@ from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, Precondi
 
 from mstransform.core.options import Formulation, Placement, Selection
 from mstransform.core.params import SiteParams
+from mstransform.core.typed import typed
 from mstransform.passes.bounds import exclusive_bounds
 from mstransform.passes.sites import Site
 from mstransform.passes.sparsify_match import guarded
@@ -71,6 +72,7 @@ class Operator:
     rank: int
 
 
+@typed
 def inserted(model: ir.Model) -> list[Inserted]:
     """The side record of what :class:`InsertSparsifyPass` inserted into ``model`` (empty if nothing)."""
     return list(model.meta.get(INSERTED, []))

@@ -80,15 +80,23 @@ def choose_providers(requested: list[str] | None = None) -> tuple[list[str], str
     (TensorRT's ``libnvinfer``, CUDA's runtime), so ONNX Runtime never logs a failed start."""
     ort = import_ort()
     available = ort.get_available_providers()
+    if requested is not None and (isinstance(requested, str) or not isinstance(requested, (list, tuple))):
+        raise UsageError(f"must be a list of provider names, not {type(requested).__name__}", param="providers")
     if requested:  # names, or (name, options) pairs as ONNX Runtime takes them
-        names = [p if isinstance(p, str) else p[0] for p in requested]
+        names = [_provider_name(p) for p in requested]
+        unknown = [p for p in names if p not in ort.get_all_providers()]
+        if unknown:
+            raise UsageError(f"names {unknown[0]!r}, which ONNX Runtime does not know (available here: "
+                             f"{', '.join(available)})", param="providers")
         missing = [p for p in names if p not in available]
-        if missing:
-            raise ModelError(f"execution provider(s) {missing} are not available here (available: {available})")
+        if missing:  # a device or provider this machine lacks: a missing dependency, not a bad model
+            raise DependencyError(f"execution provider(s) {missing} are not in this onnxruntime build (available: "
+                                  f"{available}); CUDA and TensorRT need the onnxruntime-gpu package (never beside "
+                                  "onnxruntime) and a GPU")
         unusable = [p for p in names if p in _NEEDS and not _usable(ort, p)]
         if unusable:
-            raise ModelError(f"execution provider {unusable[0]} cannot start: none of "
-                             f"{', '.join(_NEEDS[unusable[0]])} loads on this machine")
+            raise DependencyError(f"execution provider {unusable[0]} cannot start: none of "
+                                  f"{', '.join(_NEEDS[unusable[0]])} loads on this machine")
         return list(requested), "as requested"
     chosen, notes = [], []
     for p in PREFERRED:
@@ -100,6 +108,15 @@ def choose_providers(requested: list[str] | None = None) -> tuple[list[str], str
         else:
             notes.append(f"{_short(p)} skipped: {_NEEDS[p][0]} does not load")
     return chosen, "; ".join(["preferred order TensorRT > CUDA > CPU", *notes])
+
+
+def _provider_name(p) -> str:
+    """A provider as ONNX Runtime takes it: a name, or a (name, options) pair."""
+    if isinstance(p, str):
+        return p
+    if isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], dict):
+        return p[0]
+    raise UsageError(f"holds {p!r:.60}; a provider is a name or a (name, options dict) pair", param="providers")
 
 
 def _short(provider: str) -> str:
@@ -114,7 +131,7 @@ def check_runtime_choice(runtime=None, device=None, providers: list | None = Non
         return
     if device is not None and choice(Device, device, "device") is Device.CUDA:
         raise UsageError("cuda does not apply to OpenVINO, which runs on its CPU plugin here", param="device")
-    if providers and {p if isinstance(p, str) else p[0] for p in providers} != {"CPUExecutionProvider"}:
+    if providers and {_provider_name(p) for p in providers} != {"CPUExecutionProvider"}:
         raise UsageError("belong to ONNX Runtime; OpenVINO runs on its CPU plugin here", param="providers")
 
 

@@ -121,7 +121,7 @@ def test_gpu_providers_are_asked_for_only_when_their_libraries_load(monkeypatch)
     them there makes ONNX Runtime log an error and fall back. They must be skipped, with the reason."""
     import onnxruntime
 
-    from mstransform.core.errors import ModelError
+    from mstransform.core.errors import DependencyError
     from mstransform.runtime import session
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(session.PREFERRED))
@@ -132,7 +132,7 @@ def test_gpu_providers_are_asked_for_only_when_their_libraries_load(monkeypatch)
     assert "Tensorrt skipped: libnvinfer.so.10 does not load" in why
     loads.clear()
     assert session.choose_providers()[0] == ["CPUExecutionProvider"]
-    with pytest.raises(ModelError, match="TensorrtExecutionProvider cannot start"):
+    with pytest.raises(DependencyError, match="TensorrtExecutionProvider cannot start"):  # a missing dependency: exit 8
         session.choose_providers(["TensorrtExecutionProvider", "CPUExecutionProvider"])
 
 

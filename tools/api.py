@@ -16,13 +16,11 @@ import numpy as np
 
 from mstransform.core.errors import UsageError
 from mstransform.core.fileio import atomic_output
-from mstransform.core.guards import check_outputs
 from mstransform.core.options import (AlphaPlan, Center, Device, Formulation, Mode, Placement, Precision, Runtime,
                                       Selection, choice)
 from mstransform.core.stats import Stats, load_stats
 from mstransform.passes.onnx_view import find_sites as _find_sites
 from mstransform.passes.prepare import load_model
-from mstransform.passes.references import with_references
 from mstransform.passes.sites import SiteTable
 from mstransform.runtime.accuracy import Accuracy, accuracy, is_class_scores, score
 from mstransform.passes.plan import nothing_selected
@@ -32,6 +30,7 @@ from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.outputs import declared_outputs, gather_outputs
 from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, make_session, open_session,
                                          providers_for)
+from mstransform.tools.arguments import checked
 from mstransform.tools.harden import Hardened, HardenReport, harden, harden_model, refuse_hardened, retract_output
 
 __all__ = ["Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "build_engine", "calibrate",
@@ -43,6 +42,7 @@ def _is_torch(model) -> bool:
     return type(model).__module__.startswith("torch") or hasattr(model, "named_modules")
 
 
+@checked
 def find_sites(model, placement: Placement | str = Placement.ACTIVATIONS,
                selection: Selection = Selection()) -> SiteTable:
     """The site table of an ONNX ``model`` (path or ``onnx_ir`` model): sites of ``placement``, narrowed
@@ -51,6 +51,7 @@ def find_sites(model, placement: Placement | str = Placement.ACTIVATIONS,
     return _find_sites(load_model(model), placement, selection)
 
 
+@checked
 def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS, selection: Selection = Selection(),
               batch_size: int = 64,
               limit: int | None = None, preprocess: Preprocess | None = None, progress: bool = True,
@@ -92,6 +93,7 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
                            batch_axes=batch_axes)
 
 
+@checked
 def harden_torch(model, stats: Stats | str | Path, alpha: float | AlphaPlan = 0.2, *,
                  mode: Mode | str = Mode.MEANSPARSE, center: Center | str = Center.MEAN, example: tuple | None = None):
     """A hardened ``GraphModule`` of a torch ``nn.Module``, ``torch.export`` program or GraphModule.
@@ -108,6 +110,7 @@ def harden_torch(model, stats: Stats | str | Path, alpha: float | AlphaPlan = 0.
                      center=center, example=example)
 
 
+@checked
 def package_torch(model, stats: Stats | str | Path, example: tuple, output: str | Path,
                   alpha: float | AlphaPlan = 0.2, *, mode: Mode | str = Mode.MEANSPARSE,
                   center: Center | str = Center.MEAN, dynamic_batch: tuple[int, int] | None = (1, 1024)) -> Path:
@@ -126,6 +129,7 @@ class OneStepResult:
     report: HardenReport
 
 
+@checked(models_out=("output",))
 def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_output: str | Path,
                          alpha: float | AlphaPlan = 0.2, mode: Mode | str = Mode.MEANSPARSE,
                          center: Center | str = Center.MEAN, formulation: Formulation | str = Formulation.WHERE,
@@ -150,8 +154,6 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
     mode = choice(Mode, mode, "mode")
     placement = choice(Placement, placement or (Placement.LINEAR_INPUTS if mode is Mode.FORGED
                                                 else Placement.ACTIVATIONS), "placement")
-    output, stats_output = check_outputs([output, stats_output], [*with_references(model),
-                                         data if isinstance(data, (str, Path)) else None], models=[output])
     m = load_model(model)
     found = _find_sites(m, placement)
     chosen = [s.name for s in found if selection.rejects((s.name, s.feed_name)) is None]
@@ -177,6 +179,7 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
     return OneStepResult(stats, stats_output, report)
 
 
+@checked
 def compare_accuracy(models: list[str | Path], data, *, batch_size: int = 64, preprocess: Preprocess | None = None,
                      threads: int | None = None, runtime: Runtime | str = Runtime.ONNXRUNTIME,
                      batch_axes: dict[str, int | None] | None = None) -> list[Accuracy]:
@@ -187,6 +190,7 @@ def compare_accuracy(models: list[str | Path], data, *, batch_size: int = 64, pr
             for p in models]
 
 
+@checked
 def default_output(model: str | Path, mode: Mode | str = Mode.MEANSPARSE) -> Path:
     """Where a hardened model goes when no output is named: ``MODEL.<mode>.onnx`` next to the input."""
     model = Path(model)
@@ -199,9 +203,10 @@ def default_stats_output(output: str | Path) -> Path:
     return output.with_name(output.stem + ".stats.npz")
 
 
+@checked
 def merge_stats(paths: list[str | Path], output: str | Path) -> Stats:
     """Merge shards (Chan's rule in float64) and write the result to ``output``; returns the merged stats."""
-    (out,) = check_outputs([output], list(paths))
+    out = output  # checked against every input by @checked
     if not paths:
         raise UsageError("names no stats file to merge", param="stats")
     parts = [load_stats(p) for p in paths]
@@ -233,6 +238,7 @@ class TrtCheck:
                                      f"first: {self.errors[0]}")
 
 
+@checked
 def check_trt(model, version: str | None = None, *, fp16: bool = False) -> TrtCheck:
     """The static TensorRT compatibility check of ``model`` against one release's ONNX parser facts."""
     from mstransform.deploy.trt_check import DEFAULT_VERSION, versions
@@ -244,6 +250,7 @@ def check_trt(model, version: str | None = None, *, fp16: bool = False) -> TrtCh
     return TrtCheck(version, _check(load_model(model), version, fp16=fp16), fp16)
 
 
+@checked
 def build_engine(model: str | Path, output: str | Path, *, shapes: str | None = None, fp16: bool = False,
                  bf16: bool = False, workspace_mib: int = 1024, timing_cache: str | Path | None = None) -> Path:
     """A TensorRT engine of ``model`` written to ``output``; ``shapes`` is MIN/OPT/MAX (batch sizes or
@@ -251,7 +258,7 @@ def build_engine(model: str | Path, output: str | Path, *, shapes: str | None = 
     from mstransform.deploy.trt_engine import build_engine as _build
     from mstransform.deploy.trt_engine import import_tensorrt, parse_shapes
 
-    (out,) = check_outputs([output], [*with_references(model), timing_cache])
+    out = output  # checked against the model, its external data and the timing cache by @checked
     specs = input_specs(load_model(model))
     unknown = [s.name for s in specs if s.shape is None]
     if unknown:
@@ -295,7 +302,8 @@ class RunResult:
         return path
 
 
-def run(model: str | Path, data, *, providers: list[str] | None = None, batch_size: int = 64,
+@checked
+def run(model: str | Path, data, *, providers: list[str | tuple[str, dict]] | None = None, batch_size: int = 64,
         limit: int | None = None, preprocess: Preprocess | None = None, threads: int | None = None,
         runtime: Runtime | str = Runtime.ONNXRUNTIME, batch_axes: dict[str, int | None] | None = None) -> RunResult:
     """Batch inference in ONNX Runtime or OpenVINO on any model: every output, joined along its batch

@@ -5,9 +5,10 @@ print one line and exit with the code of their class (see :mod:`mstransform.core
 the console entry point (:mod:`mstransform.tools.entry`) turns Ctrl-C and SIGTERM into exit
 130 from the first instruction on. Without ``--debug`` no traceback is ever printed.
 
-Before a command runs, every path it was given is checked by its role (:data:`ROLES`): an input
-that is a FIFO, a device or a socket is refused unopened, one that cannot be read is reported in
-its class, and an output that ends in a separator is refused. An ``OSError`` that still reaches the
+Before a command runs, every path it was given is checked by its role, by the same check the API's
+functions run first (:mod:`mstransform.tools.arguments`): an input that is a FIFO, a device or a
+socket is refused unopened, one that cannot be read is reported in its class, and an output that is
+an input, another output or a folder is refused. An ``OSError`` that still reaches the
 top is reported in the class of the path it names (:func:`~mstransform.core.guards.classify_os_error`).
 
 Standard output and error: a reader that closes the pipe (``mstransform sites m.onnx | head``)
@@ -22,16 +23,6 @@ import logging
 import os
 import sys
 import warnings
-
-# Each path flag (its argparse dest) by role: (error class name, what the message calls it).
-ROLES = {"model": ("ModelError", "model file"), "models": ("ModelError", "model file"),
-         "data": ("DataError", "data"), "eval": ("DataError", "labelled data"),
-         "stats": ("StatsError", "stats file"), "inputs": ("StatsError", "stats file"),
-         "output": ("OutputError", "output"), "save_stats": ("OutputError", "output"),
-         "json": ("OutputError", "output"), "csv": ("OutputError", "output"), "plot": ("OutputError", "output"),
-         "timing_cache": ("OutputError", "timing cache")}
-INPUTS = ("model", "models", "data", "eval", "stats", "inputs")
-OUTPUTS = ("output", "save_stats", "json", "csv", "plot")
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -96,42 +87,34 @@ def _report(err: BaseException, args) -> int:
     return 1
 
 
-def path_args(args) -> list:
-    """``(dest, path, error class, what)`` for every path flag given in ``args`` (see :data:`ROLES`)."""
+def path_flags(args) -> dict:
+    """``dest -> value`` for every path flag given in ``args``, by the role table the API shares
+    (:data:`~mstransform.tools.arguments.ROLES`)."""
     if args is None:
-        return []
-    from mstransform.core import errors
+        return {}
+    from mstransform.tools.arguments import ROLES
 
-    return [(dest, v, getattr(errors, cls), what) for dest, (cls, what) in ROLES.items()
-            for v in _as_list(getattr(args, dest, None)) if isinstance(v, (str, os.PathLike))]
+    return {dest: v for dest in ROLES if (v := getattr(args, dest, None)) is not None}
 
 
 def roles(args) -> list:
     """``(path, error class, what)`` for every path flag of ``args``: what
-    :func:`~mstransform.core.fileio.classify_os_error` needs to name an OSError's class."""
-    return [(p, cls, what) for _, p, cls, what in path_args(args)]
+    :func:`~mstransform.core.guards.classify_os_error` needs to name an OSError's class."""
+    from mstransform.tools.arguments import ROLES
+
+    return [(p, ROLES[dest].error, ROLES[dest].what) for dest, value in path_flags(args).items()
+            for p in _as_list(value) if isinstance(p, (str, os.PathLike))]
 
 
 def check_paths(args) -> None:
-    """Every path flag checked by its role before the command runs.
+    """Every path flag checked by its role before the command runs, by the check every API function
+    runs first (:func:`~mstransform.tools.arguments.check_paths`): an input that is a FIFO, device or
+    socket is refused unopened, one that cannot be read is an error of its class (missing inputs are
+    left to the readers, which say it in their words); an output that ends in a separator, is an
+    input (or a file an input model references) or another output is refused."""
+    from mstransform.tools.arguments import check_paths as check
 
-    Inputs: a FIFO, device or socket is refused without opening it (a FIFO with no writer would
-    block for ever); one that cannot be read (permission, I/O error, a name too long) is an error
-    of its class. Missing inputs and folders are left to the readers, which say it in their words.
-    Outputs: a path ending in a separator names a folder and is refused. Outputs against inputs and
-    every file an input model references are checked by the commands and the API themselves
-    (:func:`~mstransform.core.guards.check_outputs`).
-    """
-    from mstransform.core.errors import OutputError
-    from mstransform.core.guards import check_readable, names_folder
-
-    for dest, path, cls, what in path_args(args):
-        if dest in INPUTS and (dest in ("data", "eval") or not os.path.isdir(path)):  # a folder model: load_model says
-            check_readable(path, cls, what, folder=dest in ("data", "eval"), missing_ok=True)
-    outputs = [getattr(args, d, None) for d in OUTPUTS]
-    for out in outputs:
-        if out is not None and names_folder(out):
-            raise OutputError(f"output path {out} names a folder (it ends with a separator); give a file name")
+    check(path_flags(args), models_out=("output",) if args.command == "harden" else ())
 
 
 def _as_list(value) -> list:
