@@ -22,6 +22,7 @@ from mstransform.passes.expose import exposed
 from mstransform.passes.sparsify import Inserted
 from mstransform.passes.sparsify_match import find_sparsify_ops
 from mstransform.passes.subgraphs import graphs
+from mstransform.runtime.accuracy import is_class_scores
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import describe, encodable, first_line, open_session, run_step
 
@@ -166,11 +167,6 @@ class Agreement:
         return f"{self.output!r} " + ", ".join(parts)
 
 
-def is_class_scores(x: np.ndarray) -> bool:
-    """An output of shape (batch, classes) with at least two classes, in a float type."""
-    return x.ndim == 2 and x.shape[1] >= 2 and x.shape[0] >= 1 and (x.dtype.kind == "f" or x.dtype.name == "bfloat16")
-
-
 def agreement(base: dict[str, np.ndarray], hardened: dict[str, np.ndarray]) -> list[Agreement]:
     """Each output of ``hardened`` against ``base``: top-1 agreement where it holds class scores, the
     relative change ``||h - b|| / ||b||`` (float64) for every float output. A changed shape or type, or
@@ -200,7 +196,7 @@ def agreement(base: dict[str, np.ndarray], hardened: dict[str, np.ndarray]) -> l
         diff = float(np.linalg.norm(h64[both] - b64[both]))
         change = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
         top1 = None
-        if is_class_scores(b):
+        if b.ndim == 2 and b.shape[0] >= 1 and is_class_scores(b, b.shape[0]):
             top1 = (int(np.count_nonzero(np.argmax(h64, axis=1) == np.argmax(b64, axis=1))), b.shape[0])
         out.append(Agreement(name, top1, change))
     return out
