@@ -30,6 +30,7 @@ from mstransform.robustness.reports import format_table, merge_reports, read_rep
 from mstransform.runtime import distributed
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import describe, open_session, providers_for
+from mstransform.tools.arguments import checked
 
 
 @dataclass
@@ -71,6 +72,7 @@ def parts_folder(json_path=None, csv_path=None) -> Path | None:
     return None if report is None else Path(report).with_name(Path(report).name + ".parts")
 
 
+@checked
 def evaluate(models: list[str | Path], data, cfg: AttackConfig, *, progress=None, threads: int | None = None,
              device=None, runtime=None, shard: tuple[int, int] | None = None, parts: str | Path | None = None,
              fresh: bool = False) -> EvalReport:

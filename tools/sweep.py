@@ -33,6 +33,7 @@ from mstransform.robustness.selection import SweepRow, choose_alpha
 from mstransform.runtime import distributed
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import make_session, providers_for
+from mstransform.tools.arguments import checked
 from mstransform.tools.harden import harden, harden_model
 
 
@@ -89,6 +90,7 @@ def _stats_digest(stats: Stats) -> str:
     return h.hexdigest()
 
 
+@checked
 def sweep(model, stats: Stats, data, alphas: list[float], cfg: AttackConfig, *, max_clean_drop: float = 0.5,
           progress=None, threads: int | None = None, device=None, shard: tuple[int, int] | None = None,
           parts: str | Path | None = None, fresh: bool = False) -> SweepReport:
