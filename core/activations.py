@@ -109,14 +109,14 @@ OPS: dict[str, Callable[..., np.ndarray]] = {
     "Where": lambda c, a, b: np.where(c, a, b),
     "Greater": np.greater, "Less": np.less, "GreaterOrEqual": np.greater_equal, "LessOrEqual": np.less_equal,
 }
-# Ops whose output bends: a candidate activation holds at least one.
-NONLINEAR = frozenset(OPS) - {"Identity", "Add", "Sub", "Mul", "Neg", "Greater", "Less", "GreaterOrEqual",
-                               "LessOrEqual"}
 # Nonlinear ops that are, or sit inside, activations: one that merges back with its own input's
 # ancestors without computing a catalogue function is reported, never guessed.
 SQUASHING = frozenset({"Erf", "Tanh", "Sigmoid", "Exp", "Expm1", "Log", "Log1p", "Softplus", "Softsign", "Relu",
                        "LeakyRelu", "Elu", "Celu", "Selu", "ThresholdedRelu", "HardSigmoid", "HardSwish", "Silu",
                        "Mish", "Gelu", "Clip", "Min", "Max"})
+# Where the finder starts looking: every catalogue function's spelling holds one of these (a Softsign its
+# Abs, a LeakyRelu spelled Where(x > 0, x, a*x) its Where), while a Div, Pow or Sqrt alone never makes one.
+ANCHORS = SQUASHING | {"Abs", "Where"}
 # Ops that keep the number: they neither start nor lengthen a composite (a Cast before an activation
 # keeps the site where the activation reads).
 VALUE_KEEPING = frozenset({"Identity"})

@@ -23,7 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from mstransform.core.activations import (GRID, NONLINEAR, SQUASHING, VALUE_KEEPING, Identified, closest, evaluate,
+from mstransform.core.activations import (ANCHORS, GRID, SQUASHING, VALUE_KEEPING, Identified, closest, evaluate,
                                           identify)
 
 N = TypeVar("N")
@@ -292,7 +292,7 @@ def find_composites(graph: ElementwiseGraph, single=lambda node: False,
     claimed: set[int] = set()
     for node in graph.nodes():
         e = finder.ew(node)
-        if e is None or e.op not in NONLINEAR or id(node) in claimed:
+        if e is None or e.op not in ANCHORS or id(node) in claimed:
             continue
         comp, near, merged, leak = finder.best(node)
         if comp is not None and any(id(n) in claimed for n in comp.nodes):

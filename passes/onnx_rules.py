@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from mstransform.core.activations import NONLINEAR, OPS
+from mstransform.core.activations import ANCHORS, OPS
 from mstransform.passes.catalogue import KINDS, kind as catalogue_kind
 from mstransform.passes.composites import Composite, Elementwise, find_composites
 from mstransform.passes._ir import close, const_array, is_const, scalar
@@ -119,7 +119,16 @@ class OnnxElementwise:
         if node.domain not in ("", "ai.onnx") or not node.outputs:
             return None
         op = node.op_type
-        operands = tuple(None if v is None else (const_array(v) if is_const(v) else v) for v in node.inputs)
+        if op not in SAME_OPS and op not in ("Identity", "Dropout", "Cast", "Clip"):
+            return None
+        operands = []
+        for v in node.inputs:
+            if v is not None and is_const(v):
+                v = const_array(v)
+                if v is None:
+                    return None  # a constant this view cannot read (computed through a Transpose, say)
+            operands.append(v)
+        operands = tuple(operands)
         if not operands or operands[0] is None:
             return None
         if op in ("Identity", "Dropout"):
@@ -165,10 +174,10 @@ def _composite_match(c: Composite) -> ActivationMatch:
 class CompositeRule(Rule):
     """Any spelling of a catalogue activation, accepted by what it computes
     (:mod:`mstransform.passes.composites`): ``x * Sigmoid(1.702 * x)``, ``x / (1 + Exp(-x))``, a tanh GELU with
-    its constants folded or reassociated, ``x * Min(Relu(x + 3), 6) / 6``. Anchored at any nonlinear node."""
+    its constants folded or reassociated, ``x * Min(Relu(x + 3), 6) / 6``. Anchored at any op of :data:`~mstransform.core.activations.ANCHORS`."""
 
     kinds = tuple(KINDS)
-    anchors = frozenset(NONLINEAR)
+    anchors = frozenset(ANCHORS)
     form = "computed"
 
     def match(self, node: ir.Node) -> Result:
