@@ -29,6 +29,7 @@ _API = {  # name -> module it lives in
         "AlphaPlan", "Center", "Device", "Formulation", "Mode", "Placement", "Precision", "Runtime", "Selection")},
     "Stats": "mstransform.core.stats", "Preprocess": "mstransform.runtime.data",
     "evaluate": "mstransform.tools.evaluation", "sweep": "mstransform.tools.sweep",
+    "bench": "mstransform.tools.bench",
     "AttackConfig": "mstransform.robustness.attacks",
 }
 __all__ = ["__version__", *sorted(_API)]
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
                                        calibrate, calibrate_and_harden, check_trt, compare_accuracy, default_output,
                                        find_sites, harden, harden_model, harden_torch, load_model, load_stats,
                                        merge_stats, package_torch, run)
+    from mstransform.tools.bench import bench
     from mstransform.tools.evaluation import evaluate
     from mstransform.tools.sweep import sweep
 

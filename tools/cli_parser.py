@@ -8,7 +8,7 @@ from mstransform.core.errors import UsageError
 from mstransform.core.options import Center, Device, Formulation, Mode, Placement, Precision, Runtime
 
 SUBCOMMANDS = ("sites", "calibrate", "stats", "harden", "check-trt", "engine", "run", "eval", "eval-merge", "sweep",
-               "plot")
+               "plot", "bench")
 GLOBAL_VALUED = {"--threads"}
 # API parameter -> the flag that sets it, for error messages.
 FLAGS = {"alpha": "--alpha", "alphas": "--alphas", "batch_size": "--batch-size", "limit": "--limit",
@@ -19,7 +19,8 @@ FLAGS = {"alpha": "--alpha", "alphas": "--alphas", "batch_size": "--batch-size",
          "max_clean_drop": "--max-clean-drop", "channel": "--channel", "mean/std": "--mean/--std", "std": "--std",
          "probe": "--data", "data": "--data", "model": "MODEL", "shard": "--shard", "workspace": "--workspace",
          "device": "--device", "runtime": "--runtime", "providers": "--providers", "batch_axes": "--batch-axis",
-         "trt_version": "--trt-version", "stats": "--stats"}
+         "trt_version": "--trt-version", "stats": "--stats",
+         "batch_sizes": "--batch-sizes", "warmup": "--warmup", "rounds": "--rounds", "runs": "--runs"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -221,6 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.2)
     p.add_argument("--limit", type=int, default=512)
     p.add_argument("-o", "--output", required=True, help="PNG file")
+
+    p = sub.add_parser("bench", help="hardened/base latency side by side: warm-up, interleaved rounds, medians")
+    p.add_argument("base", help="the base ONNX model")
+    p.add_argument("hardened", help="the hardened ONNX model (same inputs)")
+    p.add_argument("--batch-sizes", default="1", metavar="B,B,...", help="batch sizes to time (default 1)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls per model and batch size (default 5)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    p.add_argument("--runs", type=int, default=10, help="timed calls per model in each round (default 10)")
+    p.add_argument("--providers", help="comma-separated ONNX Runtime providers (default: TensorRT > CUDA > CPU)")
+    _add_device(p)
+    p.add_argument("--runtime", default=Runtime.ONNXRUNTIME.value, metavar="R[,R]",
+                   help="onnxruntime, openvino, or both comma-separated: one table per runtime (default onnxruntime)")
+    p.add_argument("--json", help="also write the report as JSON")
     return parser
 
 

@@ -286,7 +286,32 @@ def cmd_plot(a) -> int:
     return 0
 
 
+def cmd_bench(a) -> int:
+    import json
+
+    from mstransform.core.fileio import atomic_output
+    from mstransform.tools.bench import bench
+
+    (out,) = check_outputs([a.json], [*with_references(a.base, a.hardened)])
+    sizes = _floats(a.batch_sizes, "--batch-sizes")
+    if not all(v == int(v) for v in sizes):
+        raise UsageError(f"--batch-sizes {a.batch_sizes!r}: expected whole numbers, e.g. 1,8")
+    runtimes = [r.strip() for r in a.runtime.split(",") if r.strip()]
+    reports = []
+    for runtime in runtimes:
+        report = bench(a.base, a.hardened, batch_sizes=[int(v) for v in sizes], runtime=runtime, device=a.device,
+                       providers=a.providers.split(",") if a.providers else None, threads=a.threads,
+                       warmup=a.warmup, rounds=a.rounds, runs=a.runs)
+        print(report.table(), flush=True)
+        reports.append(report.to_json())
+    if out is not None:
+        with atomic_output(out) as tmp:
+            Path(tmp).write_text(json.dumps({"command": "bench", "reports": reports}, indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
 COMMANDS = {"sites": cmd_sites, "calibrate": cmd_calibrate, "stats": cmd_stats, "harden": cmd_harden,
             "check-trt": cmd_check_trt, "engine": cmd_engine, "run": cmd_run, "eval": cmd_eval,
             "eval-merge": cmd_eval_merge, "sweep": cmd_sweep,
-            "plot": cmd_plot}
+            "plot": cmd_plot, "bench": cmd_bench}
