@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -66,8 +67,10 @@ class Fields:
             a = np.asarray(self.arrays[key])
         except KeyError:
             raise StatsError(f"{self.origin} is not an mstransform stats file: key {key!r} is missing") from None
-        except ValueError as e:  # an object member of an NpzFile opened without pickles
+        except ValueError as e:  # an object member of an NpzFile opened without pickles, a bad header
             raise self.fail(key, f"cannot be read ({str(e)[:60]}); pickled data is refused") from None
+        except (MemoryError, OSError, EOFError, zipfile.BadZipFile) as e:  # a member of an NpzFile read here
+            raise self.fail(key, f"cannot be read ({type(e).__name__}: {str(e)[:60]})") from None
         if a.dtype.hasobject or a.dtype.kind == "V":
             raise self.fail(key, "holds Python objects; pickled data is refused")
         return a

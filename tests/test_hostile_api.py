@@ -90,6 +90,7 @@ BASE = {
     "check_trt": lambda f: dict(model=f.model),
     "build_engine": lambda f: dict(model=f.model, output=f.out / "e.plan", timing_cache=f.cache),
     "default_output": lambda f: dict(model=f.model),
+    "bench": lambda f: dict(base=f.model, hardened=f.model, warmup=1, rounds=1, runs=1),
     "load_model": lambda f: dict(model=f.model),
     "load_stats": lambda f: dict(path=f.stats),
     "passes.find_sites": lambda f: dict(model=mst.load_model(f.model)),
@@ -107,6 +108,7 @@ WRONG = {
     "threads": -7, "workspace_mib": -7, "shard": (3, 2), "batch_axes": {"nope": 0}, "max_clean_drop": NAN,
     "dynamic_batch": (0, -1), "shapes": "nonsense", "example": (), "providers": ["NoSuchExecutionProvider"],
     "preprocess": None, "selection": None, "cfg": None, "log": None, "progress": None, "verify": None,
+    "base": MISSING, "hardened": MISSING, "batch_sizes": [0], "warmup": -1, "rounds": -1, "runs": -1, "seed": -1,
     "extent": None, "fp16": None, "bf16": None, "ignore_fingerprint": None, "parts": None, "fresh": None,
 }
 OUTPUTS = ("output", "stats_output")

@@ -20,6 +20,7 @@ import functools
 import inspect
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from mstransform.core import errors
 from mstransform.core.errors import MstError, OutputError, UsageError
@@ -94,11 +95,29 @@ def check_paths(named: dict, *, models_out: tuple[str, ...] = ()) -> dict:
     if outputs:
         from mstransform.passes.references import model_references
 
-        read = [p for p, _ in inputs] + [r for p, is_model in inputs if is_model for r in model_references(p)]
+        read = [p for p, _ in inputs] + [r for p, is_model in inputs if is_model for r in _references(p)]
         if _is_onnx_ir(named.get("model")):  # a model in memory may still read external data files
             read += model_references(named["model"])
         check_outputs(outputs, read, models=models)
     return out
+
+
+def _references(path: Path) -> list[Path]:
+    """The files the model at ``path`` references, read once per version of the file: the command line
+    checks its paths, then the API function it calls checks them again, and a big model's proto is
+    parsed for each."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return []  # missing or unreadable: the reader says so
+    return list(_references_of(os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=16)
+def _references_of(path: str, *version) -> tuple[Path, ...]:
+    from mstransform.passes.references import model_references
+
+    return tuple(model_references(Path(path)))
 
 
 def _is_onnx_ir(value) -> bool:
@@ -175,10 +194,14 @@ def _batch_range(value, name):
 def _count(value, name):
     from mstransform.core.options import MAX_BATCH, check_count
 
-    return value if value is None else check_count(value, name, high=MAX_BATCH if name == "batch_size" else None)
+    if value is None:
+        return None
+    if name == "seed":  # what numpy's generators take
+        return check_count(value, name, low=0, high=2**32 - 1)
+    return check_count(value, name, high=MAX_BATCH if name == "batch_size" else None)
 
 
-CONVERT = {"batch_size": _count, "limit": _count, "batch_axes": _batch_axes, "stats": _stats, "model": _model, "models": _models, "log": _callback,
+CONVERT = {"batch_size": _count, "limit": _count, "seed": _count, "batch_axes": _batch_axes, "stats": _stats, "model": _model, "models": _models, "log": _callback,
            "example": _example, "dynamic_batch": _batch_range,
            **{name: _choice(enum) for name, enum in (("device", "Device"), ("runtime", "Runtime"), ("mode", "Mode"),
                                                      ("center", "Center"), ("formulation", "Formulation"),
