@@ -149,6 +149,8 @@ def _cases():
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 continue
             rows.append((name, p.name, "wrong-type", lambda f, kw: object()))
+            if p.default is p.empty:
+                rows.append((name, p.name, "none-for-required", lambda f, kw: None))
             wrong = WRONG.get(p.name, "?")
             if wrong is not None and p.name not in OUTPUTS:
                 rows.append((name, p.name, "wrong-value", lambda f, kw, w=wrong: _placed(f, w)))

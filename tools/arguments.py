@@ -212,8 +212,13 @@ UNANNOTATED_CALLBACKS = ("progress",)  # progress=None or a function where it is
 def check_arguments(fn, arguments: dict, *, models_out: tuple[str, ...] = ()) -> dict:
     """``arguments`` (bound to ``fn``'s parameters) checked and converted; see the module's docstring."""
     hints = hints_of(fn)
+    params = inspect.signature(fn).parameters
     out = {}
     for name, value in check_types(fn, arguments, skip=(*ROLES, *CONVERT)).items():
+        default = params[name].default
+        if value is None and default is not None and (name in ROLES or name in CONVERT):
+            raise UsageError("is required (got None)" if default is params[name].empty else
+                             f"is None; leave it out for its default ({default!r:.40})", param=name)
         if name in CONVERT:
             value = CONVERT[name](value, name)
         elif name in UNANNOTATED_CALLBACKS and name not in hints:
