@@ -29,7 +29,7 @@ _API = {  # name -> module it lives in
         "AlphaPlan", "Center", "Device", "Formulation", "Mode", "Placement", "Precision", "Runtime", "Selection")},
     "Stats": "mstransform.core.stats", "Preprocess": "mstransform.runtime.data",
     "evaluate": "mstransform.tools.evaluation", "sweep": "mstransform.tools.sweep",
-    "bench": "mstransform.tools.bench",
+    "bench": "mstransform.tools.bench", "Dataset": "mstransform.runtime.dataset",
     "AttackConfig": "mstransform.robustness.attacks",
 }
 __all__ = ["__version__", *sorted(_API)]
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from mstransform.core.stats import Stats
     from mstransform.robustness.attacks import AttackConfig
     from mstransform.runtime.data import Preprocess
+    from mstransform.runtime.dataset import Dataset
     from mstransform.tools.api import (Hardened, HardenReport, OneStepResult, RunResult, TrtCheck, build_engine,
                                        calibrate, calibrate_and_harden, check_trt, compare_accuracy, default_output,
                                        find_sites, harden, harden_model, harden_torch, load_model, load_stats,

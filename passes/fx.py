@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from mstransform.core.errors import StatsError, UsageError
+from mstransform.core.errors import DataError, StatsError, UsageError
 from mstransform.core.options import AlphaPlan, Center, Mode, Placement, Selection
 from mstransform.core.stats import InputRecord, Stats
 from mstransform.passes.fx_ops import MeanSparse
@@ -42,8 +42,36 @@ def to_graph_module(model, example: tuple | None = None) -> tuple[fx.GraphModule
     if example is not None and not exported:
         from torch.fx.passes.shape_prop import ShapeProp
 
-        ShapeProp(gm).propagate(*example)
+        check_arity(gm, example)
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(*example)
+        except Exception as e:  # the module cannot take this batch: one line, not torch's traceback
+            raise batch_error(e, example, "a batch of") from None
     return gm, exported
+
+
+def batch_error(e: Exception, batch: tuple, where: str) -> DataError:
+    """One line for a batch the module cannot take: the innermost reason (ShapeProp wraps it), the batch's
+    shapes, and where it holds uint8, that batches formed in Python pass unscaled."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    shapes = ", ".join(f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}" if torch.is_tensor(x)
+                       else type(x).__name__ for x in batch)
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    hint = (" (batches formed in Python pass unscaled: scale them, e.g. mst.Dataset(loader, lambda b: "
+            "b[0].float() / 255))" if any(torch.is_tensor(x) and x.dtype == torch.uint8 for x in batch) else "")
+    return DataError(f"the module fails on {where} {shapes}: {reason}{hint}")
+
+
+def check_arity(gm: fx.GraphModule, example: tuple) -> None:
+    """One line where a batch holds another number of inputs than the module takes."""
+    holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    names, required = [n.name for n in holders], sum(not n.args for n in holders)  # args: a default value
+    if not required <= len(example) <= len(names):
+        raise DataError(f"the module takes {len(names)} input(s) ({', '.join(names)}); a batch holds "
+                        f"{len(example)} (a tuple batch is (inputs, labels): give ((x1, x2), labels) batches, "
+                        "or mst.Dataset(loader, tuple) to pass a tuple as the inputs)")
 
 
 def editable(model, example: tuple | None = None) -> tuple[fx.GraphModule, bool]:

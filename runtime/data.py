@@ -36,7 +36,9 @@ from mstransform.core.errors import DataError
 from mstransform.core.guards import check_readable, input_error
 from mstransform.core.npz import read_npz
 from mstransform.core.options import MAX_BATCH, check_count
-from mstransform.runtime.images import list_images, read_image
+from mstransform.runtime.dataset import (Dataset, class_labels, is_tensor, labels_of, refuse_unscaled, split_item,
+                                         to_array)
+from mstransform.runtime.images import conversion_note, list_images, read_image
 from mstransform.runtime.inputs import InputSpec, fixed_batch, fixed_dim
 
 __all__ = ["Batch", "DataSource", "InputSpec", "Preprocess"]
@@ -93,6 +95,7 @@ class DataSource:
         self._labels: np.ndarray | None = None
         self._images: list[tuple[Path, int | None]] | None = None
         self._stream: Any = None
+        self._transformed = False  # a Dataset's items are the model input itself
         self.notes: list[str] = []  # what a command should tell the user about this data (one line each)
         self.origin = str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
         self._open(source)
@@ -132,6 +135,8 @@ class DataSource:
             path = check_readable(source, DataError, "data path", folder=True)  # a FIFO never opened
             if path.is_dir():
                 self._images, self.notes = list_images(path)
+                self._first = self._decode(0)  # now: an image that cannot be read fails before any note
+                self.notes += conversion_note(path, self._images[0][0], self.specs[0], self.pre.size)
                 return
             if path.suffix == ".npy":
                 arr = _load_npy(path)
@@ -142,20 +147,23 @@ class DataSource:
                 return
             raise DataError(f"data file {path} is not .npy, .npz or a folder of images")
         if isinstance(source, dict):
-            self._arrays = self._by_input({k: np.asarray(v) for k, v in source.items()})
+            self._arrays = self._by_input({k: to_array(v, f"data[{k!r}]") for k, v in source.items()})
+            return
+        if isinstance(source, np.ndarray) or is_tensor(source):  # samples given whole, as a .npy file holds them
+            self._arrays = self._by_input({"": to_array(source, "data")})
             return
         if hasattr(source, "get_next"):
             self._stream = iter(source.get_next, None)
             return
         if isinstance(source, Iterable):
-            self._stream = iter(source)
+            self._stream, self._transformed = iter(source), isinstance(source, Dataset)
             return
         raise DataError(f"cannot read calibration data from a {type(source).__name__}")
 
     def _by_input(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         labels = arrays.pop("labels", None)
         if labels is not None:
-            self._labels = _labels(labels)
+            self._labels = labels_of(labels)
         names = [s.name for s in self.specs]
         if all(n in arrays for n in names):
             chosen = {n: arrays[n] for n in names}
@@ -237,25 +245,16 @@ class DataSource:
                 if self.limit is not None and i >= self.limit:
                     break
                 chunk = self._images[i:i + self.batch_size]
-                arr = np.stack([self._read_image(p) for p, _ in chunk])  # one dtype: the model input decides
+                arr = self._first if i == 0 else self._decode(i)
                 labels = np.array([lab for _, lab in chunk]) if chunk[0][1] is not None else None
                 yield {self.specs[0].name: arr}, labels, False
         else:
-            for item in self._stream:
-                if not isinstance(item, dict):
-                    raise DataError(f"calibration iterable yielded a {type(item).__name__}, not a dict of input arrays")
-                item = dict(item)
-                labels = item.pop("labels", None)
-                yield self._by_input_stream(item), None if labels is None else _labels(labels), True
-
-    def _by_input_stream(self, item: dict) -> dict[str, np.ndarray]:
-        names = [s.name for s in self.specs]
-        if len(names) == 1 and len(item) == 1 and names[0] not in item:
-            item = {names[0]: next(iter(item.values()))}
-        missing = [n for n in names if n not in item]
-        if missing:
-            raise DataError(f"a data batch lacks inputs {missing} (has {sorted(item)})")
-        return {n: np.asarray(item[n]) for n in names}
+            for item in self._stream:  # one rule for both paths: mstransform.runtime.dataset
+                given = split_item(item, self._transformed)
+                named, labels = given.by_name([s.name for s in self.specs])
+                yield ({n: to_array(v, f"input {n!r} of a data batch") for n, v in named.items()},
+                       labels_of(labels) if given.named is not None and labels is not None else class_labels(labels),
+                       True)
 
     def _check_given(self, raw: dict[str, np.ndarray], start: int) -> dict[str, np.ndarray]:
         """A batch the user formed passes through as it is: checked, never rescaled or reshaped.
@@ -268,6 +267,8 @@ class DataSource:
                 raise DataError(f"input {spec.name!r}: data of type {x.dtype} is not numeric")
             if x.dtype != spec.dtype and x.dtype.kind == "f" and spec.is_float:
                 x = np.ascontiguousarray(x, dtype=spec.dtype)
+            elif x.dtype != spec.dtype and spec.is_float:
+                refuse_unscaled(spec.name, x.dtype.name, spec.dtype.name)
             elif x.dtype != spec.dtype:
                 raise DataError(f"input {spec.name!r} is {spec.dtype.name}; a data batch holds {x.dtype.name}")
             self._check_shape(spec, x)
@@ -325,22 +326,10 @@ class DataSource:
             raise DataError("must not contain 0", param="std")
         return (x - vec(self.pre.mean, 0.0)) / std
 
-    def _read_image(self, path: Path) -> np.ndarray:
-        return read_image(path, self.specs[0], self.pre.size, raw=self.pre.scale is not None)
-
-
-def _labels(labels) -> np.ndarray:
-    """Class labels as int64: integers, or floats holding whole finite numbers; anything else refused."""
-    a = np.asarray(labels).reshape(-1)
-    if a.dtype.kind in "iu":
-        return a.astype(np.int64)
-    if a.dtype.kind == "b" or a.dtype.kind != "f":
-        raise DataError(f"data 'labels' are {a.dtype.name}; class labels must be integers")
-    if not np.all(np.isfinite(a)):
-        raise DataError(f"data 'labels' hold NaN or Inf (first at sample {int(np.argmax(~np.isfinite(a)))})")
-    if not np.all(a == np.round(a)):
-        raise DataError("data 'labels' hold fractional values; class labels must be integers")
-    return a.astype(np.int64)
+    def _decode(self, start: int) -> np.ndarray:
+        """The batch of images from ``start``, decoded (one dtype: the model input decides)."""
+        chunk = self._images[start:start + self.batch_size]
+        return np.stack([read_image(p, self.specs[0], self.pre.size, raw=self.pre.scale is not None) for p, _ in chunk])
 
 
 def _exact_cast(spec: InputSpec, x: np.ndarray) -> np.ndarray:

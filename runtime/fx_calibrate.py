@@ -1,6 +1,7 @@
 """Calibration of torch models through the FX pass: observers at the sites, exact float64 moments."""
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import numpy as np
@@ -11,7 +12,9 @@ from mstransform.core.errors import DataError
 from mstransform.core.moments import Moments, chan_merge
 from mstransform.core.options import Placement, Selection
 from mstransform.core.stats import SiteStats, Stats
-from mstransform.passes.fx import editable, fx_fingerprint, input_record, insert_module, placement_of, site_table
+from mstransform.passes.fx import (batch_error, check_arity, editable, fx_fingerprint, input_record, insert_module, placement_of,
+                                   site_table)
+from mstransform.runtime.dataset import Dataset, ModelInput, split_item, to_array
 
 
 class MomentsObserver(nn.Module):
@@ -66,34 +69,65 @@ class MomentsObserver(nn.Module):
         return Moments(self.count, packed[0], packed[1], packed[2] if len(parts) == 3 else None)
 
 
-def _inputs(item):
-    """The model input of one batch as PyTorch users pass it: a tensor, ``(inputs, labels)``, or a dict."""
-    if isinstance(item, dict):
-        tensors = [v for k, v in item.items() if k not in ("label", "labels", "target", "targets", "y")]
-        if len(tensors) != 1:
-            raise DataError(f"a batch dict has {len(tensors)} input tensors; give one (labels under 'labels')")
-        item = tensors[0]
-    elif isinstance(item, (tuple, list)):
-        if not item:
-            raise DataError("a batch is an empty tuple")
-        item = item[0]
-    return item if isinstance(item, torch.Tensor) else torch.as_tensor(np.asarray(item))
+def _forward_names(model) -> list[str]:
+    """The names of the inputs a torch model requires, in order (to place a dict batch's values)."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return [s.arg.name for s in model.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    if isinstance(model, torch.fx.GraphModule):
+        return [n.name for n in model.graph.nodes if n.op == "placeholder" and not n.args]
+    params = inspect.signature(model.forward).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
 
 
-def _batches(data, batch_size: int, limit: int | None):
-    """Batches streamed from ``data`` (never materialised), cut at ``limit`` samples."""
+def _tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(to_array(x, "a data batch"))
+
+
+def _positional(model, given: ModelInput) -> tuple[torch.Tensor, ...]:
+    """One batch as the module's positional inputs (:mod:`mstransform.runtime.dataset` reads the item)."""
+    if given.single is not None:
+        values = (given.single,)
+    elif given.positional is not None:
+        values = given.positional
+    else:
+        named, _ = given.by_name(_forward_names(model), "the module")
+        values = tuple(named.values())
+    return tuple(_tensor(v) for v in values)
+
+
+def scaled_whole(x: torch.Tensor) -> torch.Tensor:
+    """Samples given whole: uint8 (images) scaled to [0, 1] exactly as the ONNX path scales them
+    (float32 times float32(1/255)); anything else as it is."""
+    if x.dtype != torch.uint8:
+        return x
+    return x.to(torch.float32) * torch.tensor(np.float32(1 / 255))
+
+
+def _batches(model, data, batch_size: int, limit: int | None):
+    """Batches (tuples of the module's inputs) streamed from ``data`` (never materialised), cut at ``limit``."""
     if isinstance(data, np.ndarray):
-        data = torch.from_numpy(data)
-    source = ((data[i:i + batch_size]) for i in range(0, len(data), batch_size)) if isinstance(data, torch.Tensor) \
-        else (_inputs(item) for item in data)
+        data = torch.from_numpy(np.ascontiguousarray(data))
+    if isinstance(data, torch.Tensor):
+        source = ((scaled_whole(data[i:i + batch_size]),) for i in range(0, len(data), batch_size))
+    else:
+        transformed = isinstance(data, Dataset)
+        source = (_positional(model, split_item(item, transformed)) for item in data)
     seen = 0
-    for x in source:
+    for xs in source:
         if limit is not None:
-            x = x[:limit - seen]
-        seen += len(x)
-        yield x
+            xs = tuple(x[:limit - seen] for x in xs)
+        seen += len(xs[0])
+        yield xs
         if limit is not None and seen >= limit:
             return  # stop before pulling another batch from a lazy source
+
+
+def _forward(gm, xs: tuple, start: int) -> None:
+    """One batch through the observed module; a batch the module cannot take is one line, not a traceback."""
+    try:
+        gm(*xs)
+    except Exception as e:
+        raise batch_error(e, xs, f"the batch of sample {start},") from None
 
 
 def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATIONS, example: tuple | None = None,
@@ -101,26 +135,28 @@ def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATI
                  progress: bool = True, extent: bool = False) -> Stats:
     """Per-site statistics of a torch model over ``data`` (same schema as the ONNX path).
 
-    ``data``: a tensor or array (cut into ``batch_size`` batches), or any iterable of batches --
-    tensors, ``(inputs, labels)`` tuples or dicts, e.g. a ``DataLoader``. It is streamed: memory
-    does not grow with the number of samples. Floating-point batches are moved to the device and
+    ``data``: a tensor or array (cut into ``batch_size`` batches; uint8 scaled to [0, 1] as on the ONNX
+    path), or any iterable of batches -- tensors, ``(inputs, labels)`` tuples or dicts, e.g. a
+    ``DataLoader``, or an :class:`~mstransform.runtime.dataset.Dataset` -- read by the rule of
+    :mod:`mstransform.runtime.dataset`, unscaled; a module of several inputs takes a tuple of them per
+    batch. It is streamed: memory does not grow with the number of samples. Floating-point batches are moved to the device and
     dtype of the model's weights (a CPU float32 DataLoader feeds a CUDA bfloat16 model as is).
     ``extent`` also measures each channel's max ``|x|`` (forged mode needs it), as on the ONNX path.
     """
     from tqdm.auto import tqdm
 
     place = placement_of(model)
-    batches = (place(x) for x in _batches(data, batch_size, limit))
+    batches = (tuple(place(x) for x in xs) for xs in _batches(model, data, batch_size, limit))
     first = next(batches, None)
     if first is None:
         raise DataError("no calibration data")
-    example = example or (first[:1],)
+    example = example or tuple(x[:1] for x in first)
     selection = Selection(include_se=include_se, framework="fx")
     gm, exported = editable(model, example)
     table = site_table(gm, exported, placement, selection)
     fingerprint = fx_fingerprint(gm)  # of the model's own graph, before the observers go in
     names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    inputs = (input_record(names[0], first),) if len(names) == 1 else ()
+    inputs = (input_record(names[0], first[0]),) if len(names) == 1 else ()
     observers = {}
     for i, site in enumerate(table):
         obs = MomentsObserver(site.axis if site.axis is not None else 1, extent)
@@ -131,10 +167,11 @@ def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATI
     samples = 0
     bar = tqdm(unit="img", desc="calibrating", disable=None if progress else True, leave=False)
     with torch.no_grad():
-        for x in itertools.chain([first], batches):
-            gm(x)
-            samples += len(x)
-            bar.update(len(x))
+        check_arity(gm, first)
+        for xs in itertools.chain([first], batches):
+            _forward(gm, xs, samples)
+            samples += len(xs[0])
+            bar.update(len(xs[0]))
     bar.close()
     sites = {name: SiteStats(name, site.feed.name, site.kind, obs.axis, obs.rank, obs.dtype, obs.moments)
              for (name, obs), site in zip(observers.items(), table)}

@@ -23,11 +23,7 @@ def read_image(path: Path, spec: InputSpec, size: tuple[int, int] | None = None,
     floats, for a user's scale), its raw integers for an integer input."""
     from PIL import Image, UnidentifiedImageError
 
-    shape = spec.shape or (None, 3, None, None)
-    if len(shape) != 4:
-        raise DataError(f"image folders need a model with one (N,C,H,W) input; {spec.name!r} has rank {len(shape)}")
-    c = shape[1] or 3
-    size = size or ((shape[3], shape[2]) if shape[2] and shape[3] else None)
+    c, size = _target(spec, size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -48,6 +44,41 @@ def read_image(path: Path, spec: InputSpec, size: tuple[int, int] | None = None,
     if raw:
         return arr.astype(np.float32)
     return arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
+
+
+def _target(spec: InputSpec, size: tuple[int, int] | None) -> tuple[int, tuple[int, int] | None]:
+    """The channel count and (W, H) images are converted to for input ``spec``."""
+    shape = spec.shape or (None, 3, None, None)
+    if len(shape) != 4:
+        raise DataError(f"image folders need a model with one (N,C,H,W) input; {spec.name!r} has rank {len(shape)}")
+    c = shape[1] or 3
+    return c, size or ((shape[3], shape[2]) if shape[2] and shape[3] else None)
+
+
+def conversion_note(root: Path, first: Path, spec: InputSpec, size: tuple[int, int] | None = None) -> list[str]:
+    """One ``note:`` line where the images (judged by the first, read from its header only) are converted
+    to another channel count or resized to fit input ``spec``; none where they already fit."""
+    from PIL import Image
+
+    c, size = _target(spec, size)
+    try:
+        with Image.open(first) as im:
+            mode, have = im.mode, im.size
+    except Exception:  # an unreadable image is reported, in one line, where it is decoded
+        return []
+    try:
+        channels = Image.getmodebands(mode)
+    except (KeyError, ValueError):
+        channels = 1  # the 16-bit grayscale modes
+    done = []
+    if channels != c:
+        done.append(f"converted from {mode} ({channels} channel(s)) to {'L' if c == 1 else 'RGB'} ({c} channel(s))")
+    if size is not None and tuple(have) != tuple(size):
+        done.append(f"resized (bilinear) from {have[0]}x{have[1]} to {size[0]}x{size[1]} (WxH)")
+    if not done:
+        return []
+    return [f"note: images of {root} are {' and '.join(done)} to fit input {spec.name!r} {spec.describe_shape()} "
+            f"(first image {first.name}; --size sets the size)"]
 
 
 def list_images(root: Path) -> tuple[list[tuple[Path, int | None]], list[str]]:
