@@ -129,7 +129,7 @@ def is_torch(value) -> bool:
     return type(value).__module__.startswith("torch") or hasattr(value, "named_modules")
 
 
-# parameters converted by their own rule before the annotation check (which then sees the result)
+# -- parameters with a rule of their own (CONVERT) ---------------------------------------------
 def _batch_axes(value, name):
     from mstransform.runtime.inputs import batch_axes_arg
 
@@ -201,11 +201,14 @@ def _count(value, name):
     return check_count(value, name, high=MAX_BATCH if name == "batch_size" else None)
 
 
-CONVERT = {"batch_size": _count, "limit": _count, "seed": _count, "batch_axes": _batch_axes, "stats": _stats, "model": _model, "models": _models, "log": _callback,
-           "example": _example, "dynamic_batch": _batch_range,
-           **{name: _choice(enum) for name, enum in (("device", "Device"), ("runtime", "Runtime"), ("mode", "Mode"),
-                                                     ("center", "Center"), ("formulation", "Formulation"),
-                                                     ("placement", "Placement"), ("precision", "Precision"))}}
+CONVERT = {  # parameter name -> its rule; these skip the annotation check (the rule is stricter)
+    "model": _model, "models": _models, "stats": _stats, "batch_axes": _batch_axes,
+    "batch_size": _count, "limit": _count, "seed": _count, "example": _example, "dynamic_batch": _batch_range,
+    "log": _callback,
+    **{name: _choice(enum) for name, enum in (("device", "Device"), ("runtime", "Runtime"), ("mode", "Mode"),
+                                              ("center", "Center"), ("formulation", "Formulation"),
+                                              ("placement", "Placement"), ("precision", "Precision"))},
+}
 UNANNOTATED_CALLBACKS = ("progress",)  # progress=None or a function where it is not annotated
 
 
