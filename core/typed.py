@@ -22,6 +22,7 @@ from mstransform.core.guards import is_path
 
 
 def describe(hint) -> str:
+    """An annotation in the words of a message: ``int | None`` -> ``int or None``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(describe(a) for a in args)
