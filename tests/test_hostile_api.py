@@ -324,3 +324,16 @@ def test_every_api_name_resolves_on_the_package():
     assert set(api.__all__) <= set(mst.__all__)
     assert [n for n in mst.__all__ if not hasattr(mst, n)] == []
     assert [n for n in passes.__all__ if not hasattr(passes, n)] == []
+
+
+def test_run_result_is_never_saved_over_what_the_run_read(f):
+    """``mst.run(model, data).save(data)`` would replace the data with the predictions."""
+    before = _tree(f.ins)
+    result = mst.run(f.model, f.data, limit=8)
+    for target in (f.data, f.model, os.fsencode(f.data), PathLike(f.model)):
+        with pytest.raises(OutputError) as e:
+            result.save(target)
+        assert "is the input" in str(e.value)
+    assert _tree(f.ins) == before
+    assert result.save(f.out / "p.npz") == f.out / "p.npz"
+    (f.out / "p.npz").unlink()

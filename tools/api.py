@@ -30,7 +30,7 @@ from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.outputs import declared_outputs, gather_outputs
 from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, make_session, open_session,
                                          providers_for)
-from mstransform.tools.arguments import checked
+from mstransform.tools.arguments import check_paths, checked
 from mstransform.tools.harden import Hardened, HardenReport, harden, harden_model, refuse_hardened, retract_output
 
 __all__ = ["Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "build_engine", "calibrate",
@@ -281,11 +281,13 @@ class RunResult:
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # every tensor output, by name, in graph order
     output_axes: dict[str, int | None] = field(default_factory=dict)  # each output's batch axis (None: none)
     samples: int = 0
+    reads: dict = field(default_factory=dict, repr=False)  # role -> path of what the run read: never saved over
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a ``.npz`` path gets every output under its name (joined along its batch
-        axis), any other path the predictions as a ``.npy`` file (class scores only)."""
-        path = Path(path)
+        axis), any other path the predictions as a ``.npy`` file (class scores only). A file the run
+        read (the model, its external data, the data) is never the output."""
+        path = check_paths({**self.reads, "output": path})["output"]
         if path.suffix.lower() == ".npz":
             with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
                 for name, array in self.outputs.items():  # not np.savez: an output may be called 'file'
@@ -331,4 +333,5 @@ def run(model: str | Path, data, *, providers: list[str | tuple[str, dict]] | No
         shape = "a sequence or map" if scores is None else f"shape {list(scores.shape)}"
         notes.append(f"mstransform: warning: the data has labels, but output {first!r} ({shape}) holds no class "
                      "scores (batch, classes): no accuracy")
-    return RunResult(describe(session, why), preds, acc, notes, got.arrays, got.batch_axes, got.samples)
+    return RunResult(describe(session, why), preds, acc, notes, got.arrays, got.batch_axes, got.samples,
+                     {"model": model, "data": data if isinstance(data, Path) else None})
