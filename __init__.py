@@ -30,6 +30,7 @@ _API = {  # name -> module it lives in
     "Stats": "mstransform.core.stats", "Preprocess": "mstransform.runtime.data",
     "evaluate": "mstransform.tools.evaluation", "sweep": "mstransform.tools.sweep",
     "bench": "mstransform.tools.bench", "Dataset": "mstransform.runtime.dataset",
+    "site_fractions": "mstransform.tools.site_view",
     "AttackConfig": "mstransform.robustness.attacks",
 }
 __all__ = ["__version__", *sorted(_API)]
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
                                        merge_stats, package_torch, run)
     from mstransform.tools.bench import bench
     from mstransform.tools.evaluation import evaluate
+    from mstransform.tools.site_view import site_fractions
     from mstransform.tools.sweep import sweep
 
 

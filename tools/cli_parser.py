@@ -132,9 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_harden(sub.add_parser("harden", help="insert sparsify operators (the default command)"))
 
-    p = sub.add_parser("sites", help="print the site table and why other activations were not matched")
+    p = sub.add_parser("sites", help="print the site table and why other activations were not matched; with "
+                                     "--stats and --data, the fraction of values each operator replaces")
     p.add_argument("model")
     _add_selection(p)
+    p.add_argument("--stats", metavar="NPZ", help="with --data: measure, per site, the values the operator replaces")
+    p.add_argument("--alpha", action="append", metavar="A|SITE=A",
+                   help="with --stats: threshold multiplier (default 0.2); repeat SITE_REGEX=A for per-site values")
+    _add_data(p)
+    p.add_argument("--plot", metavar="PNG", help="with --stats: the replaced fraction against site depth")
 
     p = sub.add_parser("calibrate", help="measure per-site statistics on clean training data")
     p.add_argument("model")

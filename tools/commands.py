@@ -91,7 +91,29 @@ def _attack_config(a, attacks):
 def cmd_sites(a) -> int:
     from mstransform.tools import api
 
-    print(api.find_sites(a.model, a.placement, _selection(a)).format())
+    if a.stats is None:
+        given = [f for f, v in (("--alpha", a.alpha), ("--data", a.data), ("--plot", a.plot)) if v]
+        if given:
+            raise UsageError(f"{given[0]} needs --stats (and --data): the replaced fraction is measured per site")
+        print(api.find_sites(a.model, a.placement, _selection(a)).format())
+        return 0
+    return _site_fractions(a)
+
+
+def _site_fractions(a) -> int:
+    from mstransform.tools.site_view import format_fractions, plot_fractions, site_fractions
+
+    if a.data is None:
+        raise UsageError("--stats needs --data: the stats hold each channel's mean and variance, not how many values "
+                         "fall in the band, so the fraction is counted on data (the calibration data will do)")
+    (plot,) = check_outputs([a.plot], [*with_references(a.model), a.stats, a.data])
+    rows = site_fractions(a.model, a.stats, a.data, AlphaPlan.parse(a.alpha), batch_size=a.batch_size, limit=a.limit,
+                          preprocess=_preprocess(a), threads=a.threads, batch_axes=_batch_axes(a))
+    print(f"values the operator replaces (|x - mean| < alpha * sigma), counted on {a.data}")
+    print(format_fractions(rows))
+    if plot is not None:
+        plot_fractions(rows, plot, f"{Path(a.model).name}: replaced fraction per site")
+        print(f"wrote {plot}")
     return 0
 
 
