@@ -64,12 +64,14 @@ class EncoderBlock(nn.Module):
 
 
 class ViTB16(nn.Module):
-    """ViT-B/16 layout: 224x224, 16x16 patches, 12 blocks of width 768 (12 GELU sites)."""
+    """ViT-B/16 layout: 224x224, 16x16 patches, 12 blocks of width 768 (12 GELU sites); smaller ones by
+    their arguments."""
 
-    def __init__(self, depth: int = 12, d: int = 768, heads: int = 12, classes: int = 1000):
+    def __init__(self, depth: int = 12, d: int = 768, heads: int = 12, classes: int = 1000, image: int = 224,
+                 patch: int = 16):
         super().__init__()
-        self.embed = nn.Conv2d(3, d, 16, 16)
-        self.pos = nn.Parameter(torch.zeros(1, 196, d))
+        self.embed = nn.Conv2d(3, d, patch, patch)
+        self.pos = nn.Parameter(torch.zeros(1, (image // patch) ** 2, d))
         self.blocks = nn.Sequential(*[EncoderBlock(d, heads, 4 * d) for _ in range(depth)])
         self.norm = nn.LayerNorm(d)
         self.fc = nn.Linear(d, classes)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from mstransform.core.errors import ModelError
 from mstransform.passes.sparsify_match import find_sparsify_ops
+from mstransform.robustness.twin_fusion import FUSED, fuse
 
 
 class _PassThrough(torch.autograd.Function):
@@ -122,6 +123,16 @@ def _split(x, split=None, **a):
     return torch.split(x, split.tolist(), dim=axis)
 
 
+def _gather(x, i, **a):
+    """ONNX Gather. One index (a 0-d tensor, as exports split packed q/k/v) is a view, whose backward is
+    a copy into one slice; an index_select's backward is a scatter-add, several times slower."""
+    axis = a.get("axis", 0) % x.ndim
+    if i.ndim == 0:
+        return x.select(axis, int(i) % x.shape[axis])
+    return torch.index_select(x, axis, i.reshape(-1) % x.shape[axis]).reshape(x.shape[:axis] + i.shape
+                                                                             + x.shape[axis + 1:])
+
+
 def _layer_norm(x, w, b=None, **a):
     axis = a.get("axis", -1) % x.ndim
     return F.layer_norm(x, x.shape[axis:], w, b, a.get("epsilon", 1e-5))
@@ -182,6 +193,7 @@ OPS = {
     "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge, "Equal": torch.eq,
     "Not": torch.logical_not, "And": torch.logical_and, "Or": torch.logical_or, "Where": torch.where,
     "Min": torch.minimum, "Max": torch.maximum,
+    "Mod": lambda a, b, **k: torch.fmod(a, b) if k.get("fmod", 0) else torch.remainder(a, b),
     "BatchNormalization": lambda x, s, b, m, v, **a: F.batch_norm(x, m, v, s, b, False, 0.0, a.get("epsilon", 1e-5)),
     "LayerNormalization": _layer_norm, "GlobalAveragePool": lambda x: x.mean(dim=tuple(range(2, x.ndim)), keepdim=True),
     "GlobalMaxPool": lambda x: x.amax(dim=tuple(range(2, x.ndim)), keepdim=True),
@@ -192,14 +204,14 @@ OPS = {
     "Dropout": lambda x, *r, **a: x, "Cast": lambda x, **a: x.to(CAST[a["to"]]),
     "CastLike": lambda x, y: x.to(y.dtype),
     "Shape": lambda x, **a: torch.tensor(x.shape[a.get("start", 0):a.get("end", None)], dtype=torch.int64),
-    "Gather": lambda x, i, **a: torch.index_select(x, a.get("axis", 0) % x.ndim, i.reshape(-1) % x.shape[a.get("axis", 0)])
-    .reshape(x.shape[:a.get("axis", 0) % x.ndim] + i.shape + x.shape[a.get("axis", 0) % x.ndim + 1:]),
+    "Gather": _gather,
     "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Concat": lambda *xs, **a: torch.cat(xs, dim=a["axis"]),
     "Slice": _slice, "Split": _split, "Expand": lambda x, s: x.expand(torch.broadcast_shapes(x.shape, tuple(s.tolist()))),
     "ConstantOfShape": lambda s, **a: torch.full(tuple(s.tolist()), float(a["value"].reshape(-1)[0])
                                                  if "value" in a else 0.0),
 }
 
+RUN = {**OPS, **FUSED}  # what the twin's program runs: ONNX ops and the fused chains (twin_fusion)
 
 @dataclass
 class Unit:
@@ -256,6 +268,8 @@ class OnnxTwin(nn.Module):
             if node.op_type not in OPS:
                 raise ModelError(f"the twin does not implement ONNX op {node.op_type} (node {node.name!r})")
             self.program.append((node.op_type, node.name, list(node.input), list(node.output), _attrs(node)))
+        named = {name: self.weights[key] for name, key in self._keys.items()}
+        self.program = fuse(self.program, {**self._consts, **named}, named, self.outputs)
         self.straight_through = False
 
     def _apply(self, fn, recurse=True):
@@ -302,7 +316,7 @@ class OnnxTwin(nn.Module):
                                  "the twin runs operators as units") from None
             while args and args[-1] is None:
                 args.pop()
-            result = OPS[op](*args, **attrs) if attrs else OPS[op](*args)
+            result = RUN[op](*args, **attrs) if attrs else RUN[op](*args)
             if isinstance(result, torch.Tensor):
                 result = (result,)
             env.update(zip(outs, result))
