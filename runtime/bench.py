@@ -63,12 +63,11 @@ class BenchReport:
     def table(self) -> str:
         head = (f"{self.runtime}; threads {self.threads or 'runtime default'}; {self.warmup} warm-up call(s), "
                 f"{self.rounds} interleaved round(s) of {self.runs} call(s) per model")
-        lines = [head, f"{'batch':>5}  {'base ms (IQR)':>22}  {'hardened ms (IQR)':>22}  {'hardened/base':>13}  "
-                       f"{'round range':>13}"]
-        for r in self.rows:
-            lines.append(f"{r.batch:>5}  {_cell(r.base):>22}  {_cell(r.hardened):>22}  {r.ratio:>12.3f}x  "
-                         f"{r.ratio_low:>5.3f}-{r.ratio_high:.3f}x")
-        return "\n".join(lines)
+        rows = [("batch", "base ms (IQR)", "hardened ms (IQR)", "hardened/base", "round range")]
+        rows += [(str(r.batch), _cell(r.base), _cell(r.hardened), f"{r.ratio:.3f}x",
+                  f"{r.ratio_low:.3f}-{r.ratio_high:.3f}x") for r in self.rows]
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        return "\n".join([head] + ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows])
 
     def to_json(self) -> dict:
         return asdict(self)
