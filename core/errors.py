@@ -42,8 +42,10 @@ def one_line(text: str) -> str:
 class MstError(Exception):
     """Base class; ``exit_code`` is what the CLI returns.
 
-    ``param`` names the API parameter at fault (``alpha``, ``batch_size``, ...). The library
-    speaks of parameters; the command line maps them to its flags (:meth:`render`).
+    ``param`` names the API parameter at fault (``alpha``, ``batch_size``, ...); ``fix`` names the
+    parameter, and the value, that would let the call go on (``("ignore_fingerprint", "True")``), said
+    at the end of the message. The library speaks of parameters; the command line maps them to its
+    flags (:meth:`render`), so a user of either reads the words they type.
     """
 
     exit_code = 1
@@ -53,20 +55,23 @@ class MstError(Exception):
         if exit_code is not None:
             cls.exit_code = exit_code
 
-    def __init__(self, message: str, *, param: str | None = None):
+    def __init__(self, message: str, *, param: str | None = None, fix: tuple[str, str] | None = None):
         super().__init__(message)
         self.param = param
         self.detail = message
+        self.fix = fix
 
     def __str__(self) -> str:
-        return f"{self.param} {self.detail}" if self.param else self.detail
+        fix = f" {self.fix[0]}={self.fix[1]}" if self.fix else ""
+        return (f"{self.param} {self.detail}" if self.param else self.detail) + fix
 
     def render(self, flags: dict[str, str]) -> str:
         """The message with the parameter replaced by the flag that sets it (``alpha`` -> ``--alpha``),
         as one line: a path holding a newline or an escape sequence cannot split or repaint it."""
+        fix = f" {flags.get(self.fix[0], self.fix[0])}" if self.fix else ""
         if not self.param:
-            return one_line(self.detail)
-        return one_line(f"{flags.get(self.param, self.param)} {self.detail}")
+            return one_line(self.detail + fix)
+        return one_line(f"{flags.get(self.param, self.param)} {self.detail}{fix}")
 
 
 class UsageError(MstError, exit_code=2):

@@ -207,6 +207,9 @@ class Selection:
 # a machine for minutes (thread counts) or crashed inside a library (batch sizes).
 MAX_BATCH = 1 << 20
 MAX_ITERS = 1_000_000
+# The attacks `mstransform eval` runs unless told otherwise: standard (white-box), black-box and
+# straight-through (BPDA), side by side.
+DEFAULT_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "bpda")
 
 
 def check_count(value, param: str, *, low: int = 1, high: int | None = None) -> int:

@@ -129,8 +129,8 @@ def _strong_typing(model: ir.Model, version: str, fp16: bool) -> list[Finding]:
                                                                 ir.DataType.BFLOAT16)}
     if fp16 and ir.DataType.FLOAT in floats:
         out.append(Finding("error", "model", f"TensorRT {version} has no FP16 builder flag (strongly typed only): "
-                                             "this model's FP32 tensors stay FP32; export it in fp16 or convert it "
-                                             "with NVIDIA ModelOpt AutoCast, then check that model"))
+                                             "this model's FP32 tensors stay FP32; harden it with --precision fp16 "
+                                             "(or export it in fp16), then check that model"))
     has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph)
     if not has_qdq and any(v.dtype == ir.DataType.INT8 for v in _values(model)):
         out.append(Finding("error", "model", f"INT8 tensors without Q/DQ nodes: TensorRT {version} takes INT8 "

@@ -16,7 +16,7 @@ Two API generations: TensorRT 10 builds weakly typed networks by default, and ``
 TensorRT 11 removed weak typing and those flags ("Migrating from TensorRT 10.x to 11.x",
 NVIDIA docs): every network is strongly typed and precision comes from the ONNX model's own
 types, so an fp16/bf16 engine is built from an fp16/bf16 model (exported in that precision, or
-converted with NVIDIA ModelOpt AutoCast) and the flags are refused with that advice.
+hardened with ``--precision fp16``) and the flags are refused with that advice.
 """
 from __future__ import annotations
 
@@ -187,8 +187,8 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, *, fp16: bool = F
     major = trt_major(trt)
     if major >= 11 and (fp16 or bf16):
         raise UsageError(f"TensorRT {trt.__version__} builds strongly typed networks only (no FP16/BF16 builder "
-                         "flags): build from a model whose types are fp16/bf16 (export it in that precision, or "
-                         "convert it with NVIDIA ModelOpt AutoCast) and leave out --fp16/--bf16")
+                         "flags): build from a model whose types are fp16/bf16 (harden it with --precision fp16 or "
+                         "bf16, or export it in that precision) and leave out --fp16/--bf16")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, major))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import warnings
 
 import numpy as np
 import torch
@@ -77,7 +78,10 @@ def check_arity(gm: fx.GraphModule, example: tuple) -> None:
 def editable(model, example: tuple | None = None) -> tuple[fx.GraphModule, bool]:
     """A private copy of the model's graph, so inserting operators never edits the caller's."""
     gm, exported = to_graph_module(model, example)
-    return copy.deepcopy(gm), exported
+    with warnings.catch_warnings():  # copying a torch.export module's pytree specs runs torch's own deprecated
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)  # LeafSpec check (torch 2.13): nothing the user can act on
+        return copy.deepcopy(gm), exported
 
 
 def site_table(gm: fx.GraphModule, exported: bool, placement: Placement | str = Placement.ACTIVATIONS,

@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mstransform.core.errors import DataError, DependencyError, UsageError
-from mstransform.core.options import MAX_BATCH, MAX_ITERS, Device, Runtime, check_count, choice
+from mstransform.core.options import DEFAULT_ATTACKS, MAX_BATCH, MAX_ITERS, Device, Runtime, check_count, choice
 from mstransform.robustness.chunks import accuracy, blank, chunk_ranges, chunk_seed, encode
 from mstransform.runtime.data import DataSource
 from mstransform.runtime.session import check_runtime_choice, open_session, providers_for, run_step
 
 ATTACKS = ("apgd-ce", "apgd-dlr", "pgd", "square", "bpda")
-DEFAULT_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "bpda")
 
 
 @dataclass

@@ -274,7 +274,7 @@ def build_engine(model: str | Path, output: str | Path, *, shapes: str | None = 
 
 @dataclass
 class RunResult:
-    runtime: str  # one line: runtime, provider and why
+    runtime: str  # one line: the runtime and the provider that ran the model
     predictions: np.ndarray | None  # arg-max of the first output where it holds class scores, else None
     accuracy: Accuracy | None  # where the first output holds class scores and the data has labels
     notes: list[str]  # about the data and the outputs, one line each (e.g. empty class folders)
@@ -282,6 +282,7 @@ class RunResult:
     output_axes: dict[str, int | None] = field(default_factory=dict)  # each output's batch axis (None: none)
     samples: int = 0
     reads: dict = field(default_factory=dict, repr=False)  # role -> path of what the run read: never saved over
+    providers_note: str = ""  # why these providers (the preferred order, what this build lacks)
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a ``.npz`` path gets every output under its name (joined along its batch
@@ -307,13 +308,17 @@ class RunResult:
 @checked
 def run(model: str | Path, data, *, providers: list[str | tuple[str, dict]] | None = None, batch_size: int = 64,
         limit: int | None = None, preprocess: Preprocess | None = None, threads: int | None = None,
-        runtime: Runtime | str = Runtime.ONNXRUNTIME, batch_axes: dict[str, int | None] | None = None) -> RunResult:
+        runtime: Runtime | str = Runtime.ONNXRUNTIME, batch_axes: dict[str, int | None] | None = None,
+        device: Device | str | None = None) -> RunResult:
     """Batch inference in ONNX Runtime or OpenVINO on any model: every output, joined along its batch
     axis (:mod:`mstransform.runtime.outputs`); where the first output holds class scores
-    ``(batch, classes)``, the arg-max predictions too, and the accuracy when ``data`` has labels."""
+    ``(batch, classes)``, the arg-max predictions too, and the accuracy when ``data`` has labels.
+    ``device`` picks ONNX Runtime's providers as in :func:`calibrate`; ``providers`` names them."""
     m = load_model(model)
     runtime = choice(Runtime, runtime, "runtime")
-    check_runtime_choice(runtime, providers=providers)
+    check_runtime_choice(runtime, device, providers)
+    if providers is None and device is not None:
+        providers = providers_for(device)
     if runtime is Runtime.OPENVINO:
         session, why = open_session(model, runtime=runtime, threads=threads), ""
     else:
@@ -333,5 +338,5 @@ def run(model: str | Path, data, *, providers: list[str | tuple[str, dict]] | No
         shape = "a sequence or map" if scores is None else f"shape {list(scores.shape)}"
         notes.append(f"mstransform: warning: the data has labels, but output {first!r} ({shape}) holds no class "
                      "scores (batch, classes): no accuracy")
-    return RunResult(describe(session, why), preds, acc, notes, got.arrays, got.batch_axes, got.samples,
-                     {"model": model, "data": data if isinstance(data, Path) else None})
+    return RunResult(describe(session), preds, acc, notes, got.arrays, got.batch_axes, got.samples,
+                     {"model": model, "data": data if isinstance(data, Path) else None}, why)

@@ -50,7 +50,7 @@ ROLES = {
     "paths": Role(errors.StatsError, "stats file", many=True),  # merge_stats
     "timing_cache": Role(OutputError, "timing cache"),  # read, and written back by TensorRT
     **{name: Role(OutputError, "output", output=True)
-       for name in ("output", "stats_output", "save_stats", "json", "csv", "plot")},
+       for name in ("output", "stats_output", "save_stats", "json", "csv", "plot", "log_file")},
 }
 
 

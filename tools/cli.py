@@ -19,10 +19,8 @@ output error (exit 6) in one line.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import sys
-import warnings
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -30,24 +28,30 @@ def run(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     args = None
     streams = _guard_streams()
+    from mstransform.tools.logs import Output
+
+    # notes and library records from the first import on: the flags are read again once parsed
+    output = Output(quiet=bool({"-q", "--quiet"} & set(argv)), verbose=bool({"-v", "--verbose"} & set(argv)),
+                    keep="--log-file" in argv)
     try:
         from mstransform.tools.cli_parser import build_parser, with_default_command
-        from mstransform.tools.commands import COMMANDS
 
-        if not debug:
-            warnings.simplefilter("ignore")  # library chatter is not the user's error
-            logging.disable(logging.WARNING)
         parser = build_parser()
         try:
             args = parser.parse_args(with_default_command(argv))
         except SystemExit:  # --help, --version: their text reaches the reader, or a closed pipe ends quietly
             sys.stdout.flush()
             raise
+        output.levels(args.quiet, args.verbose)
         if args.command is None:
             parser.print_help()
             sys.stdout.flush()
             return 2
         check_paths(args)
+        if args.log_file is not None:
+            output.log_to(args.log_file)
+        from mstransform.tools.commands import COMMANDS  # the API and its libraries: not for --version or --help
+
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe or a full device is found here, not at interpreter exit
         sys.stderr.flush()
@@ -55,12 +59,13 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as err:  # every error becomes one line (MemoryError and RecursionError too)
         if debug:
             raise
-        return _report(err, args)
+        return _report(err, args, output)
     finally:
+        output.close()
         _restore_streams(streams)
 
 
-def _report(err: BaseException, args) -> int:
+def _report(err: BaseException, args, output=None) -> int:
     """One line on standard error for ``err``; the exit code of its class."""
     from mstransform.core.errors import EXIT_BROKEN_PIPE, MstError, OutputError, one_line
     from mstransform.core.guards import classify_os_error
@@ -76,14 +81,14 @@ def _report(err: BaseException, args) -> int:
     if isinstance(err, MstError):
         from mstransform.tools.cli_parser import FLAGS
 
-        _say(f"mstransform: error: {err.render(FLAGS)}")
+        _say(f"mstransform: error: {err.render(FLAGS)}", output)
         return err.exit_code
     if isinstance(err, (MemoryError, RecursionError, OSError)):  # the machine, not the input: still one line
-        _say(one_line(f"mstransform: error: {type(err).__name__}: {err} (run with --debug for details)"))
+        _say(one_line(f"mstransform: error: {type(err).__name__}: {err} (run with --debug for details)"), output)
         return 1
     text = str(err).splitlines()[0] if str(err) else ""  # a bug: one line unless --debug
     _say(one_line(f"mstransform: error: internal error {type(err).__name__}: {text}"
-                  " (a bug: please report it with the output of --debug)"))
+                  " (a bug: please report it with the output of --debug)"), output)
     return 1
 
 
@@ -194,8 +199,11 @@ def _silence(name: str | None) -> None:
             pass
 
 
-def _say(line: str) -> None:
-    """The error line on standard error; a standard error that cannot be written stays silent."""
+def _say(line: str, output=None) -> None:
+    """The error line on standard error (and in the log file); a standard error that cannot be written stays
+    silent."""
+    if output is not None:
+        output.to_file(line)
     try:
         print(line, file=sys.stderr, flush=True)
     except (OSError, StreamError):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from mstransform.core.errors import UsageError
-from mstransform.core.options import Center, Device, Formulation, Mode, Placement, Precision, Runtime
+from mstransform.core.options import (DEFAULT_ATTACKS, Center, Device, Formulation, Mode, Placement, Precision,
+                                      Runtime)
 
 SUBCOMMANDS = ("sites", "calibrate", "stats", "harden", "check-trt", "engine", "run", "eval", "eval-merge", "sweep",
                "plot", "bench")
-GLOBAL_VALUED = {"--threads"}
+GLOBAL_VALUED = {"--threads", "--log-file"}
 # API parameter -> the flag that sets it, for error messages.
 FLAGS = {"alpha": "--alpha", "alphas": "--alphas", "batch_size": "--batch-size", "limit": "--limit",
          "threads": "--threads", "eps": "--eps", "n": "-n/--images", "norm": "--norm", "mode": "--mode",
@@ -20,7 +21,8 @@ FLAGS = {"alpha": "--alpha", "alphas": "--alphas", "batch_size": "--batch-size",
          "probe": "--data", "data": "--data", "model": "MODEL", "shard": "--shard", "workspace": "--workspace",
          "device": "--device", "runtime": "--runtime", "providers": "--providers", "batch_axes": "--batch-axis",
          "trt_version": "--trt-version", "stats": "--stats",
-         "batch_sizes": "--batch-sizes", "warmup": "--warmup", "rounds": "--rounds", "runs": "--runs"}
+         "ignore_fingerprint": "--ignore-fingerprint", "batch_sizes": "--batch-sizes", "warmup": "--warmup",
+         "rounds": "--rounds", "runs": "--runs"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,6 +35,11 @@ def _add_global(p, suppress: bool) -> None:
     default = {"default": argparse.SUPPRESS} if suppress else {}
     p.add_argument("--debug", action="store_true", help="show tracebacks", **default)
     p.add_argument("--threads", type=int, help="ONNX Runtime / OpenVINO intra-op threads", **default)
+    p.add_argument("-q", "--quiet", action="store_true", help="results and warnings only: no notes", **default)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also details, and the warnings and log records of the libraries underneath", **default)
+    p.add_argument("--log-file", metavar="FILE", help="also write every note, warning, library record and the "
+                   "error line to FILE, timestamped", **default)
 
 
 class _Sub(Parser):
@@ -121,7 +128,6 @@ def _add_attack(p):
 
 def build_parser() -> argparse.ArgumentParser:
     from mstransform import __version__
-    from mstransform.robustness.attacks import DEFAULT_ATTACKS
 
     parser = Parser(prog="mstransform", description="Harden exported ONNX models with MeanSparse operators.",
                     epilog="example: mstransform model.onnx --stats stats.npz --alpha 0.2  (no sub-command = harden)",
@@ -255,7 +261,23 @@ def with_default_command(argv: list[str]) -> list[str]:
         else:
             break
     if i < len(argv) and argv[i] not in SUBCOMMANDS and not any(x in argv for x in ("-h", "--help", "--version")):
+        _refuse_mistyped_command(argv[i])
         return [*argv[:i], "harden", *argv[i:]]
     if argv[i:i + 2] == ["eval", "merge"]:  # `eval merge REPORTS -o OUT` is the command eval-merge
         return [*argv[:i], "eval-merge", *argv[i + 2:]]
     return argv
+
+
+def _refuse_mistyped_command(word: str) -> None:
+    """A word where the command goes that is no file and looks like a command (``calibrte``): say which one,
+    rather than hardening a model of that name."""
+    import difflib
+    import os
+
+    if os.path.exists(word) or any(c in word for c in "./\\") or not word.replace("-", "").isalpha():
+        return
+    commands = [c for c in SUBCOMMANDS if c != "eval-merge"]
+    close = difflib.get_close_matches(word, commands, n=1, cutoff=0.6)
+    if close:
+        raise UsageError(f"unknown command {word!r}; did you mean {close[0]!r}? (see `mstransform --help`)")
+    raise UsageError(f"{word!r} is neither a command ({', '.join(commands)}) nor a model file")

@@ -6,18 +6,14 @@ Output paths are checked against every input here, before any work, through the 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
+from mstransform.tools.logs import LOGGER, say
 from mstransform.core.errors import UsageError
 from mstransform.core.guards import check_outputs
 from mstransform.core.options import AlphaPlan, Selection
 from mstransform.passes.references import with_references
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _floats(text, flag: str):
@@ -209,18 +205,20 @@ def cmd_engine(a) -> int:
 
 
 def cmd_run(a) -> int:
-    from mstransform.runtime.session import providers_for
     from mstransform.tools import api
 
     (out,) = check_outputs([a.output], [*with_references(a.model), a.data])
-    providers = a.providers.split(",") if a.providers else providers_for(a.device)
+    providers = a.providers.split(",") if a.providers else None
     result = api.run(a.model, a.data, providers=providers, batch_size=a.batch_size, limit=a.limit,
-                     preprocess=_preprocess(a), threads=a.threads, runtime=a.runtime, batch_axes=_batch_axes(a))
+                     preprocess=_preprocess(a), threads=a.threads, runtime=a.runtime, batch_axes=_batch_axes(a),
+                     device=a.device)
     preds = result.predictions
     if out is not None and preds is None and out.suffix.lower() != ".npz":
         raise UsageError(f"-o {out}: output {next(iter(result.outputs), '?')!r} holds no class scores, so there "
                          "are no predictions to write; name a .npz file (-o OUT.npz) to write every output")
     print(result.runtime)
+    if result.providers_note:
+        LOGGER.debug(f"providers: {result.providers_note}")
     for note in result.notes:
         say(note)
     if result.accuracy is not None:

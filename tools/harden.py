@@ -103,12 +103,12 @@ def harden_model(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan =
     fp = fingerprint(m)
     if fp != stats.fingerprint and not ignore_fingerprint and not from_fx:
         raise StatsError(f"stats were measured on another model (fingerprint {stats.fingerprint}, this model {fp}); "
-                         "calibrate this model or pass ignore_fingerprint")
+                         "calibrate this model or pass", fix=("ignore_fingerprint", "True"))
     digest = weights_digest(m) if stats.weights and not ignore_fingerprint and not from_fx else stats.weights
     if digest != stats.weights:
         raise StatsError(f"stats were measured on a model with other weights (digest {stats.weights}, this model "
                          f"{digest}): the same architecture, trained otherwise; calibrate this model "
-                         "or pass ignore_fingerprint")
+                         "or pass", fix=("ignore_fingerprint", "True"))
     site_selection = dataclasses.replace(stats.selection, framework="onnx")
     table = find_sites(m, stats.placement, site_selection)
     narrow = Selection(selection.include, selection.exclude) if selection is not None else Selection()
