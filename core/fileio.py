@@ -199,3 +199,13 @@ def remove_quietly(*paths: Path) -> None:
 def _unlink(p) -> None:
     with contextlib.suppress(OSError):
         os.unlink(p)
+
+
+def write_json(path: str | Path, document: dict) -> Path:
+    """``document`` as JSON at ``path``, written whole or not at all (:func:`atomic_output`)."""
+    import json
+
+    text = json.dumps(document, indent=1, allow_nan=False, default=str) + "\n"
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return Path(path)

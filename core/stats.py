@@ -293,6 +293,14 @@ class Stats:
                 raise StatsError(f"site {name!r} has {channels} channels but its stats have {st.channels}")
         return stats
 
+    def to_dict(self) -> dict:
+        """What calibration measured, for machines (``calibrate --json``): per site its kind, axis, channels and
+        sample count, and the content digest that names these statistics."""
+        return {"fingerprint": self.fingerprint, "placement": Placement(self.placement).value,
+                "samples": self.samples, "sha256": self.sha256(), "unreached": list(self.unreached),
+                "sites": {s.name: {"kind": s.kind, "tensor": s.feed, "axis": s.axis, "channels": s.channels,
+                                   "count_per_channel": int(s.moments.count)} for s in self.sites.values()}}
+
     def summary(self) -> str:
         """What ``mstransform stats inspect`` prints."""
         lines = [f"format {FORMAT} v{VERSION}; model fingerprint {self.fingerprint}; "

@@ -79,6 +79,14 @@ class SiteTable:
             out[s.kind] = out.get(s.kind, 0) + 1
         return out
 
+    def to_dict(self) -> dict:
+        """The table for machines (``mstransform sites --json``): every site and every rejection."""
+        return {"placement": self.placement.value,
+                "sites": [{"name": s.name, "kind": s.kind, "form": s.form, "producer": s.producer,
+                           "tensor": s.feed_name, "axis": s.axis, "axis_rule": s.axis_rule,
+                           "channels": s.channels, "rank": s.rank, "graph": s.graph} for s in self.sites],
+                "rejected": [{"node": r.node, "op_type": r.op_type, "reason": r.reason} for r in self.rejected]}
+
     def format(self) -> str:
         """The table ``mstransform sites`` prints."""
         head = ("#", "site", "activation", "form", "producer", "axis", "channels", "graph")

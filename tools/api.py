@@ -229,6 +229,11 @@ class TrtCheck:
     def errors(self) -> list:
         return [f for f in self.findings if f.level == "error"]
 
+    def to_dict(self) -> dict:
+        """The check for machines (``check-trt --json``); ``ok`` is False where a finding blocks the build."""
+        return {"trt_version": self.version, "fp16": self.fp16, "ok": not self.errors,
+                "findings": [{"level": f.level, "where": f.where, "message": f.message} for f in self.findings]}
+
     def raise_for_errors(self) -> None:
         """CompatibilityError (exit 9) naming the first blocking problem, if any."""
         from mstransform.core.errors import CompatibilityError
@@ -283,6 +288,15 @@ class RunResult:
     samples: int = 0
     reads: dict = field(default_factory=dict, repr=False)  # role -> path of what the run read: never saved over
     providers_note: str = ""  # why these providers (the preferred order, what this build lacks)
+
+    def to_dict(self) -> dict:
+        """The run for machines (``run --json``): the runtime, every output's shape, type and batch axis, and
+        the accuracy where there is one (the arrays themselves go to ``save``)."""
+        acc = None if self.accuracy is None else {"correct": self.accuracy.correct, "total": self.accuracy.total,
+                                                   "percent": self.accuracy.percent}
+        return {"runtime": self.runtime, "samples": self.samples, "accuracy": acc, "notes": list(self.notes),
+                "outputs": {name: {"shape": list(a.shape), "dtype": str(a.dtype), "batch_axis": self.output_axes.get(name)}
+                            for name, a in self.outputs.items()}}
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a ``.npz`` path gets every output under its name (joined along its batch

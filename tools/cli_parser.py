@@ -78,8 +78,13 @@ def _add_data(p, required=False):
                         "batch (default: found from the model's dim names)")
 
 
+def _add_json(p):
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE, for machines")
+
+
 def _add_harden(p):
     p.add_argument("model", help="input ONNX model (never modified)")
+    _add_json(p)
     p.add_argument("--stats", metavar="NPZ", help="statistics from `mstransform calibrate`")
     _add_data(p)
     p.add_argument("--alpha", action="append", metavar="A|SITE=A",
@@ -141,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sites", help="print the site table and why other activations were not matched; with "
                                      "--stats and --data, the fraction of values each operator replaces")
     p.add_argument("model")
+    _add_json(p)
     _add_selection(p)
     p.add_argument("--stats", metavar="NPZ", help="with --data: measure, per site, the values the operator replaces")
     p.add_argument("--alpha", action="append", metavar="A|SITE=A",
@@ -150,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="measure per-site statistics on clean training data")
     p.add_argument("model")
+    _add_json(p)
     _add_data(p, required=True)
     _add_selection(p)
     p.add_argument("-o", "--output", required=True, help="stats file to write (.npz)")
@@ -169,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-trt", help="static TensorRT compatibility check (no GPU needed)")
     p.add_argument("model")
+    _add_json(p)
     p.add_argument("--trt-version", default=None, help="TensorRT release to check against: 8.5, 8.6, 9.2, 10.0, 10.1 or 11 (default 10.1)")
     p.add_argument("--fp16", action="store_true", help="also check constants are representable in fp16")
 
@@ -184,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="batch inference on any model: its outputs; where the first output holds class "
                                    "scores, accuracy on labelled data, else predictions")
     p.add_argument("model")
+    _add_json(p)
     _add_data(p, required=True)
     p.add_argument("--providers", help="comma-separated ONNX Runtime providers (default: TensorRT > CUDA > CPU)")
     _add_device(p)

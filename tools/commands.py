@@ -9,11 +9,12 @@ import math
 import time
 from pathlib import Path
 
-from mstransform.tools.logs import LOGGER, say
 from mstransform.core.errors import UsageError
+from mstransform.core.fileio import write_json
 from mstransform.core.guards import check_outputs
 from mstransform.core.options import AlphaPlan, Selection
 from mstransform.passes.references import with_references
+from mstransform.tools.logs import LOGGER, say
 
 
 def _floats(text, flag: str):
@@ -91,9 +92,19 @@ def cmd_sites(a) -> int:
         given = [f for f, v in (("--alpha", a.alpha), ("--data", a.data), ("--plot", a.plot)) if v]
         if given:
             raise UsageError(f"{given[0]} needs --stats (and --data): the replaced fraction is measured per site")
-        print(api.find_sites(a.model, a.placement, _selection(a)).format())
+        table = api.find_sites(a.model, a.placement, _selection(a))
+        print(table.format())
+        _json(a, "sites", table.to_dict())
         return 0
+    if a.json is not None:
+        raise UsageError("--json writes the site table; leave out --stats (the fractions go to the table and --plot)")
     return _site_fractions(a)
+
+
+def _json(a, command: str, document: dict) -> None:
+    """``--json FILE``: the command's result for machines (written whole, never half)."""
+    if getattr(a, "json", None) is not None:
+        write_json(a.json, {"command": command, **document})
 
 
 def _site_fractions(a) -> int:
@@ -125,6 +136,7 @@ def cmd_calibrate(a) -> int:
     stats.save(out)
     print(f"calibrated {len(stats)} site(s) on {stats.samples} sample(s) in {time.perf_counter() - t0:.1f} s; "
           f"wrote {out}")
+    _json(a, "calibrate", {"stats_file": str(out), **stats.to_dict()})
     return 0
 
 
@@ -174,12 +186,18 @@ def cmd_harden(a) -> int:
                             precision=a.precision, runtime=a.runtime, probe=a.data, batch_axes=_batch_axes(a),
                             preprocess=pre, batch_size=a.batch_size)
     print(report.summary())
+    document = report.to_dict()
+    if a.stats is None:
+        document["stats_file"] = str(done.stats_path)
     if a.eval:
         (hard,) = api.compare_accuracy([output], a.eval, batch_size=a.batch_size, preprocess=pre, threads=a.threads,
                                        runtime=a.runtime, batch_axes=_batch_axes(a))
         for label, acc in (("base", base), ("hardened", hard)):
             print(f"clean accuracy {label:9s} {acc.percent:6.2f}%  ({acc.correct}/{acc.total})")
         print(f"clean accuracy change {hard.percent - base.percent:+.2f} points")
+        document["clean_accuracy"] = {label: {"correct": acc.correct, "total": acc.total, "percent": acc.percent}
+                                      for label, acc in (("base", base), ("hardened", hard))}
+    _json(a, "harden", document)
     return 0
 
 
@@ -189,6 +207,7 @@ def cmd_check_trt(a) -> int:
     report = api.check_trt(a.model, a.trt_version, fp16=a.fp16)
     for f in report.findings:
         print(f)
+    _json(a, "check-trt", report.to_dict())  # written before a blocking finding ends the command (exit 9)
     report.raise_for_errors()
     print(f"ok: compatible with the TensorRT {report.version} ONNX parser's operator table"
           + (" and fp16 constants" if a.fp16 else "") + f" ({len(report.findings)} warning(s))")
@@ -229,6 +248,7 @@ def cmd_run(a) -> int:
         print(f"outputs for {result.samples} sample(s): {_outputs_line(result)}")
     if out is not None:
         print(f"wrote {result.save(out)}")
+    _json(a, "run", result.to_dict())
     return 0
 
 

@@ -69,6 +69,11 @@ class HardenReport:
     max_abs_diff: float | None = None  # operators vs the numpy reference; None when not checked
     published: list = field(default_factory=list)  # (path, (device, inode)) renamed into place: retract_output
 
+    def to_dict(self) -> dict:
+        """The report for machines (``--json``)."""
+        return {"output": str(self.output), "sites": list(self.sites), "skipped": list(self.skipped),
+                "alphas": dict(self.alphas), "checks": list(self.checks), "max_abs_diff": self.max_abs_diff}
+
     def summary(self) -> str:
         lines = [f"inserted {len(self.sites)} sparsify operator(s)"
                  + (f"; {len(self.skipped)} site(s) left as identity (threshold 0)" if self.skipped else ""),
