@@ -1,4 +1,4 @@
-"""The command line on the shipped example, as a new user runs it, and on bad input."""
+"""The command line on the shipped example, as a new user runs it (bad input: tests/test_hostile_*.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,11 +7,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import EXAMPLE, bad_input_cases, check_bad_input
+from conftest import EXAMPLE
 
 
 MODEL = EXAMPLE / "model.onnx"
@@ -108,77 +107,7 @@ def _stats_arrays(path):
         return {k: z[k] for k in z.files}
 
 
-def _write(path, arrays):
-    np.savez(path, **arrays)
-    return path
-
-
-@pytest.fixture(scope="module")
-def bad(work, tmp_path_factory):
-    """The bad files of the table below, written once; ``folder`` must gain no file from any case."""
-    tmp = tmp_path_factory.mktemp("cli-bad")
-    good = work / "stats.npz"
-    arr = _stats_arrays(good)
-    other = dict(arr, fingerprint=np.array("0123456789abcdef"))
-    missing = {k: v for k, v in arr.items() if not k.endswith("/6")}
-    missing.update(site_names=arr["site_names"][:6], site_feeds=arr["site_feeds"][:6], site_kinds=arr["site_kinds"][:6],
-                   site_axes=arr["site_axes"][:6], site_ranks=arr["site_ranks"][:6], site_dtypes=arr["site_dtypes"][:6],
-                   site_counts=arr["site_counts"][:6])
-    channels = dict(arr, **{"mean/0": arr["mean/0"][:3], "var/0": arr["var/0"][:3]})
-    nan = dict(arr, **{"var/2": np.full_like(arr["var/2"], np.nan)})
-    neg = dict(arr, **{"var/1": -arr["var/1"]})
-    for name, arrays in (("other", other), ("missing", missing), ("ch", channels), ("nanstats", nan), ("neg", neg)):
-        _write(tmp / f"{name}.npz", arrays)
-    (tmp / "notonnx.onnx").write_text("this is not a model\n")
-    (tmp / "garbage.npz").write_bytes(b"PK\x03\x04garbage")
-    np.savez(tmp / "flat.npz", input=np.zeros((4, 28, 28), np.uint8))
-    np.savez(tmp / "nan.npz", input=np.full((4, 1, 28, 28), np.nan, np.float32))
-    np.savez(tmp / "empty.npz", input=np.zeros((0, 1, 28, 28), np.uint8))
-    np.savez(tmp / "pickled.npz", a=np.array([{"x": 1}], dtype=object))
-    return SimpleNamespace(tmp=tmp, good=good, m=work / "model.onnx", out=tmp / "out.onnx", stats_out=tmp / "s.npz",
-                           folder=tmp, protected=[work / "model.onnx", good])
-
-
-# (label, argv of the prepared files, expected exit code, words the message must contain)
-BAD_CASES = [
-    ("not an ONNX file", lambda f: [f.tmp / "notonnx.onnx", "--stats", f.good, "-o", f.out], 3, "not an ONNX model"),
-    ("model missing", lambda f: [f.tmp / "nope.onnx", "--stats", f.good, "-o", f.out], 3, "does not exist"),
-    ("stats of another model", lambda f: [f.m, "--stats", f.tmp / "other.npz", "-o", f.out], 4, "another model"),
-    ("missing site", lambda f: [f.m, "--stats", f.tmp / "missing.npz", "-o", f.out], 4, "no statistics"),
-    ("channel-count mismatch", lambda f: [f.m, "--stats", f.tmp / "ch.npz", "-o", f.out], 4, "channels"),
-    ("NaN in stats", lambda f: [f.m, "--stats", f.tmp / "nanstats.npz", "-o", f.out], 4, "NaN"),
-    ("negative variance", lambda f: [f.m, "--stats", f.tmp / "neg.npz", "-o", f.out], 4, "negative variance"),
-    ("pickled stats", lambda f: [f.m, "--stats", f.tmp / "pickled.npz", "-o", f.out], 4, "object arrays"),
-    ("stats file missing", lambda f: [f.m, "--stats", f.tmp / "none.npz", "-o", f.out], 4, "does not exist"),
-    ("negative alpha", lambda f: [f.m, "--stats", f.good, "--alpha", "-0.1", "-o", f.out], 2, ">= 0"),
-    ("NaN alpha", lambda f: [f.m, "--stats", f.good, "--alpha", "nan", "-o", f.out], 2, "finite"),
-    ("absurd alpha", lambda f: [f.m, "--stats", f.good, "--alpha", "1e9", "-o", f.out], 2, "below 100"),
-    ("alpha for unknown site", lambda f: [f.m, "--stats", f.good, "--alpha", "nosuch=0.1", "-o", f.out], 2,
-     "matches no site"),
-    ("output equals input", lambda f: [f.m, "--stats", f.good, "-o", f.m], 6, "is the input"),
-    ("output folder missing", lambda f: [f.m, "--stats", f.good, "-o", f.tmp / "no" / "dir" / "x.onnx"], 6,
-     "does not exist"),
-    ("unreadable data", lambda f: ["calibrate", f.m, "--data", f.tmp / "garbage.npz", "-o", f.stats_out], 5,
-     "cannot read"),
-    ("wrong input shape", lambda f: ["calibrate", f.m, "--data", f.tmp / "flat.npz", "-o", f.stats_out], 5,
-     "expects shape"),
-    ("NaN in data", lambda f: ["calibrate", f.m, "--data", f.tmp / "nan.npz", "-o", f.stats_out], 5, "NaN"),
-    ("empty data", lambda f: ["calibrate", f.m, "--data", f.tmp / "empty.npz", "-o", f.stats_out], 5, "no samples"),
-    ("neither stats nor data", lambda f: [f.m, "-o", f.out], 2, "--stats"),
-    ("unknown option", lambda f: [f.m, "--stats", f.good, "--frobnicate"], 2, "unrecognized"),
-]
-
-
-@bad_input_cases(BAD_CASES)
-def test_bad_input_one_line_no_output(label, argv, code, words, bad):
-    check_bad_input(label, argv(bad), code, words, bad.folder, bad.protected)
-
-
-def test_missing_external_data(cli, tmp_path):
-    import onnx
-
-    m = onnx.load(str(MODEL))
-    onnx.save(m, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
-    (tmp_path / "ext.onnx.data").unlink()
-    r = cli("sites", tmp_path / "ext.onnx")
-    assert r.code == 3 and "external data" in r.err
+def test_debug_shows_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mstransform.tools.entry", "--debug", "sites", str(tmp_path / "x.onnx")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "Traceback" in r.stderr

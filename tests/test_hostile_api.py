@@ -3,8 +3,8 @@
 its inputs, raises one of the project's error classes (``core/errors.py``) with a one-line message,
 writes nothing and leaves its inputs as they were; what is unambiguous (``bytes`` and ``os.PathLike``
 paths, an ``NpzFile`` or a mapping of arrays as stats, the command line's ``NAME=AXIS`` spelling of a
-batch axis) is accepted. Also here: exit codes of devices, providers and repeated flags, and the
-package namespace."""
+batch axis) is accepted. Also here: the external data of an input model as an output, and the package
+namespace."""
 from __future__ import annotations
 
 import inspect
@@ -16,7 +16,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import EXAMPLE, run_cli
+from conftest import EXAMPLE
+from os_cases import snapshot, stats_bytes, w  # noqa: F401 (w and stats_bytes are fixtures)
 
 import mstransform as mst
 import mstransform.passes as passes
@@ -272,45 +273,34 @@ def test_stats_of_another_kind_are_refused_naming_the_parameter(f):
     assert _tree(f.out) == {}
 
 
-# -- exit codes: devices, providers, repeated flags ------------------------------------------------------
-
-def _ort_has(provider: str) -> bool:
-    import onnxruntime as ort
-
-    return provider in ort.get_available_providers()
-
-
-@pytest.mark.skipif(_ort_has("CUDAExecutionProvider"), reason="CUDA provider present")
-@pytest.mark.parametrize("command", ["calibrate", "run"])
-def test_device_cuda_without_cuda_is_a_missing_dependency(command, tmp_path):
-    args = {"calibrate": ["calibrate", EXAMPLE / "model.onnx", "--data", EXAMPLE / "val.npz", "-o", tmp_path / "s.npz"],
-            "run": ["run", EXAMPLE / "model.onnx", "--data", EXAMPLE / "val.npz"]}[command]
-    r = run_cli(*args, "--device", "cuda")
-    assert r.code == 8, r.err
-    assert r.err.count("\n") == 1 and "CUDAExecutionProvider" in r.err
-    assert list(tmp_path.iterdir()) == []
+def test_run_result_is_never_saved_over_what_the_run_read(f):
+    """``mst.run(model, data).save(data)`` would replace the data with the predictions."""
+    before = _tree(f.ins)
+    result = mst.run(f.model, f.data, limit=8)
+    for target in (f.data, f.model, os.fsencode(f.data), PathLike(f.model)):
+        with pytest.raises(OutputError) as e:
+            result.save(target)
+        assert "is the input" in str(e.value)
+    assert _tree(f.ins) == before
+    assert result.save(f.out / "p.npz") == f.out / "p.npz"
+    (f.out / "p.npz").unlink()
 
 
-@pytest.mark.skipif(_ort_has("TensorrtExecutionProvider"), reason="TensorRT provider present")
-def test_a_provider_missing_from_this_build_is_a_missing_dependency():
-    r = run_cli("run", EXAMPLE / "model.onnx", "--data", EXAMPLE / "val.npz", "--providers",
-                "TensorrtExecutionProvider")
-    assert r.code == 8 and r.err.count("\n") == 1 and "TensorrtExecutionProvider" in r.err, r.err
+# -- the external data of an input model as an output ---------------------------------------------------
+
+API_EXTERNAL = [("harden, renamed model", "harden"), ("calibrate_and_harden, renamed model", "one-step")]
 
 
-def test_a_provider_name_onnxruntime_does_not_know_is_a_usage_error():
-    r = run_cli("run", EXAMPLE / "model.onnx", "--data", EXAMPLE / "val.npz", "--providers", "CUDAProvider")
-    assert r.code == 2 and r.err.count("\n") == 1 and "--providers" in r.err, r.err
-
-
-def test_conflicting_repeat_of_batch_axis_is_a_usage_error(tmp_path):
-    base = ["calibrate", EXAMPLE / "model.onnx", "--data", EXAMPLE / "val.npz", "--limit", "8",
-            "-o", tmp_path / "s.npz"]
-    r = run_cli(*base, "--batch-axis", "input=1", "--batch-axis", "input=0")
-    assert r.code == 2 and r.err.count("\n") == 1 and "--batch-axis" in r.err and "input" in r.err, r.err
-    assert list(tmp_path.iterdir()) == []
-    r = run_cli(*base, "--batch-axis", "input=0", "--batch-axis", "input=0")
-    assert r.code == 0, r.err
+@pytest.mark.parametrize("how", [c[1] for c in API_EXTERNAL], ids=[c[0] for c in API_EXTERNAL])
+def test_api_refuses_the_input_data(w, how):
+    before = snapshot(w)
+    with pytest.raises(OutputError, match="is the input"):
+        if how == "harden":
+            mst.harden(w / "ext" / "renamed.onnx", w / "stats.npz", output=w / "ext" / "model.onnx")
+        else:
+            mst.calibrate_and_harden(w / "ext" / "renamed.onnx", w / "calib.npz", output=w / "ext" / "model.onnx",
+                                     stats_output=w / "s.npz")
+    assert snapshot(w) == before
 
 
 # -- the package namespace ---------------------------------------------------------------------------------
@@ -324,16 +314,3 @@ def test_every_api_name_resolves_on_the_package():
     assert set(api.__all__) <= set(mst.__all__)
     assert [n for n in mst.__all__ if not hasattr(mst, n)] == []
     assert [n for n in passes.__all__ if not hasattr(passes, n)] == []
-
-
-def test_run_result_is_never_saved_over_what_the_run_read(f):
-    """``mst.run(model, data).save(data)`` would replace the data with the predictions."""
-    before = _tree(f.ins)
-    result = mst.run(f.model, f.data, limit=8)
-    for target in (f.data, f.model, os.fsencode(f.data), PathLike(f.model)):
-        with pytest.raises(OutputError) as e:
-            result.save(target)
-        assert "is the input" in str(e.value)
-    assert _tree(f.ins) == before
-    assert result.save(f.out / "p.npz") == f.out / "p.npz"
-    (f.out / "p.npz").unlink()

@@ -1,92 +1,167 @@
-"""Hostile inputs through the operating system, part 2: one line on stderr, special files refused before
-they are opened, two runs racing to one output, and output names and modes."""
+"""Hostile outputs: an output that is one of the inputs (by name, by hard or symbolic link, through a model's
+external data), a device, a folder or in a folder that does not exist; a failure after work has begun,
+which leaves no file; two runs racing to one output; and the mode of what is written. Each refusal gives
+one line, its exit code, no new file, inputs intact."""
 from __future__ import annotations
 
 import os
-import signal
+import shutil
 import stat
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
-from conftest import run_cli
-from os_cases import (CALIB, CLI, LONG, MODEL, PROGRESS, _Hang, cli_env, one_error, refused, run_bounded,  # noqa: F401
-                      snapshot, stats_bytes, w)  # w and stats_bytes are fixtures
+from conftest import EXAMPLE, bad_input_cases, check_bad_input, run_cli
+from os_cases import CLI, refused, stats_bytes, w  # noqa: F401 (w and stats_bytes are fixtures)
 
 import mstransform as mst
 from mstransform.core import fileio, guards
-from mstransform.core.errors import DataError, OutputError, one_line
+from mstransform.core.errors import OutputError
+
+MODEL, CALIB, TEST = EXAMPLE / "model.onnx", EXAMPLE / "calib.npz", EXAMPLE / "test.npz"
 
 
-# -- 3. one line on stderr --------------------------------------------------------------------
-NEWLINES = [("newline in stats", ["model.onnx", "--stats", "a\nb.npz", "-o", "o.onnx"], 4),
-            ("newline in data", ["calibrate", "model.onnx", "--data", "x\ny.npz", "-o", "s.npz"], 5),
-            ("newline in output folder", ["model.onnx", "--stats", "stats.npz", "-o", "new\ndir/o.onnx"], 6),
-            ("line separator in model", ["sites", "m\u2028x.onnx"], 3),
-            ("escape sequence in model", ["sites", "m\x1b[2Jx\r.onnx"], 3)]
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, example_hardened):
+    """A copy of the example model, a hard link to the session's stats (another name, the same inode) and
+    the outputs of the table below; ``folder`` must gain no file from any case."""
+    tmp = tmp_path_factory.mktemp("hostile-outputs")
+    shutil.copy(MODEL, tmp / "model.onnx")
+    os.link(example_hardened.stats, tmp / "stats-link.npz")
+    return SimpleNamespace(tmp=tmp, m=tmp / "model.onnx", s=example_hardened.stats, link=tmp / "stats-link.npz",
+                           out=tmp / "o.onnx", folder=tmp,
+                           protected=[MODEL, CALIB, TEST, tmp / "model.onnx", example_hardened.stats])
 
 
-@pytest.mark.parametrize("argv,code", [c[1:] for c in NEWLINES], ids=[c[0] for c in NEWLINES])
-def test_control_characters_in_paths(w, monkeypatch, argv, code):
+# (label, argv of the prepared files, exit code, words in the message)
+OUTPUT_CASES = [
+    # an output that is an input, by name or by inode
+    ("output equals input", lambda f: [f.m, "--stats", f.s, "-o", f.m], 6, "is the input"),
+    ("harden output = stats", lambda f: [MODEL, "--stats", f.s, "-o", f.s], 6, "is the input"),
+    ("harden output = stats via hard link", lambda f: [MODEL, "--stats", f.s, "-o", f.link], 6, "is the input"),
+    ("stats output equals data", lambda f: ["calibrate", MODEL, "--data", CALIB, "-o", CALIB], 6, "is the input"),
+    ("save-stats = eval data", lambda f: [MODEL, "--data", CALIB, "--save-stats", TEST, "--eval", TEST, "-o", f.out],
+     6, "is the input"),
+    ("model output = save-stats", lambda f: [MODEL, "--data", CALIB, "--save-stats", f.out, "-o", f.out], 6,
+     "same file"),
+    ("merge output = a shard", lambda f: ["stats", "merge", f.s, f.link, "-o", f.s], 6, "is the input"),
+    ("eval json = model", lambda f: ["eval", MODEL, "--data", TEST, "--json", MODEL], 6, "is the input"),
+    # an output that cannot be a file
+    ("output is a device", lambda f: [MODEL, "--stats", f.s, "-o", "/dev/null"], 6, "not a regular file"),
+    ("predictions to a device", lambda f: ["run", MODEL, "--data", TEST, "-o", "/dev/full"], 6, "not a regular file"),
+    ("output folder missing", lambda f: [f.m, "--stats", f.s, "-o", f.tmp / "no" / "dir" / "x.onnx"], 6,
+     "does not exist"),
+    # a failure after calibration leaves neither file
+    ("one-step failing late", lambda f: [MODEL, "--data", CALIB, "--alpha", "nosuch=0.1", "-o", f.out], 2,
+     "matches no site"),
+]
+
+
+@bad_input_cases(OUTPUT_CASES)
+def test_hostile_output(label, argv, code, words, bad):
+    check_bad_input(label, argv(bad), code, words, bad.folder, bad.protected)
+
+
+# -- an input destroyed through its external data ---------------------------------------------
+def _links(w: Path) -> None:
+    os.link(w / "ext" / "model.onnx.data", w / "other" / "hard.onnx.data")  # another name, the same inode
+    (w / "other" / "soft.onnx.data").symlink_to(w / "ext" / "model.onnx.data")
+    (w / "other" / "to-data").symlink_to(w / "ext" / "model.onnx.data")
+
+
+EXTERNAL = [
+    ("output is the input's data file", ["ext/model.onnx", "--stats", "stats.npz", "-o", "ext/model.onnx.data"],
+     "is the input"),
+    ("renamed model, output named after its data", ["ext/renamed.onnx", "--stats", "stats.npz", "-o", "ext/model.onnx"],
+     "external data of output"),
+    ("output data is a hard link to the input's", ["ext/renamed.onnx", "--stats", "stats.npz", "-o", "other/hard.onnx"],
+     "is the input"),
+    ("output data is a symlink to the input's", ["ext/renamed.onnx", "--stats", "stats.npz", "-o", "other/soft.onnx"],
+     "is the input"),
+    ("output is a symlink to the input's data", ["ext/model.onnx", "--stats", "stats.npz", "-o", "other/to-data"],
+     "is the input"),
+    ("one-step harden onto the input's data", ["ext/renamed.onnx", "--data", "calib.npz", "-o", "ext/model.onnx"],
+     "is the input"),
+    ("saved stats onto the input's data", ["ext/model.onnx", "--data", "calib.npz", "--save-stats",
+                                           "ext/model.onnx.data", "-o", "o.onnx"], "is the input"),
+    ("calibrate onto the input's data", ["calibrate", "ext/model.onnx", "--data", "calib.npz", "-o",
+                                         "ext/model.onnx.data"], "is the input"),
+    ("predictions onto the input's data", ["run", "ext/model.onnx", "--data", "calib.npz", "-o",
+                                           "ext/model.onnx.data"], "is the input"),
+]
+
+
+@pytest.mark.parametrize("argv,words", [c[1:] for c in EXTERNAL], ids=[c[0] for c in EXTERNAL])
+def test_external_data_is_an_input(w, monkeypatch, argv, words):
+    _links(w)
     monkeypatch.chdir(w)
-    line = refused(w, argv, code, "")
-    assert "\x1b" not in line and "\r" not in line
-    assert one_line("a\nb\u2028c\x1bd\udcff") == "a\\nb\\u2028c\\x1bd\\udcff"
+    refused(w, argv, 6, words)
 
 
-def test_read_only_home_prints_nothing(w, tmp_path_factory):
-    """ONNX Runtime's telemetry cannot persist its device id under a HOME that is a file: silenced at the source."""
-    home = tmp_path_factory.mktemp("home") / "not-a-folder"
-    home.write_text("")
-    p = subprocess.run([*CLI, "model.onnx", "--stats", "stats.npz", "-o", "o.onnx"], cwd=w, capture_output=True,
-                       text=True, timeout=120, env=cli_env(HOME=str(home)))
-    assert p.returncode == 0 and p.stderr == "", p.stderr
+def test_references_list_every_external_file(w):
+    from mstransform.passes.references import model_references, with_references
+
+    import onnx_ir as ir
+
+    data = w / "ext" / "model.onnx.data"
+    assert [p.resolve() for p in model_references(w / "ext" / "renamed.onnx")] == [data]
+    assert [Path(p).resolve() for p in model_references(ir.load(str(w / "ext" / "model.onnx")))] == [data]
+    assert model_references(w / "model.onnx") == [] and model_references(w / "calib.npz") == []
+    assert with_references(None, w / "ext" / "model.onnx")[1].resolve() == data
 
 
-# -- 4. special files are refused before they are opened --------------------------------------
-FIFOS = [("data FIFO .npy", ["calibrate", "model.onnx", "--data", "f.npy", "-o", "s.npz"], "f.npy", 5),
-         ("data FIFO .npz", ["calibrate", "model.onnx", "--data", "f.npz", "-o", "s.npz"], "f.npz", 5),
-         ("stats FIFO", ["model.onnx", "--stats", "f.npz", "-o", "o.onnx"], "f.npz", 4),
-         ("model FIFO", ["sites", "f.onnx"], "f.onnx", 3),
-         ("eval FIFO", ["model.onnx", "--stats", "stats.npz", "--eval", "f.npz", "-o", "o.onnx"], "f.npz", 5),
-         ("data is /dev/zero", ["calibrate", "model.onnx", "--data", "zero.npy", "-o", "s.npz"], "zero.npy", 5)]
+def test_output_check_is_by_inode(tmp_path):
+    a = tmp_path / "a"
+    a.write_bytes(b"x")
+    os.link(a, tmp_path / "b")
+    (tmp_path / "c").symlink_to(a)
+    for out in ("b", "c"):
+        with pytest.raises(OutputError, match="is the input"):
+            guards.check_outputs([tmp_path / out], [a])
+    with pytest.raises(OutputError, match="external data of output"):
+        guards.check_outputs([tmp_path / "m.onnx"], [tmp_path / "m.onnx.data"], models=[tmp_path / "m.onnx"])
 
 
-@pytest.mark.parametrize("argv,name,code", [c[1:] for c in FIFOS], ids=[c[0] for c in FIFOS])
-def test_special_file_inputs(w, monkeypatch, argv, name, code):
-    if name.startswith("zero"):
-        (w / name).symlink_to("/dev/zero")
-    else:
-        os.mkfifo(w / name)
+# -- output names and modes ----------------------------------------------------------------
+FOLDERS = [("model into a missing folder/", ["model.onnx", "--stats", "stats.npz", "-o", "newdir/"], "names a folder"),
+           ("model onto out/.", ["model.onnx", "--stats", "stats.npz", "-o", "other/."], "folder"),
+           ("model onto a folder", ["model.onnx", "--stats", "stats.npz", "-o", "other"], "folder"),
+           ("stats into a missing folder/", ["calibrate", "model.onnx", "--data", "calib.npz", "-o", "newdir/"],
+            "names a folder"),
+           ("predictions into a folder/", ["run", "model.onnx", "--data", "calib.npz", "-o", "other/"],
+            "names a folder")]
+
+
+@pytest.mark.parametrize("argv,words", [c[1:] for c in FOLDERS], ids=[c[0] for c in FOLDERS])
+def test_output_names_a_folder(w, monkeypatch, argv, words):
     monkeypatch.chdir(w)
-    refused(w, argv, code, "not a regular file")
+    refused(w, argv, 6, words)
+    assert not (w / "newdir").exists()
 
 
-def test_api_refuses_a_fifo(w):
-    from mstransform.runtime.data import DataSource
-    from mstransform.runtime.inputs import input_specs
+MODES = [("stats", ["calibrate", "model.onnx", "--data", "calib.npz", "--limit", "64", "-o", "out"]),
+         ("predictions", ["run", "model.onnx", "--data", "calib.npz", "--limit", "64", "-o", "out"]),
+         ("model", ["model.onnx", "--stats", "stats.npz", "--no-verify", "-o", "out"])]
 
-    from mstransform.passes.prepare import load_model
 
-    os.mkfifo(w / "f.npy")
-    specs = input_specs(load_model(w / "model.onnx"))
-
-    def alarm(signum, frame):
-        raise _Hang("blocked")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(20)
+@pytest.mark.parametrize("umask", [0o002, 0o077], ids=["umask 002", "umask 077"])
+@pytest.mark.parametrize("argv", [c[1] for c in MODES], ids=[c[0] for c in MODES])
+def test_output_mode_follows_umask(w, monkeypatch, argv, umask):
+    monkeypatch.chdir(w)
+    old = os.umask(umask)
     try:
-        with pytest.raises(DataError, match="FIFO"):
-            DataSource(w / "f.npy", specs)
+        r = run_cli(*argv)
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+        os.umask(old)
+    assert r.code == 0, r.err
+    assert stat.S_IMODE(os.stat(w / "out").st_mode) == 0o666 & ~umask
+    assert not [p for p in os.listdir(w) if p.startswith(".")]
 
 
-# -- 5. two runs to one output ----------------------------------------------------------------
+# -- two runs to one output ----------------------------------------------------------------
 def _arrays(path: Path) -> dict:
     """Every initializer of the model at ``path``, external data read from beside it."""
     return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
@@ -140,51 +215,3 @@ def test_publishing_keeps_what_another_run_published(tmp_path):
         c.path.write_bytes(b"C")
     c.retract()
     assert sorted(os.listdir(tmp_path)) == ["o.bin.data"]  # its own file, and nothing else, retracted
-
-
-# -- 6. output names and modes ----------------------------------------------------------------
-FOLDERS = [("model into a missing folder/", ["model.onnx", "--stats", "stats.npz", "-o", "newdir/"], "names a folder"),
-           ("model onto out/.", ["model.onnx", "--stats", "stats.npz", "-o", "other/."], "folder"),
-           ("model onto a folder", ["model.onnx", "--stats", "stats.npz", "-o", "other"], "folder"),
-           ("stats into a missing folder/", ["calibrate", "model.onnx", "--data", "calib.npz", "-o", "newdir/"],
-            "names a folder"),
-           ("predictions into a folder/", ["run", "model.onnx", "--data", "calib.npz", "-o", "other/"],
-            "names a folder")]
-
-
-@pytest.mark.parametrize("argv,words", [c[1:] for c in FOLDERS], ids=[c[0] for c in FOLDERS])
-def test_output_names_a_folder(w, monkeypatch, argv, words):
-    monkeypatch.chdir(w)
-    refused(w, argv, 6, words)
-    assert not (w / "newdir").exists()
-
-
-MODES = [("stats", ["calibrate", "model.onnx", "--data", "calib.npz", "--limit", "64", "-o", "out"]),
-         ("predictions", ["run", "model.onnx", "--data", "calib.npz", "--limit", "64", "-o", "out"]),
-         ("model", ["model.onnx", "--stats", "stats.npz", "--no-verify", "-o", "out"])]
-
-
-@pytest.mark.parametrize("umask", [0o002, 0o077], ids=["umask 002", "umask 077"])
-@pytest.mark.parametrize("argv", [c[1] for c in MODES], ids=[c[0] for c in MODES])
-def test_output_mode_follows_umask(w, monkeypatch, argv, umask):
-    monkeypatch.chdir(w)
-    old = os.umask(umask)
-    try:
-        r = run_cli(*argv)
-    finally:
-        os.umask(old)
-    assert r.code == 0, r.err
-    assert stat.S_IMODE(os.stat(w / "out").st_mode) == 0o666 & ~umask
-    assert not [p for p in os.listdir(w) if p.startswith(".")]
-
-
-def test_output_check_is_by_inode(tmp_path):
-    a = tmp_path / "a"
-    a.write_bytes(b"x")
-    os.link(a, tmp_path / "b")
-    (tmp_path / "c").symlink_to(a)
-    for out in ("b", "c"):
-        with pytest.raises(OutputError, match="is the input"):
-            guards.check_outputs([tmp_path / out], [a])
-    with pytest.raises(OutputError, match="external data of output"):
-        guards.check_outputs([tmp_path / "m.onnx"], [tmp_path / "m.onnx.data"], models=[tmp_path / "m.onnx"])

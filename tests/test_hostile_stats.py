@@ -1,16 +1,130 @@
-"""Hostile stats files, field by field: every key of the stats format (docs/stats-format.md) with a
-wrong type, rank or bound must be refused on load with one line naming the key (exit 4), before
-anything is allocated from it, with nothing written and the inputs intact. The same fields reach the
-library through ``harden(model, mapping_of_arrays, out)``, which must refuse them alike."""
+"""Hostile stats files (exit 4): a file that is not a stats file, stats of another model or of other
+weights, missing sites or channels, NaN, Inf, negative or overflowing values, shards that cannot be
+merged, and every key of the stats format (docs/stats-format.md) with a wrong type, rank or bound,
+refused on load with one line naming the key before anything is allocated from it. Each gives one
+line, its exit code, no new file, inputs intact. The same fields reach the library through
+``harden(model, mapping_of_arrays, out)``, which must refuse them alike."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
+import onnx
 import pytest
-from conftest import EXAMPLE, bad_input_cases, check_bad_input
+from conftest import EXAMPLE, bad_input_cases, check_bad_input, run_cli
+from onnx import numpy_helper as nh
 
-MODEL = EXAMPLE / "model.onnx"
+import mstransform as mst
+from mstransform.core.stats import Stats
+
+MODEL, CALIB = EXAMPLE / "model.onnx", EXAMPLE / "calib.npz"
+
+
+def _stats_arrays(path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _retrained(tmp):
+    """The example's architecture with other weights: a second training of the same graph."""
+    m = onnx.load(str(MODEL))
+    for init in m.graph.initializer:
+        a = nh.to_array(init)
+        if a.dtype == np.float32 and a.size > 1:
+            init.CopyFrom(nh.from_array((a * np.float32(1.01)).astype(np.float32), init.name))
+    onnx.save(m, str(tmp / "retrained.onnx"))
+    return tmp / "retrained.onnx"
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, example_hardened):
+    """The hostile stats files of the table below, built once from the session's example stats;
+    ``folder`` must gain no file from any case."""
+    tmp = tmp_path_factory.mktemp("hostile-stats")
+    stats = example_hardened.stats
+    arr = _stats_arrays(stats)
+    sites = ("site_names", "site_feeds", "site_kinds", "site_axes", "site_ranks", "site_dtypes", "site_counts")
+    missing = {k: v for k, v in arr.items() if not k.endswith("/6")}
+    missing.update({k: arr[k][:6] for k in sites})
+    extra = dict(arr, **{k: np.append(arr[k], v) for k, v in zip(sites, ("ghost", "g", "Relu", 1, 4, "float32", 10))},
+                 **{"mean/7": arr["mean/0"], "var/7": arr["var/0"]})
+    files = {
+        "other": dict(arr, fingerprint=np.array("0123456789abcdef")), "missing": missing, "extra": extra,
+        "ch": dict(arr, **{"mean/0": arr["mean/0"][:3], "var/0": arr["var/0"][:3]}),
+        "nanstats": dict(arr, **{"var/2": np.full_like(arr["var/2"], np.nan)}),
+        "neg": dict(arr, **{"var/1": -arr["var/1"]}),
+        "inf": dict(arr, **{"mean/3": np.full_like(arr["mean/3"], np.inf)}),
+        "v9": dict(arr, version=np.array(9)), "version-string": dict(arr, version=np.array("2")),
+        "axis-beyond-rank": dict(arr, site_axes=np.full(7, 9, np.int64)),
+        "deep-selection": dict(arr, selection=np.array("[" * 100_000 + "]" * 100_000)),
+        "variance-1e80": dict(arr, **{"var/0": np.full(16, 1e80)}),
+        "fp16-center-7e4": dict(arr, **{"mean/0": np.full(16, 7e4)}),
+    }
+    for name, arrays in files.items():
+        np.savez(tmp / f"{name}.npz", **arrays)
+    np.savez(tmp / "pickled.npz", a=np.array([{"x": 1}], dtype=object))
+    (tmp / "text.npz").write_text("not a zip")
+    _retrained(tmp)
+    mst.calibrate(tmp / "retrained.onnx", CALIB, limit=128, progress=False).save(tmp / "retrained.npz")
+    return SimpleNamespace(tmp=tmp, stats=stats, out=tmp / "o.onnx", s=tmp / "s.npz", folder=tmp,
+                           protected=[MODEL, CALIB, stats])
+
+
+# (label, argv of the prepared files, exit code, words in the message)
+STATS_CASES = [
+    # not a stats file
+    ("stats file missing", lambda f: [MODEL, "--stats", f.tmp / "none.npz", "-o", f.out], 4, "does not exist"),
+    ("stats not a zip", lambda f: [MODEL, "--stats", f.tmp / "text.npz", "-o", f.out], 4, "not a readable"),
+    ("pickled stats", lambda f: [MODEL, "--stats", f.tmp / "pickled.npz", "-o", f.out], 4, "object arrays"),
+    ("stats version", lambda f: [MODEL, "--stats", f.tmp / "v9.npz", "-o", f.out], 4, "version '9'"),
+    ("version string", lambda f: [MODEL, "--stats", f.tmp / "version-string.npz", "-o", f.out], 4, "version"),
+    ("deep selection", lambda f: [MODEL, "--stats", f.tmp / "deep-selection.npz", "-o", f.out], 4,
+     "selection record"),
+    # stats of another model, other weights, other sites or channels
+    ("stats of another model", lambda f: [MODEL, "--stats", f.tmp / "other.npz", "-o", f.out], 4, "another model"),
+    ("retrained weights", lambda f: [f.tmp / "retrained.onnx", "--stats", f.stats, "-o", f.out], 4, "other weights"),
+    ("missing site", lambda f: [MODEL, "--stats", f.tmp / "missing.npz", "-o", f.out], 4, "no statistics"),
+    ("extra site in stats", lambda f: [MODEL, "--stats", f.tmp / "extra.npz", "-o", f.out], 4, "lacks"),
+    ("channel-count mismatch", lambda f: [MODEL, "--stats", f.tmp / "ch.npz", "-o", f.out], 4, "channels"),
+    ("axis beyond rank", lambda f: [MODEL, "--stats", f.tmp / "axis-beyond-rank.npz", "-o", f.out], 4,
+     "outside its rank"),
+    # values
+    ("NaN in stats", lambda f: [MODEL, "--stats", f.tmp / "nanstats.npz", "-o", f.out], 4, "NaN"),
+    ("Inf in stats", lambda f: [MODEL, "--stats", f.tmp / "inf.npz", "-o", f.out], 4, "Inf"),
+    ("negative variance", lambda f: [MODEL, "--stats", f.tmp / "neg.npz", "-o", f.out], 4, "negative variance"),
+    ("variance 1e80", lambda f: [MODEL, "--stats", f.tmp / "variance-1e80.npz", "-o", f.out], 4,
+     "not finite in float32"),
+    ("fp16 center 7e4", lambda f: [MODEL, "--stats", f.tmp / "fp16-center-7e4.npz", "--precision", "fp16", "-o",
+                                   f.out], 4, "not finite in float16"),
+    # shards that cannot be merged
+    ("merge stats of two models", lambda f: ["stats", "merge", f.stats, f.tmp / "inf.npz", "-o", f.s], 4,
+     "NaN or Inf"),
+    ("merge retrained", lambda f: ["stats", "merge", f.stats, f.tmp / "retrained.npz", "-o", f.tmp / "m.npz"], 4,
+     "different weights"),
+    ("merge a shard with itself", lambda f: ["stats", "merge", f.stats, f.stats, "-o", f.tmp / "m.npz"], 4,
+     "identical"),
+]
+
+
+@bad_input_cases(STATS_CASES)
+def test_hostile_stats_file(label, argv, code, words, bad):
+    check_bad_input(label, argv(bad), code, words, bad.folder, bad.protected)
+
+
+def test_retrained_weights_pass_with_ignore_fingerprint(example_hardened, tmp_path):
+    r = run_cli(_retrained(tmp_path), "--stats", example_hardened.stats, "--ignore-fingerprint", "-o",
+                tmp_path / "o.onnx")
+    assert r.code == 0, r.err
+
+
+def test_stats_record_the_weights_digest(example_hardened):
+    z = np.load(example_hardened.stats)
+    assert len(str(z["weights"])) == 16 and json.loads(str(z["inputs"]))[0]["name"] == "input"
+    assert Stats.load(example_hardened.stats).weights == str(z["weights"])
+
+
+# -- field by field -----------------------------------------------------------------------------------------
 
 
 def _inputs(**change) -> np.ndarray:

@@ -1,31 +1,20 @@
-"""Reliability: more bad inputs, interruption, zero-variance channels, property tests on random graphs."""
+"""Reliability beyond bad input (that is in tests/test_hostile_*.py, by class): zero-variance channels,
+property tests on random graphs, and the default attacks importable from the declared extras."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
-import onnx
-import pytest
 import torch
 import torch.nn as nn
-from conftest import EXAMPLE, bad_input_cases, check_bad_input, numpy_moments
+from conftest import numpy_moments
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mstransform as mst
-from mstransform.core.errors import OutputError
 from mstransform.core.moments import Moments
-
-MODEL = EXAMPLE / "model.onnx"
-CALIB = EXAMPLE / "calib.npz"
 
 
 def export(model: nn.Module, shape, path: Path) -> Path:
@@ -33,140 +22,6 @@ def export(model: nn.Module, shape, path: Path) -> Path:
         torch.onnx.export(model.eval(), (torch.zeros(2, *shape),), str(path), dynamo=False, opset_version=17,
                           input_names=["input"], dynamic_axes={"input": {0: "batch"}})
     return path
-
-
-@pytest.fixture(scope="module")
-def bad(tmp_path_factory, example_hardened):
-    """The bad files of the table below, written once; ``folder`` must gain no file from any case."""
-    tmp = tmp_path_factory.mktemp("rel-bad")
-    stats = example_hardened.stats
-    raw = MODEL.read_bytes()
-    (tmp / "trunc.onnx").write_bytes(raw[: len(raw) // 2])
-    m = onnx.load(str(MODEL))
-    m.opset_import[0].version = 99
-    onnx.save(m, str(tmp / "opset99.onnx"))
-    export(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), (1, 28, 28), tmp / "linear.onnx")
-    with np.load(stats, allow_pickle=False) as z:
-        arr = {k: z[k] for k in z.files}
-    extra = dict(arr, site_names=np.append(arr["site_names"], "ghost"), site_feeds=np.append(arr["site_feeds"], "g"),
-                 site_kinds=np.append(arr["site_kinds"], "Relu"), site_axes=np.append(arr["site_axes"], 1),
-                 site_ranks=np.append(arr["site_ranks"], 4), site_dtypes=np.append(arr["site_dtypes"], "float32"),
-                 site_counts=np.append(arr["site_counts"], 10), **{"mean/7": arr["mean/0"], "var/7": arr["var/0"]})
-    np.savez(tmp / "extra.npz", **extra)
-    np.savez(tmp / "inf.npz", **dict(arr, **{"mean/3": np.full_like(arr["mean/3"], np.inf)}))
-    np.savez(tmp / "v9.npz", **dict(arr, version=np.array(9)))
-    (tmp / "text.npz").write_text("not a zip")
-    np.savez(tmp / "strings.npz", input=np.array([["a"] * 784] * 2).reshape(2, 1, 28, 28))
-    np.savez(tmp / "objdata.npz", input=np.array([object()] * 2, dtype=object))
-    (tmp / "imgs").mkdir()
-    (tmp / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    return SimpleNamespace(tmp=tmp, stats=stats, out=tmp / "o.onnx", s=tmp / "s.npz", folder=tmp,
-                           protected=[MODEL, CALIB, stats])
-
-
-# Bad inputs beyond tests/test_cli.py's table: (label, argv of the prepared files, exit code, words in the message)
-MORE_BAD_CASES = [
-    ("truncated ONNX", lambda f: ["sites", f.tmp / "trunc.onnx"], 3, "not an ONNX model"),
-    ("unsupported opset", lambda f: ["sites", f.tmp / "opset99.onnx"], 3, "opset 99"),
-    ("no activations", lambda f: ["calibrate", f.tmp / "linear.onnx", "--data", CALIB, "-o", f.s], 3, "no sites"),
-    ("extra site in stats", lambda f: [MODEL, "--stats", f.tmp / "extra.npz", "-o", f.out], 4, "lacks"),
-    ("Inf in stats", lambda f: [MODEL, "--stats", f.tmp / "inf.npz", "-o", f.out], 4, "Inf"),
-    ("stats version", lambda f: [MODEL, "--stats", f.tmp / "v9.npz", "-o", f.out], 4, "version '9'"),
-    ("stats not a zip", lambda f: [MODEL, "--stats", f.tmp / "text.npz", "-o", f.out], 4, "not a readable"),
-    ("merge stats of two models", lambda f: ["stats", "merge", f.stats, f.tmp / "inf.npz", "-o", f.s], 4,
-     "NaN or Inf"),
-    ("string data", lambda f: ["calibrate", MODEL, "--data", f.tmp / "strings.npz", "-o", f.s], 5, "not numeric"),
-    ("pickled data", lambda f: ["calibrate", MODEL, "--data", f.tmp / "objdata.npz", "-o", f.s], 5, "object arrays"),
-    ("unreadable image", lambda f: ["calibrate", MODEL, "--data", f.tmp / "imgs", "-o", f.s], 5, "cannot read image"),
-    ("data path missing", lambda f: ["calibrate", MODEL, "--data", f.tmp / "none.npz", "-o", f.s], 5,
-     "does not exist"),
-    ("batch size 0", lambda f: ["calibrate", MODEL, "--data", CALIB, "--batch-size", "0", "-o", f.s], 2,
-     "--batch-size"),
-    ("bad shard", lambda f: ["calibrate", MODEL, "--data", CALIB, "--shard", "3/2", "-o", f.s], 2, "shard"),
-    ("bad axis override", lambda f: ["sites", MODEL, "--axis", "/Relu=x"], 2, "integer axis"),
-    ("axis for unknown site", lambda f: ["sites", MODEL, "--axis", "nosuch=1"], 2, "unknown site"),
-    ("unknown TensorRT version", lambda f: ["check-trt", MODEL, "--trt-version", "1.0"], 2, "trt-version"),
-    ("stats output equals data", lambda f: ["calibrate", MODEL, "--data", CALIB, "-o", CALIB], 6, "is the input"),
-]
-
-
-@bad_input_cases(MORE_BAD_CASES)
-def test_more_bad_inputs(label, argv, code, words, bad):
-    check_bad_input(label, argv(bad), code, words, bad.folder, bad.protected)
-
-
-def test_debug_shows_traceback(tmp_path):
-    r = subprocess.run([*CLI, "--debug", "sites", str(tmp_path / "x.onnx")],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0 and "Traceback" in r.stderr
-
-
-def test_nan_in_data_names_the_sample(tmp_path, cli):
-    x = np.zeros((10, 1, 28, 28), np.float32)
-    x[6, 0, 3, 3] = np.inf
-    np.savez(tmp_path / "d.npz", input=x)
-    r = cli("calibrate", MODEL, "--data", tmp_path / "d.npz", "--batch-size", "4", "-o", tmp_path / "s.npz")
-    assert r.code == 5 and "sample 6" in r.err
-
-
-def test_disk_full_maps_to_output_error(tmp_path, monkeypatch):
-    from mstransform.core import fileio as atomic
-
-    def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(atomic.os, "replace", full)
-    with pytest.raises(OutputError, match="disk full"):
-        with atomic.atomic_output(tmp_path / "x.npz") as tmp:
-            tmp.write_bytes(b"data")
-    assert os.listdir(tmp_path) == []
-
-
-CLI = [sys.executable, "-m", "mstransform.tools.entry"]
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_calibration_leaves_nothing(sig, tmp_path):
-    """The signal goes out once the run shows progress (its first line on stderr), not after a fixed delay."""
-    big = tmp_path / "big.npz"
-    np.savez(big, input=np.random.default_rng(0).integers(0, 255, (60000, 1, 28, 28), dtype=np.uint8))
-    out = tmp_path / "stats.npz"
-    proc = subprocess.Popen([*CLI, "calibrate", str(MODEL), "--data", str(big), "--batch-size", "1", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = proc.stderr.readline()
-    assert first.startswith("calibrating"), first
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert len(err.strip().splitlines()) == 1 and ("interrupted" in err or "terminated" in err), err
-    assert sorted(os.listdir(tmp_path)) == ["big.npz"]
-
-
-STARTUP = """
-import importlib.abc, os, signal, sys
-class Hook(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == {module!r}:
-            sys.meta_path.remove(self)
-            os.kill(os.getpid(), {sig})
-        return None
-sys.meta_path.insert(0, Hook())
-from mstransform.tools.entry import main
-sys.exit(main({argv!r}))
-"""
-
-
-@pytest.mark.parametrize("module", ["numpy", "onnx", "onnx_ir", "sympy", "onnxruntime", "tqdm"])
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_during_startup_imports(module, sig, tmp_path):
-    """The signal arrives while the command is still importing its libraries: one line, exit 130."""
-    out = tmp_path / "s.npz"
-    argv = ["calibrate", str(MODEL), "--data", str(CALIB), "-o", str(out)]
-    r = subprocess.run([sys.executable, "-c", STARTUP.format(module=module, sig=int(sig), argv=argv)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 130, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert not out.exists()
 
 
 def test_zero_variance_channel_is_left_alone(tmp_path):
@@ -261,3 +116,22 @@ def test_moments_merge_associative_and_one_pass(n, channels, data):
         np.testing.assert_allclose(m.mean, x.mean(axis=(0, 2)), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(m.var, x.var(axis=(0, 2)), rtol=1e-9, atol=1e-12)
         np.testing.assert_array_equal(m.absmax, one.absmax)
+
+
+def test_default_attacks_import_from_declared_extras():
+    """Every default attack's module is importable from what the `eval` extra declares (nothing installed here)."""
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    from mstransform.robustness.attacks import DEFAULT_ATTACKS
+
+    extra = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["eval"]
+    declared = {e.split("=")[0].split(">")[0].strip().replace("-", "_").lower() for e in extra}
+    modules = {"apgd-ce": "pyautoattack.autopgd_base", "apgd-dlr": "pyautoattack.autopgd_base",
+               "square": "pyautoattack.square", "bpda": "pyautoattack.autopgd_base"}
+    for attack in DEFAULT_ATTACKS:
+        module = modules[attack]
+        assert module.split(".")[0] in declared, f"{attack}: {module} is not in the eval extra {sorted(declared)}"
+        importlib.import_module(module)
