@@ -1,4 +1,5 @@
-"""Shared by the OS-level hostile-input tests: each case's folder, snapshots, and the one-error check."""
+"""Shared by the hostile-input tests of the OS, outputs, signals and API classes: each case's folder, snapshots,
+and the one-error check."""
 
 from __future__ import annotations
 
