@@ -96,7 +96,8 @@ def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: in
             if keep is not None:
                 keep.add(batch.inputs, data.axes)
             if samples == 0 and log is not None:  # the first batch went through: the data fits
-                log(f"calibrating {len(table)} site(s) on {data.origin}; {describe(run.session)}")
+                with bar.external_write_mode():  # the line above the bar, not printed onto it
+                    log(f"calibrating {len(table)} site(s) on {data.origin}; {describe(run.session)}")
             samples += len(batch)
             bar.update(len(batch))
     finally:

@@ -174,3 +174,35 @@ def test_json_results_of_sites_calibrate_harden_run_and_check_trt(tmp_path):
     assert list(out) == ["logits"] and out["logits"]["shape"] == list(logits.shape)
     assert doc["run"]["accuracy"]["correct"] == int((logits.argmax(1) == labels).sum())
     assert doc["trt"]["ok"] is True and doc["trt"]["command"] == "check-trt"
+
+
+def test_the_calibrate_header_is_printed_above_the_progress_bar(tmp_path):
+    """On a terminal the bar is drawn; the header line must stand on its own line, not be appended to the bar."""
+    import os
+    import pty
+
+    import fcntl
+    import struct
+    import termios
+
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
+    proc = subprocess.Popen([sys.executable, "-m", "mstransform", "calibrate", str(MODEL), "--data", str(CALIB),
+                             "--batch-size", "100", "-o", str(tmp_path / "s.npz")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child)
+    os.close(child)
+    raw = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        raw += chunk
+    assert proc.wait(timeout=120) == 0
+    os.close(main)
+    text = raw.decode(errors="replace")
+    assert "calibrating:" in text  # the bar was drawn
+    header = next(line for line in text.split("\n") if "calibrating 7 site(s)" in line)
+    assert header.rstrip("\r").split("\r")[-1].startswith("calibrating 7 site(s)"), repr(header)
