@@ -99,9 +99,17 @@ def evaluate(models: list[str | Path], data, cfg: AttackConfig, *, progress=None
     if not launched:
         return _run(models, x, y, cfg, key, shard, parts, fresh, progress, threads, device, runtime, session, data)
     with distributed.process_group(cuda=str(device).lower() == "cuda") as (rank, world):
-        report = _run(models, x, y, cfg, key, (rank, world), parts, fresh and rank == 0, progress, threads, device,
-                      runtime, session, data)
+        start_over(parts, key, fresh, rank)
+        report = _run(models, x, y, cfg, key, (rank, world), parts, False, progress, threads, device, runtime,
+                      session, data)
         return _gathered(report, rank)
+
+
+def start_over(parts, key: str, fresh: bool, rank: int) -> None:
+    """Under torchrun: with ``fresh``, rank 0 removes the kept chunks before any rank reads them."""
+    if fresh and parts is not None and rank == 0:
+        ChunkStore(parts, key, fresh=True)
+    distributed.barrier()
 
 
 def _run(models, x, y, cfg, key, shard, parts, fresh, progress, threads, device, runtime, session, data):

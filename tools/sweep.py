@@ -111,11 +111,12 @@ def sweep(model, stats: Stats, data, alphas: list[float], cfg: AttackConfig, *, 
     if not launched:
         return _sweep(model, stats, x, y, alphas, cfg, key, shard, parts, fresh, max_clean_drop, progress, threads,
                       device, data)
-    from mstransform.tools.evaluation import gather_results
+    from mstransform.tools.evaluation import gather_results, start_over
 
     with distributed.process_group(cuda=str(device).lower() == "cuda") as (rank, world):
-        report = _sweep(model, stats, x, y, alphas, cfg, key, (rank, world), parts, fresh and rank == 0,
-                        max_clean_drop, progress, threads, device, data)
+        start_over(parts, key, fresh, rank)
+        report = _sweep(model, stats, x, y, alphas, cfg, key, (rank, world), parts, False, max_clean_drop,
+                        progress, threads, device, data)
         gather_results(report.results, len(x))
         (seconds,) = distributed.max_floats([report.seconds])
     merged = _chosen(report.results, cfg, max_clean_drop, seconds, len(x), None, key, str(data))
