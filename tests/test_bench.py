@@ -134,11 +134,14 @@ def test_cli_table_and_json(pair, tmp_path):
     (["--batch-sizes", "1.5"], 2, "--batch-sizes"),
     (["--rounds", "0"], 2, "--rounds"),
     (["--runtime", "tensorrt"], 2, "runtime"),
+    (["--runtime", "onnxruntime,foo"], 2, "runtime"),
+    (["--runtime", "onnxruntime,openvino", "--device", "cuda"], 2, "--device"),
 ])
 def test_cli_bad_options_are_one_line(pair, args, code, words):
     r = _cli("bench", *pair, *args)
     assert r.returncode == code, r.stderr
     assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.stdout == ""  # refused before any runtime ran
 
 
 def test_models_with_other_inputs_are_refused(pair, tmp_path):

@@ -336,7 +336,12 @@ def cmd_bench(a) -> int:
     sizes = _floats(a.batch_sizes, "--batch-sizes")
     if not all(v == int(v) for v in sizes):
         raise UsageError(f"--batch-sizes {a.batch_sizes!r}: expected whole numbers, e.g. 1,8")
-    runtimes = [r.strip() for r in a.runtime.split(",") if r.strip()]
+    from mstransform.core.options import Runtime, choice
+    from mstransform.runtime.session import check_runtime_choice
+
+    runtimes = [choice(Runtime, r.strip(), "runtime") for r in a.runtime.split(",")]
+    for runtime in runtimes:  # every runtime checked before the first one runs
+        check_runtime_choice(runtime, a.device, a.providers.split(",") if a.providers else None)
     reports = []
     for runtime in runtimes:
         report = bench(a.base, a.hardened, batch_sizes=[int(v) for v in sizes], runtime=runtime, device=a.device,
