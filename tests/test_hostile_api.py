@@ -92,6 +92,7 @@ BASE = {
     "build_engine": lambda f: dict(model=f.model, output=f.out / "e.plan", timing_cache=f.cache),
     "default_output": lambda f: dict(model=f.model),
     "bench": lambda f: dict(base=f.model, hardened=f.model, warmup=1, rounds=1, runs=1),
+    "site_fractions": lambda f: dict(model=f.model, stats=f.stats, data=f.data, limit=8),
     "load_model": lambda f: dict(model=f.model),
     "load_stats": lambda f: dict(path=f.stats),
     "passes.find_sites": lambda f: dict(model=mst.load_model(f.model)),
