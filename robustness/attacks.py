@@ -25,7 +25,7 @@ import numpy as np
 
 from mstransform.core.errors import DataError, DependencyError, UsageError
 from mstransform.core.options import DEFAULT_ATTACKS, MAX_BATCH, MAX_ITERS, Device, Runtime, check_count, choice
-from mstransform.robustness.chunks import accuracy, blank, chunk_ranges, chunk_seed, encode
+from mstransform.robustness.chunks import Work, accuracy, blank, chunk_ranges, chunk_seed, encode
 from mstransform.runtime.data import DataSource
 from mstransform.runtime.session import check_runtime_choice, open_session, providers_for, run_step
 
@@ -171,7 +171,7 @@ def _check_budget(adv: np.ndarray, x: np.ndarray, cfg: AttackConfig, name: str) 
 def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, progress=None,
                    threads: int | None = None, device: Device | str | None = None,
                    runtime: Runtime | str = Runtime.ONNXRUNTIME, chunks=None, store=None,
-                   index: int = 0) -> ModelResult:
+                   index: int = 0, work=None) -> ModelResult:
     """Every attack of ``cfg`` on one model. ``device``: ONNX Runtime's provider and the torch device
     of the twin and the white-box attacks (CUDA runs them in full float32: TF32 off). ``runtime``
     runs the clean accuracy, the black-box attack and every adversarial check (OpenVINO or ONNX
@@ -179,10 +179,11 @@ def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackCo
 
     ``chunks``: the ``(start, stop)`` image ranges to attack (default: all of ``x`` in chunks of
     ``cfg.batch_size``); each is seeded from ``(cfg.seed, start)`` (:mod:`~.chunks`). ``store``: a
-    :class:`~.chunks.ChunkStore` that finished chunks are read from and written to, as model ``index``."""
+    :class:`~.chunks.ChunkStore` that finished chunks are read from and written to, as model ``index``.
+    ``work``: the :class:`~.chunks.Work` whose bar counts the chunks (default: a bar of this model's own)."""
     check_runtime_choice(runtime, device)
     with _full_precision():
-        return _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, chunks, store, index)
+        return _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, chunks, store, index, work)
 
 
 @contextlib.contextmanager
@@ -198,7 +199,7 @@ def _full_precision():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, chunks, store, index) -> ModelResult:
+def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, chunks, store, index, work) -> ModelResult:
     import torch
 
     from mstransform.robustness.twin import OnnxTwin
@@ -220,13 +221,15 @@ def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, chunks
     names = ["clean", *cfg.attacks, "worst-case"]
     verdicts = {k: blank(len(x)) for k in names}
     res.seconds = {k: 0.0 for k in cfg.attacks}
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(chunks), desc=f"attacking {label}", unit="chunk", leave=False, disable=None)
+    own = work is None
+    work = Work(1, sum(b - a for a, b in chunks), len(chunks), cfg) if own else work
     for start, stop in chunks:
         done = store.load(index, start, stop) if store is not None else None
+        took = None
         if done is None:
+            t0 = time.perf_counter()
             done = _attack_chunk(twin, session, x[start:stop], y[start:stop], cfg, dev, chunk_seed(cfg.seed, start))
+            took = time.perf_counter() - t0
             if store is not None:
                 store.save(index, start, stop, *done)
         got, seconds = done
@@ -234,8 +237,9 @@ def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, chunks
             verdicts[k][start:stop] = got[k]
         for k in cfg.attacks:
             res.seconds[k] += seconds[k]
-        bar.update()
-    bar.close()
+        work.chunk_done(took)
+    if own:
+        work.close()
     res.verdicts = {k: "".join(v) for k, v in verdicts.items()}
     res.accuracy = {k: accuracy(v) for k, v in res.verdicts.items()}
     if progress:

@@ -180,3 +180,47 @@ class ChunkStore:
                 os.rmdir(self.folder)
             except OSError:
                 pass
+
+
+def describe_work(models: int, images: int, chunks: int, cfg) -> str:
+    """The work ahead of an evaluation in one line: models x images x attacks, and each attack's iterations."""
+    steps = {"apgd-ce": f"{cfg.apgd_iters} iterations", "apgd-dlr": f"{cfg.apgd_iters} iterations",
+             "bpda": f"{cfg.apgd_iters} iterations", "pgd": f"{cfg.pgd_steps} steps",
+             "square": f"{cfg.square_queries} queries"}
+    attacks = ", ".join(f"{a} ({steps.get(a, '?')})" for a in cfg.attacks)
+    return (f"work ahead: {models} model(s) x {images} image(s) in {chunks} chunk(s) of up to {cfg.batch_size} x "
+            f"{len(cfg.attacks)} attack(s): {attacks}")
+
+
+class Work:
+    """One progress bar over every model's chunks of an evaluation or a sweep (with tqdm's ETA), the work
+    ahead said first, and an estimate of the whole once the first chunk has been attacked."""
+
+    def __init__(self, models: int, images: int, chunks: int, cfg, say=None):
+        from tqdm.auto import tqdm
+
+        self.say, self.total, self.timed = say, models * chunks, None
+        if say:
+            say(describe_work(models, images, chunks, cfg))
+        self.bar = tqdm(total=self.total, desc="evaluating", unit="chunk", leave=False, disable=None)
+
+    def chunk_done(self, seconds: float | None) -> None:
+        """One chunk finished: ``seconds`` it took to attack, or None where it was read from a kept chunk."""
+        if seconds is not None and self.timed is None and self.say:
+            self.timed = seconds
+            left = self.total - self.bar.n - 1
+            with self.bar.external_write_mode():
+                self.say(f"estimate: about {_duration(seconds * left)} for the {left} chunk(s) left "
+                         f"(the first took {seconds:.1f} s)")
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

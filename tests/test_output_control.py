@@ -176,20 +176,18 @@ def test_json_results_of_sites_calibrate_harden_run_and_check_trt(tmp_path):
     assert doc["trt"]["ok"] is True and doc["trt"]["command"] == "check-trt"
 
 
-def test_the_calibrate_header_is_printed_above_the_progress_bar(tmp_path):
-    """On a terminal the bar is drawn; the header line must stand on its own line, not be appended to the bar."""
+def on_terminal(*argv) -> str:
+    """What ``mstransform ARGV`` writes to a 120-column terminal on its standard error (bars drawn)."""
+    import fcntl
     import os
     import pty
-
-    import fcntl
     import struct
     import termios
 
     main, child = pty.openpty()
-    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
-    proc = subprocess.Popen([sys.executable, "-m", "mstransform", "calibrate", str(MODEL), "--data", str(CALIB),
-                             "--batch-size", "100", "-o", str(tmp_path / "s.npz")],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child)
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "mstransform", *map(str, argv)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=child)
     os.close(child)
     raw = b""
     while True:
@@ -200,9 +198,27 @@ def test_the_calibrate_header_is_printed_above_the_progress_bar(tmp_path):
         if not chunk:
             break
         raw += chunk
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=300) == 0, raw.decode(errors="replace")[-500:]
     os.close(main)
-    text = raw.decode(errors="replace")
+    return raw.decode(errors="replace")
+
+
+def test_the_calibrate_header_is_printed_above_the_progress_bar(tmp_path):
+    """On a terminal the bar is drawn; the header line must stand on its own line, not be appended to the bar."""
+    text = on_terminal("calibrate", MODEL, "--data", CALIB, "--batch-size", 100, "-o", tmp_path / "s.npz")
     assert "calibrating:" in text  # the bar was drawn
     header = next(line for line in text.split("\n") if "calibrating 7 site(s)" in line)
     assert header.rstrip("\r").split("\r")[-1].startswith("calibrating 7 site(s)"), repr(header)
+
+
+def test_eval_says_the_work_ahead_and_an_estimate_under_one_bar(tmp_path):
+    """Before the first attack: models x images x attacks and their iterations; after the first chunk an
+    estimate; one bar over every model's chunks (not one per model)."""
+    text = on_terminal("eval", MODEL, EXAMPLE / "std.onnx", "--data", EXAMPLE / "test.npz", "-n", 24,
+                       "--batch-size", 8, "--apgd-iters", 2, "--square-queries", 5)
+    lines = [line.rstrip("\r").split("\r")[-1] for line in text.split("\n")]
+    assert ("work ahead: 2 model(s) x 24 image(s) in 3 chunk(s) of up to 8 x 4 attack(s): apgd-ce (2 iterations), "
+            "apgd-dlr (2 iterations), square (5 queries), bpda (2 iterations)") in lines
+    assert any(line.startswith("estimate: about ") and "for the 5 chunk(s) left" in line for line in lines)
+    assert "evaluating:" in text and "0/6 [" in text  # one bar, drawn at the start, over both models' 6 chunks
+    assert "attacking " not in text

@@ -24,7 +24,7 @@ from pathlib import Path
 from mstransform.core.errors import DataError, UsageError
 from mstransform.passes.prepare import load_model
 from mstransform.robustness.attacks import AttackConfig, ModelResult, check_classifier, evaluate_model, load_labelled
-from mstransform.robustness.chunks import (ChunkStore, accuracy, check_resume, check_shard, chunk_ranges, of_shard,
+from mstransform.robustness.chunks import (ChunkStore, Work, accuracy, check_resume, check_shard, chunk_ranges, of_shard,
                                            run_key)
 from mstransform.robustness.reports import format_table, merge_reports, read_report, write_reports
 from mstransform.runtime import distributed
@@ -117,9 +117,13 @@ def _run(models, x, y, cfg, key, shard, parts, fresh, progress, threads, device,
     chunks = chunk_ranges(len(x), cfg.batch_size, shard)
     t0 = time.perf_counter()
     progress = of_shard(progress, shard)
-    results = [evaluate_model(Path(m).stem, m, x, y, cfg, progress=progress, threads=threads, device=device,
-                              runtime=runtime or "onnxruntime", chunks=chunks, store=store, index=i)
-               for i, m in enumerate(models)]
+    work = Work(len(models), sum(b - a for a, b in chunks), len(chunks), cfg, progress)
+    try:
+        results = [evaluate_model(Path(m).stem, m, x, y, cfg, progress=progress, threads=threads, device=device,
+                                  runtime=runtime or "onnxruntime", chunks=chunks, store=store, index=i, work=work)
+                   for i, m in enumerate(models)]
+    finally:
+        work.close()
     return EvalReport(results, cfg, str(data), len(x), time.perf_counter() - t0, describe(session),
                       shard if shard and shard[1] > 1 else None, key, store=store, chunks=chunks)
 

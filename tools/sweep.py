@@ -13,6 +13,7 @@ with ``parts`` finished chunks are kept and an interrupted sweep resumes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,7 +28,8 @@ from mstransform.core.options import check_alpha
 from mstransform.core.stats import Stats, load_stats
 from mstransform.passes.prepare import load_model
 from mstransform.robustness.attacks import AttackConfig, ModelResult, check_classifier, evaluate_model, load_labelled
-from mstransform.robustness.chunks import ChunkStore, check_resume, check_shard, chunk_ranges, of_shard, run_key
+from mstransform.robustness.chunks import (ChunkStore, Work, check_resume, check_shard, chunk_ranges, of_shard,
+                                           run_key)
 from mstransform.robustness.plots import plot_sweep
 from mstransform.robustness.selection import SweepRow, choose_alpha
 from mstransform.runtime import distributed
@@ -130,7 +132,8 @@ def _sweep(model, stats, x, y, alphas, cfg, key, shard, parts, fresh, max_clean_
     chunks = chunk_ranges(len(x), cfg.batch_size, shard)
     results, t0 = [], time.perf_counter()
     progress = of_shard(progress, shard)
-    with tempfile.TemporaryDirectory(prefix="mstransform-sweep-") as tmp:
+    work = Work(len(alphas), sum(b - a for a, b in chunks), len(chunks), cfg, progress)
+    with contextlib.closing(work), tempfile.TemporaryDirectory(prefix="mstransform-sweep-") as tmp:
         harden_model(model, stats, alpha=alphas[-1])  # stats fit the model: fail before any attack
         for i, alpha in enumerate(alphas):
             path = Path(model)
@@ -138,7 +141,7 @@ def _sweep(model, stats, x, y, alphas, cfg, key, shard, parts, fresh, max_clean_
                 path = Path(tmp) / f"alpha{alpha:g}.onnx"
                 harden(model, stats, path, alpha=alpha, threads=threads)
             r = evaluate_model(f"alpha={alpha:g}", path, x, y, cfg, threads=threads, device=device, chunks=chunks,
-                               store=store, index=i)
+                               store=store, index=i, work=work)
             results.append(r)
             if progress:
                 progress(f"alpha {alpha:g}: clean {r.accuracy['clean']:.2f}  APGD-CE {r.accuracy['apgd-ce']:.2f}  "
