@@ -29,7 +29,7 @@ from mstransform.robustness.chunks import (ChunkStore, Work, accuracy, check_res
 from mstransform.robustness.reports import format_table, merge_reports, read_report, write_reports
 from mstransform.runtime import distributed
 from mstransform.runtime.inputs import input_specs
-from mstransform.runtime.session import describe, open_session, providers_for
+from mstransform.runtime.session import check_runtime_choice, describe, open_session, providers_for
 from mstransform.tools.arguments import checked
 
 
@@ -82,6 +82,7 @@ def evaluate(models: list[str | Path], data, cfg: AttackConfig, *, progress=None
     ``runtime`` (onnxruntime or openvino) is what every accuracy is measured on. ``shard``,
     ``parts`` and ``fresh``: see the module's docstring."""
     shard, (parts, fresh) = check_shard(shard), check_resume(parts, fresh)
+    check_runtime_choice(runtime, device)  # before any work is announced
     launched = distributed.launched()
     if launched and shard is not None:
         raise UsageError("under torchrun each process evaluates its rank's shard; leave --shard out", param="shard")
