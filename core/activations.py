@@ -123,8 +123,10 @@ VALUE_KEEPING = frozenset({"Identity"})
 
 
 def evaluate(op: str, operands: list, attributes: dict | None = None) -> np.ndarray:
-    """``op`` applied to float64 (or bool) operands."""
-    return OPS[op](*operands, **(attributes or {}))
+    """``op`` applied to float64 (or bool) operands; overflow, 0/0 and the like give inf or nan, silently
+    (a candidate that computes them is simply no catalogue function)."""
+    with np.errstate(all="ignore"):
+        return OPS[op](*operands, **(attributes or {}))
 
 
 @dataclass(frozen=True)
