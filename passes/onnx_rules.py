@@ -158,9 +158,10 @@ class OnnxElementwise:
         return node if node is not None and node.graph is self.graph else None
 
     def users(self, value: ir.Value) -> list[ir.Node]:
-        """The nodes reading ``value``'s number (a ``CastLike`` reads only the type of its second input)."""
+        """The nodes reading ``value``'s numbers (a ``CastLike`` reads only the type of its second input, a
+        ``Shape`` or ``Size`` only the shape: the operator changes neither)."""
         return [u.node for u in value.uses() if u.node.graph is self.graph
-                and not (u.node.op_type == "CastLike" and u.idx == 1)]
+                and not (u.node.op_type == "CastLike" and u.idx == 1) and u.node.op_type not in ("Shape", "Size")]
 
     def is_graph_output(self, value: ir.Value) -> bool:
         return value.is_graph_output()

@@ -419,3 +419,12 @@ def test_channel_axis_from_convolution_like_readers(readers, expect):
     consts = dict(W4, m5=np.ones((5, 5), np.float32))
     nodes = [node("Reshape", ["x", "shape"], ["r"]), *readers]
     assert axis_of(nodes, "r", 3, consts, shape=[2, 15]) == expect
+
+
+def test_a_shape_read_of_an_inner_value_does_not_split_the_activation():
+    """Exporters read shapes of intermediate values (``Shape(Sigmoid(x))``): the number is not read, so the
+    SiLU stays whole and its Sigmoid is not reported on its own."""
+    g = graph_of([node("Sigmoid", ["x"], ["gate"]), node("Mul", ["x", "gate"], ["out"]),
+                  node("Shape", ["gate"], ["shape"])], outputs=(("out", None), ("shape", None)))
+    matches, leftover = match_activations(g)
+    assert [(m.kind, m.form.split(":")[0]) for m in matches] == [("SiLU", "silu")] and not leftover
