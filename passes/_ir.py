@@ -51,14 +51,6 @@ def close(a: float | None, b: float, tol: float = 1e-3) -> bool:
     return a is not None and abs(a - b) <= tol * max(1.0, abs(b))
 
 
-def only_consumer(value: ir.Value) -> ir.Node | None:
-    """The one node reading ``value``, or None when it has several readers or is a graph output."""
-    uses = list(value.uses())
-    if len(uses) != 1 or value.is_graph_output():
-        return None
-    return uses[0].node
-
-
 def other_input(node: ir.Node, value: ir.Value) -> ir.Value | None:
     """For a binary node reading ``value``, the other operand."""
     return next((b for a, b in operand_orders(node) if a is value), None)

@@ -1,7 +1,8 @@
 """One function per command: turn flags into typed options, call one API function, print.
 
-Output paths are checked against every input here, before any work, through the floor's
-:func:`~mstransform.core.fileio.check_outputs`; all other logic is in the API.
+Every path flag was checked by its role before the command runs (:func:`mstransform.tools.cli.check_paths`);
+only outputs the command line derives itself (harden's default output and stats file, which no flag
+names) are checked here. All other logic is in the API.
 """
 from __future__ import annotations
 
@@ -101,6 +102,12 @@ def cmd_sites(a) -> int:
     return _site_fractions(a)
 
 
+def _path(value) -> Path | None:
+    """A path flag as a Path: the command line checked every path flag by its role before the command ran
+    (:func:`mstransform.tools.cli.check_paths`), so no command checks them again."""
+    return None if value is None else Path(value)
+
+
 def _json(a, command: str, document: dict) -> None:
     """``--json FILE``: the command's result for machines (written whole, never half)."""
     if getattr(a, "json", None) is not None:
@@ -113,7 +120,7 @@ def _site_fractions(a) -> int:
     if a.data is None:
         raise UsageError("--stats needs --data: the stats hold each channel's mean and variance, not how many values "
                          "fall in the band, so the fraction is counted on data (the calibration data will do)")
-    (plot,) = check_outputs([a.plot], [*with_references(a.model), a.stats, a.data])
+    plot = _path(a.plot)
     rows = site_fractions(a.model, a.stats, a.data, AlphaPlan.parse(a.alpha), batch_size=a.batch_size, limit=a.limit,
                           preprocess=_preprocess(a), threads=a.threads, batch_axes=_batch_axes(a))
     print(f"values the operator replaces (|x - mean| < alpha * sigma), counted on {a.data}")
@@ -127,7 +134,7 @@ def _site_fractions(a) -> int:
 def cmd_calibrate(a) -> int:
     from mstransform.tools import api
 
-    (out,) = check_outputs([a.output], [*with_references(a.model), a.data])
+    out = _path(a.output)
     t0 = time.perf_counter()
     stats = api.calibrate(a.model, a.data, placement=a.placement, selection=_selection(a), batch_size=a.batch_size,
                           limit=a.limit,
@@ -226,7 +233,7 @@ def cmd_engine(a) -> int:
 def cmd_run(a) -> int:
     from mstransform.tools import api
 
-    (out,) = check_outputs([a.output], [*with_references(a.model), a.data])
+    out = _path(a.output)
     providers = a.providers.split(",") if a.providers else None
     result = api.run(a.model, a.data, providers=providers, batch_size=a.batch_size, limit=a.limit,
                      preprocess=_preprocess(a), threads=a.threads, runtime=a.runtime, batch_axes=_batch_axes(a),
@@ -267,7 +274,6 @@ def cmd_eval(a) -> int:
 
     from mstransform.tools.evaluation import parts_folder
 
-    check_outputs([a.json, a.csv], [*with_references(*a.models), a.data])
     if a.shard is not None and a.json is None:
         raise UsageError("--shard needs --json: the shard's report is what `mstransform eval merge` reads")
     cfg = _attack_config(a, [x.strip() for x in a.attacks.split(",") if x.strip()])
@@ -295,7 +301,6 @@ def cmd_sweep(a) -> int:
 
     from mstransform.tools.evaluation import parts_folder
 
-    check_outputs([a.plot, a.json, a.csv], [*with_references(a.model), a.data, a.stats])
     if a.shard is not None and a.json is None:
         raise UsageError("--shard needs --json: the shard's report is what `mstransform eval merge` reads")
     cfg = _attack_config(a, ("apgd-ce", "bpda"))
@@ -319,7 +324,7 @@ def cmd_plot(a) -> int:
     from mstransform.core.stats import load_stats
     from mstransform.robustness.plots import plot_site_histogram
 
-    (out,) = check_outputs([a.output], [*with_references(a.model), a.data, a.stats])
+    out = _path(a.output)
     result = plot_site_histogram(a.model, load_stats(a.stats), a.data, a.site, a.channel, check_alpha(a.alpha),
                                  out, a.limit)
     print(f"{result.values} values; {100 * result.replaced:.1f}% fall in the blocked band; wrote {out}")
