@@ -106,6 +106,8 @@ class _Finder:
         self.g = graph
         self.order = {id(n): i for i, n in enumerate(graph.nodes())}
         self._ew: dict[int, Elementwise | None] = {}
+        self._ancestors: dict[int, list] = {}
+        self._regions: dict[int, tuple[dict[int, np.ndarray], list]] = {}
 
     def ew(self, node) -> Elementwise | None:
         key = id(node)
@@ -117,7 +119,12 @@ class _Finder:
         return [v for v in e.operands if v is not None and not _is_const(v)]
 
     def ancestors(self, anchor) -> list:
-        """The anchor's computed operands, then their elementwise ancestors, nearest first."""
+        """The anchor's computed operands, then their elementwise ancestors, nearest first (computed once)."""
+        if id(anchor) not in self._ancestors:
+            self._ancestors[id(anchor)] = self._walk_back(anchor)
+        return self._ancestors[id(anchor)]
+
+    def _walk_back(self, anchor) -> list:
         start = self.values(self.ew(anchor))
         out, seen, frontier = [], set(), list(start)
         while frontier and len(out) < MAX_BACK:
@@ -132,7 +139,13 @@ class _Finder:
         return out
 
     def region(self, x) -> tuple[dict[int, np.ndarray], list]:
-        """Values computed from ``x`` and scalar constants alone (float64 on GRID), and their nodes in graph order."""
+        """Values computed from ``x`` and scalar constants alone (float64 on GRID), and their nodes in graph order
+        (computed once per ``x``: neighbouring anchors share their ancestors)."""
+        if id(x) not in self._regions:
+            self._regions[id(x)] = self._grow(x)
+        return self._regions[id(x)]
+
+    def _grow(self, x) -> tuple[dict[int, np.ndarray], list]:
         vals: dict[int, np.ndarray] = {id(x): GRID}
         nodes: list = []
         pending = list(self.g.users(x))

@@ -177,7 +177,7 @@ class FxView:
                 continue
             found.append(Candidate(kind, "module" if node.op == "call_module" else "function", feed, node, [node],
                                    [node], self.node_name(node)))
-        order = {id(n): i for i, n in enumerate(self.gm.graph.nodes)}
+        order = self.order()
         return sorted(found, key=lambda c: order[id(c.out)]), rejected
 
     def is_const(self, value) -> bool:

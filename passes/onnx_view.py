@@ -72,7 +72,7 @@ class OnnxView:
     def constant_shapes(self, node) -> list[tuple[int, ...]]:
         if node.op_type not in ("Add", "Sub", "Mul", "Div"):
             return []
-        return [tuple(const_array(v).shape) for v in node.inputs if v is not None and const_array(v) is not None]
+        return [a.shape for v in node.inputs if v is not None and (a := const_array(v)) is not None]
 
     def is_reduction(self, node) -> bool:
         return node.op_type.startswith("Reduce")

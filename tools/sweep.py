@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import tempfile
 import time
@@ -85,13 +84,6 @@ class SweepReport:
             plot_sweep(self.rows, plot_path, title)
 
 
-def _stats_digest(stats: Stats) -> str:
-    h = hashlib.sha256()
-    for name, value in sorted(stats.to_arrays().items()):
-        h.update(name.encode() + b"\0" + value.tobytes())
-    return h.hexdigest()
-
-
 @checked
 def sweep(model, stats: Stats, data, alphas: list[float], cfg: AttackConfig, *, max_clean_drop: float = 0.5,
           progress=None, threads: int | None = None, device=None, shard: tuple[int, int] | None = None,
@@ -109,7 +101,7 @@ def sweep(model, stats: Stats, data, alphas: list[float], cfg: AttackConfig, *, 
     x, y = load_labelled(data, input_specs(load_model(model)), cfg.n)
     check_classifier(make_session(model, threads=threads, providers=providers_for(device)), x, y)
     stats = stats if isinstance(stats, Stats) else load_stats(stats)
-    key = run_key(cfg, [model], data, None, device, alphas=alphas, stats=_stats_digest(stats))
+    key = run_key(cfg, [model], data, None, device, alphas=alphas, stats=stats.sha256())
     if not launched:
         return _sweep(model, stats, x, y, alphas, cfg, key, shard, parts, fresh, max_clean_drop, progress, threads,
                       device, data)
