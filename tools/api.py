@@ -30,16 +30,12 @@ from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.outputs import declared_outputs, gather_outputs
 from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, make_session, open_session,
                                          providers_for)
-from mstransform.tools.arguments import check_paths, checked
+from mstransform.tools.arguments import check_paths, checked, is_torch
 from mstransform.tools.harden import Hardened, HardenReport, harden, harden_model, refuse_hardened, retract_output
 
 __all__ = ["Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "build_engine", "calibrate",
            "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output", "find_sites", "harden",
            "harden_model", "harden_torch", "load_model", "load_stats", "merge_stats", "package_torch", "run"]
-
-
-def _is_torch(model) -> bool:
-    return type(model).__module__.startswith("torch") or hasattr(model, "named_modules")
 
 
 @checked
@@ -72,7 +68,7 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
     """
     placement = choice(Placement, placement, "placement")
     extent = placement is Placement.LINEAR_INPUTS if extent is None else bool(extent)
-    if _is_torch(model):
+    if is_torch(model):
         from mstransform.runtime.fx_calibrate import calibrate_fx
 
         onnx_only = {"selection patterns or axes": selection.include or selection.exclude or selection.axes,
@@ -104,7 +100,7 @@ def harden_torch(model, stats: Stats | str | Path, alpha: float | AlphaPlan = 0.
     calibration samples the stats record. Another model's stats raise :class:`StatsError` here."""
     from mstransform.passes.fx import harden_fx
 
-    if not _is_torch(model):
+    if not is_torch(model):
         raise UsageError("is not a torch model; use mstransform.harden for ONNX models", param="model")
     return harden_fx(model, stats if isinstance(stats, Stats) else load_stats(stats), alpha, mode=mode,
                      center=center, example=example)

@@ -332,12 +332,9 @@ def cmd_plot(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    import json
-
-    from mstransform.core.fileio import atomic_output
     from mstransform.tools.bench import bench
 
-    (out,) = check_outputs([a.json], [*with_references(a.base, a.hardened)])
+    (out,) = check_outputs([a.json], [*with_references(a.base, a.hardened)])  # no role names base/hardened
     sizes = _floats(a.batch_sizes, "--batch-sizes")
     if not all(v == int(v) for v in sizes):
         raise UsageError(f"--batch-sizes {a.batch_sizes!r}: expected whole numbers, e.g. 1,8")
@@ -355,8 +352,7 @@ def cmd_bench(a) -> int:
         print(report.table(), flush=True)
         reports.append(report.to_json())
     if out is not None:
-        with atomic_output(out) as tmp:
-            Path(tmp).write_text(json.dumps({"command": "bench", "reports": reports}, indent=1) + "\n")
+        _json(a, "bench", {"reports": reports})
         print(f"wrote {out}")
     return 0
 
