@@ -32,7 +32,7 @@ def site_channel_values(model, site_name: str, channel: int, data, limit: int = 
     values = []
     axis = site.axis
     for batch in DataSource(data, input_specs(m), batch_size=64, limit=limit):
-        x = session.run([seen.names[site.feed.name]], batch.inputs)[0]
+        x = session.run([seen.name_of(site.feed)], batch.inputs)[0]
         if not 0 <= channel < x.shape[axis]:
             raise UsageError(f"{channel} is out of range: site {site_name!r} has {x.shape[axis]} channels",
                              param="channel")

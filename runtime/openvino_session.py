@@ -240,7 +240,7 @@ def runtime_gap(path, feed: dict[str, np.ndarray], *, threads: int | None = None
     diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(ov_out, ort_out) if b.size),
                default=0.0)
     with exposed(model, [op.x for op in ops]) as seen:
-        names = [seen.names[op.x.name] for op in ops]
+        names = [seen.name_of(op.x) for op in ops]
         xs_ort = _run(make_session(model, providers=["CPUExecutionProvider"], threads=threads), names, feed)
         xs_ov = _run(OpenVinoSession(model, threads=threads, specialise=False), names, feed)
     gaps = []
