@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from models import ResNet50, randomize_bn  # noqa: E402
 
 import mstransform as mst  # noqa: E402
-from mstransform.passes.fx import meansparse_backend  # noqa: E402
+from mstransform.passes.fx.transform import meansparse_backend  # noqa: E402
 
 
 def kernels(fn, x) -> list[str]:

@@ -113,7 +113,7 @@ def section_overhead(tmp: Path, quick: bool) -> list[str]:
 CAL_SCRIPT = """
 import sys, time, numpy as np
 import mstransform as mst
-from mstransform.passes.onnx_view import find_sites
+from mstransform.passes.sites.onnx_finder import find_sites
 from mstransform.runtime.calibrate import ReducedRun, site_layout
 from mstransform.runtime.data import DataSource
 from mstransform.runtime.inputs import input_specs

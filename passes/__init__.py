@@ -1,13 +1,16 @@
 """Graph passes over ONNX (``onnx_ir``) and torch.fx graphs: find MeanSparse sites and insert the
 sparsify operator.
 
-The activation catalogue and placement rules (:mod:`~mstransform.passes.catalogue`) are declared
-once for both graph kinds; site finding is one analysis (:func:`~mstransform.passes.sites.build_site_table`)
+Three sub-rooms, each with one reason to change: :mod:`~mstransform.passes.graph` (reading and plumbing ONNX
+graphs), :mod:`~mstransform.passes.sites` (site finding: the catalogue, computed matching, the ONNX adapter)
+and, on top of it, :mod:`~mstransform.passes.onnx` (rewrites of ONNX graphs) and :mod:`~mstransform.passes.fx`
+(the torch.fx pass). The activation catalogue and placement rules are declared
+once for both graph kinds; site finding is one analysis (:func:`~mstransform.passes.sites.finder.build_site_table`)
 over two adapters; insertion is an ``onnx_ir`` in-place pass configured by site names and parameters, whose
 result says whether anything changed and which records what it inserted in the model's side record. This room depends only on :mod:`mstransform.core`.
 """
-from mstransform.passes.onnx_view import find_sites
-from mstransform.passes.sites import Rejection, Site, SiteTable
-from mstransform.passes.sparsify import Inserted, InsertSparsifyPass, Operator, inserted
+from mstransform.passes.onnx.sparsify import Inserted, InsertSparsifyPass, Operator, inserted
+from mstransform.passes.sites.finder import Rejection, Site, SiteTable
+from mstransform.passes.sites.onnx_finder import find_sites
 
 __all__ = ["InsertSparsifyPass", "Inserted", "Operator", "Rejection", "Site", "SiteTable", "find_sites", "inserted"]

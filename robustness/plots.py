@@ -10,34 +10,9 @@ import numpy as np
 from mstransform.core.errors import UsageError
 from mstransform.core.fileio import atomic_output
 from mstransform.core.operator import sparsify
-from mstransform.core.options import Placement
 from mstransform.core.stats import Stats
-from mstransform.passes.expose import exposed
-from mstransform.passes.onnx_view import find_sites
-from mstransform.passes.prepare import load_model
-from mstransform.robustness.selection import SweepRow
-from mstransform.runtime.data import DataSource
-from mstransform.runtime.inputs import input_specs
-from mstransform.runtime.session import make_session
-
-
-def site_channel_values(model, site_name: str, channel: int, data, limit: int = 512) -> tuple[np.ndarray, int]:
-    m = load_model(model)
-    table = find_sites(m, Placement.ACTIVATIONS_RESIDUAL)
-    site = table.by_name().get(site_name)
-    if site is None:
-        raise UsageError(f"no site {site_name!r}; `mstransform sites` lists them")
-    with exposed(m, [site.feed]) as seen:
-        session = make_session(m)
-    values = []
-    axis = site.axis
-    for batch in DataSource(data, input_specs(m), batch_size=64, limit=limit):
-        x = session.run([seen.name_of(site.feed)], batch.inputs)[0]
-        if not 0 <= channel < x.shape[axis]:
-            raise UsageError(f"{channel} is out of range: site {site_name!r} has {x.shape[axis]} channels",
-                             param="channel")
-        values.append(np.take(x, channel, axis=axis).reshape(-1))
-    return np.concatenate(values), axis
+from mstransform.robustness.alpha_rule import SweepRow
+from mstransform.runtime.site_values import site_channel_values
 
 
 @dataclass

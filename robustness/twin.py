@@ -7,7 +7,7 @@ which drags in a multi-GB CUDA build), so this covers the operator set of export
 image classifiers and transformer blocks; an unknown op fails loudly by name.
 
 Sparsify operators are found by their structure
-(:func:`~mstransform.passes.sparsify_match.find_sparsify_ops`) and run as units, so
+(:func:`~mstransform.passes.onnx.recognise.find_sparsify_ops`) and run as units, so
 ``straight_through = True`` can give each one an identity backward (BPDA) while its forward
 values stay exactly those of the graph. :mod:`mstransform.robustness.twin_check` proves the twin
 is the deployed model before any attack runs.
@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mstransform.core.errors import ModelError
-from mstransform.passes.sparsify_match import find_sparsify_ops
+from mstransform.passes.onnx.recognise import find_sparsify_ops
 from mstransform.robustness.twin_fusion import FUSED, fuse
 
 

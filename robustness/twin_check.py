@@ -27,10 +27,10 @@ import onnx_ir as ir
 import torch
 
 from mstransform.core.errors import VerificationError
-from mstransform.passes.expose import exposed
-from mstransform.passes.sparsify_match import find_sparsify_ops
-from mstransform.runtime.session import make_session
+from mstransform.passes.graph.expose import exposed
+from mstransform.passes.onnx.recognise import find_sparsify_ops
 from mstransform.robustness.twin import OnnxTwin, Unit
+from mstransform.runtime.session import make_session
 
 REL_TOL = 1e-4  # float32 re-association across kernels is ~1e-6 of scale; wrong weights are >1e-3
 

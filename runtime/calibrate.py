@@ -1,7 +1,7 @@
 """Calibration: run the model on clean data and measure every site's per-channel statistics.
 
 The statistics are reduced where the data is: each site tensor gets an in-graph reduction
-(:mod:`mstransform.passes.site_reductions`) to a few channel-sized vectors -- shifted sums,
+(:mod:`mstransform.passes.onnx.reductions`) to a few channel-sized vectors -- shifted sums,
 sums of squares, max and min -- so a session returns kilobytes per batch on any execution
 provider (CPU, CUDA, TensorRT) and never copies a site tensor to the host. The host turns
 each batch into float64 moments and merges them with Chan's rule, so batch size, shards and
@@ -17,18 +17,18 @@ import warnings
 import numpy as np
 import onnx_ir as ir
 
-from mstransform.passes.catalogue import axis_by_rank, channel_axis
 from mstransform.core.errors import DataError, ModelError
 from mstransform.core.moments import MAX_OFFSET_RATIO, Moments, offset_ratio
 from mstransform.core.options import Placement, Runtime, Selection
 from mstransform.core.stats import InputRecord, SiteStats, Stats
-from mstransform.passes.expose import exposed
-from mstransform.passes.fingerprint import fingerprint, weights_digest
-from mstransform.passes.onnx_view import OnnxView, find_sites
-from mstransform.passes.plan import nothing_selected
-from mstransform.passes.prepare import load_model
-from mstransform.passes.site_reductions import Reduction, fixable, reducing
-from mstransform.passes.sites import Site, SiteTable
+from mstransform.passes.graph.expose import exposed
+from mstransform.passes.graph.fingerprint import fingerprint, weights_digest
+from mstransform.passes.graph.load import load_model
+from mstransform.passes.onnx.reductions import Reduction, fixable, reducing
+from mstransform.passes.sites.catalogue import axis_by_rank, channel_axis
+from mstransform.passes.sites.finder import Site, SiteTable
+from mstransform.passes.sites.onnx_finder import OnnxView, find_sites
+from mstransform.passes.sites.plan import nothing_selected
 from mstransform.runtime.accuracy import is_class_scores
 from mstransform.runtime.data import DataSource, Preprocess, head
 from mstransform.runtime.inputs import input_specs
@@ -176,7 +176,7 @@ class ReducedRun:
     above ``MAX_OFFSET_RATIO``), is summed again with the shift moved to that batch's mean.
 
     On ONNX Runtime's CPU provider the shifts of NCHW sites are fixed in the graph at the first
-    batch's means, so their reductions run in its blocked layout (:mod:`mstransform.passes.site_reductions`).
+    batch's means, so their reductions run in its blocked layout (:mod:`mstransform.passes.onnx.reductions`).
     Moving a fixed shift takes a new session, so a site whose batch lies far from its fixed shift is
     reduced with a fed shift from then on (one rebuild, however often its batches wander); the rest
     stay fixed. ``builds`` counts the sessions built; ``fix_shifts=False`` feeds every shift (one session).

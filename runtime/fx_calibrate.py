@@ -12,7 +12,7 @@ from mstransform.core.errors import DataError
 from mstransform.core.moments import Moments, chan_merge
 from mstransform.core.options import Placement, Selection
 from mstransform.core.stats import SiteStats, Stats
-from mstransform.passes.fx import (batch_error, check_arity, editable, fx_fingerprint, input_record, insert_module, placement_of,
+from mstransform.passes.fx.transform import (batch_error, check_arity, editable, fx_fingerprint, input_record, insert_module, placement_of,
                                    site_table)
 from mstransform.runtime.dataset import Dataset, ModelInput, split_item, to_array
 

@@ -227,8 +227,8 @@ def runtime_gap(path, feed: dict[str, np.ndarray], *, threads: int | None = None
     import onnx_ir as ir
 
     from mstransform.core.operator import unit_roundoff
-    from mstransform.passes.expose import exposed
-    from mstransform.passes.sparsify_match import find_sparsify_ops
+    from mstransform.passes.graph.expose import exposed
+    from mstransform.passes.onnx.recognise import find_sparsify_ops
     from mstransform.runtime.session import make_session
 
     model = ir.load(str(path))

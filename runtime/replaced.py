@@ -3,7 +3,7 @@
 The statistics hold each channel's mean and variance only, so the fraction of values inside the
 band ``|x - c| < alpha * sigma`` cannot be read from them (a normal approximation would be a guess,
 and activations are not normal). It is counted instead: the model runs on the given data with every
-site's tensor exposed as an output (:mod:`mstransform.passes.expose`, as the self-check and ``plot``
+site's tensor exposed as an output (:mod:`mstransform.passes.graph.expose`, as the self-check and ``plot``
 read inner tensors), and each value is tested as the inserted operator tests it -- in the tensor's
 own type, with center and threshold from the same plan ``harden`` builds (per-site alphas
 included). A site no sample reached (inside a branch not taken) counts no values.
@@ -18,10 +18,10 @@ import numpy as np
 from mstransform.core.errors import ModelError
 from mstransform.core.options import AlphaPlan, Center, Mode
 from mstransform.core.stats import Stats
-from mstransform.passes.expose import exposed
-from mstransform.passes.onnx_view import find_sites
-from mstransform.passes.plan import build_plan
-from mstransform.passes.prepare import load_model
+from mstransform.passes.graph.expose import exposed
+from mstransform.passes.graph.load import load_model
+from mstransform.passes.sites.onnx_finder import find_sites
+from mstransform.passes.sites.plan import build_plan
 from mstransform.runtime.data import DataSource, Preprocess
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import open_session, run_step

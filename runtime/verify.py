@@ -1,7 +1,7 @@
 """Checks run on every written model: checker, shape inference, ORT load, numerics, outcome.
 
 The numerical check finds every sparsify operator in the *written file* by its structure
-(:func:`~mstransform.passes.sparsify_match.find_sparsify_ops`), exposes its input ``x`` and
+(:func:`~mstransform.passes.onnx.recognise.find_sparsify_ops`), exposes its input ``x`` and
 output ``y`` on a probe batch and compares ``y`` with the numpy operator applied to ``x``
 (:func:`mstransform.core.operator.sparsify`) -- an implementation that shares no code with the
 graph pass. It also checks that every operator the pass says it inserted is in the file.
@@ -16,12 +16,12 @@ import onnx
 import onnx_ir as ir
 
 from mstransform.core.errors import DependencyError, ModelError, VerificationError
-from mstransform.core.options import Runtime, choice
 from mstransform.core.operator import edge_band, sparsify
-from mstransform.passes.expose import exposed
-from mstransform.passes.sparsify import Inserted
-from mstransform.passes.sparsify_match import find_sparsify_ops
-from mstransform.passes.subgraphs import graphs
+from mstransform.core.options import Runtime, choice
+from mstransform.passes.graph.expose import exposed
+from mstransform.passes.graph.subgraphs import graphs
+from mstransform.passes.onnx.recognise import find_sparsify_ops
+from mstransform.passes.onnx.sparsify import Inserted
 from mstransform.runtime.accuracy import is_class_scores
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import describe, encodable, first_line, open_session, run_step

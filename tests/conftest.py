@@ -136,8 +136,8 @@ def onnx_operator_values(path, x: np.ndarray) -> tuple[np.ndarray, list[Operator
     import onnx_ir as ir
     import onnxruntime as ort
 
-    from mstransform.passes.expose import exposed
-    from mstransform.passes.sparsify_match import find_sparsify_ops
+    from mstransform.passes.graph.expose import exposed
+    from mstransform.passes.onnx.recognise import find_sparsify_ops
 
     model = ir.external_data.load_to_model(ir.load(str(path)))  # weights in memory: the session reads bytes
     ops = find_sparsify_ops(model.graph)
@@ -156,7 +156,7 @@ def torch_operator_values(module, x: np.ndarray) -> tuple[np.ndarray, list[Opera
     operator's input and output recorded by a forward hook, in module order (the pass's site order)."""
     import torch
 
-    from mstransform.passes.fx_ops import MeanSparse
+    from mstransform.passes.fx.module import MeanSparse
 
     ops = [m for m in module.modules() if isinstance(m, MeanSparse)]
     seen: dict[int, tuple] = {}

@@ -16,7 +16,7 @@ from conftest import REL_TOL, OperatorValues, assert_matches_reference
 import mstransform as mst
 import zoo
 from mstransform.deploy.aoti import load_package, package_module
-from mstransform.passes.fx_ops import MeanSparse
+from mstransform.passes.fx.module import MeanSparse
 
 ALPHA = 0.3
 

@@ -11,7 +11,7 @@ from conftest import EXAMPLE, EXPORTS, exported, random_inputs
 import mstransform as mst
 import zoo
 from mstransform.deploy.trt_check import check_trt, versions
-from mstransform.passes.prepare import load_model
+from mstransform.passes.graph.load import load_model
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 

@@ -14,8 +14,8 @@ from conftest import assert_matches_reference, onnx_operator_values, random_inpu
 
 import mstransform as mst
 import zoo
-from mstransform.passes.fx import find_fx_sites
-from mstransform.passes.fx_ops import MeanSparse, straight_through
+from mstransform.passes.fx.module import MeanSparse, straight_through
+from mstransform.passes.fx.transform import find_fx_sites
 
 
 def dynamo_export(model, name, path, opset=20):

@@ -212,7 +212,7 @@ def test_api_refuses_a_fifo(w):
     from mstransform.runtime.data import DataSource
     from mstransform.runtime.inputs import input_specs
 
-    from mstransform.passes.prepare import load_model
+    from mstransform.passes.graph.load import load_model
 
     os.mkfifo(w / "f.npy")
     specs = input_specs(load_model(w / "model.onnx"))

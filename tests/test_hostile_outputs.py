@@ -102,7 +102,7 @@ def test_external_data_is_an_input(w, monkeypatch, argv, words):
 
 
 def test_references_list_every_external_file(w):
-    from mstransform.passes.references import model_references, with_references
+    from mstransform.passes.graph.external_data import model_references, with_references
 
     import onnx_ir as ir
 

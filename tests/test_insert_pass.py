@@ -13,8 +13,8 @@ from onnx import numpy_helper as nh
 from onnx_ir.passes import PassManager, PostconditionError, PreconditionError
 
 from mstransform.core.params import SiteParams
-from mstransform.passes.prepare import load_model
-from mstransform.passes.sparsify import InsertSparsifyPass, Operator, inserted
+from mstransform.passes.graph.load import load_model
+from mstransform.passes.onnx.sparsify import InsertSparsifyPass, Operator, inserted
 
 C = np.array([0.1, -0.2, 0.3], np.float64)
 T_ = np.array([0.5, 0.0, 0.25], np.float64)

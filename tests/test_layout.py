@@ -24,8 +24,8 @@ from conftest import exported, random_inputs
 
 import mstransform as mst
 import zoo
-from mstransform.passes.bounds import bounds_threshold, exclusive_bounds
-from mstransform.passes.sparsify_match import find_sparsify_ops
+from mstransform.passes.onnx.bounds import bounds_threshold, exclusive_bounds
+from mstransform.passes.onnx.recognise import find_sparsify_ops
 from mstransform.runtime.openvino_session import layer_counts
 
 NEW = ["bounds"]  # formulations that must equal ``where`` bit for bit

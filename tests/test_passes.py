@@ -1,11 +1,11 @@
 """The graph passes one by one, on tiny hand-built models, against numpy.
 
-* in-graph reductions (passes/site_reductions.py): the sums ONNX Runtime computes equal numpy's
+* in-graph reductions (passes/onnx/reductions.py): the sums ONNX Runtime computes equal numpy's
   float64 sums within the float32 summation bound, counts and extents exactly, and the model is
   byte-identical once the context exits -- in the main graph and inside an ``If`` branch;
-* exposing and lifting values (passes/expose.py, passes/subgraphs.py) out of ``If`` and ``Loop``
+* exposing and lifting values (passes/graph/expose.py, passes/graph/subgraphs.py) out of ``If`` and ``Loop``
   bodies: the values read are the body's own, and the model is restored exactly;
-* the preparation passes (passes/prepare.py) and the plan builder (passes/plan.py).
+* the preparation passes (passes/graph/load.py) and the plan builder (passes/sites/plan.py).
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ from mstransform.core.errors import StatsError
 from mstransform.core.moments import Moments
 from mstransform.core.options import AlphaPlan, Center, Mode, Placement, Selection
 from mstransform.core.stats import SiteStats, Stats
-from mstransform.passes.expose import ExposeValuesPass, exposed
-from mstransform.passes.plan import build_plan
-from mstransform.passes.prepare import DefaultDomainPass, DynamicDimsPass, NameAfterOutputsPass, load_model
-from mstransform.passes.site_reductions import AddSiteReductionsPass, reducing
-from mstransform.passes.subgraphs import lifting
+from mstransform.passes.graph.expose import ExposeValuesPass, exposed
+from mstransform.passes.graph.load import DefaultDomainPass, DynamicDimsPass, NameAfterOutputsPass, load_model
+from mstransform.passes.graph.subgraphs import lifting
+from mstransform.passes.onnx.reductions import AddSiteReductionsPass, reducing
+from mstransform.passes.sites.plan import build_plan
 
 
 def model_of(proto) -> ir.Model:
@@ -245,7 +245,7 @@ def two_relus(tmp_path):
     nodes = [node("Relu", ["x"], ["r1"]), node("Neg", ["r1"], ["n"]), node("Relu", ["n"], ["r2"])]
     path = tmp_path / "two.onnx"
     onnx.save(tiny_model(nodes, [("x", [4, 3, 2, 2])], [("r2", None)]), str(path))
-    from mstransform.passes.onnx_view import find_sites
+    from mstransform.passes.sites.onnx_finder import find_sites
 
     return find_sites(load_model(path))
 

@@ -19,9 +19,9 @@ from conftest import EXAMPLE
 
 import mstransform as mst
 from mstransform.core.operator import unit_roundoff
-from mstransform.passes.precision import ConvertFloatPass, unsupported_ops
-from mstransform.passes.prepare import load_model
-from mstransform.passes.sparsify_match import find_sparsify_ops
+from mstransform.passes.graph.load import load_model
+from mstransform.passes.onnx.precision import ConvertFloatPass, unsupported_ops
+from mstransform.passes.onnx.recognise import find_sparsify_ops
 
 ort = pytest.importorskip("onnxruntime")
 TYPES = {"fp16": np.float16, "bf16": ml_dtypes.bfloat16}

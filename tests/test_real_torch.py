@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import mstransform as mst
 import realmodels as rm
-from mstransform.passes.fx_ops import MeanSparse
+from mstransform.passes.fx.module import MeanSparse
 
 ALPHA = 0.2
 FACE = (150, 150, 190)  # x0, y0, side of her face box in the portrait (ONet: p(face) = 1.0 there)

@@ -15,8 +15,8 @@ import pytest
 from conftest import exported, random_inputs
 
 import mstransform as mst
-from mstransform.passes.prepare import load_model
-from mstransform.passes.site_reductions import reducing
+from mstransform.passes.graph.load import load_model
+from mstransform.passes.onnx.reductions import reducing
 
 
 def kernel_order(model: ir.Model, feed: dict, tmp_path) -> list[str]:

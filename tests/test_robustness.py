@@ -17,7 +17,7 @@ from conftest import EXAMPLE
 
 import mstransform as mst
 from mstransform.core.errors import UsageError, VerificationError
-from mstransform.robustness.selection import SweepRow, choose_alpha
+from mstransform.robustness.alpha_rule import SweepRow, choose_alpha
 from mstransform.robustness.twin import OnnxTwin, Unit
 from mstransform.robustness.twin_check import check_twin
 

@@ -1,10 +1,10 @@
 """The site finder's rules, one by one, on minimal hand-built graphs.
 
-Each ONNX pattern rule (passes/onnx_rules.py) is matched on the smallest graph that holds its form,
+Each ONNX pattern rule (passes/sites/onnx_rules.py) is matched on the smallest graph that holds its form,
 asserting what it binds (kind, form, the tensor entering the activation, the nodes it claims and the
 readers that must see the sparsified tensor), and refused on a near miss of that form, asserting the
 reason it gives. Then the placement rules: the gate and Squeeze-and-Excitation rejections
-(passes/sites.py) and the channel-axis rules (passes/catalogue.py).
+(passes/sites/finder.py) and the channel-axis rules (passes/sites/catalogue.py).
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import pytest
 from conftest import tiny_model
 
 import mstransform as mst
-from mstransform.passes.catalogue import channel_axis
-from mstransform.passes.onnx_rules import (ActivationMatch, ClipRule, CompositeRule, NoMatch, SingleOpRule,
+from mstransform.passes.sites.catalogue import channel_axis
+from mstransform.passes.sites.onnx_rules import (ActivationMatch, ClipRule, CompositeRule, NoMatch, SingleOpRule,
                                            match_activations)
-from mstransform.passes.onnx_view import OnnxView
+from mstransform.passes.sites.onnx_finder import OnnxView
 
 
 def f32(v):

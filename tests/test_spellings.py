@@ -305,7 +305,7 @@ class Net(torch.nn.Module):
 def test_fx_finds_spelled_activations_like_the_onnx_export(spelling, tmp_path):
     """One mechanism: the FX graph of PyTorch code and its ONNX export give one site of the same kind, named alike
     (the dynamo exporter names nodes after the FX graph)."""
-    from mstransform.passes.fx import find_fx_sites
+    from mstransform.passes.fx.transform import find_fx_sites
 
     kind, act = _spelled(spelling)
     torch.manual_seed(0)

@@ -19,11 +19,11 @@ from mstransform.core.fileio import atomic_output
 from mstransform.core.options import (AlphaPlan, Center, Device, Formulation, Mode, Placement, Precision, Runtime,
                                       Selection, choice)
 from mstransform.core.stats import Stats, load_stats
-from mstransform.passes.onnx_view import find_sites as _find_sites
-from mstransform.passes.prepare import load_model
-from mstransform.passes.sites import SiteTable
+from mstransform.passes.graph.load import load_model
+from mstransform.passes.sites.finder import SiteTable
+from mstransform.passes.sites.onnx_finder import find_sites as _find_sites
+from mstransform.passes.sites.plan import nothing_selected
 from mstransform.runtime.accuracy import Accuracy, accuracy, is_class_scores, score
-from mstransform.passes.plan import nothing_selected
 from mstransform.runtime.calibrate import SampleHead, calibrate_table
 from mstransform.runtime.data import DataSource, Preprocess
 from mstransform.runtime.inputs import input_specs
@@ -98,7 +98,7 @@ def harden_torch(model, stats: Stats | str | Path, alpha: float | AlphaPlan = 0.
     channel counts by position where the graph is another capture of the model) and every site's channel
     count, read from the graph's shapes -- a traced module's from ``example`` or, without it, from the
     calibration samples the stats record. Another model's stats raise :class:`StatsError` here."""
-    from mstransform.passes.fx import harden_fx
+    from mstransform.passes.fx.transform import harden_fx
 
     if not is_torch(model):
         raise UsageError("is not a torch model; use mstransform.harden for ONNX models", param="model")

@@ -93,7 +93,7 @@ def check_paths(named: dict, *, models_out: tuple[str, ...] = ()) -> dict:
             inputs.append((p, role.model))
         out[name] = converted if role.many else converted[0]
     if outputs:
-        from mstransform.passes.references import model_references
+        from mstransform.passes.graph.external_data import model_references
 
         read = [p for p, _ in inputs] + [r for p, is_model in inputs if is_model for r in _references(p)]
         if _is_onnx_ir(named.get("model")):  # a model in memory may still read external data files
@@ -115,7 +115,7 @@ def _references(path: Path) -> list[Path]:
 
 @functools.lru_cache(maxsize=16)
 def _references_of(path: str, *version) -> tuple[Path, ...]:
-    from mstransform.passes.references import model_references
+    from mstransform.passes.graph.external_data import model_references
 
     return tuple(model_references(Path(path)))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mstransform.core.options import Device, Runtime, choice
-from mstransform.passes.prepare import load_model
+from mstransform.passes.graph.load import load_model
 from mstransform.runtime.bench import BenchReport, bench_sessions
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, make_session, open_session,

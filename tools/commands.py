@@ -14,7 +14,7 @@ from mstransform.core.errors import UsageError
 from mstransform.core.fileio import write_json
 from mstransform.core.guards import check_outputs
 from mstransform.core.options import AlphaPlan, Selection
-from mstransform.passes.references import with_references
+from mstransform.passes.graph.external_data import with_references
 from mstransform.tools.logs import LOGGER, say
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mstransform.core.errors import DataError, UsageError
-from mstransform.passes.prepare import load_model
+from mstransform.passes.graph.load import load_model
 from mstransform.robustness.attacks import AttackConfig, ModelResult, check_classifier, evaluate_model, load_labelled
 from mstransform.robustness.chunks import (ChunkStore, Work, accuracy, check_resume, check_shard, chunk_ranges, of_shard,
                                            run_key)

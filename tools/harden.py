@@ -22,13 +22,13 @@ from mstransform.core.fileio import publishing, retract
 from mstransform.core.guards import as_output_error
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Runtime, Selection, choice
 from mstransform.core.stats import InputRecord, Stats, load_stats
-from mstransform.passes.fingerprint import fingerprint, weights_digest
-from mstransform.passes.onnx_view import find_sites
-from mstransform.passes.plan import build_plan
-from mstransform.passes.precision import PRECISION_TYPES, ConvertFloatPass, PrecisionOpsetPass, unsupported_ops
-from mstransform.passes.prepare import (OPERATOR_OPSET, DropInferredPass, ProvenancePass, UpgradeOpsetPass,
+from mstransform.passes.graph.fingerprint import fingerprint, weights_digest
+from mstransform.passes.onnx.precision import PRECISION_TYPES, ConvertFloatPass, PrecisionOpsetPass, unsupported_ops
+from mstransform.passes.sites.onnx_finder import find_sites
+from mstransform.passes.sites.plan import build_plan
+from mstransform.passes.graph.load import (OPERATOR_OPSET, DropInferredPass, ProvenancePass, UpgradeOpsetPass,
                                         load_model)
-from mstransform.passes.sparsify import COUNT, SKIPPED, Inserted, InsertSparsifyPass, Operator, inserted
+from mstransform.passes.onnx.sparsify import COUNT, SKIPPED, Inserted, InsertSparsifyPass, Operator, inserted
 from mstransform.runtime.data import DataSource, Preprocess, head
 from mstransform.runtime.inputs import fixed_batch, input_specs
 from mstransform.runtime.session import open_session
@@ -91,7 +91,7 @@ def harden_model(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan =
 
     ``alpha`` is one number or an :class:`AlphaPlan` (per-site overrides); ``selection``'s
     include/exclude patterns narrow the calibrated sites further. ``precision`` fp16/bf16 converts
-    the model first (:mod:`mstransform.passes.precision`), so the operators are made in that type
+    the model first (:mod:`mstransform.passes.onnx.precision`), so the operators are made in that type
     from the float64 statistics."""
     if type(model).__module__.startswith("torch") or hasattr(model, "named_modules"):
         raise UsageError("is a torch model; use mstransform.harden_torch for nn.Module / torch.export programs",

@@ -25,12 +25,12 @@ from mstransform.core.errors import UsageError
 from mstransform.core.fileio import atomic_output
 from mstransform.core.options import check_alpha
 from mstransform.core.stats import Stats, load_stats
-from mstransform.passes.prepare import load_model
+from mstransform.passes.graph.load import load_model
 from mstransform.robustness.attacks import AttackConfig, ModelResult, check_classifier, evaluate_model, load_labelled
 from mstransform.robustness.chunks import (ChunkStore, Work, check_resume, check_shard, chunk_ranges, of_shard,
                                            run_key)
+from mstransform.robustness.alpha_rule import SweepRow, choose_alpha
 from mstransform.robustness.plots import plot_sweep
-from mstransform.robustness.selection import SweepRow, choose_alpha
 from mstransform.runtime import distributed
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import make_session, providers_for

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 import mstransform as mst
-from mstransform.passes.fx_ops import straight_through
+from mstransform.passes.fx.module import straight_through
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import zoo  # noqa: E402  (small test architectures)

@@ -3,7 +3,7 @@
 The pass adds each requested value that is not already a graph output and reports which it
 added; :func:`exposed` undoes that afterwards, so an in-memory model can be exposed for one
 session and handed back unchanged. A value inside an ``If``/``Loop``/``Scan`` body is first
-lifted to the main graph (:mod:`mstransform.passes.subgraphs`): it is then read under another
+lifted to the main graph (:mod:`mstransform.passes.graph.subgraphs`): it is then read under another
 name, stacked over loop iterations, or empty where its branch did not run.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult, PostconditionError
 
-from mstransform.passes.subgraphs import lifting
+from mstransform.passes.graph.subgraphs import lifting
 
 
 ADDED = "mstransform.exposed"  # model.meta: the values the pass appended to the graph's outputs last

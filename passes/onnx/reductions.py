@@ -46,7 +46,7 @@ ResNet-50 at batch 32 (2 threads, two interleaved runs in one process) this form
 plain inference where the fed-shift form cost 1.26-1.30x.
 
 The pass changes the model in place; :func:`reducing` adds the subgraph for the lifetime of
-one session and removes it again, like :func:`mstransform.passes.expose.exposed`.
+one session and removes it again, like :func:`mstransform.passes.graph.expose.exposed`.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, PreconditionError
 
-from mstransform.passes.subgraphs import lifting
+from mstransform.passes.graph.subgraphs import lifting
 
 OUTPUTS = ("sum", "sum_squares", "shape", "max", "min")  # what each reduction returns, in this order
 # opset from which an op takes its axes as an input rather than an attribute
@@ -267,7 +267,7 @@ def reducing(model: ir.Model, targets: list[tuple[ir.Value, int, int]], extent: 
     """Within the block, ``model`` carries the reductions of ``targets``; afterwards it is as before.
 
     The reductions of a site inside an ``If``/``Loop``/``Scan`` body are lifted out of it
-    (:mod:`mstransform.passes.subgraphs`): an ``If``'s other branch returns zeros (``channels``
+    (:mod:`mstransform.passes.graph.subgraphs`): an ``If``'s other branch returns zeros (``channels``
     per target sizes them) and a zero shape, so a branch that did not run counts no samples."""
     AddSiteReductionsPass(targets, extent, fixed)(model)
     added, added_nodes = model.meta.pop(REDUCTIONS)

@@ -1,7 +1,7 @@
 """Recognise sparsify operators in any ONNX graph by their structure, not their names.
 
 ``Where(Less(Abs(Sub(x, c)), t), c, x)`` with constant ``c`` and ``t`` (what the pass inserts
-and what ``torch.onnx.export`` of a :class:`~mstransform.passes.fx_ops.MeanSparse` module
+and what ``torch.onnx.export`` of a :class:`~mstransform.passes.fx.module.MeanSparse` module
 emits), the bool-free ``Add(Mul(c, m), Mul(x, Sub(1, m)))`` with
 ``m = Relu(Sign(Sub(t, Abs(Sub(x, c)))))``, and ``Where(And(Greater(x, low), Less(x, high)), c, x)``
 whose bounds are exactly those of some threshold around ``c`` (that threshold is what it reports).
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from mstransform.passes._ir import const_array, operand_orders
-from mstransform.passes.bounds import bounds_threshold, exclusive_bounds
+from mstransform.passes.graph.values import const_array, operand_orders
+from mstransform.passes.onnx.bounds import bounds_threshold, exclusive_bounds
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Input: an ``nn.Module`` (traced with ``torch.fx.symbolic_trace``), a ``torch.export``
 ``ExportedProgram`` (its unlifted ``.module()`` is used), or a ``GraphModule``. Sites come
-from the shared finder and catalogue through :class:`~mstransform.passes.fx_view.FxView`;
-:class:`~mstransform.passes.fx_ops.MeanSparse` modules are inserted on the device of the
+from the shared finder and catalogue through :class:`~mstransform.passes.fx.finder.FxView`;
+:class:`~mstransform.passes.fx.module.MeanSparse` modules are inserted on the device of the
 tensors they guard. The caller's model is never edited: the pass works on a private copy.
 
 Statistics are checked against the graph before anything is inserted, as the ONNX pass checks them:
@@ -26,10 +26,10 @@ import torch.nn as nn
 from mstransform.core.errors import DataError, StatsError, UsageError
 from mstransform.core.options import AlphaPlan, Center, Mode, Placement, Selection
 from mstransform.core.stats import InputRecord, Stats
-from mstransform.passes.fx_ops import MeanSparse
-from mstransform.passes.fx_view import FxView
-from mstransform.passes.plan import build_plan
-from mstransform.passes.sites import Site, SiteTable, build_site_table
+from mstransform.passes.fx.finder import FxView
+from mstransform.passes.fx.module import MeanSparse
+from mstransform.passes.sites.finder import Site, SiteTable, build_site_table
+from mstransform.passes.sites.plan import build_plan
 
 
 def to_graph_module(model, example: tuple | None = None) -> tuple[fx.GraphModule, bool]:

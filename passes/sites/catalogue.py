@@ -3,7 +3,7 @@
 Each :class:`ActivationKind` names one activation and how it appears in an ONNX graph (single
 op types) and in a torch.fx graph (modules, functions, ATen overloads and tensor methods, by
 qualified name so this floor never imports torch). The ONNX pattern rules for decomposed forms
-(``passes/onnx_rules.py``) and the FX matcher (``passes/fx_view.py``) both produce kinds from
+(``passes/sites/onnx_rules.py``) and the FX matcher (``passes/fx/finder.py``) both produce kinds from
 this table; a kind outside it is a programming error caught at import.
 
 The rules that decide placement are written once over :class:`GraphView`, a small protocol
@@ -37,7 +37,7 @@ def _kind(name, onnx=(), modules=(), functions=(), aten=(), methods=()) -> Activ
 KINDS: dict[str, ActivationKind] = {k.name: k for k in (
     _kind("Relu", ["Relu"], ["ReLU"], ["torch.nn.functional.relu", "torch.relu"], ["relu.default", "relu_.default"],
           ["relu"]),
-    _kind("Clip(ReLU6)", [], ["ReLU6"], ["torch.nn.functional.relu6"]),  # ONNX: Clip(0, 6), see passes/onnx_rules.py
+    _kind("Clip(ReLU6)", [], ["ReLU6"], ["torch.nn.functional.relu6"]),  # ONNX: Clip(0, 6), see passes/sites/onnx_rules.py
     _kind("Clip(ReLU)"),  # ONNX only: Clip(min=0) without max
     _kind("Gelu", ["Gelu"], ["GELU"], ["torch.nn.functional.gelu"], ["gelu.default"]),
     _kind("SiLU", [], ["SiLU"], ["torch.nn.functional.silu"], ["silu.default", "silu_.default"]),

@@ -1,6 +1,6 @@
 """torch.fx calls as elementwise ops in ONNX's vocabulary, so activations spelled in PyTorch code
 (``x * torch.sigmoid(1.702 * x)``, ``0.5 * x * (1 + torch.tanh(...))``, ``x * F.relu6(x + 3) / 6``) are
-found by what they compute, by the same finder as ONNX graphs (:mod:`mstransform.passes.composites`).
+found by what they compute, by the same finder as ONNX graphs (:mod:`mstransform.passes.sites.computed`).
 
 Calls are read by name, the same for a ``symbolic_trace`` graph (``operator.mul``, ``torch.sigmoid``,
 ``F.gelu``, tensor methods, modules) and a ``torch.export`` graph (``aten.mul.Tensor``); a call whose
@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from mstransform.passes.composites import Elementwise
+from mstransform.passes.sites.computed import Elementwise
 
 MISSING = object()
 
@@ -54,7 +54,7 @@ def call_name(node: fx.Node) -> str:
 
 
 class FxElementwise:
-    """One ``GraphModule`` seen as elementwise ops (:class:`~mstransform.passes.composites.ElementwiseGraph`)."""
+    """One ``GraphModule`` seen as elementwise ops (:class:`~mstransform.passes.sites.computed.ElementwiseGraph`)."""
 
     def __init__(self, gm: fx.GraphModule):
         self.gm = gm

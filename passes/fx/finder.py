@@ -1,6 +1,6 @@
 """The torch.fx adapter of the site finder: a ``GraphModule`` seen through
-:class:`~mstransform.passes.sites.SiteSource`, with activations matched from the catalogue's
-torch references (:mod:`mstransform.passes.catalogue`).
+:class:`~mstransform.passes.sites.finder.SiteSource`, with activations matched from the catalogue's
+torch references (:mod:`mstransform.passes.sites.catalogue`).
 
 Site names: for a ``torch.export`` program a site is named ``node_<fx name>`` of the node
 producing the activation's output -- exactly the name the dynamo ONNX exporter gives that
@@ -18,10 +18,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from mstransform.passes.catalogue import FX_POOLS, KINDS, Layout
-from mstransform.passes.composites import find_composites
-from mstransform.passes.fx_elementwise import FxElementwise, call_name
-from mstransform.passes.sites import Candidate, Rejection
+from mstransform.passes.fx.elementwise import FxElementwise, call_name
+from mstransform.passes.sites.catalogue import FX_POOLS, KINDS, Layout
+from mstransform.passes.sites.computed import find_composites
+from mstransform.passes.sites.finder import Candidate, Rejection
 
 aten = torch.ops.aten
 
@@ -157,7 +157,7 @@ class FxView:
 
     def activations(self):
         """Spelled activations by what they compute (the ONNX finder's mechanism, over
-        :class:`~mstransform.passes.fx_elementwise.FxElementwise`), then the catalogue's modules and
+        :class:`~mstransform.passes.fx.elementwise.FxElementwise`), then the catalogue's modules and
         functions that none claimed, unless they sit inside an expression of their own input."""
         composites, unresolved = find_composites(FxElementwise(self.gm), lambda n: self.kind_of(n) is not None,
                                                  describe=lambda n: n.name)

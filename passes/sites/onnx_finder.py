@@ -1,5 +1,5 @@
 """The ONNX adapter of the site finder: an ``onnx_ir`` graph seen through
-:class:`~mstransform.passes.sites.SiteSource`, and :func:`find_sites`, the ONNX entry point."""
+:class:`~mstransform.passes.sites.finder.SiteSource`, and :func:`find_sites`, the ONNX entry point."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,13 +7,13 @@ import dataclasses
 import onnx_ir as ir
 
 from mstransform.core.activations import OPS
-from mstransform.passes.catalogue import ONNX_POOLS, Layout
 from mstransform.core.options import Placement, Selection, choice
 from mstransform.core.typed import typed
-from mstransform.passes._ir import const_array, is_const, other_input, static_shape
-from mstransform.passes.onnx_rules import match_activations
-from mstransform.passes.sites import Candidate, Rejection, SiteTable, found_sites, select
-from mstransform.passes.subgraphs import graphs, owners, where
+from mstransform.passes.graph.subgraphs import graphs, owners, where
+from mstransform.passes.graph.values import const_array, is_const, other_input, static_shape
+from mstransform.passes.sites.catalogue import ONNX_POOLS, Layout
+from mstransform.passes.sites.finder import Candidate, Rejection, SiteTable, found_sites, select
+from mstransform.passes.sites.onnx_rules import match_activations
 
 CONV_LIKE = {"Conv", "ConvTranspose", "BatchNormalization", "MaxPool", "AveragePool", "InstanceNormalization",
              "GlobalAveragePool", "LpPool", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth"}

@@ -1,12 +1,12 @@
 """ONNX activation rules: spelled activations by what they compute, single ops by their op.
 
 :class:`CompositeRule` accepts any spelling of a catalogue activation by its values
-(:mod:`mstransform.passes.composites`, over :class:`OnnxElementwise`); it runs first and
+(:mod:`mstransform.passes.sites.computed`, over :class:`OnnxElementwise`); it runs first and
 claims its nodes, so a ``Tanh`` inside a GELU is never reported again as a plain Tanh. The
 single-op rules are pattern + check + match, in the spirit of onnxscript's rewrite rules:
 ``pattern`` binds the wiring from an anchor node, ``check`` tests constants and attributes, and
 both return a reason when the rule does not hold. A rule's ``kind`` is authoritative: it must
-name an entry of the activation catalogue (:mod:`mstransform.passes.catalogue`).
+name an entry of the activation catalogue (:mod:`mstransform.passes.sites.catalogue`).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import numpy as np
 import onnx_ir as ir
 
 from mstransform.core.activations import ANCHORS, OPS
-from mstransform.passes.catalogue import KINDS, kind as catalogue_kind
-from mstransform.passes.composites import Composite, Elementwise, find_composites
-from mstransform.passes._ir import close, const_array, is_const, scalar
+from mstransform.passes.graph.values import close, const_array, is_const, scalar
+from mstransform.passes.sites.catalogue import KINDS, kind as catalogue_kind
+from mstransform.passes.sites.computed import Composite, Elementwise, find_composites
 
 
 @dataclass
@@ -106,7 +106,7 @@ SAME_OPS = frozenset(OPS) - {"Identity", "Silu", "Log1p", "Expm1", "Clip"}
 
 
 class OnnxElementwise:
-    """One ``onnx_ir`` graph seen as elementwise ops (:class:`~mstransform.passes.composites.ElementwiseGraph`):
+    """One ``onnx_ir`` graph seen as elementwise ops (:class:`~mstransform.passes.sites.computed.ElementwiseGraph`):
     ONNX's own op names, constants as numpy arrays, ``Cast`` to a float type and ``Dropout`` as ``Identity``."""
 
     def __init__(self, graph: ir.Graph):
@@ -174,7 +174,7 @@ def _composite_match(c: Composite) -> ActivationMatch:
 
 class CompositeRule(Rule):
     """Any spelling of a catalogue activation, accepted by what it computes
-    (:mod:`mstransform.passes.composites`): ``x * Sigmoid(1.702 * x)``, ``x / (1 + Exp(-x))``, a tanh GELU with
+    (:mod:`mstransform.passes.sites.computed`): ``x * Sigmoid(1.702 * x)``, ``x / (1 + Exp(-x))``, a tanh GELU with
     its constants folded or reassociated, ``x * Min(Relu(x + 3), 6) / 6``. Anchored at any op of :data:`~mstransform.core.activations.ANCHORS`."""
 
     kinds = tuple(KINDS)

@@ -11,7 +11,7 @@ read from outside by making it an output of that body, level by level up to the 
   it stacked over iterations: one more leading axis (``levels`` counts them).
 
 :func:`lifting` does this for the lifetime of one session and undoes it exactly afterwards, like
-:func:`mstransform.passes.expose.exposed`.
+:func:`mstransform.passes.graph.expose.exposed`.
 """
 from __future__ import annotations
 

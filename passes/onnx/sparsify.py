@@ -40,9 +40,9 @@ from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, Precondi
 from mstransform.core.options import Formulation, Placement, Selection
 from mstransform.core.params import SiteParams
 from mstransform.core.typed import typed
-from mstransform.passes.bounds import exclusive_bounds
-from mstransform.passes.sites import Site
-from mstransform.passes.sparsify_match import guarded
+from mstransform.passes.onnx.bounds import exclusive_bounds
+from mstransform.passes.onnx.recognise import guarded
+from mstransform.passes.sites.finder import Site
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 
@@ -95,7 +95,7 @@ class InsertSparsifyPass(InPlacePass):
         self.placement, self.selection = Placement(placement), selection
 
     def _targets(self, model: ir.Model) -> list[tuple[Site, Operator]]:
-        from mstransform.passes.onnx_view import find_sites
+        from mstransform.passes.sites.onnx_finder import find_sites
 
         found = find_sites(model, self.placement, self.selection).by_name()
         return [(found[name], op) for name, op in self.operators.items() if name in found]

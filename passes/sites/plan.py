@@ -19,7 +19,7 @@ from mstransform.core.errors import ModelError, StatsError, UsageError
 from mstransform.core.options import AlphaPlan, Center, Mode, Selection
 from mstransform.core.params import SiteParams, site_params
 from mstransform.core.stats import Stats
-from mstransform.passes.sites import Site, SiteTable
+from mstransform.passes.sites.finder import Site, SiteTable
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ pass gives a model those types, the way the common converters do (onnxconverter-
   before each output, so callers feed and read the same arrays as before;
 * inputs that ONNX requires in float32 whatever the model's type (``Resize`` scales) keep it.
 
-Run it *before* :class:`~mstransform.passes.sparsify.InsertSparsifyPass` and the sparsify
+Run it *before* :class:`~mstransform.passes.onnx.sparsify.InsertSparsifyPass` and the sparsify
 constants are made in the target type straight from the float64 statistics, so ``|x - mu|``
 and its comparison run in the model's own precision, one rounding from the statistics.
 A second run changes nothing.
@@ -27,7 +27,7 @@ from onnx_ir.passes import FunctionalPass, InPlacePass, PassResult, Postconditio
 
 from mstransform.core.errors import ModelError
 from mstransform.core.options import Precision
-from mstransform.passes.prepare import DropInferredPass, reprepared
+from mstransform.passes.graph.load import DropInferredPass, reprepared
 
 FLOAT = ir.DataType.FLOAT
 _TYPES = {Precision.FP16: ir.DataType.FLOAT16, Precision.BF16: ir.DataType.BFLOAT16}
