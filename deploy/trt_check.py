@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from mstransform.passes.sparsify_match import find_sparsify_ops
+from mstransform.passes.onnx.recognise import find_sparsify_ops
 
 TABLE = Path(__file__).parent / "data" / "trt_onnx_ops.json"
 LATER = {"11": Path(__file__).parent / "data" / "trt_onnx_11.json"}  # generations stated as changes to a table

@@ -27,7 +27,7 @@ from pathlib import Path
 from mstransform.core.errors import DependencyError, ModelError, UsageError
 from mstransform.core.fileio import atomic_output
 from mstransform.core.guards import check_outputs
-from mstransform.passes.references import with_references
+from mstransform.passes.graph.external_data import with_references
 
 
 @dataclass(frozen=True)
