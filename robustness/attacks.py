@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mstransform.core.errors import DataError, DependencyError, UsageError
+from mstransform.core.errors import DataError, DependencyError, UsageError, VerificationError
 from mstransform.core.options import DEFAULT_ATTACKS, MAX_BATCH, MAX_ITERS, Device, Runtime, check_count, choice
 from mstransform.robustness.chunks import Work, accuracy, blank, chunk_ranges, chunk_seed, encode
+from mstransform.runtime.accuracy import is_class_scores, not_class_scores
 from mstransform.runtime.data import DataSource
 from mstransform.runtime.session import check_runtime_choice, open_session, providers_for, run_step
 
@@ -96,10 +97,10 @@ def check_classifier(session, x: np.ndarray, y: np.ndarray) -> None:
     """Refuse a model whose first output is not a score per class for the labels given."""
     out = session.get_outputs()[0]
     name = session.get_inputs()[0].name
-    logits = run_step(session, [out.name], {name: x[:1]}, DataError, "a first classification of the data")[0]
-    if logits.ndim != 2:
-        raise DataError(f"output {out.name!r} has shape {list(logits.shape)}, not (batch, classes): "
-                        "evaluation needs class scores")
+    logits = np.asarray(run_step(session, [out.name], {name: x[:1]}, DataError,
+                                 "a first classification of the data")[0])
+    if not is_class_scores(logits, 1):
+        raise not_class_scores(out.name, logits, "evaluation")
     if int(y.max()) >= logits.shape[1]:
         raise DataError(f"label {int(y.max())} is outside the model's {logits.shape[1]} classes")
 
@@ -165,10 +166,12 @@ def _check_budget(adv: np.ndarray, x: np.ndarray, cfg: AttackConfig, name: str) 
     delta = (adv - x).reshape(len(x), -1)
     size = np.abs(delta).max(1) if cfg.norm == "Linf" else np.sqrt((delta.astype(np.float64) ** 2).sum(1))
     if np.any(size > cfg.eps * (1 + 1e-4) + 1e-6) or adv.min() < -1e-6 or adv.max() > 1 + 1e-6:
-        raise RuntimeError(f"attack {name} left the threat model (max size {size.max():.4g} > eps {cfg.eps})")
+        raise VerificationError(f"attack {name} left the threat model (largest perturbation {size.max():.4g}, eps "
+                                f"{cfg.eps}; pixels in [{adv.min():.4g}, {adv.max():.4g}]): its accuracy would not "
+                                "count; check the attack library's version")
 
 
-def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, progress=None,
+def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, log=None,
                    threads: int | None = None, device: Device | str | None = None,
                    runtime: Runtime | str = Runtime.ONNXRUNTIME, chunks=None, store=None,
                    index: int = 0, work=None) -> ModelResult:
@@ -180,10 +183,11 @@ def evaluate_model(label: str, path, x: np.ndarray, y: np.ndarray, cfg: AttackCo
     ``chunks``: the ``(start, stop)`` image ranges to attack (default: all of ``x`` in chunks of
     ``cfg.batch_size``); each is seeded from ``(cfg.seed, start)`` (:mod:`~.chunks`). ``store``: a
     :class:`~.chunks.ChunkStore` that finished chunks are read from and written to, as model ``index``.
-    ``work``: the :class:`~.chunks.Work` whose bar counts the chunks (default: a bar of this model's own)."""
+    ``work``: the :class:`~.chunks.Work` whose bar counts the chunks (default: a bar of this model's own).
+    ``log`` (a callable taking one line) hears the model's accuracies."""
     check_runtime_choice(runtime, device)
     with _full_precision():
-        return _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, chunks, store, index, work)
+        return _evaluate(label, path, x, y, cfg, log, threads, device, runtime, chunks, store, index, work)
 
 
 @contextlib.contextmanager
@@ -199,7 +203,7 @@ def _full_precision():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, chunks, store, index, work) -> ModelResult:
+def _evaluate(label, path, x, y, cfg, log, threads, device, runtime, chunks, store, index, work) -> ModelResult:
     import torch
 
     from mstransform.robustness.twin import OnnxTwin
@@ -242,8 +246,8 @@ def _evaluate(label, path, x, y, cfg, progress, threads, device, runtime, chunks
         work.close()
     res.verdicts = {k: "".join(v) for k, v in verdicts.items()}
     res.accuracy = {k: accuracy(v) for k, v in res.verdicts.items()}
-    if progress:
-        progress(f"{label}: " + ", ".join(f"{k} {res.accuracy[k]:.2f}%" for k in cfg.attacks))
+    if log:
+        log(f"{label}: " + ", ".join(f"{k} {res.accuracy[k]:.2f}%" for k in cfg.attacks))
     return res
 
 

@@ -19,10 +19,18 @@ class Accuracy:
         return 100.0 * self.correct / max(self.total, 1)
 
 
-def is_class_scores(array: np.ndarray, samples: int, batch_axis: int | None = 0) -> bool:
-    """Whether ``array`` holds class scores: ``(samples, classes)`` floats, two classes or more."""
-    return (array.ndim == 2 and batch_axis == 0 and array.shape[0] == samples and array.shape[1] >= 2
+def is_class_scores(array: np.ndarray, samples: int | None = None, batch_axis: int | None = 0) -> bool:
+    """Whether ``array`` holds class scores: ``(samples, classes)`` floats, two classes or more (``samples``
+    None: one sample or more). The one test that ``run``, accuracy, ``eval``, calibration and the self-check apply."""
+    return (array.ndim == 2 and batch_axis == 0 and array.shape[1] >= 2
+            and (array.shape[0] >= 1 if samples is None else array.shape[0] == samples)
             and (array.dtype.kind == "f" or array.dtype.name == "bfloat16"))
+
+
+def not_class_scores(name: str, array: np.ndarray, needs: str) -> DataError:
+    """The error for an output ``name`` that :func:`is_class_scores` refused, where ``needs`` them."""
+    return DataError(f"output {name!r} has shape {list(array.shape)} ({array.dtype}), not (batch, classes) "
+                     f"floats with two classes or more: {needs} needs class scores")
 
 
 def check_labels(labels: np.ndarray, classes: int) -> None:
@@ -41,24 +49,21 @@ def score(scores: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, Ac
     return preds, Accuracy(int((preds == labels).sum()), int(len(labels)))
 
 
-def predict(session, batches, require_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Arg-max predictions of the first output and the labels (None if the data has none)."""
+def predict(session, batches) -> tuple[np.ndarray, np.ndarray]:
+    """Arg-max predictions of the first output and the labels; DataError where the data has none."""
     out = session.get_outputs()[0].name
     preds, labels = [], []
     for batch in batches:
-        if batch.labels is None and require_labels:
+        if batch.labels is None:
             raise DataError("evaluation data has no labels; add a 'labels' array (or use class sub-folders)")
         logits = np.asarray(run_step(session, [out], batch.inputs, DataError,
                                      f"inference, batch starting at sample {batch.start}")[0])
-        if logits.ndim != 2 or logits.shape[0] != len(batch):
-            raise DataError(f"output {out!r} has shape {list(logits.shape)}, not (batch, classes): "
-                            "accuracy needs class scores")
-        if batch.labels is not None:
-            check_labels(batch.labels, logits.shape[1])
-            labels.append(batch.labels)
+        if not is_class_scores(logits, len(batch)):
+            raise not_class_scores(out, logits, "accuracy")
+        check_labels(batch.labels, logits.shape[1])
+        labels.append(batch.labels)
         preds.append(logits.argmax(axis=1))
-    p = np.concatenate(preds)
-    return p, (np.concatenate(labels) if labels and sum(map(len, labels)) == len(p) else None)
+    return np.concatenate(preds), np.concatenate(labels)
 
 
 def accuracy(session, batches) -> Accuracy:

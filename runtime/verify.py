@@ -196,7 +196,7 @@ def agreement(base: dict[str, np.ndarray], hardened: dict[str, np.ndarray]) -> l
         diff = float(np.linalg.norm(h64[both] - b64[both]))
         change = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
         top1 = None
-        if b.ndim == 2 and b.shape[0] >= 1 and is_class_scores(b, b.shape[0]):
+        if is_class_scores(b):
             top1 = (int(np.count_nonzero(np.argmax(h64, axis=1) == np.argmax(b64, axis=1))), b.shape[0])
         out.append(Agreement(name, top1, change))
     return out
