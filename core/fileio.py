@@ -48,6 +48,8 @@ def atomic_output(path: str | Path):
     The temporary file is this call's own (a unique name), gets mode ``0666 & ~umask`` before
     the rename, and is removed on any failure. An OSError of the write (disk full, file-size
     limit, read-only file system) comes out as one OutputError line."""
+    if names_folder(path):  # before pathlib, which drops a trailing separator
+        raise OutputError(f"output path {os.fsdecode(path)} names a folder (it ends with a separator); give a file name")
     path = Path(path)
     target = resolved(path, "output path")
     st = _stat(target)
@@ -117,9 +119,9 @@ def publishing(output: str | Path, companions: tuple[str, ...] = (DATA_SUFFIX,))
     publishing the same output each check their own file; the last rename wins, whole: the
     renames of one output's files happen under an exclusive lock on its folder.
     """
+    if names_folder(output):  # before pathlib, which drops a trailing separator
+        raise OutputError(f"output path {os.fsdecode(output)} names a folder (it ends with a separator); give a file name")
     output = Path(output)
-    if names_folder(output):
-        raise OutputError(f"output path {output} names a folder (it ends with a separator); give a file name")
     folder = resolved(output.parent, "output folder")
     dest = folder / output.name  # a final symbolic link is replaced, never written through
     st = _stat(dest)

@@ -140,3 +140,14 @@ def test_publishing_without_companion_and_into_a_folder_name(tmp_path):
     with pytest.raises(OutputError, match="names a folder"):
         with fileio.publishing(tmp_path / "sub" / ".."):
             pytest.fail("the body must not run")  # pragma: no cover
+
+
+@pytest.mark.parametrize("suffix", ["/", "/.", "/.."])
+def test_a_name_that_can_only_be_a_folder_is_refused_before_pathlib_drops_its_separator(tmp_path, suffix):
+    """``Path("newdir/")`` is ``newdir``: the check reads the name as given, so nothing named ``newdir`` appears."""
+    target = str(tmp_path / "newdir") + suffix
+    for write in (fileio.publishing, fileio.atomic_output):
+        with pytest.raises(OutputError, match="names a folder"):
+            with write(target):
+                pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
