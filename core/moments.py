@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mstransform.core.errors import StatsError
+
 MAX_OFFSET_RATIO = 0.25  # (mean - shift)^2 / E[(x - shift)^2] above which a batch is summed again
 
 
@@ -79,7 +81,8 @@ class Moments:
         if self.count == 0:
             return other.copy()
         if self.channels != other.channels:
-            raise ValueError(f"cannot merge moments of {self.channels} and {other.channels} channels")
+            raise StatsError(f"cannot merge moments of {self.channels} and {other.channels} channels: "
+                             "measured at different sites or on differently shaped data")
         mean, m2 = chan_merge(self.count, self.mean, self.m2, other.count, other.mean, other.m2)
         total = self.count + other.count
         absmax = None if self.absmax is None or other.absmax is None else np.maximum(self.absmax, other.absmax)

@@ -191,12 +191,17 @@ class Stats:
             count = int(cols["site_counts"][i])
             if count <= 0:
                 raise StatsError(f"{origin}: site {name!r} has no samples")
-            moments = Moments(count, mean, var * count, absmax)
+            with np.errstate(over="ignore"):
+                m2 = var * count
+            if not np.all(np.isfinite(m2)):
+                raise StatsError(f"{origin}: site {name!r} has a variance too large for its {count} samples "
+                                 "(the sum of squares overflows float64); the file is corrupt")
+            moments = Moments(count, mean, m2, absmax)
             sites[name] = SiteStats(name, str(cols["site_feeds"][i]), str(cols["site_kinds"][i]), axis, rank,
                                     str(cols["site_dtypes"][i]), moments)
         try:
             selection = Selection.from_json(f.text("selection", "{}"))
-        except (json.JSONDecodeError, ValueError, TypeError, RecursionError) as e:
+        except (json.JSONDecodeError, ValueError, TypeError, OverflowError, RecursionError) as e:
             raise StatsError(f"{origin}: the selection record is not valid ({str(e)[:80]})") from None
         except MstError as e:  # a bad pattern inside the file
             raise StatsError(f"{origin}: the selection record holds {e}") from None
@@ -206,7 +211,7 @@ class Stats:
             raise f.fail("placement", f"names unknown placement {f.text('placement')[:40]!r}") from None
         unreached = tuple(str(x) for x in f.column("site_unreached", "U", optional=True))
         inputs = tuple(InputRecord(e["name"], e["dtype"], e["shape"], e["batch_axis"], e["value"]) for e in f.inputs())
-        return cls(f.text("fingerprint"), placement, sites, f.integer("samples", default=0), selection,
+        return cls(f.text("fingerprint"), placement, sites, f.count("samples", default=0), selection,
                    inputs, unreached, f.text("weights", ""))
 
     def merge(self, other: "Stats") -> "Stats":
@@ -301,8 +306,8 @@ class Stats:
                 "sites": {s.name: {"kind": s.kind, "tensor": s.feed, "axis": s.axis, "channels": s.channels,
                                    "count_per_channel": int(s.moments.count)} for s in self.sites.values()}}
 
-    def summary(self) -> str:
-        """What ``mstransform stats inspect`` prints."""
+    def format(self) -> str:
+        """The statistics for people (``mstransform stats inspect``): the file's identity, then one row per site."""
         lines = [f"format {FORMAT} v{VERSION}; model fingerprint {self.fingerprint}; "
                  f"placement {Placement(self.placement).value}",
                  f"{len(self.sites)} site(s) from {self.samples} sample(s); content sha256 {self.sha256()}"]

@@ -84,16 +84,16 @@ class Fields:
             raise self.fail(key, f"must be one string, not {_rank_words(a)} of {_kind(a)}")
         return str(a)
 
-    def integer(self, key: str, *, default: int | None = None, low: int = 0, high: int = MAX_SAMPLES) -> int:
-        """One integer in ``[low, high]`` (a 0-d integer array)."""
+    def count(self, key: str, *, default: int | None = None) -> int:
+        """One count in ``[0, MAX_SAMPLES]`` (a 0-d integer array)."""
         if key not in self.arrays and default is not None:
             return default
         a = self.raw(key)
         if a.ndim != 0 or a.dtype.kind not in "iu":
             raise self.fail(key, f"must be one integer, not {_rank_words(a)} of {_kind(a)}")
         value = int(a)
-        if not low <= value <= high:
-            raise self.fail(key, f"must be between {low} and {high}, got {value}")
+        if not 0 <= value <= MAX_SAMPLES:
+            raise self.fail(key, f"must be between 0 and {MAX_SAMPLES}, got {value}")
         return value
 
     def column(self, key: str, kind: str, length: int | None = None, *, optional: bool = False) -> np.ndarray:

@@ -72,6 +72,13 @@ def parse_shapes(spec: str | None, inputs: dict[str, tuple]) -> ShapeProfile | N
             raise UsageError(f"--shapes {part!r}: expected NAME:AxBxC/AxBxC/AxBxC") from None
         if len(triple) != 3:
             raise UsageError(f"--shapes {part!r}: expected three shapes MIN/OPT/MAX")
+        lo, opt, hi = triple
+        if len({len(lo), len(opt), len(hi)}) != 1:
+            raise UsageError(f"--shapes {part!r}: MIN, OPT and MAX must have the same rank")
+        if not all(1 <= a <= b <= c for a, b, c in zip(lo, opt, hi)):
+            raise UsageError(f"--shapes {part!r}: need 1 <= MIN <= OPT <= MAX in every dim")
+        if name in out:
+            raise UsageError(f"--shapes names input {name!r} twice")
         out[name] = triple
     return ShapeProfile(out)
 
@@ -131,6 +138,11 @@ def _configure(trt, builder, network, config, fp16: bool, bf16: bool, profile: S
     for tensor in dynamic:
         if tensor.name not in profile.shapes:
             raise UsageError(f"--shapes gives no shapes for dynamic input {tensor.name!r}")
+        dims = list(tensor.shape)
+        for given in profile.shapes[tensor.name]:
+            if len(given) != len(dims) or any(d >= 0 and g != d for g, d in zip(given, dims)):
+                raise UsageError(f"--shapes gives input {tensor.name!r} shape {'x'.join(map(str, given))}, which "
+                                 f"does not fit its dims {dims} (-1: dynamic)")
         opt_profile.set_shape(tensor.name, *profile.shapes[tensor.name])
     config.add_optimization_profile(opt_profile)
 

@@ -152,6 +152,11 @@ def test_parse_shapes():
     assert p.shapes["x"] == ((1, 3), (2, 3), (4, 3))
     with pytest.raises(UsageError):
         parse_shapes("8/1/64", {"input": (None, 3)})
+    for spec, words in [("x:1x3/2x3x1/4x3", "same rank"), ("x:0x3/2x3/4x3", "1 <= MIN <= OPT <= MAX"),
+                        ("x:1x3/2x3/4x-3", "1 <= MIN <= OPT <= MAX"), ("x:1x4/2x3/4x3", "1 <= MIN <= OPT <= MAX"),
+                        ("x:1x3/2x3/4x3,x:1x3/2x3/4x3", "twice")]:
+        with pytest.raises(UsageError, match=words):
+            parse_shapes(spec, {})
 
 
 def test_check_trt_knows_what_tensorrt_11_removed(hardened, cli):

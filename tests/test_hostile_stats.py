@@ -164,6 +164,7 @@ FIELD_CASES = [
     ("placement an array", {"placement": np.array(["activations", "activations"])}, 4, "placement"),
     ("selection an array", {"selection": np.array(["{}", "{}"])}, 4, "selection"),
     ("selection a number", {"selection": np.array(3)}, 4, "selection"),
+    ("selection axis Infinity", {"selection": np.array('{"axes": {"Relu_0": Infinity}}')}, 4, "selection"),
     ("site_names of rank 2", {"site_names": "RANK2"}, 4, "site_names"),
     ("site_names numbers", {"site_names": "NUMBERS"}, 4, "site_names"),
     ("site_feeds numbers", {"site_feeds": "NUMBERS"}, 4, "site_feeds"),
@@ -179,6 +180,7 @@ FIELD_CASES = [
     ("var complex", {"var/0": "COMPLEX"}, 4, "var/0"),
     ("absmax booleans", {"absmax/0": "BOOLS"}, 4, "absmax/0"),
     ("mean empty", {"mean/0": np.zeros(0), "var/0": np.zeros(0)}, 4, "mean/0"),
+    ("var overflowing its sample count", {"var/0": "VAST"}, 4, "variance too large"),
     ("version a string", {"version": np.array("2")}, 4, "version"),
 ]
 
@@ -190,7 +192,7 @@ def _mutated(arrays: dict, change: dict) -> dict:
             old = arrays[key]
             value = {"RANK2": lambda: old.reshape(1, -1), "NUMBERS": lambda: np.arange(len(old)),
                      "FLOATS": lambda: old.astype(np.float64) + 0.5, "STRINGS": lambda: old.astype(str),
-                     "HUGE": lambda: np.full(len(old), 10**9, np.int64),
+                     "HUGE": lambda: np.full(len(old), 10**9, np.int64), "VAST": lambda: np.full(len(old), 1e308),
                      "COMPLEX": lambda: old.astype(np.complex128),
                      "BOOLS": lambda: np.ones(len(old), bool)}[value]()
         out[key] = value

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from conftest import U32, tiny_model
 
-from mstransform.core.errors import StatsError
+from mstransform.core.errors import ModelError, StatsError
 from mstransform.core.moments import Moments
 from mstransform.core.options import AlphaPlan, Center, Mode, Placement, Selection
 from mstransform.core.stats import SiteStats, Stats
@@ -157,7 +157,7 @@ def test_exposed_reads_an_if_branch_value_and_restores_the_model():
     before = serialized(model)
     inner = value(model, "doubled")
     with exposed(model, [inner, model.graph.outputs[0]], fills=[np.full((2, 3), -7, np.float32), None]) as seen:
-        assert seen.levels == {"doubled": 0, "y": 0} and seen.names["y"] == "y"
+        assert (seen.levels_of(inner), seen.levels_of(model.graph.outputs[0])) == (0, 0) and seen.names["y"] == "y"
         s = session(model)
         taken, y = s.run([seen.names["doubled"], "y"], {"cond": np.array(True), "x": X})
         skipped, y_else = s.run([seen.names["doubled"], "y"], {"cond": np.array(False), "x": X})
@@ -179,6 +179,22 @@ def test_lifting_a_loop_value_stacks_it_over_iterations_and_restores_the_model()
     x = X[0].astype(np.float64)
     np.testing.assert_array_equal(stacked, np.stack([2 * (k + 2) * x for k in range(3)]))
     np.testing.assert_array_equal(final, 4 * x)
+    assert serialized(model) == before
+
+
+def test_lifting_out_of_a_custom_operators_body_is_a_model_error_and_restores_the_model():
+    """Only If, Loop and Scan can hand a body's value out: another op's body is refused in one line."""
+    body = oh.make_graph([node("Relu", ["x"], ["inner"])], "body", [],
+                         [oh.make_tensor_value_info("inner", onnx.TensorProto.FLOAT, None)])
+    proto = tiny_model([oh.make_node("Fused", ["x"], ["y"], name="fused", domain="my.ops", body=body)],
+                       [("x", [2, 3])], [("y", [2, 3])])
+    proto.opset_import.append(oh.make_opsetid("my.ops", 1))
+    model = model_of(proto)
+    before = serialized(model)
+    with pytest.raises(ModelError, match="body of my.ops::Fused node 'fused'") as e:
+        with lifting(model, [value(model, "inner")]):
+            pass
+    assert "\n" not in str(e.value)
     assert serialized(model) == before
 
 

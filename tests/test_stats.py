@@ -227,6 +227,13 @@ def test_moments_merge_is_exact_against_numpy():
     np.testing.assert_allclose(m.var, data.var(axis=(0, 2)), rtol=1e-9)
 
 
+def test_moments_of_different_channel_counts_do_not_merge():
+    a = Moments(4, np.zeros(3), np.ones(3))
+    with pytest.raises(StatsError, match="3 and 2 channels") as e:
+        a.merge(Moments(4, np.zeros(2), np.ones(2)))
+    assert "\n" not in str(e.value)
+
+
 def test_stats_file_round_trip_and_schema(export_dir, tmp_path):
     path = exported("silu", "legacy-17-folded", export_dir)
     stats = mst.calibrate(path, {"input": random_inputs("silu", 8)}, progress=False)
@@ -254,8 +261,9 @@ def test_pickled_stats_are_refused(tmp_path):
 
 
 def test_torchrun_ranks_merge_into_one_pass(tmp_path):
-    """Two gloo ranks under torchrun, each calibrating every other batch, gathered on rank 0: the same
-    statistics as one process, within twice the in-graph bound (the batches are the same, the shifts differ)."""
+    """`mstransform calibrate` under torchrun: two gloo ranks, each calibrating every other batch, gathered on
+    rank 0: the same statistics as one process, within twice the in-graph bound (the batches are the same, the
+    shifts differ)."""
     import subprocess
     import sys
 
@@ -269,9 +277,10 @@ def test_torchrun_ranks_merge_into_one_pass(tmp_path):
         port = str(sock.getsockname()[1])
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("PYTEST", "OMP"))}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
-                        "-m", "mstransform.runtime.distributed", str(model), str(data), str(out), "--limit", "256",
-                        "--batch-size", "32"], capture_output=True, text=True, env=env, timeout=300)
+                        "-m", "mstransform", "calibrate", str(model), "--data", str(data), "-o", str(out), "--limit",
+                        "256", "--batch-size", "32"], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("wrote") == 1  # rank 0 alone writes and says so
     merged, one = Stats.load(out), mst.calibrate(model, data, limit=256, batch_size=32, progress=False)
     assert merged.samples == one.samples == 256
     for name, s in one.sites.items():
@@ -297,7 +306,7 @@ def test_extent_is_measured_only_when_asked_and_forged_mode_says_so(tmp_path, ex
     plain.save(tmp_path / "s.npz")
     again = Stats.load(tmp_path / "s.npz")
     assert all(s.moments.absmax is None for s in again.sites.values())
-    assert "|x|max" in again.summary() and mst.harden_model(path, again, alpha=0.2).sites
+    assert "|x|max" in again.format() and mst.harden_model(path, again, alpha=0.2).sites
     with pytest.raises(StatsError, match="no max \\|x\\|"):
         mst.harden_model(path, again, alpha=0.2, mode="forged")
     linear = mst.calibrate(path, {"input": x}, batch_size=8, progress=False, placement="linear-inputs")

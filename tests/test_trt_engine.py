@@ -199,6 +199,17 @@ def test_unusable_timing_cache_stops_before_the_build(major, case, standin, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trt.cache"]
 
 
+@pytest.mark.parametrize("shapes, words", [
+    ("input:1x1x28/8x1x28/64x1x28", "does not fit its dims"),
+    ("input:1x3x28x28/8x3x28x28/64x3x28x28", "does not fit its dims"),
+], ids=["rank", "fixed-dim"])
+def test_shapes_that_do_not_fit_the_network_stop_before_the_build(shapes, words, standin, tmp_path, cli):
+    st = standin("10")
+    r = cli("engine", EXAMPLE / "model.onnx", "-o", tmp_path / "m.plan", "--shapes", shapes)
+    assert r.code == 2 and r.err.count("\n") == 1 and words in r.err and "'input'" in r.err, r.err
+    assert ("build",) not in st.calls and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("scenario", [{"build_fails": True}, {"lose_cache": True}])
 def test_failed_build_or_lost_cache_writes_nothing(scenario, standin, tmp_path):
     from mstransform.core.errors import ModelError

@@ -9,7 +9,7 @@ name, stacked over loop iterations, or empty where its branch did not run.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult, PostconditionError
@@ -48,13 +48,12 @@ class ExposeValuesPass(InPlacePass):
 
 @dataclass(frozen=True)
 class Exposure:
-    """Where to read each exposed value: ``names[v.name]`` is the output to fetch, ``levels[v.name]``
+    """Where to read each exposed value: ``names[v.name]`` is the output to fetch; :meth:`levels_of` gives
     the loop axes stacked in front of it (0 in the main graph or under ``If`` only). Two bodies may hold
     values of one name: :meth:`name_of` and :meth:`levels_of` look a value up by identity."""
 
     names: dict[str, str]
-    levels: dict[str, int]
-    by_value: dict[int, tuple[str, int]] = field(default_factory=dict)  # id(value) -> (output name, levels)
+    by_value: dict[int, tuple[str, int]]  # id(value) -> (output name, levels)
 
     def name_of(self, value: ir.Value) -> str:
         return self.by_value[id(value)][0]
@@ -72,7 +71,6 @@ def exposed(model: ir.Model, values: list[ir.Value], fills: list | None = None):
         added = model.meta.pop(ADDED)
         try:
             yield Exposure({v.name: lv.value.name for v, lv in zip(values, lifted)},
-                           {v.name: lv.levels for v, lv in zip(values, lifted)},
                            {id(v): (lv.value.name, lv.levels) for v, lv in zip(values, lifted)})
         finally:
             for v in added:

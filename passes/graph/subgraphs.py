@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from mstransform.core.errors import ModelError
+
 CONTROL_FLOW = ("If", "Loop", "Scan")
 
 
@@ -110,7 +112,8 @@ def _lift_once(value: ir.Value, node: ir.Node, attr: str, fill: np.ndarray | Non
                     node.attributes[key] = ir.AttrInt64s(key, [*old.as_ints(), 0])
                     undo.steps.append(lambda key=key, old=old: node.attributes.__setitem__(key, old))
     else:
-        raise ValueError(f"cannot lift a value out of a {node.op_type} body")
+        raise ModelError(f"cannot read a value inside the {attr} body of {node.domain or 'ai.onnx'}::{node.op_type} "
+                         f"node {node.name!r}: only If, Loop and Scan bodies can hand a value out")
     before = len(node.outputs)
     node.resize_outputs(before + 1)
     out = node.outputs[-1]
@@ -139,7 +142,7 @@ def lifting(model: ir.Model, values: list[ir.Value], fills: list[np.ndarray | No
             v, levels, depth = value, 0, 0
             while v.graph is not model.graph:
                 if id(v.graph) not in owned:
-                    raise ValueError(f"value {value.name!r} is in a graph that no node of the model owns")
+                    raise ModelError(f"value {value.name!r} is in a graph that no node of the model owns")
                 node, attr = owned[id(v.graph)]
                 fill_here = None if fill is None else (fill if levels == 0 else None)
                 v, added = _lift_once(v, node, attr, fill_here, undo, f"{k}/{depth}")
