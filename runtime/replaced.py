@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mstransform.core.errors import ModelError
+from mstransform.core.operator import in_band
 from mstransform.core.options import AlphaPlan, Center, Mode
 from mstransform.core.stats import Stats
 from mstransform.passes.graph.expose import exposed
@@ -26,7 +27,7 @@ from mstransform.runtime.data import DataSource, Preprocess
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import open_session, run_step
 
-__all__ = ["SiteFraction", "band_counts", "replaced_fractions"]
+__all__ = ["SiteFraction", "replaced_fractions"]
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,6 @@ class SiteFraction:
     @property
     def fraction(self) -> float | None:
         return self.replaced / self.values if self.values else None
-
-
-def band_counts(x: np.ndarray, center: np.ndarray, threshold: np.ndarray, axis: int) -> int:
-    """How many values of ``x`` the operator replaces: ``|x - c| < t`` in ``x``'s type (strict ``<``)."""
-    shape = [1] * x.ndim
-    shape[axis] = -1
-    c = np.asarray(center, dtype=x.dtype).reshape(shape)
-    t = np.asarray(threshold, dtype=x.dtype).reshape(shape)
-    return int(np.count_nonzero(np.abs(x - c) < t))
 
 
 def replaced_fractions(model, stats: Stats, data, alpha: float | AlphaPlan, *, mode: Mode = Mode.MEANSPARSE,
@@ -79,7 +71,7 @@ def replaced_fractions(model, stats: Stats, data, alpha: float | AlphaPlan, *, m
             if x.size == 0:
                 continue
             axis = site.axis + seen.levels_of(site.feed)  # values stacked over loop iterations come first
-            counts[site.name][0] += band_counts(x, params.center, params.threshold, axis)
+            counts[site.name][0] += int(np.count_nonzero(in_band(x, params.center, params.threshold, axis)))
             counts[site.name][1] += x.size
     depth = {s.name: i for i, s in enumerate(table)}
     return [SiteFraction(depth[site.name], site.name, site.kind, int(params.center.shape[0]),

@@ -165,6 +165,21 @@ def test_forced_check_refuses_an_operator_that_is_not_the_papers_on_its_own_inpu
         _one_operator([0.3, 0.1, 0.9, -2.0], [0.3, 0.1, 0.9, -2.0], y_impl=y)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_in_band_is_the_operators_strict_test_in_the_values_type(dtype):
+    """core.operator.in_band: |x - c| < t per channel along an axis, in x's type; the edge itself is kept."""
+    from mstransform.core.operator import in_band, sparsify
+
+    x = np.array([[[0.5, 0.25], [1.0, 3.5]], [[-0.5, 0.5], [2.0, 2.9]]], dtype)  # (2, 2, 2): channels on axis 1
+    c, t = np.array([0.0, 3.0]), np.array([0.5, 1.0])
+    want = np.array([[[False, True], [False, True]], [[False, False], [False, True]]])
+    np.testing.assert_array_equal(in_band(x, c, t, 1), want)
+    np.testing.assert_array_equal(in_band(x, c.reshape(1, 2, 1), t.reshape(1, 2, 1), None), want)
+    y = sparsify(x, c, t, 1)
+    assert y.dtype == x.dtype
+    np.testing.assert_array_equal(y, np.where(want, c.reshape(1, 2, 1).astype(dtype), x))
+
+
 @pytest.mark.parametrize("label", ["legacy-17-folded", "dynamo-20-folded"])
 @pytest.mark.parametrize("name", ["resnet", "mobilenet", "vit"])
 def test_alpha_zero_is_bit_identical(name, label, export_dir, tmp_path, calib_cache):
