@@ -1,11 +1,10 @@
 """Calibration and evaluation across processes with ``torch.distributed``: every rank measures its
-shard of the batches, rank 0 gathers the moments and merges them with Chan's rule (calibration), or
-the ranks overlay their per-image verdicts (``mstransform eval`` and ``sweep`` under ``torchrun``).
+shard of the batches, rank 0 gathers the moments and merges them with Chan's rule (``mstransform
+calibrate`` under ``torchrun``), or the ranks overlay their per-image verdicts (``mstransform eval``
+and ``sweep`` under ``torchrun``). The command line is the same as in one process::
 
-Launch::
-
-    torchrun --nproc-per-node 2 -m mstransform.runtime.distributed MODEL DATA OUT [--batch-size B]
-    torchrun --nproc-per-node 8 -m mstransform.runtime.distributed MODEL DATA OUT --device cuda
+    torchrun --nproc-per-node 2 -m mstransform calibrate MODEL --data DATA -o OUT [--batch-size B]
+    torchrun --nproc-per-node 8 -m mstransform calibrate MODEL --data DATA -o OUT --device cuda
 
 On the CPU the ranks talk over gloo. With ``--device cuda`` each rank takes the GPU of its
 ``LOCAL_RANK`` (ONNX Runtime's CUDA provider with that ``device_id``), the ranks talk over NCCL,
@@ -17,7 +16,6 @@ single-process run up to float64 rounding of the merge order.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 
@@ -130,40 +128,26 @@ def barrier() -> None:
     dist.barrier()
 
 
-def main(argv=None) -> int:
-    import torch.distributed as dist
+def calibrate_ranks(measure, *, shard=None, device=None, threads=None):
+    """The stats of ``measure(shard=, providers=, threads=)`` (a calibration over this process's batches).
 
-    from mstransform.runtime.calibrate import calibrate_onnx
+    In one process: ``measure`` on ``shard``. Under ``torchrun``: each rank measures batches ``rank, rank +
+    world, ...`` (one intra-op thread unless ``threads`` or ``OMP_NUM_THREADS`` says otherwise), and rank 0
+    returns the merge of every rank's stats; the other ranks return None."""
+    from mstransform.core.errors import UsageError
+    from mstransform.core.options import Device, choice
+    from mstransform.runtime.session import providers_for
 
-    ap = argparse.ArgumentParser(description="calibrate under torchrun (gloo on the CPU, NCCL on GPUs)")
-    ap.add_argument("model")
-    ap.add_argument("data")
-    ap.add_argument("output")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--limit", type=int)
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--extent", action="store_true", help="also measure max |x| (forged mode)")
-    a = ap.parse_args(argv)
-    providers = None
-    if a.device == "cuda":
-        import torch
+    if launched() is None:
+        return measure(shard=shard, providers=providers_for(device), threads=threads)
+    if shard is not None:
+        raise UsageError("under torchrun each process calibrates its rank's batches; leave --shard out", param="shard")
+    cuda = device is not None and choice(Device, device, "device") is Device.CUDA
+    with process_group(cuda=cuda) as (rank, world):
+        providers = providers_for(device)
+        if cuda:  # the rank's own GPU (process_group made it torch's current device)
+            import torch
 
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        providers = [("CUDAExecutionProvider", {"device_id": local_rank}), "CPUExecutionProvider"]
-    dist.init_process_group("nccl" if a.device == "cuda" else "gloo")
-    try:
-        rank, world = dist.get_rank(), dist.get_world_size()
-        local = calibrate_onnx(a.model, a.data, batch_size=a.batch_size, limit=a.limit, progress=False,
-                               shard=(rank, world), threads=1, providers=providers, extent=a.extent)
-        merged = gather_stats(local)
-        if merged is not None:
-            merged.save(a.output)
-            print(f"rank 0: merged {world} shard(s), {merged.samples} sample(s); wrote {a.output}")
-    finally:
-        dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+            providers = [("CUDAExecutionProvider", {"device_id": torch.cuda.current_device()}), "CPUExecutionProvider"]
+        threads = threads if threads is not None else int(os.environ.get("OMP_NUM_THREADS") or 1)
+        return gather_stats(measure(shard=(rank, world), providers=providers, threads=threads))

@@ -144,27 +144,29 @@ def fixed_batch(specs: list[InputSpec]) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def parse_batch_axes(specs: list[str] | None, param: str = "batch_axes") -> dict[str, int | None]:
-    """``NAME=AXIS`` or ``NAME=none`` strings as the command line takes them (``--batch-axis``); the same
-    input named twice is refused unless both give the same axis."""
+def parse_axes(specs: list[str] | None, param: str = "batch_axes", *, none: bool = True) -> dict[str, int | None]:
+    """``NAME=AXIS`` strings as the command line takes them (``--batch-axis``, ``--axis SITE=AXIS``), and
+    ``NAME=none`` where ``none`` allows it; the same name given twice is refused unless both give the same
+    axis. Errors name ``param``, which the command line reports as its flag."""
+    spelling = "NAME=AXIS or NAME=none" if none else "NAME=AXIS"
     out: dict[str, int | None] = {}
     for spec in specs or []:
         if not isinstance(spec, str):
             raise UsageError(f"holds {type(spec).__name__} {spec!r:.40}; expected NAME=AXIS strings", param=param)
         name, sep, text = spec.rpartition("=")
         if not sep or not name:
-            raise UsageError(f"{spec!r}: expected NAME=AXIS or NAME=none", param=param)
-        if text.strip().lower() == "none":
+            raise UsageError(f"{spec!r}: expected {spelling}", param=param)
+        if none and text.strip().lower() == "none":
             axis = None
         else:
             try:
                 axis = int(text)
             except ValueError:
-                raise UsageError(f"{spec!r}: expected NAME=AXIS with an integer axis, or NAME=none",
-                                 param=param) from None
+                integer = "NAME=AXIS with an integer axis" + (", or NAME=none" if none else "")
+                raise UsageError(f"{spec!r}: expected {integer}", param=param) from None
         if name in out and out[name] != axis:
             raise UsageError(f"{spec!r} conflicts with {name}={'none' if out[name] is None else out[name]} given "
-                             "before; give each input's batch axis once", param=param)
+                             f"before; give the axis of {name!r} once", param=param)
         out[name] = axis
     return out
 
@@ -175,9 +177,9 @@ def batch_axes_arg(value, param: str = "batch_axes") -> dict[str, int | None] | 
     if value is None:
         return None
     if isinstance(value, str):
-        return parse_batch_axes([value], param)
+        return parse_axes([value], param)
     if isinstance(value, (list, tuple)):
-        return parse_batch_axes(list(value), param)
+        return parse_axes(list(value), param)
     if not isinstance(value, Mapping):
         raise UsageError(f"must map input names to axes (or be NAME=AXIS), not {type(value).__name__}", param=param)
     out: dict[str, int | None] = {}

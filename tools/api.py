@@ -8,6 +8,7 @@ subclasses on bad input and never modifies its inputs.
 """
 from __future__ import annotations
 
+import functools
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from mstransform.passes.sites.plan import nothing_selected
 from mstransform.runtime.accuracy import Accuracy, accuracy, is_class_scores, score
 from mstransform.runtime.calibrate import SampleHead, calibrate_table
 from mstransform.runtime.data import DataSource, Preprocess
+from mstransform.runtime.distributed import calibrate_ranks
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.outputs import declared_outputs, gather_outputs
 from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, make_session, open_session,
@@ -64,7 +66,8 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
     linear-inputs placement, forged mode's own); it costs two more reads of every site tensor.
     ``batch_axes`` names, per input, the axis holding the samples, or None to pass that input whole
     with every batch (default: found from the model, :mod:`mstransform.runtime.inputs`). ``selection``
-    narrows the sites (include/exclude patterns, SE branches, channel-axis overrides).
+    narrows the sites (include/exclude patterns, SE branches, channel-axis overrides). Under ``torchrun``
+    each rank measures its batches and rank 0 returns the merged stats, the other ranks None.
     """
     placement = choice(Placement, placement, "placement")
     extent = placement is Placement.LINEAR_INPUTS if extent is None else bool(extent)
@@ -83,10 +86,10 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
                             include_se=selection.include_se, progress=progress, extent=extent)
     check_runtime_choice(runtime, device)
     m = load_model(model)
-    return calibrate_table(m, _find_sites(m, placement, selection), data, batch_size=batch_size, limit=limit,
-                           preprocess=preprocess, progress=progress, threads=threads, selection=selection,
-                           shard=shard, log=log, providers=providers_for(device), runtime=runtime, extent=extent,
-                           batch_axes=batch_axes)
+    measure = functools.partial(calibrate_table, m, _find_sites(m, placement, selection), data, batch_size=batch_size,
+                                limit=limit, preprocess=preprocess, progress=progress, selection=selection, log=log,
+                                runtime=runtime, extent=extent, batch_axes=batch_axes)
+    return calibrate_ranks(measure, shard=shard, device=device, threads=threads)  # under torchrun: rank 0's merge
 
 
 @checked

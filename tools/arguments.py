@@ -38,16 +38,20 @@ class Role:
     model: bool = False  # an ONNX model: the files it references are inputs too
 
 
-# Each path parameter (API) or flag destination (command line) by role.
+# Each path parameter (API) or flag destination (command line) by role: the one declaration of a path's
+# role. The command line checks every flag whose destination is here, for every command, before it runs.
 ROLES = {
     "model": Role(errors.ModelError, "model file", model=True),
     "models": Role(errors.ModelError, "model file", many=True, model=True),
+    "base": Role(errors.ModelError, "model file", model=True),  # bench
+    "hardened": Role(errors.ModelError, "model file", model=True),  # bench
     "data": Role(errors.DataError, "data", folder=True),
     "probe": Role(errors.DataError, "data", folder=True),
     "eval": Role(errors.DataError, "labelled data", folder=True),
     "stats": Role(errors.StatsError, "stats file"),
     "inputs": Role(errors.StatsError, "stats file", many=True),  # `stats merge`
     "paths": Role(errors.StatsError, "stats file", many=True),  # merge_stats
+    "reports": Role(errors.DataError, "report", many=True),  # `eval merge`
     "timing_cache": Role(OutputError, "timing cache"),  # read, and written back by TensorRT
     **{name: Role(OutputError, "output", output=True)
        for name in ("output", "stats_output", "save_stats", "json", "csv", "plot", "log_file")},

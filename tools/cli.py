@@ -34,7 +34,7 @@ def run(argv: list[str] | None = None) -> int:
     output = Output(quiet=bool({"-q", "--quiet"} & set(argv)), verbose=bool({"-v", "--verbose"} & set(argv)),
                     keep="--log-file" in argv)
     try:
-        from mstransform.tools.cli_parser import build_parser, with_default_command
+        from mstransform.tools.cli_parser import COMMANDS, build_parser, with_default_command
 
         parser = build_parser()
         try:
@@ -47,12 +47,11 @@ def run(argv: list[str] | None = None) -> int:
             parser.print_help()
             sys.stdout.flush()
             return 2
-        check_paths(args)
+        command = COMMANDS[args.command]
+        check_paths(args, command.models_out)
         if args.log_file is not None:
             output.log_to(args.log_file)
-        from mstransform.tools.commands import COMMANDS  # the API and its libraries: not for --version or --help
-
-        code = COMMANDS[args.command](args)
+        code = command.run(args)  # the API and its libraries are imported here: not for --version or --help
         sys.stdout.flush()  # a closed pipe or a full device is found here, not at interpreter exit
         sys.stderr.flush()
         return code
@@ -111,15 +110,16 @@ def roles(args) -> list:
             for p in _as_list(value) if isinstance(p, (str, os.PathLike))]
 
 
-def check_paths(args) -> None:
+def check_paths(args, models_out: tuple[str, ...] = ()) -> None:
     """Every path flag checked by its role before the command runs, by the check every API function
     runs first (:func:`~mstransform.tools.arguments.check_paths`): an input that is a FIFO, device or
     socket is refused unopened, one that cannot be read is an error of its class (missing inputs are
     left to the readers, which say it in their words); an output that ends in a separator, is an
-    input (or a file an input model references) or another output is refused."""
+    input (or a file an input model references) or another output is refused. ``models_out``: the
+    command's outputs that are ONNX models (:attr:`~mstransform.tools.cli_parser.Command.models_out`)."""
     from mstransform.tools.arguments import check_paths as check
 
-    check(path_flags(args), models_out=("output",) if args.command == "harden" else ())
+    check(path_flags(args), models_out=models_out)
 
 
 def _as_list(value) -> list:

@@ -1,8 +1,9 @@
-"""One function per command: turn flags into typed options, call one API function, print.
+"""One function per command: turn flags into typed options, call the API (:mod:`mstransform.tools.api`), print.
 
 Every path flag was checked by its role before the command runs (:func:`mstransform.tools.cli.check_paths`);
 only outputs the command line derives itself (harden's default output and stats file, which no flag
-names) are checked here. All other logic is in the API.
+names) are checked here. All other logic is in the API. Nothing heavy is imported before a command runs:
+the command table (:data:`mstransform.tools.cli_parser.COMMANDS`) imports this module for ``--help`` too.
 """
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ from pathlib import Path
 
 from mstransform.core.errors import UsageError
 from mstransform.core.fileio import write_json
-from mstransform.core.guards import check_outputs
 from mstransform.core.options import AlphaPlan, Selection
-from mstransform.passes.graph.external_data import with_references
 from mstransform.tools.logs import LOGGER, say
 
 
@@ -30,23 +29,18 @@ def _floats(text, flag: str):
     return values
 
 
-def _axes(specs) -> dict[str, int]:
-    out = {}
-    for spec in specs or []:
-        name, sep, axis = spec.rpartition("=")
-        if not sep:
-            raise UsageError(f"--axis {spec!r}: expected SITE=AXIS")
-        try:
-            out[name] = int(axis)
-        except ValueError:
-            raise UsageError(f"--axis {spec!r}: expected SITE=AXIS with an integer axis") from None
-    return out
+def _axes(specs, param: str) -> dict:
+    """``NAME=AXIS`` flags (``--axis``, ``--batch-axis``) by the one parser of that spelling; its errors name
+    ``param``, which the command line reports as the flag."""
+    from mstransform.runtime.inputs import parse_axes
+
+    return parse_axes(specs, param, none=param == "batch_axes")
 
 
 def _selection(a) -> Selection:
     """The site selection flags (``--include/--exclude/--include-se/--axis``) as one :class:`Selection`."""
     return Selection(a.include, a.exclude, getattr(a, "include_se", False),
-                     tuple(_axes(getattr(a, "axis", None)).items()))
+                     tuple(_axes(getattr(a, "axis", None), "axes").items()))
 
 
 def _shard(spec):
@@ -63,7 +57,7 @@ def _shard(spec):
 
 
 def _preprocess(a):
-    from mstransform.runtime.data import Preprocess
+    from mstransform.tools.api import Preprocess
 
     size = _floats(a.size, "--size")
     if size is not None and (len(size) != 2 or not all(1 <= v <= 16384 and v == int(v) for v in size)):
@@ -73,9 +67,7 @@ def _preprocess(a):
 
 
 def _batch_axes(a):
-    from mstransform.runtime.inputs import parse_batch_axes
-
-    return parse_batch_axes(getattr(a, "batch_axis", None))
+    return _axes(getattr(a, "batch_axis", None), "batch_axes")
 
 
 def _attack_config(a, attacks):
@@ -115,7 +107,7 @@ def _json(a, command: str, document: dict) -> None:
 
 
 def _site_fractions(a) -> int:
-    from mstransform.tools.site_view import format_fractions, plot_fractions, site_fractions
+    from mstransform.tools.site_view import site_fractions
 
     if a.data is None:
         raise UsageError("--stats needs --data: the stats hold each channel's mean and variance, not how many values "
@@ -124,9 +116,9 @@ def _site_fractions(a) -> int:
     rows = site_fractions(a.model, a.stats, a.data, AlphaPlan.parse(a.alpha), batch_size=a.batch_size, limit=a.limit,
                           preprocess=_preprocess(a), threads=a.threads, batch_axes=_batch_axes(a))
     print(f"values the operator replaces (|x - mean| < alpha * sigma), counted on {a.data}")
-    print(format_fractions(rows))
+    print(rows.format())
     if plot is not None:
-        plot_fractions(rows, plot, f"{Path(a.model).name}: replaced fraction per site")
+        rows.save(plot, f"{Path(a.model).name}: replaced fraction per site")
         print(f"wrote {plot}")
     return 0
 
@@ -140,6 +132,8 @@ def cmd_calibrate(a) -> int:
                           limit=a.limit,
                           preprocess=_preprocess(a), threads=a.threads, shard=_shard(a.shard), log=say,
                           device=a.device, runtime=a.runtime, extent=a.extent, batch_axes=_batch_axes(a))
+    if stats is None:  # under torchrun, a rank other than 0: rank 0 writes the merged stats
+        return 0
     stats.save(out)
     print(f"calibrated {len(stats)} site(s) on {stats.samples} sample(s) in {time.perf_counter() - t0:.1f} s; "
           f"wrote {out}")
@@ -151,7 +145,7 @@ def cmd_stats(a) -> int:
     from mstransform.tools import api
 
     if a.stats_command == "inspect":
-        print(api.load_stats(a.stats).summary())
+        print(api.load_stats(a.stats).format())
         return 0
     merged = api.merge_stats(a.inputs, a.output)
     print(f"merged {len(a.inputs)} file(s): {len(merged)} site(s), {merged.samples} sample(s); wrote {a.output}")
@@ -174,7 +168,7 @@ def cmd_harden(a) -> int:
                                        runtime=a.runtime, batch_axes=_batch_axes(a))
     if a.stats is None:
         stats_out = Path(a.save_stats) if a.save_stats else api.default_stats_output(output)
-        check_outputs([output, stats_out], [*with_references(model), a.data, a.eval], models=[output])
+        _check_derived(a, output, stats_out)
         t0 = time.perf_counter()
         done = api.calibrate_and_harden(model, a.data, output=output, stats_output=stats_out, alpha=alpha,
                                         mode=a.mode, center=a.center, formulation=a.formulation,
@@ -186,7 +180,7 @@ def cmd_harden(a) -> int:
               f"{time.perf_counter() - t0:.1f} s; wrote {done.stats_path}")
         report = done.report
     else:
-        check_outputs([output], [*with_references(model), a.stats, a.eval, a.data], models=[output])
+        _check_derived(a, output)
         report = api.harden(model, a.stats, output, alpha=alpha, mode=Mode(a.mode), center=a.center,
                             formulation=a.formulation, selection=_selection(a),
                             ignore_fingerprint=a.ignore_fingerprint, verify=not a.no_verify, threads=a.threads,
@@ -206,6 +200,15 @@ def cmd_harden(a) -> int:
                                       for label, acc in (("base", base), ("hardened", hard))}
     _json(a, "harden", document)
     return 0
+
+
+def _check_derived(a, output: Path, stats_output: Path | None = None) -> None:
+    """Harden's outputs that no flag may name (its default output and stats file) against its inputs, by the
+    check every path flag went through (:func:`mstransform.tools.arguments.check_paths`)."""
+    from mstransform.tools.arguments import check_paths
+
+    check_paths({"model": a.model, "stats": a.stats, "data": a.data, "eval": a.eval, "output": output,
+                 "stats_output": stats_output}, models_out=("output",))
 
 
 def cmd_check_trt(a) -> int:
@@ -269,51 +272,52 @@ def _outputs_line(result) -> str:
     return ", ".join(parts) or "none is a tensor"
 
 
-def cmd_eval(a) -> int:
-    from mstransform.tools.evaluation import evaluate
-
+def _parts(a):
+    """Where eval and sweep keep finished chunks (beside their --json, else --csv report)."""
     from mstransform.tools.evaluation import parts_folder
 
     if a.shard is not None and a.json is None:
         raise UsageError("--shard needs --json: the shard's report is what `mstransform eval merge` reads")
+    return parts_folder(a.json, a.csv)
+
+
+def cmd_eval(a) -> int:
+    from mstransform.tools import api
+
+    parts = _parts(a)
     cfg = _attack_config(a, [x.strip() for x in a.attacks.split(",") if x.strip()])
-    report = evaluate(a.models, a.data, cfg, progress=say, threads=a.threads, device=a.device, runtime=a.runtime,
-                      shard=_shard(a.shard), parts=parts_folder(a.json, a.csv), fresh=a.fresh)
+    report = api.evaluate(a.models, a.data, cfg, log=say, threads=a.threads, device=a.device, runtime=a.runtime,
+                          shard=_shard(a.shard), parts=parts, fresh=a.fresh)
     if report.primary:
-        print(report.table())
-    report.write(a.json, a.csv)
+        print(report.format())
+    report.save(a.json, a.csv)
     return 0
 
 
 def cmd_eval_merge(a) -> int:
-    from mstransform.tools.evaluation import merge
+    from mstransform.tools import api
 
-    (out,) = check_outputs([a.output], a.reports)
-    report = merge(a.reports, out)
-    print(report.table())
-    print(f"merged {len(a.reports)} report(s); wrote {out}")
+    report = api.merge_eval(a.reports, a.output)
+    print(report.format())
+    print(f"merged {len(a.reports)} report(s); wrote {a.output}")
     return 0
 
 
 def cmd_sweep(a) -> int:
-    from mstransform.core.stats import load_stats
-    from mstransform.tools.sweep import sweep
+    from mstransform.tools import api
 
-    from mstransform.tools.evaluation import parts_folder
-
-    if a.shard is not None and a.json is None:
-        raise UsageError("--shard needs --json: the shard's report is what `mstransform eval merge` reads")
+    parts = _parts(a)
     cfg = _attack_config(a, ("apgd-ce", "bpda"))
-    report = sweep(a.model, load_stats(a.stats), a.data, list(_floats(a.alphas, "--alphas")), cfg,
-                   max_clean_drop=a.max_clean_drop, progress=say, threads=a.threads, device=a.device,
-                   shard=_shard(a.shard), parts=parts_folder(a.json, a.csv), fresh=a.fresh)
+    report = api.sweep(a.model, api.load_stats(a.stats), a.data, list(_floats(a.alphas, "--alphas")), cfg,
+                       max_clean_drop=a.max_clean_drop, log=say, threads=a.threads, device=a.device,
+                       shard=_shard(a.shard), parts=parts, fresh=a.fresh)
     if report.primary:
         print(f"sweep on {a.data} ({cfg.n} images, {cfg.norm} eps={cfg.eps:g}, APGD-CE {cfg.apgd_iters} iterations), "
               f"{report.seconds:.0f} s")
-        print(report.table())
+        print(report.format())
         if report.alpha > 0:
             print(f"apply: mstransform {a.model} --stats {a.stats} --alpha {report.alpha:g}")
-    report.write(a.json, a.csv, a.plot, f"{Path(a.model).name}: alpha sweep on {Path(a.data).name}")
+    report.save(a.json, a.csv, a.plot, f"{Path(a.model).name}: alpha sweep on {Path(a.data).name}")
     if a.plot and report.primary:
         print(f"wrote {a.plot}")
     return 0
@@ -321,43 +325,34 @@ def cmd_sweep(a) -> int:
 
 def cmd_plot(a) -> int:
     from mstransform.core.options import check_alpha
-    from mstransform.core.stats import load_stats
-    from mstransform.robustness.plots import plot_site_histogram
+    from mstransform.tools import api
 
     out = _path(a.output)
-    result = plot_site_histogram(a.model, load_stats(a.stats), a.data, a.site, a.channel, check_alpha(a.alpha),
-                                 out, a.limit)
+    result = api.plot_site_histogram(a.model, api.load_stats(a.stats), a.data, a.site, a.channel,
+                                     check_alpha(a.alpha), out, a.limit)
     print(f"{result.values} values; {100 * result.replaced:.1f}% fall in the blocked band; wrote {out}")
     return 0
 
 
 def cmd_bench(a) -> int:
+    from mstransform.core.options import Runtime, choice
+    from mstransform.tools import api
     from mstransform.tools.bench import bench
 
-    (out,) = check_outputs([a.json], [*with_references(a.base, a.hardened)])  # no role names base/hardened
     sizes = _floats(a.batch_sizes, "--batch-sizes")
     if not all(v == int(v) for v in sizes):
         raise UsageError(f"--batch-sizes {a.batch_sizes!r}: expected whole numbers, e.g. 1,8")
-    from mstransform.core.options import Runtime, choice
-    from mstransform.runtime.session import check_runtime_choice
-
+    providers = a.providers.split(",") if a.providers else None
     runtimes = [choice(Runtime, r.strip(), "runtime") for r in a.runtime.split(",")]
     for runtime in runtimes:  # every runtime checked before the first one runs
-        check_runtime_choice(runtime, a.device, a.providers.split(",") if a.providers else None)
+        api.check_runtime_choice(runtime, a.device, providers)
     reports = []
     for runtime in runtimes:
         report = bench(a.base, a.hardened, batch_sizes=[int(v) for v in sizes], runtime=runtime, device=a.device,
-                       providers=a.providers.split(",") if a.providers else None, threads=a.threads,
-                       warmup=a.warmup, rounds=a.rounds, runs=a.runs)
+                       providers=providers, threads=a.threads, warmup=a.warmup, rounds=a.rounds, runs=a.runs)
         print(report.table(), flush=True)
         reports.append(report.to_json())
-    if out is not None:
+    if a.json is not None:
         _json(a, "bench", {"reports": reports})
-        print(f"wrote {out}")
+        print(f"wrote {a.json}")
     return 0
-
-
-COMMANDS = {"sites": cmd_sites, "calibrate": cmd_calibrate, "stats": cmd_stats, "harden": cmd_harden,
-            "check-trt": cmd_check_trt, "engine": cmd_engine, "run": cmd_run, "eval": cmd_eval,
-            "eval-merge": cmd_eval_merge, "sweep": cmd_sweep,
-            "plot": cmd_plot, "bench": cmd_bench}
