@@ -25,6 +25,7 @@ import numpy as np
 
 from mstransform.core.errors import UsageError
 from mstransform.core.fileio import atomic_output, remove_quietly
+from mstransform.core.options import Runtime, choice
 
 NOT_HERE = "."
 
@@ -60,11 +61,12 @@ def chunk_ranges(n: int, batch: int, shard: tuple[int, int] | None = None) -> li
     return [(s, min(s + batch, n)) for k, s in enumerate(range(0, n, batch)) if k % world == i]
 
 
-def of_shard(progress, shard):
-    """``progress`` with each line marked as one shard's (its figures are over the shard's images only)."""
-    if progress is None or shard is None or shard[1] == 1:
-        return progress
-    return lambda line: progress(f"shard {shard[0]}/{shard[1]}: {line}")
+def of_shard(log, shard):
+    """``log`` (a callable taking one line) with each line marked as one shard's (its figures are over the
+    shard's images only)."""
+    if log is None or shard is None or shard[1] == 1:
+        return log
+    return lambda line: log(f"shard {shard[0]}/{shard[1]}: {line}")
 
 
 def chunk_seed(seed: int, start: int) -> int:
@@ -117,7 +119,7 @@ def run_key(cfg, models, data, runtime, device, **more) -> str:
     """What a chunk's verdicts depend on, as one digest (never the split: shards share chunk files).
     ``more``: anything else they depend on, as JSON-able values (a sweep's alphas and stats digest)."""
     doc = {"config": asdict(cfg), "models": [file_digest(m) for m in models], "data": file_digest(data),
-           "runtime": str(runtime or "onnxruntime"), "device": str(device or "cpu"), **more}
+           "runtime": choice(Runtime, runtime, "runtime").value, "device": str(device or "cpu"), **more}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -193,24 +195,26 @@ def describe_work(models: int, images: int, chunks: int, cfg) -> str:
 
 
 class Work:
-    """One progress bar over every model's chunks of an evaluation or a sweep (with tqdm's ETA), the work
-    ahead said first, and an estimate of the whole once the first chunk has been attacked."""
+    """One progress bar over every model's chunks of an evaluation or a sweep (with tqdm's ETA; ``progress``
+    False: none), and to ``log`` the work ahead first and an estimate of the whole once the first chunk has
+    been attacked."""
 
-    def __init__(self, models: int, images: int, chunks: int, cfg, say=None):
+    def __init__(self, models: int, images: int, chunks: int, cfg, log=None, progress: bool = True):
         from tqdm.auto import tqdm
 
-        self.say, self.total, self.timed = say, models * chunks, None
-        if say:
-            say(describe_work(models, images, chunks, cfg))
-        self.bar = tqdm(total=self.total, desc="evaluating", unit="chunk", leave=False, disable=None)
+        self.log, self.total, self.timed = log, models * chunks, None
+        if log:
+            log(describe_work(models, images, chunks, cfg))
+        self.bar = tqdm(total=self.total, desc="evaluating", unit="chunk", leave=False,
+                        disable=None if progress else True)
 
     def chunk_done(self, seconds: float | None) -> None:
         """One chunk finished: ``seconds`` it took to attack, or None where it was read from a kept chunk."""
-        if seconds is not None and self.timed is None and self.say:
+        if seconds is not None and self.timed is None and self.log:
             self.timed = seconds
             left = self.total - self.bar.n - 1
             with self.bar.external_write_mode():
-                self.say(f"estimate: about {_duration(seconds * left)} for the {left} chunk(s) left "
+                self.log(f"estimate: about {_duration(seconds * left)} for the {left} chunk(s) left "
                          f"(the first took {seconds:.1f} s)")
         self.bar.update()
 

@@ -17,8 +17,18 @@ from mstransform.runtime.site_values import site_channel_values
 
 @dataclass
 class HistogramResult:
+    """What the histogram of one site's channel counted: its values and the fraction the operator replaces."""
+
     values: int
     replaced: float
+
+    def format(self) -> str:
+        """The count for people, in one line."""
+        return f"{self.values} values; {100 * self.replaced:.1f}% fall in the blocked band"
+
+    def to_dict(self) -> dict:
+        """The count for machines."""
+        return {"values": self.values, "replaced": self.replaced}
 
 
 def plot_site_histogram(model, stats: Stats, data, site: str, channel: int, alpha: float, path,
@@ -57,9 +67,7 @@ def plot_histogram(values: np.ndarray, mean: float, sigma: float, alpha: float, 
     axes[0].set_title(title)
     axes[1].set_xlabel("feature value")
     fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
     return replaced
 
 
@@ -85,9 +93,14 @@ def sweep_figure(rows: list[SweepRow], title: str = ""):
 
 
 def plot_sweep(rows: list[SweepRow], path, title: str = "") -> None:
+    """The sweep's figure (:func:`sweep_figure`) as a PNG at ``path``."""
+    save_png(sweep_figure(rows, title), path)
+
+
+def save_png(fig, path) -> None:
+    """``fig`` as a PNG at ``path``, written whole or not at all; the figure is closed."""
     import matplotlib.pyplot as plt
 
-    fig = sweep_figure(rows, title)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

@@ -18,6 +18,7 @@ from mstransform.robustness.chunks import NOT_HERE, accuracy, overlay
 
 
 def format_table(results: list[ModelResult]) -> str:
+    """The models side by side: clean, each attack's and worst-case accuracy, and the twin check's figures."""
     cols = ["clean", *[a for a in ATTACKS if any(a in r.accuracy for r in results)], "worst-case"]
     head = ["model", "n", *cols, "twin rel.diff", "edge flips"]
     rows = [[r.label, str(r.n), *[f"{r.accuracy[c]:.2f}" if c in r.accuracy else "-" for c in cols],
@@ -27,20 +28,22 @@ def format_table(results: list[ModelResult]) -> str:
                      for row in [head, *rows])
 
 
-def write_reports(results: list[ModelResult], cfg: AttackConfig, json_path=None, csv_path=None, extra=None) -> None:
-    if json_path:
-        payload = {"config": asdict(cfg), "results": [asdict(r) for r in results], **(extra or {})}
-        with atomic_output(json_path) as tmp:
-            Path(tmp).write_text(json.dumps(payload, indent=2) + "\n")
-    if csv_path:
-        keys = sorted({k for r in results for k in r.accuracy})
-        with atomic_output(csv_path) as tmp:
-            with open(tmp, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["model", "path", "n", "eps", "norm", *keys])
-                for r in results:
-                    w.writerow([r.label, r.path, r.n, cfg.eps, cfg.norm, *[f"{r.accuracy.get(k, float('nan')):.2f}"
-                                                                          for k in keys]])
+def save_json(path, document: dict) -> None:
+    """A report's JSON (``to_dict``) at ``path``, written whole or not at all."""
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(document, indent=2) + "\n")
+
+
+def save_csv(path, results: list[ModelResult], cfg: AttackConfig) -> None:
+    """One row per model: its label, path, images, threat model and every accuracy, written whole or not at all."""
+    keys = sorted({k for r in results for k in r.accuracy})
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["model", "path", "n", "eps", "norm", *keys])
+            for r in results:
+                w.writerow([r.label, r.path, r.n, cfg.eps, cfg.norm, *[f"{r.accuracy.get(k, float('nan')):.2f}"
+                                                                      for k in keys]])
 
 
 def read_report(path) -> dict:

@@ -20,7 +20,7 @@ the model at its operators:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -37,15 +37,22 @@ REL_TOL = 1e-4  # float32 re-association across kernels is ~1e-6 of scale; wrong
 
 @dataclass
 class TwinReport:
+    """What :func:`check_twin` proved: the operators it checked and the largest differences it allowed."""
+
     operators: int = 0
     max_rel_diff: float = 0.0  # continuous parts, relative to each tensor's scale
     flips: int = 0  # decisions that differ, all within rounding distance of the edge
     values: int = 0
     notes: list[str] = field(default_factory=list)
 
-    def summary(self) -> str:
+    def format(self) -> str:
+        """The check for people, in one line."""
         return (f"twin = deployed model: {self.operators} operator(s) exact on ORT's values, continuous parts within "
                 f"{self.max_rel_diff:.1e} of scale, {self.flips} edge flip(s) in {self.values} values")
+
+    def to_dict(self) -> dict:
+        """The check for machines."""
+        return asdict(self)
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

@@ -197,3 +197,43 @@ def test_plot_histogram(cli, example_hardened, tmp_path):
     assert r.code == 0, r.err
     frac = float(r.out.split("; ")[1].split("%")[0])
     assert 0 < frac < 100 and (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_eval_and_sweep_results_print_serialise_and_save_alike(example_hardened, tmp_path):
+    """Every result has format() for people and to_dict() for machines; a report's save() writes that dict;
+    ``progress`` is a bool (the bar) and ``log`` hears the lines, as in calibrate."""
+    from mstransform.robustness.attacks import AttackConfig
+
+    cfg = AttackConfig(n=8, batch_size=8, apgd_iters=1, attacks=("apgd-ce",))
+    heard = []
+    report = mst.evaluate([MODEL], EXAMPLE / "test.npz", cfg, progress=False, log=heard.append)
+    assert heard[0].startswith("work ahead") and any(line.startswith("model: apgd-ce") for line in heard)
+    assert "eps=0.1, 8 images" in report.format() and report.format().splitlines()[1].split()[:2] == ["model", "n"]
+    report.save(json_path=tmp_path / "e.json", csv_path=tmp_path / "e.csv")
+    assert json.loads((tmp_path / "e.json").read_text()) == json.loads(json.dumps(report.to_dict()))
+    assert [r["model"] for r in csv.DictReader(open(tmp_path / "e.csv"))] == ["model"]
+
+    stats = mst.load_stats(example_hardened.stats)
+    heard.clear()
+    swept = mst.sweep(MODEL, stats, EXAMPLE / "val.npz", [0.2], cfg, progress=False, log=heard.append)
+    assert [line.split(":")[0] for line in heard if line.startswith("alpha ")] == ["alpha 0", "alpha 0.2"]
+    assert "chosen:" in swept.format() and swept.to_dict()["chosen_alpha"] == swept.alpha
+    swept.save(json_path=tmp_path / "s.json", csv_path=tmp_path / "s.csv")
+    assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(swept.to_dict()))
+
+    twin = check_twin(OnnxTwin(MODEL), MODEL, _test_images(8))
+    assert twin.format().startswith("twin = deployed model") and twin.to_dict()["operators"] == 0
+
+
+def test_progress_log_and_runtime_mean_one_thing_in_every_function():
+    """``progress`` is a bool (a bar), ``log`` a callable taking lines, ``runtime`` defaults to ONNX Runtime."""
+    import inspect
+
+    from mstransform.core.typed import hints_of
+
+    for fn in (mst.calibrate, mst.evaluate, mst.sweep):
+        params = inspect.signature(fn).parameters
+        assert params["progress"].default is True and hints_of(fn)["progress"] is bool, fn.__name__
+        assert params["log"].default is None, fn.__name__
+    for fn in (mst.calibrate, mst.evaluate, mst.sweep, mst.run, mst.harden, mst.compare_accuracy):
+        assert inspect.signature(fn).parameters["runtime"].default is mst.Runtime.ONNXRUNTIME, fn.__name__

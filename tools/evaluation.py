@@ -18,7 +18,7 @@ At dataset scale an evaluation runs in chunks of ``batch_size`` images (:mod:`~.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mstransform.core.errors import DataError, UsageError
@@ -26,7 +26,8 @@ from mstransform.passes.graph.load import load_model
 from mstransform.robustness.attacks import AttackConfig, ModelResult, check_classifier, evaluate_model, load_labelled
 from mstransform.robustness.chunks import (ChunkStore, Work, accuracy, check_resume, check_shard, chunk_ranges, of_shard,
                                            run_key)
-from mstransform.robustness.reports import format_table, merge_reports, read_report, write_reports
+from mstransform.core.options import Device, Runtime
+from mstransform.robustness.reports import format_table, merge_reports, read_report, save_csv, save_json
 from mstransform.runtime import distributed
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.session import check_runtime_choice, describe, open_session, providers_for
@@ -47,7 +48,8 @@ class EvalReport:
     store: ChunkStore | None = field(default=None, repr=False)
     chunks: list = field(default_factory=list, repr=False)
 
-    def table(self) -> str:
+    def format(self) -> str:
+        """The report for people: the threat model, the images, the runtime, then the models side by side."""
         where = f"{self.n} images from {self.data}"
         if self.shard:
             where = (f"shard {self.shard[0]}/{self.shard[1]}: {self.results[0].n} of the {self.n} images from "
@@ -56,12 +58,20 @@ class EvalReport:
                 f"accuracy in %; every figure measured on the .onnx file by {self.runtime} ({self.seconds:.0f} s)\n"
                 + format_table(self.results))
 
-    def write(self, json_path=None, csv_path=None) -> None:
-        """Write the report (rank 0 only), then remove this process's kept chunks."""
-        if self.primary:
-            extra = {"data": self.data, "images": self.n, "shard": "%d/%d" % self.shard if self.shard else None,
-                     "key": self.key, "runtime": self.runtime, "seconds": self.seconds}
-            write_reports(self.results, self.cfg, json_path, csv_path, extra)
+    def to_dict(self) -> dict:
+        """The report for machines (``eval --json``): the settings and every model's accuracies and per-image
+        verdicts, which :func:`merge` reads."""
+        return {"config": asdict(self.cfg), "results": [asdict(r) for r in self.results], "data": self.data,
+                "images": self.n, "shard": "%d/%d" % self.shard if self.shard else None, "key": self.key,
+                "runtime": self.runtime, "seconds": self.seconds}
+
+    def save(self, json_path=None, csv_path=None) -> None:
+        """Write the report as JSON (:meth:`to_dict`) and as CSV (one row per model), rank 0 only; then remove
+        this process's kept chunks."""
+        if self.primary and json_path:
+            save_json(json_path, self.to_dict())
+        if self.primary and csv_path:
+            save_csv(csv_path, self.results, self.cfg)
         if self.store is not None:
             self.store.clear(self.chunks, len(self.results))
 
@@ -73,14 +83,16 @@ def parts_folder(json_path=None, csv_path=None) -> Path | None:
 
 
 @checked
-def evaluate(models: list[str | Path], data, cfg: AttackConfig, *, progress=None, threads: int | None = None,
-             device=None, runtime=None, shard: tuple[int, int] | None = None, parts: str | Path | None = None,
-             fresh: bool = False) -> EvalReport:
+def evaluate(models: list[str | Path], data, cfg: AttackConfig, *, progress: bool = True, log=None,
+             threads: int | None = None, device: Device | str | None = None,
+             runtime: Runtime | str = Runtime.ONNXRUNTIME, shard: tuple[int, int] | None = None,
+             parts: str | Path | None = None, fresh: bool = False) -> EvalReport:
     """Clean, white-box, black-box and straight-through accuracy of each model on labelled ``data``.
 
     ``device`` (cpu or cuda) runs ONNX Runtime on that provider and the twin and attacks there;
-    ``runtime`` (onnxruntime or openvino) is what every accuracy is measured on. ``shard``,
-    ``parts`` and ``fresh``: see the module's docstring."""
+    ``runtime`` (onnxruntime or openvino) is what every accuracy is measured on. ``progress`` shows a
+    bar over the chunks; ``log`` (a callable taking one line) hears the work ahead, an estimate of its
+    duration and each model's accuracies. ``shard``, ``parts`` and ``fresh``: see the module's docstring."""
     shard, (parts, fresh) = check_shard(shard), check_resume(parts, fresh)
     check_runtime_choice(runtime, device)  # before any work is announced
     launched = distributed.launched()
@@ -98,11 +110,12 @@ def evaluate(models: list[str | Path], data, cfg: AttackConfig, *, progress=None
         check_classifier(session, x, y)
     key = run_key(cfg, models, data, runtime, device)
     if not launched:
-        return _run(models, x, y, cfg, key, shard, parts, fresh, progress, threads, device, runtime, session, data)
-    with distributed.process_group(cuda=str(device).lower() == "cuda") as (rank, world):
+        return _run(models, x, y, cfg, key, shard, parts, fresh, progress, log, threads, device, runtime, session,
+                    data)
+    with distributed.process_group(cuda=device is Device.CUDA) as (rank, world):
         start_over(parts, key, fresh, rank)
-        report = _run(models, x, y, cfg, key, (rank, world), parts, False, progress, threads, device, runtime,
-                      session, data)
+        report = _run(models, x, y, cfg, key, (rank, world), parts, False, progress, log, threads, device,
+                      runtime, session, data)
         return _gathered(report, rank)
 
 
@@ -113,15 +126,15 @@ def start_over(parts, key: str, fresh: bool, rank: int) -> None:
     distributed.barrier()
 
 
-def _run(models, x, y, cfg, key, shard, parts, fresh, progress, threads, device, runtime, session, data):
+def _run(models, x, y, cfg, key, shard, parts, fresh, progress, log, threads, device, runtime, session, data):
     store = ChunkStore(parts, key, fresh=fresh) if parts is not None else None
     chunks = chunk_ranges(len(x), cfg.batch_size, shard)
     t0 = time.perf_counter()
-    progress = of_shard(progress, shard)
-    work = Work(len(models), sum(b - a for a, b in chunks), len(chunks), cfg, progress)
+    log = of_shard(log, shard)
+    work = Work(len(models), sum(b - a for a, b in chunks), len(chunks), cfg, log, progress)
     try:
-        results = [evaluate_model(Path(m).stem, m, x, y, cfg, progress=progress, threads=threads, device=device,
-                                  runtime=runtime or "onnxruntime", chunks=chunks, store=store, index=i, work=work)
+        results = [evaluate_model(Path(m).stem, m, x, y, cfg, log=log, threads=threads, device=device,
+                                  runtime=runtime, chunks=chunks, store=store, index=i, work=work)
                    for i, m in enumerate(models)]
     finally:
         work.close()
@@ -161,7 +174,7 @@ def merge(reports: list[str | Path], output: str | Path):
     else:
         report = EvalReport(results, cfg, extra["data"], extra["images"], extra["seconds"], extra.get("runtime", ""),
                             None, extra["key"])
-    report.write(output)
+    report.save(output)
     return report
 
 

@@ -15,7 +15,7 @@ print(table.format())
 
 stats = mst.calibrate(DATA / "model.onnx", DATA / "calib.npz", batch_size=128)
 stats.save(OUT / "stats.npz")
-print(stats.summary())
+print(stats.format())
 
 report = mst.harden(DATA / "model.onnx", stats, alpha=0.2, output=OUT / "model.meansparse.onnx")
 print(report.summary())
