@@ -278,8 +278,8 @@ def section_scaleout(tmp: Path, quick: bool) -> list[str]:
     rows.append(f"| 2 | --shard + stats merge | {time.perf_counter() - t0:.2f} | {diff(Stats.load(tmp / 'merged.npz')):.1e} |")
     torchrun = Path(sys.executable).parent / "torchrun"
     t0 = time.perf_counter()
-    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29531", "-m",
-                        "mstransform.runtime.distributed", model, str(data), str(tmp / "dist.npz")],
+    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29531", "-m", *cli[2:],
+                        "-o", str(tmp / "dist.npz")],
                        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if r.returncode == 0:
         rows.append(f"| 2 | torchrun (gloo) | {time.perf_counter() - t0:.2f} | {diff(Stats.load(tmp / 'dist.npz')):.1e} |")

@@ -111,3 +111,52 @@ def test_debug_shows_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mstransform.tools.entry", "--debug", "sites", str(tmp_path / "x.onnx")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def _parsers(parser, prefix=""):
+    """Every command's parser (and its sub-commands'), by the words that name it."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{prefix}{name}", sub
+                yield from _parsers(sub, f"{prefix}{name} ")
+
+
+def test_every_path_flag_has_its_role():
+    """A flag that names a file -- a positional, a FILE/NPZ/PNG/PATH/DATA value, a help that says file, JSON,
+    CSV or PNG -- has its role in the one table the command line checks every path by before a command runs."""
+    import re
+
+    from mstransform.tools.arguments import ROLES
+    from mstransform.tools.cli_parser import build_parser
+
+    missing = []
+    for name, parser in _parsers(build_parser()):
+        for a in parser._actions:
+            if a.dest == "help" or a.nargs == 0 or a.choices or a.type in (int, float):
+                continue
+            named = not a.option_strings or a.metavar in ("FILE", "NPZ", "PNG", "PATH", "DATA") or \
+                re.search(r"\bfile\b|\b(JSON|CSV|PNG)\b", a.help or "")
+            if named and a.dest not in ROLES:
+                missing.append(f"{name} {a.dest}")
+    assert not missing, f"path flags without a role in tools.arguments.ROLES: {missing}"
+
+
+def test_commands_own_path_arguments_are_checked_before_they_run(tmp_path):
+    """bench's two models and eval merge's reports go through the common check, like every other path: a FIFO
+    is refused unopened (the command would block on it), an output that is an input is refused."""
+    fifo = tmp_path / "f.onnx"
+    os.mkfifo(fifo)
+    report = tmp_path / "r.json"
+    report.write_text("{}")
+    cases = [(["bench", fifo, MODEL], 3, "not a regular file"), (["bench", MODEL, fifo], 3, "not a regular file"),
+             (["bench", MODEL, MODEL, "--json", MODEL], 6, "is the input"),
+             (["eval", "merge", fifo, "-o", tmp_path / "m.json"], 5, "not a regular file"),
+             (["eval", "merge", report, "-o", report], 6, "is the input")]
+    for argv, code, words in cases:
+        r = subprocess.run([sys.executable, "-m", "mstransform", *map(str, argv)], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == code and words in r.stderr and r.stderr.count("\n") == 1, (argv, r.stderr)
+    assert report.read_text() == "{}" and not (tmp_path / "m.json").exists()
