@@ -26,9 +26,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mstransform.core.activations import ACTIVATIONS
 from mstransform.core.errors import ModelError
 from mstransform.passes.onnx.recognise import find_sparsify_ops
-from mstransform.robustness.twin_fusion import FUSED, fuse
+from mstransform.passes.sites.onnx_rules import composites
+from mstransform.robustness.twin_fusion import FUSED, fuse, torch_call
 
 
 class _PassThrough(torch.autograd.Function):
@@ -138,12 +140,6 @@ def _layer_norm(x, w, b=None, **a):
     return F.layer_norm(x, x.shape[axis:], w, b, a.get("epsilon", 1e-5))
 
 
-def _gelu(x, **a):
-    approx = a.get("approximate", b"none")
-    approx = approx.decode() if isinstance(approx, bytes) else approx
-    return F.gelu(x, approximate=approx)
-
-
 def _hard_sigmoid(x, **a):
     return torch.clamp(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1)
 
@@ -185,11 +181,9 @@ OPS = {
     "Div": lambda a, b: a / b if a.is_floating_point() or b.is_floating_point() else torch.div(a, b, rounding_mode="floor"),
     "Pow": torch.pow, "Sqrt": torch.sqrt, "Erf": torch.erf, "Tanh": torch.tanh, "Sigmoid": torch.sigmoid,
     "Exp": torch.exp, "Log": torch.log, "Abs": torch.abs, "Neg": torch.neg, "Sign": torch.sign,
-    "Relu": F.relu, "LeakyRelu": lambda x, **a: F.leaky_relu(x, a.get("alpha", 0.01)),
-    "Elu": lambda x, **a: F.elu(x, a.get("alpha", 1.0)), "Selu": lambda x, **a: F.selu(x),
-    "Celu": lambda x, **a: F.celu(x, a.get("alpha", 1.0)), "Gelu": _gelu, "HardSigmoid": _hard_sigmoid,
-    "HardSwish": F.hardswish, "Mish": F.mish, "Softplus": F.softplus, "Softsign": F.softsign,
-    "PRelu": lambda x, s: torch.where(x >= 0, x, x * s), "Clip": _clip,
+    # the catalogue's activations run their table's torch call; these two have none with ONNX's semantics
+    **{op: torch_call(k.twin) for k in ACTIVATIONS if k.twin is not None for op in k.onnx_ops},
+    "HardSigmoid": _hard_sigmoid, "PRelu": lambda x, s: torch.where(x >= 0, x, x * s), "Clip": _clip,
     "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge, "Equal": torch.eq,
     "Not": torch.logical_not, "And": torch.logical_and, "Or": torch.logical_or, "Where": torch.where,
     "Min": torch.minimum, "Max": torch.maximum,
@@ -251,7 +245,8 @@ class OnnxTwin(nn.Module):
         inits = {i.name for i in g.initializer}
         self.inputs = [i.name for i in g.input if i.name not in inits]
         self.outputs = [o.name for o in g.output]
-        units, unit_nodes = self._units(path)
+        graph = ir.load(str(path)).graph
+        units, unit_nodes = self._units(graph)
         self.units = list(units.values())
         self.program: list = []
         for i, node in enumerate(g.node):
@@ -269,7 +264,7 @@ class OnnxTwin(nn.Module):
                 raise ModelError(f"the twin does not implement ONNX op {node.op_type} (node {node.name!r})")
             self.program.append((node.op_type, node.name, list(node.input), list(node.output), _attrs(node)))
         named = {name: self.weights[key] for name, key in self._keys.items()}
-        self.program = fuse(self.program, {**self._consts, **named}, named, self.outputs)
+        self.program = fuse(self.program, {**self._consts, **named}, named, self.outputs, composites(graph)[0])
         self.straight_through = False
 
     def _apply(self, fn, recurse=True):
@@ -279,10 +274,9 @@ class OnnxTwin(nn.Module):
         return self
 
     @staticmethod
-    def _units(path) -> tuple[dict[str, Unit], dict[int, str | None]]:
+    def _units(graph: ir.Graph) -> tuple[dict[str, Unit], dict[int, str | None]]:
         """The sparsify units by output name, and for each of their nodes' positions the unit to run there
         (at the operator's last node) or None (its other nodes)."""
-        graph = ir.load(str(path)).graph
         index = {id(n): i for i, n in enumerate(graph)}
         units, where = {}, {}
         for op in find_sparsify_ops(graph):

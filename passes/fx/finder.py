@@ -19,7 +19,9 @@ import torch.fx as fx
 import torch.nn as nn
 
 from mstransform.passes.fx.elementwise import FxElementwise, call_name
-from mstransform.passes.sites.catalogue import FX_POOLS, KINDS, Layout
+from mstransform.core import activations
+from mstransform.core.activations import ActivationKind, Argument
+from mstransform.passes.sites.catalogue import FX_POOLS, Layout, kind
 from mstransform.passes.sites.computed import find_composites
 from mstransform.passes.sites.finder import Candidate, Rejection
 
@@ -38,18 +40,35 @@ def _resolve(ref: str):
     return getattr(importlib.import_module(mod), attr)
 
 
-@functools.lru_cache(maxsize=1)
 def _tables():
+    """The catalogue's torch references as ``(modules, functions, methods, pools)``: each of the first three maps a
+    target to the activations it may be, ``(kind, arguments it must be called with)``."""
+    return _tables_of(activations.ACTIVATIONS)
+
+
+@functools.lru_cache(maxsize=4)
+def _tables_of(table: tuple[ActivationKind, ...]):
     modules, functions, methods = {}, {}, {}
-    for k in KINDS.values():
-        for ref in k.torch:
-            target = _resolve(ref)
-            {"module": modules, "method": methods}.get(ref.partition(":")[0], functions)[target] = k.name
+    for k in table:
+        for refs, when in ((k.torch, ()), (k.torch_when, k.when)):
+            for ref in refs:
+                how = ref.partition(":")[0]
+                {"module": modules, "method": methods}.get(how, functions).setdefault(_resolve(ref), []).append(
+                    (k.name, when))
     pools = {_resolve(r) for r in FX_POOLS}
     return modules, functions, methods, pools
 
 
-HARDTANH = ("function:torch.nn.functional.hardtanh", "aten:hardtanh.default", "aten:hardtanh_.default")
+def _holds(when: tuple[Argument, ...], node: fx.Node, module=None) -> bool:
+    """Whether the call (or the module) has every argument of ``when``."""
+    for a in when:
+        if module is not None:
+            got = getattr(module, a.name, a.default)
+        else:
+            got = node.args[a.position] if len(node.args) > a.position else node.kwargs.get(a.name, a.default)
+        if got != a.value:
+            return False
+    return True
 ADDS = (operator.add, torch.add, aten.add.Tensor)
 MULS = (operator.mul, torch.mul, aten.mul.Tensor)
 CONV_TARGETS = ("conv1d", "conv2d", "conv3d", "convolution", "batch_norm", "_native_batch_norm_legit_no_training",
@@ -105,7 +124,7 @@ class FxView:
         if node.op == "call_module":
             mod = self.gm.get_submodule(node.target)
             return (Layout.CONV if isinstance(mod, CONV_MODULES) else Layout.TOKENS if isinstance(mod, TOKEN_MODULES)
-                    else Layout.KEEP if self.kind_of(node) else Layout.UNKNOWN)
+                    else Layout.KEEP if self._keeps_layout(node) else Layout.UNKNOWN)
         name = _target_name(node)
         if name in ("permute", "transpose"):
             rest = node.args[1:]
@@ -118,7 +137,7 @@ class FxView:
             return Layout.CONV
         if name in TOKEN_TARGETS:
             return Layout.TOKENS
-        return Layout.KEEP if name in KEEP_TARGETS or self.kind_of(node) else Layout.UNKNOWN
+        return Layout.KEEP if name in KEEP_TARGETS or self._keeps_layout(node) else Layout.UNKNOWN
 
     def constant_shapes(self, node) -> list[tuple[int, ...]]:
         if node.op != "call_function" or _target_name(node) not in ("add", "sub", "mul", "div", "truediv"):
@@ -139,21 +158,21 @@ class FxView:
 
     # -- SiteSource ---------------------------------------------------------------------------
     def kind_of(self, node: fx.Node) -> str | None:
+        """The catalogue activation ``node`` calls (a ``hardtanh`` only with the bounds of a ReLU6), else None."""
         modules, functions, methods, _ = _tables()
+        module = None
         if node.op == "call_module":
-            mod = self.gm.get_submodule(node.target)
-            if isinstance(mod, nn.Hardtanh) and not isinstance(mod, nn.ReLU6):
-                return "Clip(ReLU6)" if (mod.min_val, mod.max_val) == (0.0, 6.0) else None
-            return modules.get(type(mod))
-        if node.op == "call_function":
-            if node.target in {_resolve(r) for r in HARDTANH}:
-                lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
-                hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
-                return "Clip(ReLU6)" if (lo, hi) == (0.0, 6.0) else None
-            return functions.get(node.target)
-        if node.op == "call_method":
-            return methods.get(node.target)
-        return None
+            module = self.gm.get_submodule(node.target)
+            options = modules.get(type(module), ())
+        elif node.op in ("call_function", "call_method"):
+            options = (functions if node.op == "call_function" else methods).get(node.target, ())
+        else:
+            return None
+        return next((name for name, when in options if _holds(when, node, module)), None)
+
+    def _keeps_layout(self, node: fx.Node) -> bool:
+        name = self.kind_of(node)
+        return name is not None and kind(name).keeps_layout
 
     def activations(self):
         """Spelled activations by what they compute (the ONNX finder's mechanism, over

@@ -1,10 +1,12 @@
-"""The activation catalogue and the placement rules, declared once for every graph kind.
+"""The activation catalogue as the finders read it, and the placement rules, declared once for every graph kind.
 
-Each :class:`ActivationKind` names one activation and how it appears in an ONNX graph (single
-op types) and in a torch.fx graph (modules, functions, ATen overloads and tensor methods, by
-qualified name so this floor never imports torch). The ONNX pattern rules for decomposed forms
-(``passes/sites/onnx_rules.py``) and the FX matcher (``passes/fx/finder.py``) both produce kinds from
-this table; a kind outside it is a programming error caught at import.
+The catalogue itself is :data:`mstransform.core.activations.ACTIVATIONS`: each
+:class:`~mstransform.core.activations.ActivationKind` names one activation, its float64 forms and how it
+appears in an ONNX graph (single op types) and in a torch.fx graph (modules, functions, ATen overloads
+and tensor methods, by qualified name). The ONNX rules (``passes/sites/onnx_rules.py``), the ONNX
+layout (``passes/sites/onnx_finder.py``) and the FX matcher (``passes/fx/finder.py``) read it through the
+functions here, at each call, so an entry added to the table is found everywhere; a rule producing a kind
+outside it is a programming error caught at import.
 
 The rules that decide placement are written once over :class:`GraphView`, a small protocol
 the ONNX and FX adapters implement:
@@ -17,46 +19,35 @@ the ONNX and FX adapters implement:
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Generic, Iterable, Protocol, TypeVar
 
+from mstransform.core import activations
+from mstransform.core.activations import ActivationKind
+
 
 @dataclass(frozen=True)
-class ActivationKind:
-    name: str
-    onnx_ops: frozenset[str] = frozenset()
-    torch: tuple[str, ...] = ()  # "module:torch.nn.ReLU", "function:torch.nn.functional.relu", "aten:relu.default", "method:relu"
+class Index:
+    """What the finders look up in one catalogue: its kinds by name, the activation each single ONNX op is,
+    and the ONNX ops that keep their input's layout."""
+
+    kinds: dict[str, ActivationKind]
+    single_ops: dict[str, str]
+    layout_keeping: frozenset[str]
 
 
-def _kind(name, onnx=(), modules=(), functions=(), aten=(), methods=()) -> ActivationKind:
-    refs = ([f"module:torch.nn.{m}" for m in modules] + [f"function:{f}" for f in functions]
-            + [f"aten:{a}" for a in aten] + [f"method:{m}" for m in methods])
-    return ActivationKind(name, frozenset(onnx), tuple(refs))
+@functools.lru_cache(maxsize=4)
+def _index(table: tuple[ActivationKind, ...]) -> Index:
+    return Index({k.name: k for k in table}, {op: k.name for k in table for op in k.onnx_ops},
+                 frozenset(op for k in table if k.keeps_layout for op in k.onnx_ops))
 
 
-KINDS: dict[str, ActivationKind] = {k.name: k for k in (
-    _kind("Relu", ["Relu"], ["ReLU"], ["torch.nn.functional.relu", "torch.relu"], ["relu.default", "relu_.default"],
-          ["relu"]),
-    _kind("Clip(ReLU6)", [], ["ReLU6"], ["torch.nn.functional.relu6"]),  # ONNX: Clip(0, 6), see passes/sites/onnx_rules.py
-    _kind("Clip(ReLU)"),  # ONNX only: Clip(min=0) without max
-    _kind("Gelu", ["Gelu"], ["GELU"], ["torch.nn.functional.gelu"], ["gelu.default"]),
-    _kind("SiLU", [], ["SiLU"], ["torch.nn.functional.silu"], ["silu.default", "silu_.default"]),
-    _kind("HardSwish", ["HardSwish"], ["Hardswish"], ["torch.nn.functional.hardswish"],
-          ["hardswish.default", "hardswish_.default"]),
-    _kind("Mish", ["Mish"], ["Mish"], ["torch.nn.functional.mish"], ["mish.default"]),
-    _kind("Softplus", ["Softplus"], ["Softplus"], ["torch.nn.functional.softplus"], ["softplus.default"]),
-    _kind("Elu", ["Elu"], ["ELU"], ["torch.nn.functional.elu"], ["elu.default"]),
-    _kind("LeakyRelu", ["LeakyRelu"], ["LeakyReLU"], ["torch.nn.functional.leaky_relu"], ["leaky_relu.default"]),
-    _kind("Selu", ["Selu"], ["SELU"], ["torch.nn.functional.selu", "torch.selu"], ["selu.default"]),
-    _kind("Celu", ["Celu"], ["CELU"], ["torch.nn.functional.celu"], ["celu.default"]),
-    _kind("PRelu", ["PRelu"], ["PReLU"], ["torch.nn.functional.prelu"], ["prelu.default", "_prelu_kernel.default"]),
-    _kind("Tanh", ["Tanh"], ["Tanh"], ["torch.tanh"], ["tanh.default"], ["tanh"]),
-    _kind("Sigmoid", ["Sigmoid"], ["Sigmoid"], ["torch.sigmoid"], ["sigmoid.default"], ["sigmoid"]),
-    _kind("HardSigmoid", ["HardSigmoid"], ["Hardsigmoid"], ["torch.nn.functional.hardsigmoid"],
-          ["hardsigmoid.default"]),
-    _kind("ThresholdedRelu", ["ThresholdedRelu"]),
-    _kind("Softsign", ["Softsign"], ["Softsign"], ["torch.nn.functional.softsign"]),
-)}
+def catalogue() -> Index:
+    """The catalogue (:data:`mstransform.core.activations.ACTIVATIONS`) as it is now, indexed once."""
+    return _index(activations.ACTIVATIONS)
+
+
 # The kinds that are not activations but placements of their own.
 RESIDUAL, LINEAR_INPUT = "residual", "linear-input"
 
@@ -70,7 +61,7 @@ SE_HOPS = 6  # how far a squeeze or an excitation may reach: an SE branch is a f
 
 def kind(name: str) -> ActivationKind:
     """The catalogue entry for ``name``; KeyError names a rule that produced an unknown kind."""
-    return KINDS[name]
+    return catalogue().kinds[name]
 
 
 N = TypeVar("N")  # a node handle of the adapter's graph

@@ -14,7 +14,8 @@ The structure must be plausible too: no value inside the activation may be read 
 An anchor that merges back with its own input's ancestors (``x * f(g(x))``) but computes no
 catalogue function is *unresolved*: it is reported with the closest function and never guessed
 to be a plain activation of its own input (a Tanh inside a GELU spelled some new way would
-otherwise be hardened on the Tanh's argument).
+otherwise be hardened on the Tanh's argument). So is an op the catalogue names as a part only
+(``ActivationKind.parts``: an Erf) that no activation around it claims.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from mstransform.core.activations import (ANCHORS, GRID, SQUASHING, VALUE_KEEPING, Identified, closest, evaluate,
-                                          identify)
+                                          identify, parts)
 
 N = TypeVar("N")
 V = TypeVar("V")
@@ -300,6 +301,7 @@ def find_composites(graph: ElementwiseGraph, single=lambda node: False,
     still reported unresolved when it sits inside an expression of its own input. ``describe`` names a
     node or a value for the reasons."""
     finder = _Finder(graph)
+    inside = parts()
     found: list[Composite] = []
     unresolved: list[Unresolved] = []
     claimed: set[int] = set()
@@ -319,6 +321,9 @@ def find_composites(graph: ElementwiseGraph, single=lambda node: False,
             continue
         merge = finder.merges_back(node) if e.op in SQUASHING else None
         if merge is None and not (merged and e.op in SQUASHING):
+            if e.op in inside:  # an op found only inside one activation's spellings (an Erf), alone
+                unresolved.append(Unresolved(node, f"{e.op} computes no catalogue activation beyond its own op (it "
+                                                   f"appears only inside a {inside[e.op]}): not hardened"))
             continue  # a plain activation of its input (the caller's single op), or no activation at all
         if merge is None:
             merge = merged[-1]

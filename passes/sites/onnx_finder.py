@@ -11,7 +11,7 @@ from mstransform.core.options import Placement, Selection, choice
 from mstransform.core.typed import typed
 from mstransform.passes.graph.subgraphs import graphs, owners, where
 from mstransform.passes.graph.values import const_array, is_const, other_input, static_shape
-from mstransform.passes.sites.catalogue import ONNX_POOLS, Layout
+from mstransform.passes.sites.catalogue import ONNX_POOLS, Layout, catalogue
 from mstransform.passes.sites.finder import Candidate, Rejection, SiteTable, found_sites, select
 from mstransform.passes.sites.onnx_rules import match_activations
 
@@ -19,7 +19,7 @@ CONV_LIKE = {"Conv", "ConvTranspose", "BatchNormalization", "MaxPool", "AverageP
              "GlobalAveragePool", "LpPool", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth"}
 TOKEN_LIKE = {"MatMul", "Gemm", "LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"}
 # Elementwise ops keep the layout: every op of the activations' vocabulary, and the value-keeping ones.
-LAYOUT_KEEPING = frozenset(OPS) | {"Cast", "CastLike", "Dropout", "PRelu"}
+LAYOUT_KEEPING = frozenset(OPS) | {"Cast", "CastLike", "Dropout"}  # and the catalogue's activations that keep it
 LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
@@ -64,7 +64,7 @@ class OnnxView:
             return Layout.CONV
         if op in TOKEN_LIKE:
             return Layout.TOKENS
-        return Layout.KEEP if op in LAYOUT_KEEPING else Layout.UNKNOWN
+        return Layout.KEEP if op in LAYOUT_KEEPING or op in catalogue().layout_keeping else Layout.UNKNOWN
 
     def node_name(self, node) -> str:
         return node.name or "?"

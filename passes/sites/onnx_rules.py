@@ -10,16 +10,18 @@ name an entry of the activation catalogue (:mod:`mstransform.passes.sites.catalo
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
+from mstransform.core import activations
 from mstransform.core.activations import ANCHORS, OPS
 from mstransform.passes.graph.values import close, const_array, is_const, scalar
-from mstransform.passes.sites.catalogue import KINDS, kind as catalogue_kind
-from mstransform.passes.sites.computed import Composite, Elementwise, find_composites
+from mstransform.passes.sites.catalogue import catalogue, kind as catalogue_kind
+from mstransform.passes.sites.computed import Composite, Elementwise, Unresolved, find_composites
 
 
 @dataclass
@@ -62,7 +64,8 @@ Bindings = dict[str, Any]
 
 class Rule:
     """One activation form. ``anchors`` are the op types a match starts from; ``kinds`` are the
-    catalogue kinds the rule can produce (one for most rules)."""
+    catalogue kinds the rule can produce (one for most rules; a rule reading them off the catalogue
+    at match time has them as properties)."""
 
     kinds: tuple[str, ...] = ()
     anchors: frozenset[str] = frozenset()
@@ -70,7 +73,7 @@ class Rule:
 
     def __init_subclass__(cls):
         super().__init_subclass__()
-        for k in cls.kinds:
+        for k in cls.kinds if isinstance(cls.kinds, tuple) else ():
             catalogue_kind(k)  # an unknown kind fails at import, not at match time
 
     def pattern(self, node: ir.Node) -> Bindings | str:
@@ -177,12 +180,15 @@ class CompositeRule(Rule):
     (:mod:`mstransform.passes.sites.computed`): ``x * Sigmoid(1.702 * x)``, ``x / (1 + Exp(-x))``, a tanh GELU with
     its constants folded or reassociated, ``x * Min(Relu(x + 3), 6) / 6``. Anchored at any op of :data:`~mstransform.core.activations.ANCHORS`."""
 
-    kinds = tuple(KINDS)
     anchors = frozenset(ANCHORS)
     form = "computed"
 
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(catalogue().kinds)
+
     def match(self, node: ir.Node) -> Result:
-        found, unresolved = find_composites(OnnxElementwise(node.graph), _single, describe=_name)
+        found, unresolved = composites(node.graph)
         for c in found:
             if any(n is node for n in c.nodes):
                 return _composite_match(c)
@@ -192,8 +198,23 @@ class CompositeRule(Rule):
         return NoMatch(CompositeRule, node, f"{node.op_type} computes no catalogue activation beyond its own op")
 
 
+# graph -> (its nodes and the catalogue when computed, what find_composites found): one run per graph, not per node
+_COMPOSITES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def composites(graph: ir.Graph) -> tuple[list[Composite], list[Unresolved]]:
+    """The spelled activations of ``graph`` and its unresolved anchors, computed once while its nodes and the
+    catalogue stay the same."""
+    key = (tuple(id(n) for n in graph), activations.ACTIVATIONS)
+    cached = _COMPOSITES.get(graph)
+    if cached is None or cached[0] != key:
+        cached = key, find_composites(OnnxElementwise(graph), _single, describe=_name)
+        _COMPOSITES[graph] = cached
+    return cached[1]
+
+
 def _single(node: ir.Node) -> bool:
-    return node.op_type in SINGLE_OPS
+    return node.op_type in ClipRule.anchors or node.op_type in catalogue().single_ops
 
 
 def _name(item: ir.Node | ir.Value) -> str:
@@ -231,9 +252,13 @@ class ClipRule(Rule):
 class SingleOpRule(Rule):
     """Activations exported as one ONNX op: the catalogue's ``onnx_ops``."""
 
-    kinds = tuple(k.name for k in KINDS.values() if k.onnx_ops)
-    anchors = frozenset(op for k in KINDS.values() for op in k.onnx_ops)
-    _kind_of = {op: k.name for k in KINDS.values() for op in k.onnx_ops}
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(set(catalogue().single_ops.values()))
+
+    @property
+    def anchors(self):
+        return catalogue().single_ops.keys()
 
     def pattern(self, node):
         if node.inputs[0] is None or is_const(node.inputs[0]):
@@ -246,13 +271,10 @@ class SingleOpRule(Rule):
         if node.op_type == "Gelu":
             approx = node.attributes.get("approximate")
             form = f"op (approximate={approx.as_string() if approx is not None else 'none'})"
-        return ActivationMatch(self._kind_of[node.op_type], form, b["x"], [node], node)
+        return ActivationMatch(catalogue().single_ops[node.op_type], form, b["x"], [node], node)
 
 
-SINGLE_RULES: tuple[Rule, ...] = (ClipRule(), SingleOpRule())
-SINGLE_OPS = SingleOpRule.anchors | ClipRule.anchors
-# Op types that, left unmatched, deserve a line saying why (Erf only appears in GELU).
-REPORTED_OPS = SINGLE_OPS | {"Erf"}
+SINGLE_RULES: tuple[Rule, ...] = (ClipRule(), SingleOpRule())  # after CompositeRule, in this order
 
 
 def match_activations(graph: ir.Graph) -> tuple[list[ActivationMatch], dict[ir.Node, NoMatch]]:
@@ -262,7 +284,7 @@ def match_activations(graph: ir.Graph) -> tuple[list[ActivationMatch], dict[ir.N
     so the Tanh inside a GELU is never a site of its own. Then the catalogue's single ops that no
     composite claimed, unless they sit inside an expression of their own input that computes no
     catalogue function (reported with the closest one, never guessed)."""
-    found, unresolved = find_composites(OnnxElementwise(graph), _single, describe=_name)
+    found, unresolved = composites(graph)
     matches = [_composite_match(c) for c in found]
     claimed = {id(n) for c in found for n in c.nodes}
     reasons: dict[ir.Node, NoMatch] = {u.node: NoMatch(CompositeRule, u.node, u.reason) for u in unresolved
@@ -270,10 +292,6 @@ def match_activations(graph: ir.Graph) -> tuple[list[ActivationMatch], dict[ir.N
     nodes = list(graph)
     for node in nodes:
         if id(node) in claimed or node in reasons or node.domain not in ("", "ai.onnx"):
-            continue
-        if node.op_type == "Erf":
-            reasons[node] = NoMatch(CompositeRule, node, "Erf is not inside a GELU: no expression around it computes "
-                                                         "a catalogue activation")
             continue
         for rule in SINGLE_RULES:
             if node.op_type in rule.anchors:
@@ -286,6 +304,5 @@ def match_activations(graph: ir.Graph) -> tuple[list[ActivationMatch], dict[ir.N
                 break
     order = {id(n): i for i, n in enumerate(nodes)}
     matches.sort(key=lambda m: order[id(m.output_node)])
-    leftover = {n: r for n, r in reasons.items() if id(n) not in claimed and (n.op_type in REPORTED_OPS
-                                                                               or r.rule is CompositeRule)}
+    leftover = {n: r for n, r in reasons.items() if id(n) not in claimed and (_single(n) or r.rule is CompositeRule)}
     return matches, leftover
