@@ -1,13 +1,14 @@
 """Latency of a hardened model against its base model, side by side on one runtime and device.
 
-Both models are loaded on the same runtime (ONNX Runtime with the chosen providers, or OpenVINO),
-fed the same random batch of each batch size, warmed up, then timed in interleaved rounds: each
-round times ``runs`` calls of one model, then of the other, the order alternating from round to
-round (base-hardened, hardened-base, ...) so that drift in the machine's load falls on both. Each
-model's latency is the median of all its timed calls; the spread is the interquartile range of
-those calls; the ratio is hardened median / base median, and its spread the lowest and highest
-ratio of the per-round medians. Times are wall-clock seconds of ``session.run`` (inputs already
-in host memory, outputs copied back), as ``trtexec`` and ``polygraphy run`` report end to end.
+Both models are opened on the same runtime (a row of ``runtime.session.RUNTIMES``: ONNX Runtime with
+the chosen providers, or OpenVINO), fed the same random batch of each batch size, warmed up, then
+timed in interleaved rounds: each round times ``runs`` calls of one model, then of the other, the
+order alternating from round to round (base-hardened, hardened-base, ...) so that drift in the
+machine's load falls on both. Each model's latency is the median of all its timed calls; the spread
+is the interquartile range of those calls; the ratio is hardened median / base median, and its
+spread the lowest and highest ratio of the per-round medians. Times are wall-clock seconds of
+``session.run`` (inputs already in host memory, outputs copied back), as ``trtexec`` and
+``polygraphy run`` report end to end.
 """
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ def _same_inputs(base: list[InputSpec], hardened: list[InputSpec]) -> None:
 def bench_sessions(base, hardened, specs: list[InputSpec], hardened_specs: list[InputSpec], *, batch_sizes,
                    warmup: int = 5, rounds: int = 10, runs: int = 10, seed: int = 0, clock=time.perf_counter,
                    progress=None) -> list[BenchRow]:
-    """Time two sessions (anything with ORT's ``run(names, feed)``) side by side: one row per batch size."""
+    """Time two sessions (anything with a ``Session``'s ``run``) side by side: one row per batch size."""
     _same_inputs(specs, hardened_specs)
     for name, value in (("warmup", warmup), ("rounds", rounds), ("runs", runs)):
         check_count(value, name, low=0 if name == "warmup" else 1)

@@ -5,10 +5,10 @@ own layout; with dynamic dims it runs each sparsify operator as two elementwise 
 shape its Snippets take the operator and its activation into one kernel (``docs/cpu-layout.md``:
 Snippets skip dynamic nodes). So the session compiles the model again for each concrete feed shape it
 meets -- a few, cached -- and runs that specialisation: ResNet-50 hardened/base 1.04-1.07x at batch 8
-against 1.10x (same file, same outputs bit for bit). :class:`OpenVinoSession` exposes the part
-of ``onnxruntime.InferenceSession`` that mstransform uses (``get_inputs``, ``get_outputs``,
-``get_providers``, ``run``), so accuracy, prediction and the black-box attack run on either
-runtime unchanged. Inference precision is pinned to f32: on CPUs with bf16 units OpenVINO would
+against 1.10x (same file, same outputs bit for bit). :class:`OpenVinoSession` is a
+:class:`~mstransform.runtime.session.Session`, opened through the ``openvino`` row of
+``runtime.session.RUNTIMES``, so calibration, accuracy, prediction and the black-box attack run on
+either runtime unchanged. Inference precision is pinned to f32: on CPUs with bf16 units OpenVINO would
 otherwise default to bf16, which moves values across the band edge.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from mstransform.core.errors import DependencyError, ModelError
 from mstransform.core.options import check_count
-from mstransform.runtime.session import first_line, run_step
+from mstransform.runtime.session import first_line, open_session, run_step
 
 
 def import_openvino():
@@ -58,8 +58,10 @@ def _shape(port) -> tuple | None:
 
 
 class OpenVinoSession:
-    """One OpenVINO model (device ``CPU`` by default) with an ORT-like ``run``, compiled for each feed shape."""
+    """One OpenVINO model (device ``CPU`` by default) as a ``Session``, compiled for each feed shape."""
 
+    runtime = "OpenVINO"
+    why = ""
     SHAPES = 4  # specialisations kept; a calibration meets two (the batch and a short last one)
 
     def __init__(self, model, *, threads: int | None = None, device: str = "CPU", specialise: bool = True):
@@ -223,28 +225,31 @@ def runtime_gap(path, feed: dict[str, np.ndarray], *, threads: int | None = None
     order), and a flipped value moves by up to the threshold, which later layers carry forward, so
     later operators see larger input differences and flip more. Each flip is recorded with its distance
     to the edge and the difference that allows it (:attr:`RuntimeGap.far` counts flips it does not explain).
-    Operators of the main graph only (not inside ``If``/``Loop``/``Scan`` bodies)."""
+    Operators of the main graph only (not inside ``If``/``Loop``/``Scan`` bodies). One session per runtime:
+    the graph outputs come from the same run as the exposed inputs (exposing changes no output; the
+    self-check proves that on each runtime)."""
     import onnx_ir as ir
 
     from mstransform.core.operator import unit_roundoff
     from mstransform.passes.graph.expose import exposed
     from mstransform.passes.onnx.recognise import find_sparsify_ops
-    from mstransform.runtime.session import make_session
 
     model = ir.load(str(path))
     ops = find_sparsify_ops(model.graph)
     outputs = [v.name for v in model.graph.outputs]
-    ort_out = _run(make_session(path, providers=["CPUExecutionProvider"], threads=threads), outputs, feed)
-    ov_out = _run(OpenVinoSession(path, threads=threads), outputs, feed)
+    with exposed(model, [op.x for op in ops]) as seen:
+        names = list(dict.fromkeys([*outputs, *(seen.name_of(op.x) for op in ops)]))
+        runs = [dict(zip(names, _run(open_session(model, runtime=runtime, providers=["CPUExecutionProvider"],
+                                                  threads=threads, specialise=False), names, feed)))
+                for runtime in ("onnxruntime", "openvino")]
+    ort_got, ov_got = runs
+    ort_out, ov_out = [ort_got[n] for n in outputs], [ov_got[n] for n in outputs]
     scale = max((float(np.max(np.abs(o))) for o in ort_out if o.size), default=0.0)
     diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(ov_out, ort_out) if b.size),
                default=0.0)
-    with exposed(model, [op.x for op in ops]) as seen:
-        names = [seen.name_of(op.x) for op in ops]
-        xs_ort = _run(make_session(model, providers=["CPUExecutionProvider"], threads=threads), names, feed)
-        xs_ov = _run(OpenVinoSession(model, threads=threads, specialise=False), names, feed)
     gaps = []
-    for op, x_ort, x_ov in zip(ops, xs_ort, xs_ov):
+    for op in ops:
+        x_ort, x_ov = ort_got[seen.name_of(op.x)], ov_got[seen.name_of(op.x)]
         c = np.broadcast_to(op.center, x_ort.shape)
         t = np.broadcast_to(op.threshold, x_ort.shape)
         same_value = (x_ort == c) & (x_ov == c)

@@ -1,20 +1,94 @@
-"""ONNX Runtime sessions, made from files or in-memory ``onnx_ir`` models.
+"""Sessions: the :class:`Session` protocol, the table of runtimes that open them, and ONNX Runtime's.
 
-In-memory models are serialized to bytes, so calibration and self-checks never write
-an augmented model anywhere. Models whose weights live in external data files keep
-them there: the session is told which folder to read them from.
+Every runtime is one row of :data:`RUNTIMES` (its name as ``core.options.Runtime`` spells it -> its
+:class:`Opener`); :func:`open_session`, :func:`check_runtime_choice`, :func:`describe` and
+:func:`run_step` derive from that row and the session's own answers, with no branch per runtime.
+ONNX Runtime sessions are made from files or in-memory ``onnx_ir`` models: in-memory models are
+serialized to bytes, so calibration and self-checks never write an augmented model anywhere; models
+whose weights live in external data files keep them there (the session is told which folder).
 """
 from __future__ import annotations
 
+import enum
 import functools
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
+import numpy as np
 import onnx_ir as ir
 
 from mstransform.core.errors import DependencyError, ModelError, UsageError
-from mstransform.core.options import check_count
+from mstransform.core.options import Device, check_count, choice
+
+
+@runtime_checkable
+class Session(Protocol):
+    """An open model on one runtime: what calibration, inference, bench and the checks ask of it."""
+
+    runtime: str  # the runtime as error lines name it ("ONNX Runtime", "OpenVINO")
+    why: str  # why it runs where it does (ONNX Runtime's provider order, what the build lacks); may be ""
+
+    def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The values of ``names`` (None: every graph output) computed on ``feed``."""
+
+    def get_inputs(self) -> list:
+        """The graph inputs: ports with ``name`` and ``shape`` (an int per static dim)."""
+
+    def get_outputs(self) -> list:
+        """The graph outputs: ports with ``name``."""
+
+    def get_providers(self) -> list[str]:
+        """Where it runs, best first (ONNX Runtime's provider names)."""
+
+    def describe(self) -> str:
+        """One line: the runtime, its version and where it runs."""
+
+
+class OrtSession:
+    """An ``onnxruntime.InferenceSession`` as a :class:`Session`: its own bound methods, nothing copied."""
+
+    runtime = "ONNX Runtime"
+
+    def __init__(self, inner, version: str, why: str = ""):
+        self.inner, self.version, self.why = inner, version, why
+        self.run = inner.run  # the session's own method: no Python call in between on the calibration path
+        self.get_inputs, self.get_outputs, self.get_providers = inner.get_inputs, inner.get_outputs, inner.get_providers
+
+    def describe(self) -> str:
+        return f"ONNX Runtime {self.version} on {self.get_providers()[0]}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a command asks of a session; each runtime reads the part that is its own."""
+
+    providers: list | None = None  # ONNX Runtime's execution providers (None: the preferred order)
+    threads: int | None = None  # intra-op threads (None: the runtime's default)
+    memory_pattern: bool = True  # ONNX Runtime's memory pattern (off for many-output graphs)
+    specialise: bool = True  # OpenVINO's compile per feed shape
+
+
+@dataclass(frozen=True)
+class Opener:
+    """One runtime: how it opens a model, and which devices and ONNX Runtime providers apply to it."""
+
+    title: str  # as error lines name it
+    open: Callable[[object, Settings], Session]  # (a file or an in-memory ``onnx_ir`` model, settings)
+    devices: frozenset[Device] = frozenset(Device)
+    providers: frozenset[str] | None = None  # the only ONNX Runtime providers it accepts (None: any)
+    where: str = ""  # where it runs, for a refused device or provider ("its CPU plugin")
+
+    def check(self, device=None, providers: list | None = None) -> None:
+        """Refuse a device or ONNX Runtime providers that do not apply to this runtime."""
+        if device is not None and (device := choice(Device, device, "device")) not in self.devices:
+            raise UsageError(f"{device.value} does not apply to {self.title}, which runs on {self.where} here",
+                             param="device")
+        if self.providers is not None and providers and {_provider_name(p) for p in providers} - self.providers:
+            raise UsageError(f"belong to ONNX Runtime; {self.title} runs on {self.where} here", param="providers")
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -123,46 +197,60 @@ def _short(provider: str) -> str:
     return provider.replace("ExecutionProvider", "")
 
 
+def _onnxruntime(model, settings: Settings) -> Session:
+    return make_session(model, providers=settings.providers, threads=settings.threads,
+                        memory_pattern=settings.memory_pattern)
+
+
+def _openvino(model, settings: Settings) -> Session:
+    from mstransform.runtime.openvino_session import OpenVinoSession  # imports this module
+
+    return OpenVinoSession(model, threads=settings.threads, specialise=settings.specialise)
+
+
+# every runtime, by the name ``core.options.Runtime`` gives it (the user's choice; core cannot import this)
+RUNTIMES: dict[str, Opener] = {
+    "onnxruntime": Opener("ONNX Runtime", _onnxruntime),
+    "openvino": Opener("OpenVINO", _openvino, frozenset({Device.CPU}), frozenset({"CPUExecutionProvider"}),
+                       "its CPU plugin"),
+}
+DEFAULT_RUNTIME = "onnxruntime"
+
+
+def opener(runtime=None) -> Opener:
+    """The row of :data:`RUNTIMES` for ``runtime`` (a name or a ``Runtime``; None: ONNX Runtime)."""
+    name = DEFAULT_RUNTIME if runtime is None else runtime.value if isinstance(runtime, enum.Enum) else runtime
+    if name not in RUNTIMES:
+        raise UsageError(f"must be one of {', '.join(RUNTIMES)}, not {runtime!r}", param="runtime")
+    return RUNTIMES[name]
+
+
 def check_runtime_choice(runtime=None, device=None, providers: list | None = None) -> None:
-    """OpenVINO runs on its CPU plugin here: a CUDA device or ONNX Runtime providers do not apply to it."""
-    from mstransform.core.options import Device, Runtime, choice
-
-    if runtime is None or choice(Runtime, runtime, "runtime") is not Runtime.OPENVINO:
-        return
-    if device is not None and choice(Device, device, "device") is Device.CUDA:
-        raise UsageError("cuda does not apply to OpenVINO, which runs on its CPU plugin here", param="device")
-    if providers and {_provider_name(p) for p in providers} != {"CPUExecutionProvider"}:
-        raise UsageError("belong to ONNX Runtime; OpenVINO runs on its CPU plugin here", param="providers")
+    """Refuse an unknown runtime, or a device or providers that do not apply to it (OpenVINO runs on its CPU
+    plugin here: a CUDA device or ONNX Runtime providers other than the CPU one do not apply)."""
+    opener(runtime).check(device, providers)
 
 
-def open_session(model, *, runtime=None, providers: list[str] | None = None, threads: int | None = None,
-                 memory_pattern: bool = True, specialise: bool = True):
-    """A session on ``runtime`` (ONNX Runtime by default, or OpenVINO): both answer ``run`` alike.
-
-    ``model`` is a file or an in-memory ``onnx_ir`` model; ``providers`` and ``memory_pattern``
-    are ONNX Runtime's, ``specialise`` OpenVINO's (a compile per feed shape)."""
-    from mstransform.core.options import Runtime, choice
-
-    if runtime is not None and choice(Runtime, runtime, "runtime") is Runtime.OPENVINO:
-        from mstransform.runtime.openvino_session import OpenVinoSession
-
-        return OpenVinoSession(model, threads=threads, specialise=specialise)
-    return make_session(model, providers=providers, threads=threads, memory_pattern=memory_pattern)
+def open_session(model, *, runtime=None, device=None, providers: list | None = None, threads: int | None = None,
+                 memory_pattern: bool = True, specialise: bool = True) -> Session:
+    """A session on ``runtime`` (ONNX Runtime by default; any row of :data:`RUNTIMES`), after
+    :func:`check_runtime_choice`. ``model`` is a file or an in-memory ``onnx_ir`` model; ``providers``
+    (else those of ``device``) and ``memory_pattern`` are ONNX Runtime's, ``specialise`` OpenVINO's
+    (a compile per feed shape)."""
+    row = opener(runtime)
+    row.check(device, providers)
+    if providers is None:
+        providers = providers_for(device)
+    return row.open(model, Settings(providers, threads, memory_pattern, specialise))
 
 
-def describe(session, why: str = "") -> str:
-    """One line naming the runtime and provider that runs ``session``."""
-    if hasattr(session, "describe"):
-        return session.describe()
-    ort = import_ort()
-    used = session.get_providers()[0]
-    return f"ONNX Runtime {ort.__version__} on {used}" + (f" ({why})" if why else "")
+def describe(session: Session, why: str = "") -> str:
+    """One line naming the runtime and provider that runs ``session`` (and ``why``, where given)."""
+    return session.describe() + (f" ({why})" if why else "")
 
 
 def providers_for(device) -> list[str] | None:
     """ONNX Runtime providers for a :class:`Device` (None: the preferred order TensorRT > CUDA > CPU)."""
-    from mstransform.core.options import Device, choice
-
     if device is None:
         return None
     device = choice(Device, device, "device")
@@ -170,7 +258,8 @@ def providers_for(device) -> list[str] | None:
 
 
 def make_session(model: ir.Model | str | Path, *, providers: list[str] | None = None, threads: int | None = None,
-                 optimize: bool = True, memory_pattern: bool = True):
+                 optimize: bool = True, memory_pattern: bool = True) -> OrtSession:
+    """An ONNX Runtime session of ``model`` on ``providers`` (None: the preferred order, :func:`choose_providers`)."""
     ort = import_ort()
     if threads is not None:
         check_count(threads, "threads", high=max_threads())
@@ -183,23 +272,23 @@ def make_session(model: ir.Model | str | Path, *, providers: list[str] | None = 
         opts.enable_mem_pattern = False
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    chosen, _ = choose_providers(providers)
+    chosen, why = choose_providers(providers)
     try:
+        source = str(model)
         if isinstance(model, ir.Model):
             base = _external_base_dir(model)
             if base is not None:
                 opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base))
-            data = ir.serde.serialize_model(model).SerializeToString()
-            return ort.InferenceSession(data, sess_options=opts, providers=chosen)
-        if not encodable(model):  # ONNX Runtime takes UTF-8 paths only; read the bytes here
+            source = ir.serde.serialize_model(model).SerializeToString()
+        elif not encodable(model):  # ONNX Runtime takes UTF-8 paths only; read the bytes here
             with open(model, "rb") as f:
-                data = f.read()
+                source = f.read()
             opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                           str(Path(model).resolve().parent))
-            return ort.InferenceSession(data, sess_options=opts, providers=chosen)
-        return ort.InferenceSession(str(model), sess_options=opts, providers=chosen)
+        inner = ort.InferenceSession(source, sess_options=opts, providers=chosen)
     except Exception as e:  # ORT raises its own exception types
         raise ModelError(f"ONNX Runtime cannot load the model: {first_line(e)}") from None
+    return OrtSession(inner, ort.__version__, why)
 
 
 def encodable(path) -> bool:
@@ -226,7 +315,7 @@ MAX_REASON = 600  # characters of a runtime's reason kept in an error line
 _SOURCE_LOCATION = re.compile(r"/\S+\.(?:h|hpp|cc|cpp):\d+ .*? was false\. ")
 
 
-def run_step(session, fetch: list[str] | None, feed: dict, error, step: str,
+def run_step(session: Session, fetch: list[str] | None, feed: dict, error, step: str,
              axes: dict[str, int | None] | None = None) -> list:
     """``session.run``, with a failure turned into ``error`` (an MstError class): one line naming
     ``step`` and the runtime's reason.
@@ -242,7 +331,7 @@ def run_step(session, fetch: list[str] | None, feed: dict, error, step: str,
     except MstError:
         raise
     except Exception as e:  # ORT and OpenVINO raise their own exception types
-        runtime = "OpenVINO" if hasattr(session, "describe") else "ONNX Runtime"
+        runtime = session.runtime
         reason = first_line(e)
     batch = batch_of_one(session, feed, axes)
     if batch is not None:
@@ -257,7 +346,7 @@ def run_step(session, fetch: list[str] | None, feed: dict, error, step: str,
     raise error(f"{step}: {runtime} failed: {reason}") from None
 
 
-def batch_of_one(session, feed: dict, axes: dict[str, int | None] | None = None) -> tuple[int, dict] | None:
+def batch_of_one(session: Session, feed: dict, axes: dict[str, int | None] | None = None) -> tuple[int, dict] | None:
     """(samples in ``feed``, ``feed`` cut to its first sample) where ``feed`` holds more than one sample
     along a dynamic batch axis; None otherwise. Without ``axes``, an input's batch axis is its axis 0
     where the session declares that dim dynamic."""

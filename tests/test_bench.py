@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mstransform as mst
-from mstransform.core.errors import ModelError, UsageError
+from mstransform.core.errors import DataError, ModelError, UsageError
 from mstransform.runtime.bench import bench_sessions, random_feed
 from mstransform.runtime.inputs import InputSpec
 
@@ -155,3 +155,68 @@ def test_models_with_other_inputs_are_refused(pair, tmp_path):
     onnx.save(m, tmp_path / "renamed.onnx")
     r = _cli("bench", pair[0], tmp_path / "renamed.onnx")
     assert r.returncode == 3 and "different inputs" in r.stderr
+
+
+# -- the runtimes come from one table: a toy runtime added there alone runs `run` and `bench` --
+
+class Counting:
+    """A toy runtime: ONNX Runtime's session under another name, counting its runs."""
+
+    runtime, why = "Counting", "a toy runtime"
+
+    def __init__(self, inner, fail: bool = False):
+        self.inner, self.calls, self.fail = inner, 0, fail
+        self.get_inputs, self.get_outputs, self.get_providers = inner.get_inputs, inner.get_outputs, inner.get_providers
+
+    def run(self, names, feed):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("out of toy memory\n  at the first call")
+        return self.inner.run(names, feed)
+
+    def describe(self):
+        return "Counting on CPU"
+
+
+def test_the_runtime_choice_and_the_table_name_the_same_runtimes():
+    from mstransform.core.options import Runtime
+    from mstransform.runtime import session
+
+    assert [r.value for r in Runtime] == list(session.RUNTIMES)
+    assert isinstance(session.open_session(EXAMPLE / "model.onnx"), session.Session)
+    with pytest.raises(UsageError, match="must be one of onnxruntime, openvino, not 'tensorrt'"):
+        mst.run(EXAMPLE / "model.onnx", EXAMPLE / "test.npz", runtime="tensorrt")
+
+
+def test_a_runtime_added_to_the_table_alone_runs_run_and_bench(pair, monkeypatch):
+    from mstransform.core.options import Device
+    from mstransform.runtime import session
+
+    opened, fail = [], []
+
+    def open_counting(model, settings):
+        inner = session.make_session(model, providers=settings.providers, threads=settings.threads)
+        opened.append(Counting(inner, fail=bool(fail)))
+        return opened[-1]
+
+    monkeypatch.setitem(session.RUNTIMES, "counting",
+                        session.Opener("Counting", open_counting, frozenset({Device.CPU}), where="the CPU"))
+    # the public functions first check the name against the user-facing choice (core.options.Runtime,
+    # which names the same runtimes as the table); their bodies open sessions through the table alone
+    run, bench = mst.run.__wrapped__, mst.bench.__wrapped__
+    got = run(pair[1], EXAMPLE / "test.npz", runtime="counting", limit=100, batch_size=32)
+    ref = mst.run(pair[1], EXAMPLE / "test.npz", limit=100, batch_size=32)
+    assert isinstance(opened[0], session.Session) and opened[0].calls == 4  # 100 samples in batches of 32
+    assert got.runtime == "Counting on CPU" and got.providers_note == "a toy runtime"
+    assert list(got.outputs) == list(ref.outputs) and got.accuracy == ref.accuracy
+    for name, values in ref.outputs.items():
+        np.testing.assert_array_equal(got.outputs[name], values)
+    np.testing.assert_array_equal(got.predictions, ref.predictions)
+    report = bench(*pair, runtime="counting", batch_sizes=[2], warmup=1, rounds=2, runs=1)
+    assert report.runtime == "Counting on CPU (a toy runtime)" and [s.calls for s in opened[1:]] == [3, 3]
+    with pytest.raises(UsageError, match="cuda does not apply to Counting, which runs on the CPU here"):
+        run(pair[1], EXAMPLE / "test.npz", runtime="counting", device="cuda")
+    fail.append(True)  # a runtime's failure is one line that names it
+    with pytest.raises(DataError, match="^inference, batch starting at sample 0: Counting failed: out of toy memory "
+                                        "at the first call$"):
+        run(pair[1], EXAMPLE / "test.npz", runtime="counting", limit=4)

@@ -61,6 +61,14 @@ def test_missing_openvino_is_one_line(monkeypatch, tmp_path):
     assert r.code == 8 and "pip install 'mstransform[openvino]'" in r.err and r.err.count("\n") == 1
 
 
+def test_openvino_opens_from_the_table_as_a_session():
+    from mstransform.runtime.session import Session, describe, open_session
+
+    s = open_session(EXAMPLE / "model.onnx", runtime="openvino", device="cpu")
+    assert type(s) is OpenVinoSession and isinstance(s, Session) and s.why == ""
+    assert describe(s).startswith("OpenVINO ") and s.get_providers() == ["OpenVINO CPU"]
+
+
 def test_openvino_refuses_cuda_and_providers():
     r = run_cli("run", EXAMPLE / "model.onnx", "--data", EXAMPLE / "test.npz", "--runtime", "openvino",
                 "--providers", "CUDAExecutionProvider")

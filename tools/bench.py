@@ -1,18 +1,18 @@
 """``bench``: the latency cost of hardening, the base and hardened models side by side on one runtime.
 
 The timing itself is :mod:`mstransform.runtime.bench` (warm-up, interleaved rounds, medians and
-quartiles); this function opens both models the way ``run`` opens one and returns the report.
+quartiles); this function opens both models as ``run`` opens one (``runtime.session.open_session``)
+and returns the report.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from mstransform.core.options import Device, Runtime, choice
+from mstransform.core.options import Device, Runtime
 from mstransform.passes.graph.load import load_model
 from mstransform.runtime.bench import BenchReport, bench_sessions
 from mstransform.runtime.inputs import input_specs
-from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, make_session, open_session,
-                                         providers_for)
+from mstransform.runtime.session import check_runtime_choice, describe, open_session
 from mstransform.tools.arguments import checked
 
 __all__ = ["BenchReport", "bench"]
@@ -29,16 +29,11 @@ def bench(base: str | Path, hardened: str | Path, *, batch_sizes: tuple[int, ...
     runtime's intra-op threads (None: the runtime's default). For each of ``batch_sizes``, both models get
     the same random batch, ``warmup`` untimed calls each, then ``rounds`` interleaved rounds of ``runs``
     timed calls per model. ``progress(batch, round, rounds)`` is called after every round."""
-    runtime = choice(Runtime, runtime, "runtime")
     check_runtime_choice(runtime, device, providers)
-    models = [load_model(base), load_model(hardened)]
-    specs = [input_specs(m) for m in models]
-    why = ""
-    if runtime is Runtime.OPENVINO:
-        sessions = [open_session(p, runtime=runtime, threads=threads) for p in (base, hardened)]
-    else:
-        chosen, why = choose_providers(providers or providers_for(device))
-        sessions = [make_session(p, providers=chosen, threads=threads) for p in (base, hardened)]
+    specs = [input_specs(load_model(m)) for m in (base, hardened)]
+    sessions = [open_session(p, runtime=runtime, device=device, providers=providers, threads=threads)
+                for p in (base, hardened)]
     rows = bench_sessions(*sessions, *specs, batch_sizes=list(batch_sizes), warmup=warmup, rounds=rounds, runs=runs,
                           seed=seed, progress=progress)
-    return BenchReport(describe(sessions[0], why), threads, warmup, rounds, runs, str(base), str(hardened), rows)
+    return BenchReport(describe(sessions[0], sessions[0].why), threads, warmup, rounds, runs, str(base),
+                       str(hardened), rows)
