@@ -116,6 +116,27 @@ def test_run_reports_cpu_and_accuracy(cli):
     assert 80 < acc <= 100
 
 
+@pytest.mark.parametrize("case", ["one-class", "no-labels"])
+def test_compare_accuracy_refuses_what_is_not_a_classification_in_one_line(case, tmp_path):
+    """Accuracy needs class scores (runtime.accuracy.is_class_scores: two classes or more) and labels."""
+    import onnx.helper as oh
+    from conftest import tiny_model
+
+    from mstransform.core.errors import DataError
+
+    width = 1 if case == "one-class" else 3
+    model = tmp_path / "m.onnx"
+    onnx.save(tiny_model([oh.make_node("Identity", ["input"], ["scores"])], [("input", ["N", width])],
+                         [("scores", ["N", width])]), model)
+    data = {"input": np.zeros((4, width), np.float32)}
+    if case == "one-class":
+        data["labels"] = np.zeros(4, np.int64)
+    np.savez(tmp_path / "d.npz", **data)
+    with pytest.raises(DataError, match="needs class scores" if case == "one-class" else "no labels") as e:
+        mst.compare_accuracy([model], tmp_path / "d.npz")
+    assert "\n" not in str(e.value)
+
+
 def test_gpu_providers_are_asked_for_only_when_their_libraries_load(monkeypatch):
     """onnxruntime-gpu lists TensorRT and CUDA even where libnvinfer/libcudart are missing; asking for
     them there makes ONNX Runtime log an error and fall back. They must be skipped, with the reason."""
