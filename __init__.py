@@ -18,17 +18,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.2.0"
+from mstransform.core import __version__
 
 _API = {  # name -> module it lives in
     **{n: "mstransform.tools.api" for n in (  # tools/api.py's __all__ (a test holds them equal)
         "Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "build_engine", "calibrate",
-        "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output", "find_sites", "harden",
-        "harden_model", "harden_torch", "load_model", "load_stats", "merge_stats", "package_torch", "run")},
+        "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output", "evaluate", "find_sites",
+        "harden", "harden_model", "harden_torch", "load_model", "load_stats", "merge_stats", "package_torch", "run",
+        "sweep")},
     **{n: "mstransform.core.options" for n in (
         "AlphaPlan", "Center", "Device", "Formulation", "Mode", "Placement", "Precision", "Runtime", "Selection")},
     "Stats": "mstransform.core.stats", "Preprocess": "mstransform.runtime.data",
-    "evaluate": "mstransform.tools.evaluation", "sweep": "mstransform.tools.sweep",
     "bench": "mstransform.tools.bench", "Dataset": "mstransform.runtime.dataset",
     "site_fractions": "mstransform.tools.site_view",
     "AttackConfig": "mstransform.robustness.attacks",
@@ -44,12 +44,10 @@ if TYPE_CHECKING:
     from mstransform.runtime.dataset import Dataset
     from mstransform.tools.api import (Hardened, HardenReport, OneStepResult, RunResult, TrtCheck, build_engine,
                                        calibrate, calibrate_and_harden, check_trt, compare_accuracy, default_output,
-                                       find_sites, harden, harden_model, harden_torch, load_model, load_stats,
-                                       merge_stats, package_torch, run)
+                                       evaluate, find_sites, harden, harden_model, harden_torch, load_model,
+                                       load_stats, merge_stats, package_torch, run, sweep)
     from mstransform.tools.bench import bench
-    from mstransform.tools.evaluation import evaluate
     from mstransform.tools.site_view import site_fractions
-    from mstransform.tools.sweep import sweep
 
 
 def __getattr__(name):

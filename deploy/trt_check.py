@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from mstransform.core.errors import CompatibilityError
 from mstransform.passes.onnx.recognise import find_sparsify_ops
 
 TABLE = Path(__file__).parent / "data" / "trt_onnx_ops.json"
@@ -52,6 +53,30 @@ class Finding:
 
     def __str__(self) -> str:
         return f"{self.level}: {self.where}: {self.message}"
+
+
+@dataclass
+class TrtCheck:
+    """What the static TensorRT check found for one release."""
+
+    version: str
+    findings: list[Finding]
+    fp16: bool
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+    def to_dict(self) -> dict:
+        """The check for machines (``check-trt --json``); ``ok`` is False where a finding blocks the build."""
+        return {"trt_version": self.version, "fp16": self.fp16, "ok": not self.errors,
+                "findings": [{"level": f.level, "where": f.where, "message": f.message} for f in self.findings]}
+
+    def raise_for_errors(self) -> None:
+        """CompatibilityError (exit 9) naming the first blocking problem, if any."""
+        if self.errors:
+            raise CompatibilityError(f"{len(self.errors)} problem(s) for TensorRT {self.version}; "
+                                     f"first: {self.errors[0]}")
 
 
 @lru_cache(maxsize=1)

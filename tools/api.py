@@ -2,9 +2,10 @@
 
 ``find_sites`` -> ``calibrate`` -> ``harden`` (ONNX) or ``harden_torch`` (PyTorch); the
 one-step ``calibrate_and_harden``; ``compare_accuracy`` and ``run`` for inference; evaluation
-and the alpha sweep live in :mod:`mstransform.tools.evaluation` and
-:mod:`mstransform.tools.sweep`. Every function raises :class:`mstransform.core.errors.MstError`
-subclasses on bad input and never modifies its inputs.
+(``evaluate``, ``merge_eval``) and the alpha sweep (``sweep``) from :mod:`mstransform.tools.evaluation`
+and :mod:`mstransform.tools.sweep`, and the plots, so the commands import this module only. Every
+function raises :class:`mstransform.core.errors.MstError` subclasses on bad input and never modifies
+its inputs.
 """
 from __future__ import annotations
 
@@ -20,25 +21,35 @@ from mstransform.core.fileio import atomic_output
 from mstransform.core.options import (AlphaPlan, Center, Device, Formulation, Mode, Placement, Precision, Runtime,
                                       Selection, choice)
 from mstransform.core.stats import Stats, load_stats
+from mstransform.deploy.trt_check import TrtCheck
+from mstransform.passes import harden as _passes
 from mstransform.passes.graph.load import load_model
+from mstransform.passes.harden import Hardened, refuse_hardened
 from mstransform.passes.sites.finder import SiteTable
 from mstransform.passes.sites.onnx_finder import find_sites as _find_sites
 from mstransform.passes.sites.plan import nothing_selected
+from mstransform.robustness.plots import plot_site_histogram, plot_sweep
+from mstransform.runtime import publish as _publish
 from mstransform.runtime.accuracy import Accuracy, accuracy, is_class_scores, score
 from mstransform.runtime.calibrate import SampleHead, calibrate_table
 from mstransform.runtime.data import DataSource, Preprocess
 from mstransform.runtime.distributed import calibrate_ranks
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.outputs import declared_outputs, gather_outputs
-from mstransform.runtime.session import (check_runtime_choice, choose_providers, describe, make_session, open_session,
-                                         providers_for)
+from mstransform.runtime.publish import HardenReport, retract_output
+from mstransform.runtime.session import check_runtime_choice, describe, open_session, providers_for
 from mstransform.tools.arguments import check_paths, checked, is_torch
-from mstransform.tools.harden import Hardened, HardenReport, harden, harden_model, refuse_hardened, retract_output
+from mstransform.tools.evaluation import evaluate
+from mstransform.tools.evaluation import merge as merge_eval
+from mstransform.tools.sweep import sweep
 
 __all__ = ["Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "build_engine", "calibrate",
-           "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output", "find_sites", "harden",
-           "harden_model", "harden_torch", "load_model", "load_stats", "merge_stats", "package_torch", "run"]
+           "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output", "evaluate", "find_sites",
+           "harden", "harden_model", "harden_torch", "load_model", "load_stats", "merge_stats", "package_torch", "run",
+           "sweep"]
 
+harden_model = checked(_passes.harden_model)  # the pass manager, in memory: mstransform.passes.harden
+harden = checked(models_out=("output",))(_publish.harden)  # written and checked: mstransform.runtime.publish
 
 @checked
 def find_sites(model, placement: Placement | str = Placement.ACTIVATIONS,
@@ -167,9 +178,10 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
                             extent=mode is Mode.FORGED or placement is Placement.LINEAR_INPUTS,
                             batch_axes=batch_axes, keep=keep)
     probe = keep.inputs
-    report = harden(model, stats, output, alpha=alpha, mode=mode, center=center, formulation=formulation,
-                    selection=selection, probe=probe, verify=verify, threads=threads,
-                    precision=precision, runtime=runtime)  # publishes nothing when it fails
+    # the model loaded above, its outputs checked once (@checked): publishes nothing when it fails
+    report = _publish.harden(m, stats, output, alpha=alpha, mode=mode, center=center, formulation=formulation,
+                             selection=selection, probe=probe, verify=verify, threads=threads, precision=precision,
+                             runtime=runtime)
     try:
         stats.save(stats_output)  # atomic: a failed save leaves no file of its own
     except BaseException:
@@ -214,32 +226,6 @@ def merge_stats(paths: list[str | Path], output: str | Path) -> Stats:
         merged = merged.merge(part)
     merged.save(out)
     return merged
-
-
-@dataclass
-class TrtCheck:
-    """What the static TensorRT check found for one release."""
-
-    version: str
-    findings: list
-    fp16: bool
-
-    @property
-    def errors(self) -> list:
-        return [f for f in self.findings if f.level == "error"]
-
-    def to_dict(self) -> dict:
-        """The check for machines (``check-trt --json``); ``ok`` is False where a finding blocks the build."""
-        return {"trt_version": self.version, "fp16": self.fp16, "ok": not self.errors,
-                "findings": [{"level": f.level, "where": f.where, "message": f.message} for f in self.findings]}
-
-    def raise_for_errors(self) -> None:
-        """CompatibilityError (exit 9) naming the first blocking problem, if any."""
-        from mstransform.core.errors import CompatibilityError
-
-        if self.errors:
-            raise CompatibilityError(f"{len(self.errors)} problem(s) for TensorRT {self.version}; "
-                                     f"first: {self.errors[0]}")
 
 
 @checked
@@ -328,15 +314,7 @@ def run(model: str | Path, data, *, providers: list[str | tuple[str, dict]] | No
     ``(batch, classes)``, the arg-max predictions too, and the accuracy when ``data`` has labels.
     ``device`` picks ONNX Runtime's providers as in :func:`calibrate`; ``providers`` names them."""
     m = load_model(model)
-    runtime = choice(Runtime, runtime, "runtime")
-    check_runtime_choice(runtime, device, providers)
-    if providers is None and device is not None:
-        providers = providers_for(device)
-    if runtime is Runtime.OPENVINO:
-        session, why = open_session(model, runtime=runtime, threads=threads), ""
-    else:
-        chosen, why = choose_providers(providers)
-        session = make_session(model, providers=chosen, threads=threads)
+    session = open_session(model, runtime=runtime, device=device, providers=providers, threads=threads)
     specs = input_specs(m, batch_axes)
     source = DataSource(data, specs, batch_size=batch_size, limit=limit, preprocess=preprocess or Preprocess())
     declared = declared_outputs(m)
@@ -352,4 +330,4 @@ def run(model: str | Path, data, *, providers: list[str | tuple[str, dict]] | No
         notes.append(f"mstransform: warning: the data has labels, but output {first!r} ({shape}) holds no class "
                      "scores (batch, classes): no accuracy")
     return RunResult(describe(session), preds, acc, notes, got.arrays, got.batch_axes, got.samples,
-                     {"model": model, "data": data if isinstance(data, Path) else None}, why)
+                     {"model": model, "data": data if isinstance(data, Path) else None}, session.why)

@@ -10,9 +10,11 @@ it inferred so :class:`DropInferredPass` can forget it before the model is writt
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
+import onnx.version_converter
 import onnx_ir as ir
 from onnx_ir.passes import FunctionalPass, InPlacePass, PassResult, PreconditionError
 from onnx_ir.passes.common import NameFixPass, ShapeInferencePass
@@ -21,6 +23,7 @@ from mstransform.core.errors import ModelError
 from mstransform.core.guards import check_readable, path_arg
 
 INFERRED = "mstransform.inferred"
+ORIGIN = "mstransform.path"  # meta key: the file a model was loaded from
 
 
 class NameAfterOutputsPass(InPlacePass):
@@ -196,50 +199,59 @@ OPERATOR_OPSET = 9  # the opset from which Where, Sign and Less on every float t
 
 
 class UpgradeOpsetPass(FunctionalPass):
-    """A new model at ``opset`` (ONNX's version converter): :func:`at_least_opset` as a pass.
+    """A new model at the first standard opset from ``opset`` on where ``lacking`` finds nothing (ONNX's
+    version converter); ``reason`` says in its errors why that opset.
 
-    Run it only on a model below ``opset`` (it returns a new model by contract)."""
+    ``lacking(model)`` names, in one line, what the model still lacks at an opset of ``opset`` or above
+    (None: nothing), e.g. an op that takes no bf16 tensors. Run it only where :meth:`missing` finds
+    something (it returns a new model by contract)."""
 
-    def __init__(self, opset: int = OPERATOR_OPSET):
+    def __init__(self, opset: int = OPERATOR_OPSET, reason: str = "the first with the operator's ops",
+                 lacking: Callable[[ir.Model], str | None] | None = None):
         super().__init__()
-        self.opset = opset
+        self.opset, self.reason, self.lacking = opset, reason, lacking
+
+    def missing(self, model: ir.Model) -> str | None:
+        """What ``model`` lacks that a newer opset gives (one line), or None."""
+        current = model.opset_imports.get("", 1)
+        if current < self.opset:
+            return f"the model is at opset {current}, below {self.opset}"
+        return None if self.lacking is None else self.lacking(model)
 
     def requires(self, model: ir.Model) -> None:
-        if model.opset_imports.get("", 1) >= self.opset:
-            raise PreconditionError(f"the model is at opset {model.opset_imports.get('', 1)} already")
+        if self.missing(model) is None:
+            raise PreconditionError(f"the model at opset {model.opset_imports.get('', 1)} needs no upgrade "
+                                    f"({self.reason})")
 
     def call(self, model: ir.Model) -> PassResult:
-        return PassResult(at_least_opset(model, self.opset), True)
-
-
-def at_least_opset(model: ir.Model, opset: int = OPERATOR_OPSET) -> ir.Model:
-    """``model`` itself at ``opset`` or above; else converted by ONNX's own version converter (an
-    opset-7 export lacks ``Where``), names and weights kept, prepared as :func:`load_model` prepares."""
-    current = model.opset_imports.get("", 1)
-    if current >= opset:
-        return model
-    DropInferredPass()(model)  # the annotations this tool inferred must not become the model's own
-    try:
-        upgraded = ir.from_proto(onnx.version_converter.convert_version(ir.to_proto(model), opset))
-    except Exception as e:  # onnx raises RuntimeError / ConvertError from C++
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"ONNX's version converter cannot take this model from opset {current} to {opset}, "
-                         f"the first with the operator's ops: {first}") from None
-    upgraded.ir_version = max(upgraded.ir_version or 0, model.ir_version or 0)
-    return reprepared(upgraded, model)
+        current = model.opset_imports.get("", 1)
+        DropInferredPass()(model)  # the annotations this tool inferred must not become the model's own
+        proto = ir.to_proto(model)
+        latest = onnx.defs.onnx_opset_version()
+        for target in range(max(current + 1, self.opset), latest + 1):
+            try:
+                upgraded = ir.from_proto(onnx.version_converter.convert_version(proto, target))
+            except Exception as e:  # onnx raises RuntimeError / ConvertError from C++
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ModelError(f"ONNX's version converter cannot take this model from opset {current} to {target}, "
+                                 f"{self.reason}: {first}") from None
+            if self.missing(upgraded) is None:
+                upgraded.ir_version = max(upgraded.ir_version or 0, model.ir_version or 0)
+                return PassResult(reprepared(upgraded, model), True)
+        raise ModelError(f"{self.missing(model)} at any ONNX opset up to {latest}")
 
 
 def reprepared(model: ir.Model, like: ir.Model) -> ir.Model:
     """``model`` (rebuilt from a proto by another tool) prepared as :func:`load_model` prepares, with
     ``like``'s origin: its external-data folder and path."""
-    origin = like.meta.get("mstransform.path")
+    origin = like.meta.get(ORIGIN)
     return _prepared(model, None if origin is None else Path(origin))
 
 
 def _prepared(model: ir.Model, path: Path | None) -> ir.Model:
     """Names and shapes as the passes expect them; external data read next to ``path``."""
     if path is not None:
-        model.meta["mstransform.path"] = str(path)
+        model.meta[ORIGIN] = str(path)
         ir.external_data.set_base_dir(model.graph, path.parent)
     ir.passes.Sequential(NameAfterOutputsPass(), NameFixPass(), DefaultDomainPass(), DynamicDimsPass(),
                          MarkedShapeInferencePass())(model)

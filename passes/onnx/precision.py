@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnx.version_converter
 import onnx_ir as ir
-from onnx_ir.passes import FunctionalPass, InPlacePass, PassResult, PostconditionError, PreconditionError
+from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, PreconditionError
 
 from mstransform.core.errors import ModelError
 from mstransform.core.options import Precision
-from mstransform.passes.graph.load import DropInferredPass, reprepared
+from mstransform.passes.graph.load import UpgradeOpsetPass
 
 FLOAT = ir.DataType.FLOAT
 _TYPES = {Precision.FP16: ir.DataType.FLOAT16, Precision.BF16: ir.DataType.BFLOAT16}
@@ -54,7 +53,7 @@ class ConvertFloatPass(InPlacePass):
         if refused:
             op, opset = refused[0]
             raise PreconditionError(f"{op} at opset {opset} does not take {self.precision.value} tensors in ONNX; "
-                                    "re-export at a newer opset (or run PrecisionOpsetPass first)")
+                                    "re-export at a newer opset (or run precision_opset_pass(precision) first)")
 
     def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
@@ -194,44 +193,15 @@ def unsupported_ops(model: ir.Model, precision: Precision) -> list[tuple[str, in
     return refused
 
 
-class PrecisionOpsetPass(FunctionalPass):
-    """A new model at the lowest standard opset where all ops take ``precision`` (ONNX's version converter).
+def precision_opset_pass(precision: Precision) -> UpgradeOpsetPass:
+    """The opset upgrade to the lowest standard opset where all ops take ``precision`` (bf16 Conv: opset 22)."""
+    precision = Precision(precision)
 
-    Run it only where :func:`unsupported_ops` finds an op (it returns a new model by contract)."""
+    def lacking(model: ir.Model) -> str | None:
+        refused = unsupported_ops(model, precision)
+        return f"{refused[0][0]} takes no {precision.value} tensors" if refused else None
 
-    def __init__(self, precision: Precision):
-        super().__init__()
-        self.precision = Precision(precision)
-
-    def requires(self, model: ir.Model) -> None:
-        if not unsupported_ops(model, self.precision):
-            raise PreconditionError(f"every op already takes {self.precision.value}: nothing to upgrade")
-
-    def call(self, model: ir.Model) -> PassResult:
-        return PassResult(upgrade_opset(model, self.precision), True)
-
-
-def upgrade_opset(model: ir.Model, precision: Precision) -> ir.Model:
-    """``model`` at the lowest standard opset where all its ops take ``precision`` (bf16 Conv: opset 22).
-
-    Uses ONNX's own version converter; returns ``model`` itself where no upgrade is needed.
-    """
-    opset = model.opset_imports.get("", 1)
-    if not unsupported_ops(model, precision):
-        return model
-    DropInferredPass()(model)  # the annotations this tool inferred must not become the model's own
-    proto = ir.to_proto(model)
-    for target in range(opset + 1, onnx.defs.onnx_opset_version() + 1):
-        try:
-            upgraded = ir.from_proto(onnx.version_converter.convert_version(proto, target))
-        except Exception as e:  # onnx raises RuntimeError / ConvertError from C++
-            raise ModelError(f"ONNX's version converter cannot take this model from opset {opset} to {target}: "
-                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
-        if not unsupported_ops(upgraded, precision):
-            return reprepared(upgraded, model)
-    op, at = unsupported_ops(model, precision)[0]
-    raise ModelError(f"{op} takes no {Precision(precision).value} tensors at any ONNX opset up to "
-                     f"{onnx.defs.onnx_opset_version()}")
+    return UpgradeOpsetPass(1, f"the first where every op takes {precision.value}", lacking)
 
 
 _PREFIX = "mstransform/precision/"  # the name of every boundary Cast, so a second run finds them

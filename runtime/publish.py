@@ -1,59 +1,34 @@
-"""Hardening an ONNX model: plan the operators from statistics, run the pass, write, verify.
+"""Publishing a hardened model: write it, check the written file, rename it into place.
 
-Everything the command line does for ``mstransform MODEL --stats S --alpha A`` happens here,
-so a user importing :func:`harden` gets the same checks: inputs (and the files they reference)
-are never modified, the model is written and verified under a name of its own and renamed into
-place only once verified (a model that fails is never published, an earlier file stays), and
-nothing is left behind on any error.
+:func:`harden` is what ``mstransform MODEL --stats S --alpha A`` does: the pass manager
+(:func:`mstransform.passes.harden.harden_model`), then the write and the checks of
+:mod:`mstransform.runtime.verify` on a probe. Inputs (and the files they reference) are never
+modified; the model is written and verified under a name of its own and renamed into place only
+once verified (a model that fails is never published, an earlier file stays), and nothing is left
+behind on any error.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes import PassError, PreconditionError
 
-import mstransform
-from mstransform.core.errors import ModelError, MstError, StatsError, UsageError
+from mstransform.core.errors import ModelError, UsageError
 from mstransform.core.fileio import publishing, retract
 from mstransform.core.guards import as_output_error
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Runtime, Selection, choice
-from mstransform.core.stats import InputRecord, Stats, load_stats
-from mstransform.passes.graph.fingerprint import fingerprint, weights_digest
-from mstransform.passes.onnx.precision import PRECISION_TYPES, ConvertFloatPass, PrecisionOpsetPass, unsupported_ops
-from mstransform.passes.sites.onnx_finder import find_sites
-from mstransform.passes.sites.plan import build_plan
-from mstransform.passes.graph.load import (OPERATOR_OPSET, DropInferredPass, ProvenancePass, UpgradeOpsetPass,
-                                        load_model)
-from mstransform.passes.onnx.sparsify import COUNT, SKIPPED, Inserted, InsertSparsifyPass, Operator, inserted
+from mstransform.core.stats import InputRecord, Stats
+from mstransform.passes.graph.load import DropInferredPass, load_model
+from mstransform.passes.harden import harden_model
 from mstransform.runtime.data import DataSource, Preprocess, head
 from mstransform.runtime.inputs import fixed_batch, input_specs
 from mstransform.runtime.session import open_session
 from mstransform.runtime.verify import check_file, self_check
-from mstransform.tools.arguments import checked
 
 MAX_PROTO = 2**31 - 1
 PROBE_SAMPLES, SYNTHETIC_SAMPLES = 8, 2  # the self-check's probe: samples from data, synthetic ones
-HARDENED_MARK = COUNT  # metadata_props key the sparsify pass writes: a hardened model is refused as input
-
-
-@dataclass
-class Hardened:
-    """A hardened model in memory (:func:`harden_model`): nothing written, nothing checked."""
-
-    model: ir.Model
-    sites: list[str]  # sites that got an operator
-    skipped: list[str]  # sites left as identity (threshold 0 in every channel)
-    alphas: dict[str, float]
-    inserted: list[Inserted]
-    stats: Stats  # as matched to the model's site names
-
-    def summary(self) -> str:
-        return (f"inserted {len(self.sites)} sparsify operator(s)"
-                + (f"; {len(self.skipped)} site(s) left as identity (threshold 0)" if self.skipped else ""))
 
 
 @dataclass
@@ -81,85 +56,6 @@ class HardenReport:
         return "\n".join(lines + [f"check: {c}" for c in self.checks])
 
 
-@checked
-def harden_model(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2,
-                 mode: Mode | str = Mode.MEANSPARSE, center: Center | str = Center.MEAN,
-                 formulation: Formulation | str = Formulation.WHERE, selection: Selection | None = None,
-                 ignore_fingerprint: bool = False, precision: Precision | str = Precision.FP32) -> Hardened:
-    """Insert the sparsify operator at every site of ``stats`` into ``model`` (a path or an ``onnx_ir`` model,
-    loaded afresh from a path; an ``onnx_ir`` model is changed in place) and return it in memory.
-
-    ``alpha`` is one number or an :class:`AlphaPlan` (per-site overrides); ``selection``'s
-    include/exclude patterns narrow the calibrated sites further. ``precision`` fp16/bf16 converts
-    the model first (:mod:`mstransform.passes.onnx.precision`), so the operators are made in that type
-    from the float64 statistics."""
-    if type(model).__module__.startswith("torch") or hasattr(model, "named_modules"):
-        raise UsageError("is a torch model; use mstransform.harden_torch for nn.Module / torch.export programs",
-                         param="model")
-    mode, center = choice(Mode, mode, "mode"), choice(Center, center, "center")
-    formulation = choice(Formulation, formulation, "formulation")
-    precision = choice(Precision, precision, "precision")
-    plan_alpha = AlphaPlan.of(alpha)
-    if not isinstance(stats, Stats):
-        stats = load_stats(stats)
-    m = load_model(model)
-    refuse_hardened(m)
-    from_fx = stats.selection.framework == "fx"  # names carry over; tensor names do not
-    fp = fingerprint(m)
-    if fp != stats.fingerprint and not ignore_fingerprint and not from_fx:
-        raise StatsError(f"stats were measured on another model (fingerprint {stats.fingerprint}, this model {fp}); "
-                         "calibrate this model or pass", fix=("ignore_fingerprint", "True"))
-    digest = weights_digest(m) if stats.weights and not ignore_fingerprint and not from_fx else stats.weights
-    if digest != stats.weights:
-        raise StatsError(f"stats were measured on a model with other weights (digest {stats.weights}, this model "
-                         f"{digest}): the same architecture, trained otherwise; calibrate this model "
-                         "or pass", fix=("ignore_fingerprint", "True"))
-    site_selection = dataclasses.replace(stats.selection, framework="onnx")
-    table = find_sites(m, stats.placement, site_selection)
-    narrow = Selection(selection.include, selection.exclude) if selection is not None else Selection()
-    written = PRECISION_TYPES.get(precision)  # the type float sites will have once converted
-    plan = build_plan(table, stats, plan_alpha, mode, center, narrow=narrow, by_position=from_fx,
-                      check_feeds=not from_fx,
-                      dtype_of=lambda s: written or (s.feed.dtype.numpy() if s.feed.dtype is not None else np.float32))
-    operators = {site.name: Operator(params, site.axis, site.rank) for site, params in plan.entries}
-    passes = []
-    if precision is not Precision.FP32:
-        if unsupported_ops(m, precision):  # bf16 Conv needs opset 22
-            passes.append(PrecisionOpsetPass(precision))
-        passes.append(ConvertFloatPass(precision))
-    elif m.opset_imports.get("", 1) < OPERATOR_OPSET:  # an opset-7 export lacks Where
-        passes.append(UpgradeOpsetPass(OPERATOR_OPSET))
-    passes += [InsertSparsifyPass(operators, formulation, placement=stats.placement, selection=site_selection),
-               ProvenancePass(_provenance(mode, center, plan_alpha, plan.stats, formulation, precision))]
-    m = _run_passes(ir.passes.PassManager(passes), m)
-    done = inserted(m)
-    return Hardened(m, [i.site for i in done], list(m.meta.get(SKIPPED, [])), plan.alphas, done, plan.stats)
-
-
-def _run_passes(manager, m: ir.Model) -> ir.Model:
-    """Run ``manager`` on ``m``; our own errors come out as they were raised, a pass's precondition as a
-    model error (one line), anything else as the bug it is."""
-    try:
-        return manager(m).model
-    except PassError as e:
-        cause = e
-        while cause is not None:
-            if isinstance(cause, MstError):
-                raise cause from None
-            if isinstance(cause, PreconditionError):
-                raise ModelError(str(cause)) from None
-            cause = cause.__cause__
-        raise
-
-
-def refuse_hardened(m: ir.Model) -> None:
-    """A model this tool hardened already is refused: harden the base model instead."""
-    if HARDENED_MARK in m.metadata_props:
-        raise UsageError(f"already holds {m.metadata_props[HARDENED_MARK]} sparsify operator(s) from mstransform; "
-                         "harden the base model instead", param="model")
-
-
-@checked(models_out=("output",))
 def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float | AlphaPlan = 0.2,
            mode: Mode | str = Mode.MEANSPARSE, center: Center | str = Center.MEAN,
            formulation: Formulation | str = Formulation.WHERE, selection: Selection | None = None,
@@ -179,15 +75,15 @@ def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float
     The probe holds ``batch_size`` samples, at most 8 from data and 2 synthetic (None: those), or
     the batch the model fixes. The input file and the files it references are never modified; the model
     is written and checked under a temporary name of this call's own and renamed onto ``output`` (and
-    ``output.data``) only when every check passed: a file that fails is never published."""
+    ``output.data``) only when every check passed: a file that fails is never published. An ``onnx_ir``
+    ``model`` is hardened in place."""
     runtime = choice(Runtime, runtime, "runtime")
-    source_path = None if isinstance(model, ir.Model) else Path(model)  # output checked against every input: @checked
     loaded = load_model(model)
     if probe is not None and not isinstance(probe, dict):
         probe = probe_data(probe, loaded, batch_axes=batch_axes, preprocess=preprocess, batch_size=batch_size)
     elif isinstance(probe, dict):
         probe = {k: np.asarray(v) for k, v in probe.items()}
-    base = _base_session(loaded, source_path, runtime, threads) if verify else None
+    base = _base_session(loaded, runtime, threads) if verify else None
     done = harden_model(loaded, stats, alpha=alpha, mode=mode, center=center, formulation=formulation,
                         selection=selection, ignore_fingerprint=ignore_fingerprint, precision=precision)
     m = done.model
@@ -210,25 +106,17 @@ def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float
     return report
 
 
-def _base_session(loaded: ir.Model, source_path: Path | None, runtime: Runtime, threads: int | None):
+def _base_session(loaded: ir.Model, runtime: Runtime, threads: int | None):
     """A session of the model as loaded (legacy dims made symbolic), for the self-check's comparison:
     made before hardening, which changes the loaded model in place. OpenVINO reads in-memory models
-    without external data only; such a model is read from its file."""
+    without external data only; such a model is read from the file it was loaded from."""
     try:
         return open_session(loaded, runtime=runtime, threads=threads, specialise=False)
     except ModelError:
-        if source_path is None:
+        source = loaded.meta.get("mstransform.path")  # set by load_model
+        if source is None:
             raise
-        return open_session(source_path, runtime=runtime, threads=threads, specialise=False)
-
-
-def _provenance(mode: Mode, center: Center, alpha: AlphaPlan, stats: Stats, formulation: Formulation,
-                precision: Precision):
-    return {"mstransform.version": mstransform.__version__, "mstransform.mode": mode.value,
-            "mstransform.center": Center.ZERO.value if mode is Mode.FORGED else center.value,
-            "mstransform.alpha": alpha.describe(), "mstransform.stats_sha256": stats.sha256(),
-            "mstransform.stats_fingerprint": stats.fingerprint,
-            "mstransform.formulation": formulation.value, "mstransform.precision": precision.value}
+        return open_session(Path(source), runtime=runtime, threads=threads, specialise=False)
 
 
 def _external(m: ir.Model) -> bool:
