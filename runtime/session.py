@@ -90,6 +90,7 @@ class Opener:
         if self.providers is not None and providers and {_provider_name(p) for p in providers} - self.providers:
             raise UsageError(f"belong to ONNX Runtime; {self.title} runs on {self.where} here", param="providers")
 
+
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
