@@ -14,6 +14,8 @@ from conftest import assert_matches_reference, onnx_operator_values, random_inpu
 
 import mstransform as mst
 import zoo
+from mstransform.core import activations
+from mstransform.core.activations import ActivationKind, Form
 from mstransform.passes.fx.module import MeanSparse, straight_through
 from mstransform.passes.fx.transform import find_fx_sites
 
@@ -165,3 +167,28 @@ def test_set_alpha_switches_without_reinsertion():
     assert torch.equal(op(x), x)
     op.set_alpha(0.5)
     assert torch.equal(op(x), torch.tensor([[0.0, -0.7]]))
+
+
+class ConvSineRelu(torch.nn.Module):
+    """``Conv1d -> torch.sin -> ReLU``, and hardtanh(0, 6) and hardtanh(-1, 1) of the Conv, on ``[N, 4, 16]`` (rank 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act = torch.nn.Conv1d(4, 6, 3, padding=1), torch.nn.ReLU()
+
+    def forward(self, x):
+        c = self.conv(x)
+        return self.act(torch.sin(c)), torch.nn.functional.hardtanh(c, 0.0, 6.0), torch.nn.functional.hardtanh(c)
+
+
+def test_an_activation_added_to_the_table_alone_is_an_fx_site_and_keeps_the_layout(monkeypatch):
+    """As in the ONNX pass (tests/test_sites.py): one catalogue entry, found and kept through; and a hardtanh is a
+    ReLU6 by its arguments, as the table says."""
+    x = torch.randn(2, 4, 16)
+    _, before = find_fx_sites(ConvSineRelu(), example=(x,))
+    assert [(s.kind, s.axis) for s in before] == [("Relu", 2), ("Clip(ReLU6)", 1)]
+    sine = ActivationKind("Sine", (Form("sine", np.sin),), frozenset({"Sin"}), ("function:torch.sin",))
+    monkeypatch.setattr(activations, "ACTIVATIONS", activations.ACTIVATIONS + (sine,))
+    _, table = find_fx_sites(ConvSineRelu(), example=(x,))
+    assert [(s.kind, s.axis) for s in table] == [("Sine", 1), ("Relu", 1), ("Clip(ReLU6)", 1)], table.format()
+    assert not [r for r in table.rejected if r.op_type == "Clip(ReLU6)"]  # hardtanh(-1, 1): no activation at all

@@ -1,11 +1,16 @@
 """Site finding on real exports: every exporter/opset/BatchNorm setting finds the same sites."""
 from __future__ import annotations
 
+import numpy as np
+import onnx
+import onnx.helper as oh
 import pytest
-from conftest import EXPORTS, exported
+from conftest import EXPORTS, exported, tiny_model
 
 import mstransform as mst
 import zoo
+from mstransform.core import activations
+from mstransform.core.activations import ActivationKind, Form, TorchCall
 
 MODELS = list(zoo.EXPECTED)
 
@@ -81,3 +86,38 @@ def test_sites_command_prints_table_and_reasons(cli, export_dir):
     assert r.code == 0
     assert "HardSwish" in r.out and "Clip(ReLU6)" in r.out
     assert "not matched (2)" in r.out and "Squeeze-and-Excitation" in r.out
+
+
+# -- the catalogue is one table: an entry is found, kept by layout and named everywhere ---------------------------
+
+def conv1d_then(path, *ops):
+    """``Conv1d -> ops... -> Relu`` on ``[N, 4, 16]``: rank 3, where the rank rule alone says tokens (axis 2); only
+    a layout kept through every op reaches the Conv and gives axis 1."""
+    rng = np.random.default_rng(0)
+    names = ["c", *[f"a{i}" for i in range(len(ops))]]
+    nodes = [oh.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3], pads=[1, 1])]
+    nodes += [oh.make_node(op, [names[i]], [names[i + 1]], name=op.lower()) for i, op in enumerate(ops)]
+    nodes.append(oh.make_node("Relu", [names[-1]], ["y"], name="relu"))
+    model = tiny_model(nodes, [("x", ["N", 4, 16])], [("y", None)],
+                       {"w": rng.standard_normal((6, 4, 3)).astype(np.float32)})
+    onnx.save(onnx.shape_inference.infer_shapes(model), str(path))
+    return path
+
+
+def test_a_site_is_found_through_softsigns_layout(tmp_path):
+    table = mst.find_sites(conv1d_then(tmp_path / "m.onnx", "Softsign"))
+    assert [(s.kind, s.axis, s.channels) for s in table] == [("Softsign", 1, 6), ("Relu", 1, 6)], table.format()
+    assert table.sites[1].axis_rule == "conv (N,C,H)"
+
+
+SINE = ActivationKind("Sine", (Form("sine", np.sin),), frozenset({"Sin"}), ("function:torch.sin", "method:sin"),
+                      twin=TorchCall("torch.sin"))
+
+
+def test_an_activation_added_to_the_table_alone_is_a_site_and_keeps_the_layout(tmp_path, monkeypatch):
+    path = conv1d_then(tmp_path / "m.onnx", "Sin")
+    before = mst.find_sites(path)
+    assert [(s.kind, s.axis) for s in before] == [("Relu", 2)]  # Sin: no activation, and it hides the Conv
+    monkeypatch.setattr(activations, "ACTIVATIONS", activations.ACTIVATIONS + (SINE,))
+    table = mst.find_sites(path)
+    assert [(s.name, s.kind, s.form, s.axis) for s in table] == [("sin", "Sine", "op", 1), ("relu", "Relu", "op", 1)]
