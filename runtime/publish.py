@@ -21,7 +21,7 @@ from mstransform.core.guards import as_output_error
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Runtime, Selection, choice
 from mstransform.core.stats import InputRecord, Stats
 from mstransform.passes.graph.load import DropInferredPass, load_model
-from mstransform.passes.harden import harden_model
+from mstransform.passes.harden import Hardened, harden_model
 from mstransform.runtime.data import DataSource, Preprocess, head
 from mstransform.runtime.inputs import fixed_batch, input_specs
 from mstransform.runtime.session import open_session
@@ -83,9 +83,17 @@ def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float
         probe = probe_data(probe, loaded, batch_axes=batch_axes, preprocess=preprocess, batch_size=batch_size)
     elif isinstance(probe, dict):
         probe = {k: np.asarray(v) for k, v in probe.items()}
-    base = _base_session(loaded, runtime, threads) if verify else None
+    base = base_session(loaded, runtime, threads) if verify else None
     done = harden_model(loaded, stats, alpha=alpha, mode=mode, center=center, formulation=formulation,
                         selection=selection, ignore_fingerprint=ignore_fingerprint, precision=precision)
+    return publish(done, output, base, probe, threads=threads, runtime=runtime, batch_size=batch_size)
+
+
+def publish(done: Hardened, output: str | Path, base, probe: dict[str, np.ndarray] | None = None, *,
+            threads: int | None = None, runtime: Runtime = Runtime.ONNXRUNTIME,
+            batch_size: int | None = None) -> HardenReport:
+    """:func:`harden`'s writing and checking of ``done``, checked against ``base`` (:func:`base_session`; None:
+    no checks), so a caller hardening one model at several alphas opens its session once."""
     m = done.model
     DropInferredPass()(m)
     if m.ir_version is not None and m.ir_version < 4:  # IR 3 and older: every initializer is also a graph input
@@ -94,7 +102,7 @@ def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float
     report = HardenReport(output, m, done.sites, done.skipped, done.alphas)
     with publishing(output) as pub:  # write and check this call's own file, then rename it into place
         _save(m, pub.path, output)
-        if verify:
+        if base is not None:
             report.checks += check_file(pub.path)
             if probe is None:
                 probe = synthetic_probe(m, done.stats.inputs, batch=min(batch_size or SYNTHETIC_SAMPLES,
@@ -106,7 +114,7 @@ def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float
     return report
 
 
-def _base_session(loaded: ir.Model, runtime: Runtime, threads: int | None):
+def base_session(loaded: ir.Model, runtime: Runtime, threads: int | None):
     """A session of the model as loaded (legacy dims made symbolic), for the self-check's comparison:
     made before hardening, which changes the loaded model in place. OpenVINO reads in-memory models
     without external data only; such a model is read from the file it was loaded from."""

@@ -199,10 +199,15 @@ def test_plot_histogram(cli, example_hardened, tmp_path):
     assert 0 < frac < 100 and (tmp_path / "h.png").stat().st_size > 1000
 
 
-def test_eval_and_sweep_results_print_serialise_and_save_alike(example_hardened, tmp_path):
+def test_eval_and_sweep_results_print_serialise_and_save_alike(example_hardened, tmp_path, monkeypatch):
     """Every result has format() for people and to_dict() for machines; a report's save() writes that dict;
-    ``progress`` is a bool (the bar) and ``log`` hears the lines, as in calibrate."""
+    ``progress`` is a bool (the bar) and ``log`` hears the lines, as in calibrate. The sweep opens the base
+    model's session for the self-check once, whatever the number of alphas."""
     from mstransform.robustness.attacks import AttackConfig
+    from mstransform.tools import sweep as sweep_module
+
+    opened, real = [], sweep_module.base_session
+    monkeypatch.setattr(sweep_module, "base_session", lambda *a: opened.append(a) or real(*a))
 
     cfg = AttackConfig(n=8, batch_size=8, apgd_iters=1, attacks=("apgd-ce",))
     heard = []
@@ -215,8 +220,9 @@ def test_eval_and_sweep_results_print_serialise_and_save_alike(example_hardened,
 
     stats = mst.load_stats(example_hardened.stats)
     heard.clear()
-    swept = mst.sweep(MODEL, stats, EXAMPLE / "val.npz", [0.2], cfg, progress=False, log=heard.append)
-    assert [line.split(":")[0] for line in heard if line.startswith("alpha ")] == ["alpha 0", "alpha 0.2"]
+    swept = mst.sweep(MODEL, stats, EXAMPLE / "val.npz", [0.1, 0.2], cfg, progress=False, log=heard.append)
+    assert [line.split(":")[0] for line in heard if line.startswith("alpha ")] == ["alpha 0", "alpha 0.1", "alpha 0.2"]
+    assert len(opened) == 1
     assert "chosen:" in swept.format() and swept.to_dict()["chosen_alpha"] == swept.alpha
     swept.save(json_path=tmp_path / "s.json", csv_path=tmp_path / "s.csv")
     assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(swept.to_dict()))

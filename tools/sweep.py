@@ -1,6 +1,7 @@
 """Choosing alpha honestly: a sweep on a held-out split of the *training* data.
 
-For each alpha the model is hardened (in a temporary folder), then evaluated on the held-out
+For each alpha the model is hardened (in a temporary folder, written and self-checked as ``harden``
+does, against one session of the base model opened for every alpha), then evaluated on the held-out
 split with APGD-CE through the true gradient and through the straight-through (BPDA)
 gradient. The chosen alpha maximises the *worse* of the two robust accuracies within a
 clean-accuracy budget; test data is never touched. Everything is validated before the first
@@ -34,7 +35,7 @@ from mstransform.robustness.plots import plot_sweep
 from mstransform.robustness.reports import save_json
 from mstransform.runtime import distributed
 from mstransform.runtime.inputs import input_specs
-from mstransform.runtime.publish import harden
+from mstransform.runtime.publish import base_session, publish
 from mstransform.runtime.session import check_runtime_choice, open_session, providers_for
 from mstransform.tools.arguments import checked
 
@@ -138,11 +139,12 @@ def _sweep(model, stats, x, y, alphas, cfg, key, shard, parts, fresh, max_clean_
     work = Work(len(alphas), sum(b - a for a, b in chunks), len(chunks), cfg, log, progress)
     with contextlib.closing(work), tempfile.TemporaryDirectory(prefix="mstransform-sweep-") as tmp:
         harden_model(model, stats, alpha=alphas[-1])  # stats fit the model: fail before any attack
+        base = base_session(load_model(model), runtime, threads)  # every alpha's self-check compares with it
         for i, alpha in enumerate(alphas):
             path = Path(model)
             if alpha > 0:
                 path = Path(tmp) / f"alpha{alpha:g}.onnx"
-                harden(model, stats, path, alpha=alpha, threads=threads, runtime=runtime)
+                publish(harden_model(model, stats, alpha=alpha), path, base, threads=threads, runtime=runtime)
             r = evaluate_model(f"alpha={alpha:g}", path, x, y, cfg, threads=threads, device=device, runtime=runtime,
                                chunks=chunks, store=store, index=i, work=work)
             results.append(r)
