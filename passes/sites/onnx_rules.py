@@ -188,7 +188,7 @@ class CompositeRule(Rule):
         return tuple(catalogue().kinds)
 
     def match(self, node: ir.Node) -> Result:
-        found, unresolved = composites(node.graph)
+        found, unresolved = _kept_composites(node.graph)
         for c in found:
             if any(n is node for n in c.nodes):
                 return _composite_match(c)
@@ -198,19 +198,25 @@ class CompositeRule(Rule):
         return NoMatch(CompositeRule, node, f"{node.op_type} computes no catalogue activation beyond its own op")
 
 
-# graph -> (its nodes and the catalogue when computed, what find_composites found): one run per graph, not per node
-_COMPOSITES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+KEPT = "mstransform.composites"  # the graph's meta key of what composites() found last, with the nodes and catalogue
 
 
 def composites(graph: ir.Graph) -> tuple[list[Composite], list[Unresolved]]:
-    """The spelled activations of ``graph`` and its unresolved anchors, computed once while its nodes and the
-    catalogue stay the same."""
-    key = (tuple(id(n) for n in graph), activations.ACTIVATIONS)
-    cached = _COMPOSITES.get(graph)
-    if cached is None or cached[0] != key:
-        cached = key, find_composites(OnnxElementwise(graph), _single, describe=_name)
-        _COMPOSITES[graph] = cached
-    return cached[1]
+    """The spelled activations of ``graph`` and its unresolved anchors (:func:`find_composites` over its elementwise
+    view), kept in the graph's meta for :class:`CompositeRule`, which asks once per node."""
+    found = find_composites(OnnxElementwise(graph), _single, describe=_name)
+    graph.meta[KEPT] = (_key(graph), found)
+    return found
+
+
+def _key(graph: ir.Graph) -> tuple:
+    return tuple(weakref.ref(n) for n in graph), activations.ACTIVATIONS
+
+
+def _kept_composites(graph: ir.Graph) -> tuple[list[Composite], list[Unresolved]]:
+    """:func:`composites`, computed again only when the graph's nodes or the catalogue changed since."""
+    kept = graph.meta.get(KEPT)
+    return kept[1] if kept is not None and kept[0] == _key(graph) else composites(graph)
 
 
 def _single(node: ir.Node) -> bool:
