@@ -182,6 +182,20 @@ def test_every_batch_of_a_one_shot_iterable_is_calibrated(tmp_path):
     assert done.report.max_abs_diff == 0  # the probe: real samples, the first ones calibration read
 
 
+def test_one_step_reads_the_model_once_and_checks_its_outputs_once(tmp_path, monkeypatch):
+    """calibrate_and_harden loads the model once and hands the loaded model on to the hardening, whose
+    outputs it checked itself: one scan for the files the model references, one load, one output check."""
+    from mstransform.tools import arguments
+
+    reads, checks = [], []
+    load, check = onnx.load, arguments.check_outputs
+    monkeypatch.setattr(onnx, "load", lambda f, *a, **k: reads.append(str(f)) or load(f, *a, **k))
+    monkeypatch.setattr(arguments, "check_outputs", lambda *a, **k: checks.append(a) or check(*a, **k))
+    arguments._references_of.cache_clear()  # the scan is kept per version of the file
+    mst.calibrate_and_harden(MODEL, CALIB, limit=64, output=tmp_path / "h.onnx", stats_output=tmp_path / "s.npz")
+    assert reads.count(str(MODEL)) == 2 and len(checks) == 1
+
+
 # -- torch models and another model's statistics ---------------------------------------------------------------
 
 def convnet(width: int) -> nn.Module:

@@ -15,6 +15,7 @@ import onnx.helper as oh
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from onnx_ir.passes import PreconditionError
 from conftest import U32, tiny_model
 
 from mstransform.core.errors import ModelError, StatsError
@@ -22,8 +23,10 @@ from mstransform.core.moments import Moments
 from mstransform.core.options import AlphaPlan, Center, Mode, Placement, Selection
 from mstransform.core.stats import SiteStats, Stats
 from mstransform.passes.graph.expose import ExposeValuesPass, exposed
-from mstransform.passes.graph.load import DefaultDomainPass, DynamicDimsPass, NameAfterOutputsPass, load_model
+from mstransform.passes.graph.load import (OPERATOR_OPSET, DefaultDomainPass, DynamicDimsPass, NameAfterOutputsPass,
+                                          UpgradeOpsetPass, load_model)
 from mstransform.passes.graph.subgraphs import lifting
+from mstransform.passes.onnx.precision import precision_opset_pass
 from mstransform.passes.onnx.reductions import AddSiteReductionsPass, reducing
 from mstransform.passes.sites.plan import build_plan
 
@@ -241,6 +244,25 @@ def test_default_domain_pass_spells_ai_onnx_as_the_default_domain():
     assert dict(model.opset_imports) == {"": 17} and [n.domain for n in model.graph] == [""]
     assert not DefaultDomainPass()(model).modified
     np.testing.assert_array_equal(session(model).run(None, {"x": np.array([-1, 2], np.float32)})[0], [0, 2])
+
+
+def test_upgrade_opset_pass_goes_to_the_first_opset_that_gives_what_the_model_lacks():
+    old = model_of(tiny_model([node("Relu", ["x"], ["y"])], [("x", [2, 3])], [("y", [2, 3])], opset=7))
+    upgrade = UpgradeOpsetPass(OPERATOR_OPSET)  # the operator's ops: Where from opset 9
+    assert upgrade.missing(old) == f"the model is at opset 7, below {OPERATOR_OPSET}"
+    new = upgrade(old).model
+    assert new.opset_imports[""] == OPERATOR_OPSET and upgrade.missing(new) is None
+    with pytest.raises(PreconditionError, match="needs no upgrade"):
+        upgrade(new)
+    conv = model_of(tiny_model([node("Conv", ["x", "w"], ["y"])], [("x", [1, 1, 4, 4])], [("y", [1, 1, 2, 2])],
+                               {"w": np.ones((1, 1, 3, 3), np.float32)}))
+    bf16 = precision_opset_pass("bf16")  # the same pass, for ops that take bf16 (Conv from opset 22)
+    assert bf16.missing(conv) == "Conv takes no bf16 tensors"
+    assert precision_opset_pass("fp16").missing(conv) is None
+    new = bf16(conv).model
+    assert new.opset_imports[""] == 22 and bf16.missing(new) is None
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    np.testing.assert_array_equal(session(new).run(None, {"x": x})[0], session(conv).run(None, {"x": x})[0])
 
 
 def test_name_after_outputs_pass_names_unnamed_and_generic_nodes_only():
