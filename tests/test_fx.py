@@ -192,3 +192,17 @@ def test_an_activation_added_to_the_table_alone_is_an_fx_site_and_keeps_the_layo
     _, table = find_fx_sites(ConvSineRelu(), example=(x,))
     assert [(s.kind, s.axis) for s in table] == [("Sine", 1), ("Relu", 1), ("Clip(ReLU6)", 1)], table.format()
     assert not [r for r in table.rejected if r.op_type == "Clip(ReLU6)"]  # hardtanh(-1, 1): no activation at all
+
+
+class LoneErf(torch.nn.Module):
+    def forward(self, x):
+        return torch.erf(x) + 1.0
+
+
+def test_a_lone_erf_is_reported_as_in_onnx():
+    """The engine reports an op the catalogue names as a part only (an Erf of GELU), for FX as for ONNX
+    (tests/test_rules.py): no site, one line saying why."""
+    _, table = find_fx_sites(LoneErf(), example=(torch.randn(2, 8),))
+    assert len(table) == 0
+    assert [(r.op_type, r.reason) for r in table.rejected] == [
+        ("erf", "Erf computes no catalogue activation beyond its own op (it appears only inside a Gelu): not hardened")]
