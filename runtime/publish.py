@@ -71,7 +71,8 @@ def harden(model, stats: Stats | str | Path, output: str | Path, *, alpha: float
     it is) or, without it, a synthetic batch shaped like the calibration samples the stats recorded
     (:func:`synthetic_probe`) -- and the written model against the input model on that probe: their
     agreement (a ``check: outcome:`` line, information), and both at a second size of every dynamic
-    input dim, where the written model must run if the input model does (:func:`~mstransform.runtime.verify.self_check`).
+    input dim, where the written model must run if the input model does
+    (:func:`~mstransform.runtime.verify.self_check`).
     The probe holds ``batch_size`` samples, at most 8 from data and 2 synthetic (None: those), or
     the batch the model fixes. The input file and the files it references are never modified; the model
     is written and checked under a temporary name of this call's own and renamed onto ``output`` (and
