@@ -78,9 +78,9 @@ def _report(err: BaseException, args, output=None) -> int:
     if isinstance(err, OSError):
         err = classify_os_error(err, roles(args)) or err
     if isinstance(err, MstError):
-        from mstransform.tools.cli_parser import FLAGS
+        from mstransform.tools.cli_parser import flag_names
 
-        _say(f"mstransform: error: {err.render(FLAGS)}", output)
+        _say(f"mstransform: error: {err.render(flag_names())}", output)
         return err.exit_code
     if isinstance(err, (MemoryError, RecursionError, OSError)):  # the machine, not the input: still one line
         _say(one_line(f"mstransform: error: {type(err).__name__}: {err} (run with --debug for details)"), output)

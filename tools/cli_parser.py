@@ -4,7 +4,8 @@ Adding a command is one :class:`Command` entry, its ``cmd_`` function in :mod:`~
 flags function in :mod:`~.cli_flags`: the parser, the dispatch of :mod:`~.cli`, ``--help``'s list
 and the words the default command (harden) tells apart from a model file all derive from the table.
 A path flag's role is its destination's entry in :data:`mstransform.tools.arguments.ROLES`, which
-the command line checks for every command before it runs.
+the command line checks for every command before it runs; the flag an error names is read off the
+parser too (:func:`flag_names`).
 """
 from __future__ import annotations
 
@@ -16,19 +17,8 @@ from mstransform.core.errors import UsageError
 from mstransform.tools import cli_flags as flags
 from mstransform.tools import commands as cmd
 
-GLOBAL_VALUED = {"--threads", "--log-file"}
-# API parameter -> the flag that sets it, for error messages.
-FLAGS = {"alpha": "--alpha", "alphas": "--alphas", "batch_size": "--batch-size", "limit": "--limit",
-         "threads": "--threads", "eps": "--eps", "n": "-n/--images", "norm": "--norm", "mode": "--mode",
-         "center": "--center", "formulation": "--formulation", "placement": "--placement", "include": "--include",
-         "exclude": "--exclude", "axes": "--axis", "attacks": "--attacks", "apgd_iters": "--apgd-iters",
-         "pgd_steps": "--pgd-steps", "square_queries": "--square-queries", "seed": "--seed",
-         "max_clean_drop": "--max-clean-drop", "channel": "--channel", "mean/std": "--mean/--std", "std": "--std",
-         "probe": "--data", "data": "--data", "model": "MODEL", "shard": "--shard", "workspace": "--workspace",
-         "device": "--device", "runtime": "--runtime", "providers": "--providers", "batch_axes": "--batch-axis",
-         "trt_version": "--trt-version", "stats": "--stats",
-         "ignore_fingerprint": "--ignore-fingerprint", "batch_sizes": "--batch-sizes", "warmup": "--warmup",
-         "rounds": "--rounds", "runs": "--runs"}
+# API parameters set by a flag of another name; every other parameter is named by its flag's destination.
+PARAMS = {"n": "images", "axes": "axis", "batch_axes": "batch_axis", "probe": "data", "workspace_mib": "workspace"}
 
 
 @dataclass(frozen=True)
@@ -146,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _global_valued() -> set[str]:
+    """The global flags that take a value (``--threads N``), skipped with it where the command is looked for."""
+    parser = Parser(add_help=False)
+    _add_global(parser, suppress=False)
+    return {s for a in parser._actions if a.nargs != 0 for s in a.option_strings}
+
+
 def _typed() -> list[str]:
     """The commands users type by their name (not ``eval-merge``, typed ``eval merge``)."""
     return [c.name for c in COMMANDS.values() if not c.typed_as]
@@ -153,9 +150,10 @@ def _typed() -> list[str]:
 
 def with_default_command(argv: list[str]) -> list[str]:
     """``mstransform MODEL ...`` means ``mstransform harden MODEL ...``; ``eval merge`` is ``eval-merge``."""
+    valued = _global_valued()
     i = 0
     while i < len(argv):
-        if argv[i] in GLOBAL_VALUED:
+        if argv[i] in valued:
             i += 2
         elif argv[i].startswith("-"):
             i += 1
@@ -183,3 +181,25 @@ def _refuse_mistyped_command(word: str) -> None:
     if close:
         raise UsageError(f"unknown command {word!r}; did you mean {close[0]!r}? (see `mstransform --help`)")
     raise UsageError(f"{word!r} is neither a command ({', '.join(_typed())}) nor a model file")
+
+
+def flag_names() -> dict[str, str]:
+    """API parameter -> the flag that sets it, for error messages (``batch_axes`` -> ``--batch-axis``), read off
+    the parser: an option by its strings (``-n/--images``), a positional by its name in capitals (``MODEL``)."""
+    actions = [a for p in _parsers(build_parser()) for a in p._actions
+               if a.dest != "help" and not isinstance(a, argparse._SubParsersAction)]
+    names: dict[str, str] = {}
+    for a in sorted(actions, key=lambda a: not a.option_strings):  # an option's name before a positional's
+        names.setdefault(a.dest, "/".join(a.option_strings) if a.option_strings else a.dest.upper())
+    names.update({param: names[dest] for param, dest in PARAMS.items()})
+    names["mean/std"] = f"{names['mean']}/{names['std']}"
+    return names
+
+
+def _parsers(parser):
+    """``parser`` and every parser of its sub-commands, theirs included."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
