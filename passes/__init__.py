@@ -1,10 +1,11 @@
 """Graph passes over ONNX (``onnx_ir``) and torch.fx graphs: find MeanSparse sites and insert the
 sparsify operator.
 
-Three sub-rooms, each with one reason to change: :mod:`~mstransform.passes.graph` (reading and plumbing ONNX
-graphs), :mod:`~mstransform.passes.sites` (site finding: the catalogue, computed matching, the ONNX adapter)
-and, on top of it, :mod:`~mstransform.passes.onnx` (rewrites of ONNX graphs) and :mod:`~mstransform.passes.fx`
-(the torch.fx pass). The activation catalogue and placement rules are declared
+Sub-rooms, each with one reason to change, lowest first: :mod:`~mstransform.passes.graph` (reading and
+plumbing ONNX graphs), :mod:`~mstransform.passes.sites` (site finding: the catalogue, computed matching, the
+ONNX adapter, the plan), :mod:`~mstransform.passes.onnx` (rewrites of ONNX graphs) beside
+:mod:`~mstransform.passes.fx` (the torch.fx pass), and :mod:`~mstransform.passes.harden` on top (the pass
+manager that hardens a model in memory, with its provenance). The activation catalogue and placement rules are declared
 once for both graph kinds; site finding is one analysis (:func:`~mstransform.passes.sites.finder.build_site_table`)
 over two adapters; insertion is an ``onnx_ir`` in-place pass configured by site names and parameters, whose
 result says whether anything changed and which records what it inserted in the model's side record. This room depends only on :mod:`mstransform.core`.
