@@ -160,3 +160,15 @@ def test_commands_own_path_arguments_are_checked_before_they_run(tmp_path):
                            timeout=120)
         assert r.returncode == code and words in r.stderr and r.stderr.count("\n") == 1, (argv, r.stderr)
     assert report.read_text() == "{}" and not (tmp_path / "m.json").exists()
+
+
+def test_axis_flags_share_one_parser(cli, tmp_path):
+    """--axis SITE=AXIS and --batch-axis NAME=AXIS are read by one parser: a name given two axes is refused
+    under the flag that gave them; only an input's batch axis may be none."""
+    r = cli("sites", MODEL, "--axis", "/Relu=1", "--axis", "/Relu=2")
+    assert r.code == 2 and r.err.startswith("mstransform: error: --axis '/Relu=2' conflicts with /Relu=1"), r.err
+    r = cli("sites", MODEL, "--axis", "/Relu=none")
+    assert r.code == 2 and r.err.startswith("mstransform: error: --axis ") and "integer axis" in r.err, r.err
+    r = cli("calibrate", MODEL, "--data", CALIB, "-o", tmp_path / "s.npz", "--batch-axis", "input")
+    assert r.code == 2 and "--batch-axis 'input': expected NAME=AXIS or NAME=none" in r.err, r.err
+    assert not (tmp_path / "s.npz").exists()
