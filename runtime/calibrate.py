@@ -19,11 +19,10 @@ import onnx_ir as ir
 
 from mstransform.core.errors import DataError, ModelError
 from mstransform.core.moments import MAX_OFFSET_RATIO, Moments, offset_ratio
-from mstransform.core.options import Placement, Runtime, Selection
+from mstransform.core.options import Runtime, Selection
 from mstransform.core.stats import InputRecord, SiteStats, Stats
 from mstransform.passes.graph.expose import exposed
 from mstransform.passes.graph.fingerprint import fingerprint, weights_digest
-from mstransform.passes.graph.load import load_model
 from mstransform.passes.onnx.reductions import Reduction, fixable, reducing
 from mstransform.passes.sites.catalogue import axis_by_rank, channel_axis
 from mstransform.passes.sites.finder import Site, SiteTable
@@ -38,13 +37,6 @@ MAX_RESUMS = 2  # a batch is summed at most this many more times, each with a sh
 # samples whose means place the shifts: channel means vary from sample to sample, so one sample left
 # ViT-B/16's first batch of 32 at offset ratio 0.60 (a second full run); four left it at 0.17
 PROBE_SAMPLES = 4
-
-
-def calibrate_onnx(model, data, *, placement: Placement | str = Placement.ACTIVATIONS,
-                   selection: Selection = Selection(), **options) -> Stats:
-    """Load ``model``, find its sites and measure them over ``data`` (see :func:`calibrate_table`)."""
-    m = load_model(model)
-    return calibrate_table(m, find_sites(m, placement, selection), data, selection=selection, **options)
 
 
 def calibrate_table(model: ir.Model, table: SiteTable, source, *, batch_size: int = 64, limit: int | None = None,
