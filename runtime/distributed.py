@@ -149,5 +149,11 @@ def calibrate_ranks(measure, *, shard=None, device=None, threads=None):
             import torch
 
             providers = [("CUDAExecutionProvider", {"device_id": torch.cuda.current_device()}), "CPUExecutionProvider"]
-        threads = threads if threads is not None else int(os.environ.get("OMP_NUM_THREADS") or 1)
+        threads = threads if threads is not None else _rank_threads()
         return gather_stats(measure(shard=(rank, world), providers=providers, threads=threads))
+
+
+def _rank_threads() -> int:
+    """A rank's intra-op threads: what ``OMP_NUM_THREADS`` says (torchrun sets 1 unless told), else 1."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else 1

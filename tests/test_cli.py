@@ -172,3 +172,12 @@ def test_axis_flags_share_one_parser(cli, tmp_path):
     r = cli("calibrate", MODEL, "--data", CALIB, "-o", tmp_path / "s.npz", "--batch-axis", "input")
     assert r.code == 2 and "--batch-axis 'input': expected NAME=AXIS or NAME=none" in r.err, r.err
     assert not (tmp_path / "s.npz").exists()
+
+
+def test_calibrate_under_torchrun_takes_no_shard(cli, tmp_path, monkeypatch):
+    """Under torchrun each rank calibrates its own batches: a --shard as well is refused before any work."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = cli("calibrate", MODEL, "--data", CALIB, "--shard", "0/2", "-o", tmp_path / "s.npz")
+    assert r.code == 2 and r.err.startswith("mstransform: error: --shard under torchrun"), r.err
+    assert not (tmp_path / "s.npz").exists()
