@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from mstransform.core.errors import CompatibilityError
+from mstransform.core.errors import CompatibilityError, UsageError
 from mstransform.passes.onnx.recognise import find_sparsify_ops
 
 TABLE = Path(__file__).parent / "data" / "trt_onnx_ops.json"
@@ -107,7 +107,7 @@ def release_table(version: str) -> dict:
     if version in tables:
         return tables[version]
     if version not in LATER:
-        raise KeyError(f"unknown TensorRT version {version!r}; known: {', '.join(versions())}")
+        raise UsageError(f"unknown TensorRT version {version!r}; known: {', '.join(versions())}", param="trt_version")
     facts = later_facts(version)
     ops = {**tables[facts["base"]]["ops"], **{op: [] for op in facts["added_ops"]}}
     return {"ops": ops, "opset_min": facts["opset_min"], "opset_max": facts["opset_max"]}

@@ -226,7 +226,7 @@ class ReducedRun:
 
     def _fixable(self) -> list[int]:
         """The targets whose shifts to fix: NCHW tensors of static H*W, on ONNX Runtime's CPU provider alone."""
-        providers = getattr(self.session, "get_providers", lambda: [])()
+        providers = self.session.get_providers()
         if not self.fix_shifts or providers != ["CPUExecutionProvider"]:
             return []
         return [i for i, target in enumerate(self.targets) if fixable(*target) and target[0].graph is self.model.graph]

@@ -210,11 +210,6 @@ def _run(session, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndar
     return run_step(session, names, feed, ModelError, "comparing OpenVINO with ONNX Runtime on the probe")
 
 
-def _decided(x: np.ndarray, c: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """The operator's own test ``|x - c| < t`` in ``x``'s type."""
-    return np.abs(x - c.astype(x.dtype)) < t.astype(x.dtype)
-
-
 def runtime_gap(path, feed: dict[str, np.ndarray], *, threads: int | None = None) -> RuntimeGap:
     """Run the hardened model at ``path`` on ``feed`` in OpenVINO (f32) and ONNX Runtime (CPU), every
     sparsify operator's input exposed, and compare their decisions.
@@ -230,7 +225,7 @@ def runtime_gap(path, feed: dict[str, np.ndarray], *, threads: int | None = None
     self-check proves that on each runtime)."""
     import onnx_ir as ir
 
-    from mstransform.core.operator import unit_roundoff
+    from mstransform.core.operator import in_band, unit_roundoff
     from mstransform.passes.graph.expose import exposed
     from mstransform.passes.onnx.recognise import find_sparsify_ops
 
@@ -253,7 +248,7 @@ def runtime_gap(path, feed: dict[str, np.ndarray], *, threads: int | None = None
         c = np.broadcast_to(op.center, x_ort.shape)
         t = np.broadcast_to(op.threshold, x_ort.shape)
         same_value = (x_ort == c) & (x_ov == c)
-        flips = (_decided(x_ort, c, t) != _decided(x_ov, c, t)) & ~same_value
+        flips = (in_band(x_ort, c, t, None) != in_band(x_ov, c, t, None)) & ~same_value
         moved = np.abs(x_ov.astype(np.float64) - x_ort.astype(np.float64))
         top = float(np.max(np.abs(x_ort))) if x_ort.size else 0.0
         edge = np.abs(np.abs(x_ort.astype(np.float64) - c) - t)[flips]

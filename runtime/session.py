@@ -316,13 +316,12 @@ MAX_REASON = 600  # characters of a runtime's reason kept in an error line
 _SOURCE_LOCATION = re.compile(r"/\S+\.(?:h|hpp|cc|cpp):\d+ .*? was false\. ")
 
 
-def run_step(session: Session, fetch: list[str] | None, feed: dict, error, step: str,
-             axes: dict[str, int | None] | None = None) -> list:
+def run_step(session: Session, fetch: list[str] | None, feed: dict, error, step: str) -> list:
     """``session.run``, with a failure turned into ``error`` (an MstError class): one line naming
     ``step`` and the runtime's reason.
 
-    A run that fails on several samples is tried once more on one sample (cut along ``axes``, else
-    along each input's declared dynamic axis 0): where that runs, the model declares its batch
+    A run that fails on several samples is tried once more on one sample (cut along each input's
+    declared dynamic axis 0): where that runs, the model declares its batch
     dynamic but its graph holds batch 1 (an export that traced batch 1 into a ``Reshape``), and the
     line says so and what to do."""
     from mstransform.core.errors import MstError
@@ -334,7 +333,7 @@ def run_step(session: Session, fetch: list[str] | None, feed: dict, error, step:
     except Exception as e:  # ORT and OpenVINO raise their own exception types
         runtime = session.runtime
         reason = first_line(e)
-    batch = batch_of_one(session, feed, axes)
+    batch = _batch_of_one(session, feed)
     if batch is not None:
         try:
             session.run(fetch, batch[1])
@@ -347,13 +346,12 @@ def run_step(session: Session, fetch: list[str] | None, feed: dict, error, step:
     raise error(f"{step}: {runtime} failed: {reason}") from None
 
 
-def batch_of_one(session: Session, feed: dict, axes: dict[str, int | None] | None = None) -> tuple[int, dict] | None:
+def _batch_of_one(session: Session, feed: dict) -> tuple[int, dict] | None:
     """(samples in ``feed``, ``feed`` cut to its first sample) where ``feed`` holds more than one sample
-    along a dynamic batch axis; None otherwise. Without ``axes``, an input's batch axis is its axis 0
-    where the session declares that dim dynamic."""
-    if axes is None:
-        declared = {i.name: getattr(i, "shape", None) for i in session.get_inputs()}
-        axes = {k: 0 for k, shape in declared.items() if shape and not isinstance(shape[0], int)}
+    along a dynamic batch axis; None otherwise. An input's batch axis is its axis 0 where the session
+    declares that dim dynamic."""
+    declared = {i.name: getattr(i, "shape", None) for i in session.get_inputs()}
+    axes = {k: 0 for k, shape in declared.items() if shape and not isinstance(shape[0], int)}
     cut, sizes = dict(feed), set()
     for name, axis in axes.items():
         x = feed.get(name)

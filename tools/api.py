@@ -231,12 +231,11 @@ def merge_stats(paths: list[str | Path], output: str | Path) -> Stats:
 @checked
 def check_trt(model, version: str | None = None, *, fp16: bool = False) -> TrtCheck:
     """The static TensorRT compatibility check of ``model`` against one release's ONNX parser facts."""
-    from mstransform.deploy.trt_check import DEFAULT_VERSION, versions
+    from mstransform.deploy.trt_check import DEFAULT_VERSION, release_table
     from mstransform.deploy.trt_check import check_trt as _check
 
     version = version or DEFAULT_VERSION
-    if version not in versions():
-        raise UsageError(f"unknown TensorRT version {version!r}; known: {', '.join(versions())}", param="trt_version")
+    release_table(version)  # an unknown version is refused before the model is read
     return TrtCheck(version, _check(load_model(model), version, fp16=fp16), fp16)
 
 
