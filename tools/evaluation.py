@@ -36,6 +36,8 @@ from mstransform.tools.arguments import checked
 
 @dataclass
 class EvalReport:
+    """An evaluation: every model's accuracies and per-image verdicts, and what they were measured with."""
+
     results: list[ModelResult]
     cfg: AttackConfig
     data: str

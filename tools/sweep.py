@@ -42,6 +42,8 @@ from mstransform.tools.arguments import checked
 
 @dataclass
 class SweepReport:
+    """A sweep: one row per alpha, the alpha chosen and why, and every alpha's per-image verdicts."""
+
     rows: list[SweepRow]
     alpha: float
     reason: str
