@@ -72,6 +72,14 @@ class TrtCheck:
         return {"trt_version": self.version, "fp16": self.fp16, "ok": not self.errors,
                 "findings": [{"level": f.level, "where": f.where, "message": f.message} for f in self.findings]}
 
+    def format(self) -> str:
+        """The check for people: one line per finding, then, where none blocks the build, the verdict."""
+        lines = [str(f) for f in self.findings]
+        if not self.errors:
+            lines.append(f"ok: compatible with the TensorRT {self.version} ONNX parser's operator table"
+                         + (" and fp16 constants" if self.fp16 else "") + f" ({len(self.findings)} warning(s))")
+        return "\n".join(lines)
+
     def raise_for_errors(self) -> None:
         """CompatibilityError (exit 9) naming the first blocking problem, if any."""
         if self.errors:

@@ -42,9 +42,19 @@ class Hardened:
     inserted: list[Inserted]
     stats: Stats  # as matched to the model's site names
 
-    def summary(self) -> str:
-        return (f"inserted {len(self.sites)} sparsify operator(s)"
-                + (f"; {len(self.skipped)} site(s) left as identity (threshold 0)" if self.skipped else ""))
+    def to_dict(self) -> dict:
+        """The hardening for machines: sites with an operator, sites left as identity, each site's alpha."""
+        return {"sites": list(self.sites), "skipped": list(self.skipped), "alphas": dict(self.alphas)}
+
+    def format(self) -> str:
+        """One line for people: how many operators went in, how many sites were left as identity."""
+        return inserted_line(self.sites, self.skipped)
+
+
+def inserted_line(sites: list[str], skipped: list[str]) -> str:
+    """``inserted N sparsify operator(s); M site(s) left as identity (threshold 0)``."""
+    return (f"inserted {len(sites)} sparsify operator(s)"
+            + (f"; {len(skipped)} site(s) left as identity (threshold 0)" if skipped else ""))
 
 
 def harden_model(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan = 0.2,

@@ -18,6 +18,14 @@ class Accuracy:
     def percent(self) -> float:
         return 100.0 * self.correct / max(self.total, 1)
 
+    def to_dict(self) -> dict:
+        """The accuracy for machines: samples right, samples scored, the percentage."""
+        return {"correct": self.correct, "total": self.total, "percent": self.percent}
+
+    def format(self) -> str:
+        """One line for people: ``accuracy 97.50% (39/40)``."""
+        return f"accuracy {self.percent:.2f}% ({self.correct}/{self.total})"
+
 
 def is_class_scores(array: np.ndarray, samples: int | None = None, batch_axis: int | None = 0) -> bool:
     """Whether ``array`` holds class scores: ``(samples, classes)`` floats, two classes or more (``samples``

@@ -52,6 +52,8 @@ class BenchRow:
 
 @dataclass
 class BenchReport:
+    """Both models' latency on one runtime (:func:`mstransform.tools.bench.bench`): one row per batch size."""
+
     runtime: str  # the runtime and device that ran both models, as `run` names them
     threads: int | None
     warmup: int
@@ -61,7 +63,8 @@ class BenchReport:
     hardened: str
     rows: list[BenchRow] = field(default_factory=list)
 
-    def table(self) -> str:
+    def format(self) -> str:
+        """The report for people: how it was timed, then one aligned row per batch size."""
         head = (f"{self.runtime}; threads {self.threads or 'runtime default'}; {self.warmup} warm-up call(s), "
                 f"{self.rounds} interleaved round(s) of {self.runs} call(s) per model")
         rows = [("batch", "base ms (IQR)", "hardened ms (IQR)", "hardened/base", "round range")]
@@ -70,7 +73,8 @@ class BenchReport:
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         return "\n".join([head] + ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows])
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
+        """The report for machines (``bench --json``): every field, each row's timings in milliseconds."""
         return asdict(self)
 
 
@@ -118,8 +122,11 @@ def _same_inputs(base: list[InputSpec], hardened: list[InputSpec]) -> None:
 
 def bench_sessions(base, hardened, specs: list[InputSpec], hardened_specs: list[InputSpec], *, batch_sizes,
                    warmup: int = 5, rounds: int = 10, runs: int = 10, seed: int = 0, clock=time.perf_counter,
-                   progress=None) -> list[BenchRow]:
-    """Time two sessions (anything with a ``Session``'s ``run``) side by side: one row per batch size."""
+                   progress: bool = False, log=None) -> list[BenchRow]:
+    """Time two sessions (anything with a ``Session``'s ``run``) side by side: one row per batch size.
+    ``progress`` shows a bar over the rounds; ``log`` (a callable) gets one line per batch size timed."""
+    from tqdm.auto import tqdm
+
     _same_inputs(specs, hardened_specs)
     for name, value in (("warmup", warmup), ("rounds", rounds), ("runs", runs)):
         check_count(value, name, low=0 if name == "warmup" else 1)
@@ -127,6 +134,7 @@ def bench_sessions(base, hardened, specs: list[InputSpec], hardened_specs: list[
     if not sizes:
         raise UsageError("is empty; give one batch size or more", param="batch_sizes")
     rows = []
+    bar = tqdm(total=len(sizes) * rounds, desc="timing", unit="round", leave=False, disable=None if progress else True)
     for b in sizes:
         feed = random_feed(specs, b, seed)
         sessions = {"base": base, "hardened": hardened}
@@ -147,8 +155,10 @@ def bench_sessions(base, hardened, specs: list[InputSpec], hardened_specs: list[
             round_ratios.append(statistics.median(this["hardened"]) / statistics.median(this["base"]))
             for k in sessions:
                 calls[k] += this[k]
-            if progress is not None:
-                progress(b, r + 1, rounds)
+            bar.update()
         tb, th = Timing.of(calls["base"]), Timing.of(calls["hardened"])
         rows.append(BenchRow(b, tb, th, th.median_ms / tb.median_ms, min(round_ratios), max(round_ratios)))
+        if log:
+            log(f"batch {b}: base {_cell(tb)} ms, hardened {_cell(th)} ms, hardened/base {rows[-1].ratio:.3f}x")
+    bar.close()
     return rows

@@ -195,7 +195,16 @@ class RuntimeGap:
     def first_flip(self) -> OperatorGap | None:
         return next((op for op in self.operators if op.flips), None)
 
-    def summary(self) -> str:
+    def to_dict(self) -> dict:
+        """The comparison for machines: decisions compared and differing, per operator and in all."""
+        return {"values": int(self.values), "flips": int(self.flips), "far": self.far,
+                "output_diff": float(self.output_diff),
+                "operators": [{"name": op.name, "values": int(op.values), "flips": int(op.flips),
+                               "max_input_diff": float(op.max_input_diff), "scale": float(op.scale)}
+                              for op in self.operators]}
+
+    def format(self) -> str:
+        """One line for people: whether the runtimes' decisions agree, and where they first differ."""
         first = self.first_flip()
         if first is None:
             return (f"OpenVINO vs ONNX Runtime: every decision of {len(self.operators)} operator(s) agrees "

@@ -21,7 +21,7 @@ from mstransform.core.guards import as_output_error
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Runtime, Selection, choice
 from mstransform.core.stats import InputRecord, Stats
 from mstransform.passes.graph.load import DropInferredPass, load_model
-from mstransform.passes.harden import Hardened, harden_model
+from mstransform.passes.harden import Hardened, harden_model, inserted_line
 from mstransform.runtime.data import DataSource, Preprocess, head
 from mstransform.runtime.inputs import fixed_batch, input_specs
 from mstransform.runtime.session import open_session
@@ -49,10 +49,9 @@ class HardenReport:
         return {"output": str(self.output), "sites": list(self.sites), "skipped": list(self.skipped),
                 "alphas": dict(self.alphas), "checks": list(self.checks), "max_abs_diff": self.max_abs_diff}
 
-    def summary(self) -> str:
-        lines = [f"inserted {len(self.sites)} sparsify operator(s)"
-                 + (f"; {len(self.skipped)} site(s) left as identity (threshold 0)" if self.skipped else ""),
-                 f"wrote {self.output}"]
+    def format(self) -> str:
+        """The report for people: operators inserted, the file written, one line per check passed."""
+        lines = [inserted_line(self.sites, self.skipped), f"wrote {self.output}"]
         return "\n".join(lines + [f"check: {c}" for c in self.checks])
 
 

@@ -81,6 +81,7 @@ class Opener:
     devices: frozenset[Device] = frozenset(Device)
     providers: frozenset[str] | None = None  # the only ONNX Runtime providers it accepts (None: any)
     where: str = ""  # where it runs, for a refused device or provider ("its CPU plugin")
+    against_reference: bool = False  # the self-check also compares its operators' decisions with ONNX Runtime's
 
     def check(self, device=None, providers: list | None = None) -> None:
         """Refuse a device or ONNX Runtime providers that do not apply to this runtime."""
@@ -213,7 +214,7 @@ def _openvino(model, settings: Settings) -> Session:
 RUNTIMES: dict[str, Opener] = {
     "onnxruntime": Opener("ONNX Runtime", _onnxruntime),
     "openvino": Opener("OpenVINO", _openvino, frozenset({Device.CPU}), frozenset({"CPUExecutionProvider"}),
-                       "its CPU plugin"),
+                       "its CPU plugin", against_reference=True),
 }
 DEFAULT_RUNTIME = "onnxruntime"
 
@@ -221,7 +222,7 @@ DEFAULT_RUNTIME = "onnxruntime"
 def opener(runtime=None) -> Opener:
     """The row of :data:`RUNTIMES` for ``runtime`` (a name or a ``Runtime``; None: ONNX Runtime)."""
     name = DEFAULT_RUNTIME if runtime is None else runtime.value if isinstance(runtime, enum.Enum) else runtime
-    if name not in RUNTIMES:
+    if not isinstance(name, str) or name not in RUNTIMES:
         raise UsageError(f"must be one of {', '.join(RUNTIMES)}, not {runtime!r}", param="runtime")
     return RUNTIMES[name]
 

@@ -17,14 +17,13 @@ import onnx_ir as ir
 
 from mstransform.core.errors import DependencyError, ModelError, VerificationError
 from mstransform.core.operator import edge_band, sparsify
-from mstransform.core.options import Runtime, choice
 from mstransform.passes.graph.expose import exposed
 from mstransform.passes.graph.subgraphs import graphs
 from mstransform.passes.onnx.recognise import find_sparsify_ops
 from mstransform.passes.onnx.sparsify import Inserted
 from mstransform.runtime.accuracy import is_class_scores
 from mstransform.runtime.inputs import input_specs
-from mstransform.runtime.session import describe, encodable, first_line, open_session, run_step
+from mstransform.runtime.session import describe, encodable, first_line, open_session, opener, run_step
 
 
 @dataclass
@@ -65,7 +64,7 @@ def self_check(path: Path, base, inserted: list[Inserted], probe: dict[str, np.n
     if not hasattr(base, "run"):
         base = open_session(base, runtime=runtime, threads=threads, providers=providers, specialise=False)
     report.checks += outcome_check(session, base, probe, report.outputs, report.specs)
-    if runtime is not None and choice(Runtime, runtime, "runtime") is Runtime.OPENVINO:
+    if opener(runtime).against_reference:
         report.checks.append(_against_ort(path, probe, threads))
     return report
 
@@ -84,7 +83,7 @@ def _against_ort(path: Path, probe: dict[str, np.ndarray], threads: int | None) 
     if gap.far:
         raise VerificationError(f"{gap.far} decision(s) differ between OpenVINO and ONNX Runtime farther from the "
                                 "band edge than their inputs differ: one runtime computes an operator wrongly")
-    return gap.summary()
+    return gap.format()
 
 
 def numeric_check(path: Path, inserted: list[Inserted], probe: dict[str, np.ndarray], tolerance: float = 0.0,

@@ -106,9 +106,9 @@ def test_api_report_structure(pair, runtime):
     for r in report.rows:
         assert r.ratio == pytest.approx(r.hardened.median_ms / r.base.median_ms, rel=1e-12)
         assert r.base.calls == r.hardened.calls == 4
-    data = report.to_json()
+    data = report.to_dict()
     assert data["rows"][0]["base"]["median_ms"] == report.rows[0].base.median_ms
-    assert "hardened/base" in report.table()
+    assert "hardened/base" in report.format()
 
 
 def _cli(*args, cwd=None):
@@ -201,9 +201,8 @@ def test_a_runtime_added_to_the_table_alone_runs_run_and_bench(pair, monkeypatch
 
     monkeypatch.setitem(session.RUNTIMES, "counting",
                         session.Opener("Counting", open_counting, frozenset({Device.CPU}), where="the CPU"))
-    # the public functions first check the name against the user-facing choice (core.options.Runtime,
-    # which names the same runtimes as the table); their bodies open sessions through the table alone
-    run, bench = mst.run.__wrapped__, mst.bench.__wrapped__
+    # the public functions check the name against the table itself, and open sessions through it alone
+    run, bench = mst.run, mst.bench
     got = run(pair[1], EXAMPLE / "test.npz", runtime="counting", limit=100, batch_size=32)
     ref = mst.run(pair[1], EXAMPLE / "test.npz", limit=100, batch_size=32)
     assert isinstance(opened[0], session.Session) and opened[0].calls == 4  # 100 samples in batches of 32
@@ -212,8 +211,11 @@ def test_a_runtime_added_to_the_table_alone_runs_run_and_bench(pair, monkeypatch
     for name, values in ref.outputs.items():
         np.testing.assert_array_equal(got.outputs[name], values)
     np.testing.assert_array_equal(got.predictions, ref.predictions)
-    report = bench(*pair, runtime="counting", batch_sizes=[2], warmup=1, rounds=2, runs=1)
+    heard = []
+    report = bench(*pair, runtime="counting", batch_sizes=[2], warmup=1, rounds=2, runs=1, progress=False,
+                   log=heard.append)
     assert report.runtime == "Counting on CPU (a toy runtime)" and [s.calls for s in opened[1:]] == [3, 3]
+    assert len(heard) == 1 and heard[0].startswith("batch 2: base ")  # one line per batch size timed
     with pytest.raises(UsageError, match="cuda does not apply to Counting, which runs on the CPU here"):
         run(pair[1], EXAMPLE / "test.npz", runtime="counting", device="cuda")
     fail.append(True)  # a runtime's failure is one line that names it

@@ -10,6 +10,7 @@ its inputs.
 from __future__ import annotations
 
 import functools
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,15 +39,18 @@ from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.outputs import declared_outputs, gather_outputs
 from mstransform.runtime.publish import HardenReport, retract_output
 from mstransform.runtime.session import check_runtime_choice, describe, open_session, providers_for
+from mstransform.robustness.attacks import AttackConfig
 from mstransform.tools.arguments import check_paths, checked, is_torch
-from mstransform.tools.evaluation import evaluate
+from mstransform.tools.bench import bench
+from mstransform.tools.evaluation import evaluate, parts_folder
 from mstransform.tools.evaluation import merge as merge_eval
+from mstransform.tools.site_view import site_fractions
 from mstransform.tools.sweep import sweep
 
-__all__ = ["Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "build_engine", "calibrate",
-           "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output", "evaluate", "find_sites",
-           "harden", "harden_model", "harden_torch", "load_model", "load_stats", "merge_stats", "package_torch", "run",
-           "sweep"]
+__all__ = ["AttackConfig", "Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "bench",
+           "build_engine", "calibrate", "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output",
+           "evaluate", "find_sites", "harden", "harden_model", "harden_torch", "load_model", "load_stats",
+           "merge_stats", "package_torch", "parts_folder", "run", "site_fractions", "sweep"]
 
 harden_model = checked(_passes.harden_model)  # the pass manager, in memory: mstransform.passes.harden
 harden = checked(models_out=("output",))(_publish.harden)  # written and checked: mstransform.runtime.publish
@@ -134,9 +138,21 @@ def package_torch(model, stats: Stats | str | Path, example: tuple, output: str 
 
 @dataclass
 class OneStepResult:
+    """What :func:`calibrate_and_harden` wrote: the statistics (and their file) and the hardening report."""
+
     stats: Stats
     stats_path: Path
     report: HardenReport
+    seconds: float = 0.0  # the calibration's wall-clock time
+
+    def to_dict(self) -> dict:
+        """Both steps for machines: the hardening report, with the statistics file it was made from."""
+        return {**self.report.to_dict(), "stats_file": str(self.stats_path)}
+
+    def format(self) -> str:
+        """Both steps for people: the statistics measured and their file, then the hardening report."""
+        return (f"calibrated {len(self.stats)} site(s) on {self.stats.samples} sample(s) in {self.seconds:.1f} s; "
+                f"wrote {self.stats_path}\n{self.report.format()}")
 
 
 @checked(models_out=("output",))
@@ -172,12 +188,13 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
     AlphaPlan.of(alpha).per_site(chosen)
     refuse_hardened(m)
     check_runtime_choice(runtime)
+    t0 = time.perf_counter()
     keep = SampleHead(min(batch_size, 8))  # the probe: the first samples calibration reads, never read twice
     stats = calibrate_table(m, found, data, batch_size=batch_size, limit=limit, preprocess=preprocess or Preprocess(),
                             threads=threads, log=log, runtime=runtime, providers=providers_for(None),
                             extent=mode is Mode.FORGED or placement is Placement.LINEAR_INPUTS,
                             batch_axes=batch_axes, keep=keep)
-    probe = keep.inputs
+    probe, seconds = keep.inputs, time.perf_counter() - t0
     # the model loaded above, its outputs checked once (@checked): publishes nothing when it fails
     report = _publish.harden(m, stats, output, alpha=alpha, mode=mode, center=center, formulation=formulation,
                              selection=selection, probe=probe, verify=verify, threads=threads, precision=precision,
@@ -187,7 +204,7 @@ def calibrate_and_harden(model: str | Path, data, *, output: str | Path, stats_o
     except BaseException:
         retract_output(report)  # only the model this call published, never another run's
         raise
-    return OneStepResult(stats, stats_output, report)
+    return OneStepResult(stats, stats_output, report, seconds)
 
 
 @checked
@@ -276,11 +293,31 @@ class RunResult:
     def to_dict(self) -> dict:
         """The run for machines (``run --json``): the runtime, every output's shape, type and batch axis, and
         the accuracy where there is one (the arrays themselves go to ``save``)."""
-        acc = None if self.accuracy is None else {"correct": self.accuracy.correct, "total": self.accuracy.total,
-                                                   "percent": self.accuracy.percent}
+        acc = None if self.accuracy is None else self.accuracy.to_dict()
         return {"runtime": self.runtime, "samples": self.samples, "accuracy": acc, "notes": list(self.notes),
                 "outputs": {name: {"shape": list(a.shape), "dtype": str(a.dtype), "batch_axis": self.output_axes.get(name)}
                             for name, a in self.outputs.items()}}
+
+    def format(self) -> str:
+        """The run for people: the runtime, then the accuracy, else the first predictions, else every output's
+        shape, type and batch axis (the notes are the caller's to show, as warnings)."""
+        if self.accuracy is not None:
+            result = self.accuracy.format()
+        elif self.predictions is not None:
+            preds = self.predictions
+            result = f"predictions for {len(preds)} sample(s): {preds[:20].tolist()}{' ...' if len(preds) > 20 else ''}"
+        else:
+            result = f"outputs for {self.samples} sample(s): {self._outputs_line()}"
+        return f"{self.runtime}\n{result}"
+
+    def _outputs_line(self) -> str:
+        """``boxes [100,7,4] float32 (batch axis 0), anchors [7,4] float32 (no batch axis)``."""
+        parts = []
+        for name, array in self.outputs.items():
+            axis = self.output_axes.get(name)
+            parts.append(f"{name} [{','.join(map(str, array.shape))}] {array.dtype} "
+                         f"({'no batch axis' if axis is None else f'batch axis {axis}'})")
+        return ", ".join(parts) or "none is a tensor"
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a ``.npz`` path gets every output under its name (joined along its batch

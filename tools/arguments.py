@@ -16,6 +16,7 @@ a :class:`~mstransform.core.errors.UsageError` naming the parameter -- nothing r
 """
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 import os
@@ -174,6 +175,17 @@ def _choice(enum_name: str):
     return convert
 
 
+def _runtime(value, name):
+    """A runtime by its row of :data:`mstransform.runtime.session.RUNTIMES` (a name or a ``Runtime``): its name,
+    so that a runtime added to that table alone is accepted."""
+    from mstransform.runtime.session import opener
+
+    name = value.value if isinstance(value, enum.Enum) else value
+    if name is not None:
+        opener(name)  # refuses a name the table lacks
+    return name
+
+
 def _example(value, name):
     if value is None:
         return None
@@ -208,8 +220,8 @@ def _count(value, name):
 CONVERT = {  # parameter name -> its rule; these skip the annotation check (the rule is stricter)
     "model": _model, "models": _models, "stats": _stats, "batch_axes": _batch_axes,
     "batch_size": _count, "limit": _count, "seed": _count, "example": _example, "dynamic_batch": _batch_range,
-    "log": _callback,
-    **{name: _choice(enum) for name, enum in (("device", "Device"), ("runtime", "Runtime"), ("mode", "Mode"),
+    "log": _callback, "runtime": _runtime,
+    **{name: _choice(enum) for name, enum in (("device", "Device"), ("mode", "Mode"),
                                               ("center", "Center"), ("formulation", "Formulation"),
                                               ("placement", "Placement"), ("precision", "Precision"))},
 }

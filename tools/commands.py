@@ -71,7 +71,7 @@ def _batch_axes(a):
 
 
 def _attack_config(a, attacks):
-    from mstransform.robustness.attacks import AttackConfig
+    from mstransform.tools.api import AttackConfig
 
     return AttackConfig(eps=a.eps, norm=a.norm, n=a.images, batch_size=a.batch_size, seed=a.seed,
                         apgd_iters=a.apgd_iters, pgd_steps=a.pgd_steps, square_queries=a.square_queries,
@@ -107,7 +107,7 @@ def _json(a, command: str, document: dict) -> None:
 
 
 def _site_fractions(a) -> int:
-    from mstransform.tools.site_view import site_fractions
+    from mstransform.tools.api import site_fractions
 
     if a.data is None:
         raise UsageError("--stats needs --data: the stats hold each channel's mean and variance, not how many values "
@@ -169,16 +169,14 @@ def cmd_harden(a) -> int:
     if a.stats is None:
         stats_out = Path(a.save_stats) if a.save_stats else api.default_stats_output(output)
         _check_derived(a, output, stats_out)
-        t0 = time.perf_counter()
         done = api.calibrate_and_harden(model, a.data, output=output, stats_output=stats_out, alpha=alpha,
                                         mode=a.mode, center=a.center, formulation=a.formulation,
                                         placement=a.placement, selection=_selection(a),
                                         batch_size=a.batch_size, limit=a.limit, preprocess=pre,
                                         verify=not a.no_verify, threads=a.threads, log=say,
                                         precision=a.precision, runtime=a.runtime, batch_axes=_batch_axes(a))
-        print(f"calibrated {len(done.stats)} site(s) on {done.stats.samples} sample(s) in "
-              f"{time.perf_counter() - t0:.1f} s; wrote {done.stats_path}")
-        report = done.report
+        print(done.format())
+        document = done.to_dict()
     else:
         _check_derived(a, output)
         report = api.harden(model, a.stats, output, alpha=alpha, mode=Mode(a.mode), center=a.center,
@@ -186,18 +184,15 @@ def cmd_harden(a) -> int:
                             ignore_fingerprint=a.ignore_fingerprint, verify=not a.no_verify, threads=a.threads,
                             precision=a.precision, runtime=a.runtime, probe=a.data, batch_axes=_batch_axes(a),
                             preprocess=pre, batch_size=a.batch_size)
-    print(report.summary())
-    document = report.to_dict()
-    if a.stats is None:
-        document["stats_file"] = str(done.stats_path)
+        print(report.format())
+        document = report.to_dict()
     if a.eval:
         (hard,) = api.compare_accuracy([output], a.eval, batch_size=a.batch_size, preprocess=pre, threads=a.threads,
                                        runtime=a.runtime, batch_axes=_batch_axes(a))
         for label, acc in (("base", base), ("hardened", hard)):
             print(f"clean accuracy {label:9s} {acc.percent:6.2f}%  ({acc.correct}/{acc.total})")
         print(f"clean accuracy change {hard.percent - base.percent:+.2f} points")
-        document["clean_accuracy"] = {label: {"correct": acc.correct, "total": acc.total, "percent": acc.percent}
-                                      for label, acc in (("base", base), ("hardened", hard))}
+        document["clean_accuracy"] = {"base": base.to_dict(), "hardened": hard.to_dict()}
     _json(a, "harden", document)
     return 0
 
@@ -215,12 +210,9 @@ def cmd_check_trt(a) -> int:
     from mstransform.tools import api
 
     report = api.check_trt(a.model, a.trt_version, fp16=a.fp16)
-    for f in report.findings:
-        print(f)
     _json(a, "check-trt", report.to_dict())  # written before a blocking finding ends the command (exit 9)
+    print(report.format())
     report.raise_for_errors()
-    print(f"ok: compatible with the TensorRT {report.version} ONNX parser's operator table"
-          + (" and fp16 constants" if a.fp16 else "") + f" ({len(report.findings)} warning(s))")
     return 0
 
 
@@ -245,36 +237,20 @@ def cmd_run(a) -> int:
     if out is not None and preds is None and out.suffix.lower() != ".npz":
         raise UsageError(f"-o {out}: output {next(iter(result.outputs), '?')!r} holds no class scores, so there "
                          "are no predictions to write; name a .npz file (-o OUT.npz) to write every output")
-    print(result.runtime)
     if result.providers_note:
         LOGGER.debug(f"providers: {result.providers_note}")
     for note in result.notes:
         say(note)
-    if result.accuracy is not None:
-        print(f"accuracy {result.accuracy.percent:.2f}% ({result.accuracy.correct}/{result.accuracy.total})")
-    elif preds is not None:
-        print(f"predictions for {len(preds)} sample(s): {preds[:20].tolist()}{' ...' if len(preds) > 20 else ''}")
-    else:
-        print(f"outputs for {result.samples} sample(s): {_outputs_line(result)}")
+    print(result.format())
     if out is not None:
         print(f"wrote {result.save(out)}")
     _json(a, "run", result.to_dict())
     return 0
 
 
-def _outputs_line(result) -> str:
-    """``boxes [100,7,4] float32 (batch axis 0), anchors [7,4] float32 (no batch axis)``."""
-    parts = []
-    for name, array in result.outputs.items():
-        axis = result.output_axes.get(name)
-        parts.append(f"{name} [{','.join(map(str, array.shape))}] {array.dtype} "
-                     f"({'no batch axis' if axis is None else f'batch axis {axis}'})")
-    return ", ".join(parts) or "none is a tensor"
-
-
 def _parts(a):
     """Where eval and sweep keep finished chunks (beside their --json, else --csv report)."""
-    from mstransform.tools.evaluation import parts_folder
+    from mstransform.tools.api import parts_folder
 
     if a.shard is not None and a.json is None:
         raise UsageError("--shard needs --json: the shard's report is what `mstransform eval merge` reads")
@@ -330,14 +306,13 @@ def cmd_plot(a) -> int:
     out = _path(a.output)
     result = api.plot_site_histogram(a.model, api.load_stats(a.stats), a.data, a.site, a.channel,
                                      check_alpha(a.alpha), out, a.limit)
-    print(f"{result.values} values; {100 * result.replaced:.1f}% fall in the blocked band; wrote {out}")
+    print(f"{result.format()}; wrote {out}")
     return 0
 
 
 def cmd_bench(a) -> int:
     from mstransform.core.options import Runtime, choice
     from mstransform.tools import api
-    from mstransform.tools.bench import bench
 
     sizes = _floats(a.batch_sizes, "--batch-sizes")
     if not all(v == int(v) for v in sizes):
@@ -348,10 +323,10 @@ def cmd_bench(a) -> int:
         api.check_runtime_choice(runtime, a.device, providers)
     reports = []
     for runtime in runtimes:
-        report = bench(a.base, a.hardened, batch_sizes=[int(v) for v in sizes], runtime=runtime, device=a.device,
-                       providers=providers, threads=a.threads, warmup=a.warmup, rounds=a.rounds, runs=a.runs)
-        print(report.table(), flush=True)
-        reports.append(report.to_json())
+        report = api.bench(a.base, a.hardened, batch_sizes=[int(v) for v in sizes], runtime=runtime, device=a.device,
+                           providers=providers, threads=a.threads, warmup=a.warmup, rounds=a.rounds, runs=a.runs)
+        print(report.format(), flush=True)
+        reports.append(report.to_dict())
     if a.json is not None:
         _json(a, "bench", {"reports": reports})
         print(f"wrote {a.json}")

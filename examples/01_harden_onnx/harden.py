@@ -18,7 +18,7 @@ stats.save(OUT / "stats.npz")
 print(stats.format())
 
 report = mst.harden(DATA / "model.onnx", stats, alpha=0.2, output=OUT / "model.meansparse.onnx")
-print(report.summary())
+print(report.format())
 
 # the hardened model is plain ONNX: any ONNX Runtime user can run it
 import onnxruntime as ort

@@ -31,6 +31,6 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
 calib = np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype(np.float32)
 stats = mst.calibrate(base, {"input": calib}, batch_size=4, progress=False)
 report = mst.harden(base, stats, alpha=0.2, output=out / "resnet50.meansparse.onnx", probe={"input": calib[:1]})
-print(report.summary())
+print(report.format())
 print(f"next: mstransform bench {base} {out / 'resnet50.meansparse.onnx'} --batch-sizes 1,8 "
       "--runtime onnxruntime,openvino --threads 2")
