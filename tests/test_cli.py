@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -48,9 +49,19 @@ def test_the_users_exact_command(work):
 
 def test_one_step_form_with_accuracy(cli, tmp_path):
     out = tmp_path / "hard.onnx"
-    r = cli(MODEL, "--data", CALIB, "--limit", "256", "--alpha", "0.2", "-o", out, "--eval", TEST)
+    r = cli(MODEL, "--data", CALIB, "--limit", "256", "--alpha", "0.2", "-o", out, "--eval", TEST,
+            "--json", tmp_path / "hard.json")
     assert r.code == 0, r.err
     assert (tmp_path / "hard.stats.npz").is_file()
+    # the command prints the one-step result's format() and writes its to_dict(), with both accuracies
+    lines = r.out.splitlines()
+    assert lines[0].startswith("calibrated 7 site(s) on 256 sample(s) in ") and lines[0].endswith(
+        f"; wrote {tmp_path / 'hard.stats.npz'}")
+    assert lines[1:3] == ["inserted 7 sparsify operator(s)", f"wrote {out}"]
+    document = json.loads((tmp_path / "hard.json").read_text())
+    assert document["stats_file"] == str(tmp_path / "hard.stats.npz") and document["output"] == str(out)
+    assert set(document["clean_accuracy"]) == {"base", "hardened"}
+    assert set(document["clean_accuracy"]["base"]) == {"correct", "total", "percent"}
     base = float(r.out.split("clean accuracy base")[1].split("%")[0])
     hard = float(r.out.split("clean accuracy hardened")[1].split("%")[0])
     assert base > 85 and abs(base - hard) < 5
@@ -181,3 +192,17 @@ def test_calibrate_under_torchrun_takes_no_shard(cli, tmp_path, monkeypatch):
     r = cli("calibrate", MODEL, "--data", CALIB, "--shard", "0/2", "-o", tmp_path / "s.npz")
     assert r.code == 2 and r.err.startswith("mstransform: error: --shard under torchrun"), r.err
     assert not (tmp_path / "s.npz").exists()
+
+
+def test_commands_print_the_results_format(cli, example_hardened):
+    """check-trt prints the check's format() (each finding, then the verdict); the in-memory hardening and
+    its written report say the same first line, and give to_dict() for machines."""
+    import mstransform as mst
+
+    r = cli("check-trt", example_hardened.hardened, "--fp16")
+    assert r.code == 0, r.err
+    check = mst.check_trt(example_hardened.hardened, fp16=True)
+    assert r.out == check.format() + "\n" and check.format().splitlines()[-1].startswith("ok: compatible with")
+    done = mst.harden_model(MODEL, example_hardened.stats, alpha=0.2)
+    assert done.format() == "inserted 7 sparsify operator(s)"
+    assert json.loads(json.dumps(done.to_dict()))["sites"] == done.sites and len(done.to_dict()["alphas"]) == 7

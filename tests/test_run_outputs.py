@@ -5,6 +5,8 @@ Each reference is ONNX Runtime run here, directly, on the same batches of the sa
 along each output's batch axis and the accuracy are numpy's."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnx.helper as oh
@@ -82,6 +84,11 @@ def test_detector_outputs_of_two_ranks_and_a_table(tmp_path):
         _close(got["anchors"], anchors, rtol=0, atol=0)
         assert got["boxes"].shape == (20, 7, 4)
     assert "outputs for 20 sample(s)" in r.out and "accuracy" not in r.out and "predictions" not in r.out
+    result = mst.run(model, data, batch_size=8)  # the command prints the result's format(), then what it wrote
+    assert r.out.splitlines()[:2] == result.format().splitlines()
+    assert result.format().splitlines()[1] == ("outputs for 20 sample(s): boxes [20,7,4] float32 (batch axis 0), "
+                                               "scores [20,7] float32 (batch axis 0), anchors [7,4] float32 "
+                                               "(no batch axis)")
     err = r.err.splitlines()
     assert any(line.startswith("note: output 'anchors'") and "no batch axis" in line and "later" not in line
                for line in err), r.err
@@ -180,6 +187,10 @@ def test_classifier_with_labels(tmp_path):
     assert r.code == 0, r.err
     correct = int((logits.argmax(1) == labels).sum())
     assert r.out.splitlines()[1] == f"accuracy {100 * correct / 50:.2f}% ({correct}/50)"
+    result = mst.run(model, data, batch_size=16)
+    assert result.format() == "\n".join(r.out.splitlines()[:2])
+    assert json.loads(json.dumps(result.to_dict()))["accuracy"] == {"correct": correct, "total": 50,
+                                                                  "percent": 100 * correct / 50}
     np.testing.assert_array_equal(np.load(tmp_path / "preds.npy", allow_pickle=False), logits.argmax(1))
     r = run_cli("run", model, "--data", data, "--batch-size", "16", "-o", tmp_path / "out.npz")
     assert r.code == 0, r.err

@@ -42,7 +42,7 @@ from mstransform.runtime.session import check_runtime_choice, describe, open_ses
 from mstransform.robustness.attacks import AttackConfig
 from mstransform.tools.arguments import check_paths, checked, is_torch
 from mstransform.tools.bench import bench
-from mstransform.tools.evaluation import evaluate, parts_folder
+from mstransform.tools.evaluation import evaluate, parts_folder  # parts_folder: for the commands, not public
 from mstransform.tools.evaluation import merge as merge_eval
 from mstransform.tools.site_view import site_fractions
 from mstransform.tools.sweep import sweep
@@ -50,7 +50,7 @@ from mstransform.tools.sweep import sweep
 __all__ = ["AttackConfig", "Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "bench",
            "build_engine", "calibrate", "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output",
            "evaluate", "find_sites", "harden", "harden_model", "harden_torch", "load_model", "load_stats",
-           "merge_stats", "package_torch", "parts_folder", "run", "site_fractions", "sweep"]
+           "merge_stats", "package_torch", "run", "site_fractions", "sweep"]
 
 harden_model = checked(_passes.harden_model)  # the pass manager, in memory: mstransform.passes.harden
 harden = checked(models_out=("output",))(_publish.harden)  # written and checked: mstransform.runtime.publish
