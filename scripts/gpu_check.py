@@ -6,7 +6,7 @@ Installs nothing from outside the machine and reaches nothing outside it: it run
 project, installed from this checkout with ``pip --no-index --no-deps`` where it is not installed yet, torch with CUDA, onnxruntime and, where present,
 onnxruntime-gpu; docs/deployment.md says how to bring the latter). In order:
 
-1. the CUDA tests (``tests/test_devices.py``, in a subprocess);
+1. the CUDA tests (``tests/unit/runtime/test_fx_calibrate.py``, in a subprocess);
 2. the FX path on CUDA: ResNet-50 (``benchmarks/models.py``, 49 sites) calibrated on the device and
    hardened, its output against the base model's;
 3. hardened / base latency in eager mode and under ``torch.compile`` (Inductor), batch 1 and 64;
@@ -89,12 +89,12 @@ def timed_pair(base, hardened, x, *, rounds: int, runs: int, sync) -> tuple[floa
 
 
 def run_tests(table: Table) -> None:
-    with table.step("CUDA tests (tests/test_devices.py)"):
+    with table.step("CUDA tests (tests/unit/runtime/test_fx_calibrate.py)"):
         r = subprocess.run([sys.executable, "-m", "pytest", str(REPO / "tests" / "test_devices.py"), "-q", "-rs",
                             "-p", "no:cacheprovider", "-n", "0"], capture_output=True, text=True, cwd=REPO)
         summary = next((line for line in reversed(r.stdout.splitlines()) if " in " in line and "=" in line),
                        r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()[-160:])
-        table.add("CUDA tests (tests/test_devices.py)", "ok" if r.returncode == 0 else "FAILED",
+        table.add("CUDA tests (tests/unit/runtime/test_fx_calibrate.py)", "ok" if r.returncode == 0 else "FAILED",
                   summary.strip("= "))
 
 

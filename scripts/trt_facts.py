@@ -57,7 +57,7 @@ PIP_TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "no
               "--platform", "manylinux_2_28_x86_64", "--only-binary=:all:"]
 LIBRARIES = ("libnvinfer.so.{major}", "libnvinfer_plugin.so.{major}", "libnvonnxparser.so.{major}")
 
-# What deploy/trt_engine.py and the test stand-in (tests/trt_standin.py) use: each class's full
+# What deploy/trt_engine.py and the test stand-in (tests/support/trt_standin.py) use: each class's full
 # list of public names is recorded, and these members with their kind and signature.
 USED = {
     "Logger": ["__init__", "WARNING"],
