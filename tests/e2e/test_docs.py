@@ -141,3 +141,73 @@ def test_no_session_history_in_docs_or_code():
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode in (0, 1), f"git grep failed: {r.stderr.strip()}"
     assert r.returncode == 1, "notebook history in files a reader reads:\n" + r.stdout
+
+
+# -- docs/layout.md against the tree --------------------------------------------------------------
+LAYOUT = ROOT / "docs" / "layout.md"
+ROOMS = ("core", "passes", "runtime", "robustness", "deploy", "tools")
+
+
+def _layout_tables() -> dict[str, set[str]]:
+    rooms, room = {}, None
+    for line in LAYOUT.read_text().splitlines():
+        if m := re.fullmatch(r"### `(\w+)/`", line):
+            room = rooms.setdefault(m.group(1), set())
+        elif room is not None and (m := re.match(r"\| `([\w/.]+)` \|", line)):
+            room.add(m.group(1))
+        elif line.startswith("## "):
+            room = None
+    return rooms
+
+
+def _modules(room: str) -> set[str]:
+    out = set()
+    for p in (ROOT / room).rglob("*.py"):
+        rel = p.relative_to(ROOT / room)
+        if p.name != "__init__.py":
+            out.add(rel.as_posix())
+        elif len(rel.parts) > 1:
+            out.add(rel.parent.as_posix() + "/")
+    return out
+
+
+def test_layout_tables_name_exactly_the_modules_in_the_tree():
+    tables = _layout_tables()
+    assert sorted(tables) == sorted(ROOMS)
+    for room in ROOMS:
+        assert tables[room] == _modules(room), room
+
+
+def test_every_file_and_name_layout_md_points_to_exists():
+    text = LAYOUT.read_text()
+    top = "|".join((*ROOMS, "tests", "scripts", "benchmarks", "examples"))  # from the root; table rows are room-relative
+    refs = set(re.findall(rf"`((?:{top})/(?:\w+/)*\w+\.py)(?::(\w+))?`", text))
+    assert len(refs) > 20
+    for path, name in refs:
+        file = ROOT / path
+        assert file.is_file(), path
+        if name:
+            assert re.search(rf"^(class |def )?{name}\b", file.read_text(), re.M), f"{path}:{name}"
+
+
+def test_layout_md_worked_examples_build_with_the_code_as_it_is():
+    """Each worked example's snippet is evaluated against the real constructors: a changed signature fails."""
+    import types
+
+    import numpy as np
+
+    from mstransform.core.activations import ActivationKind, Form, TorchCall
+    from mstransform.core.options import Device
+    from mstransform.runtime.session import Opener
+    from mstransform.tools.cli_parser import Command
+
+    blocks = re.findall(r"```python\n(.*?)```", LAYOUT.read_text(), re.S)
+    assert len(blocks) == 3
+    activation = eval(blocks[0], {"ActivationKind": ActivationKind, "Form": Form, "TorchCall": TorchCall, "np": np})
+    assert activation.onnx_ops == {"Sin"} and activation.forms[0].f(np.float64(1.0)) == np.sin(1.0)
+    table = {}
+    exec(blocks[1], {"RUNTIMES": table, "Opener": Opener, "Device": Device, "open_counting": print})
+    assert table["counting"].devices == {Device.CPU}
+    handler = types.SimpleNamespace(cmd_inspect=print)
+    command = eval(blocks[2], {"Command": Command, "flags": types.SimpleNamespace(inspect_flags=len), "cmd": handler})
+    assert command.name == "inspect" and command.run is print
