@@ -1,0 +1,41 @@
+"""Calibration across processes (``runtime.distributed``): ``mstransform calibrate`` under torchrun gives the
+statistics of one process."""
+from __future__ import annotations
+
+import numpy as np
+from helpers import ingraph_tolerance
+
+import mstransform as mst
+from mstransform.core.stats import Stats
+
+
+def test_torchrun_ranks_merge_into_one_pass(tmp_path):
+    """`mstransform calibrate` under torchrun: two gloo ranks, each calibrating every other batch, gathered on
+    rank 0: the same statistics as one process, within twice the in-graph bound (the batches are the same, the
+    shifts differ)."""
+    import subprocess
+    import sys
+
+    from helpers import EXAMPLE
+
+    model, data, out = EXAMPLE / "model.onnx", EXAMPLE / "calib.npz", tmp_path / "ranks.npz"
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous (port 0 is not accepted there)
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("PYTEST", "OMP"))}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
+                        "-m", "mstransform", "calibrate", str(model), "--data", str(data), "-o", str(out), "--limit",
+                        "256", "--batch-size", "32"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("wrote") == 1  # rank 0 alone writes and says so
+    merged, one = Stats.load(out), mst.calibrate(model, data, limit=256, batch_size=32, progress=False)
+    assert merged.samples == one.samples == 256
+    for name, s in one.sites.items():
+        a, b = s.moments, merged.sites[name].moments
+        mean_f, var_f = ingraph_tolerance((32, a.channels, a.count // 256), 1, 32)
+        assert a.count == b.count
+        assert np.all(np.abs(a.mean - b.mean) <= 2 * mean_f * np.sqrt(a.var) + 1e-300)
+        assert np.all(np.abs(a.var - b.var) <= 2 * var_f * a.var + 1e-300)
+        np.testing.assert_array_equal(a.absmax, b.absmax)
