@@ -1,37 +1,15 @@
-"""Deployment: the static TensorRT check on every hardened test model, the engine builder, the runtime."""
+"""The static TensorRT check (``deploy.trt_check``) on every hardened test model: the formulations, the bool and
+broadcast findings, fp16 overflow, and what each TensorRT release (10.x, 11.x) takes."""
 from __future__ import annotations
 
-import importlib.util
-
-import numpy as np
 import onnx
 import pytest
-from helpers import EXAMPLE, EXPORTS, exported, random_inputs
+from hardened_zoo import hardened  # noqa: F401 -- the fixture
+from helpers import EXPORTS
 
-import mstransform as mst
 import zoo
 from mstransform.deploy.trt_check import check_trt, versions
 from mstransform.passes.graph.load import load_model
-
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-
-
-@pytest.fixture(scope="module")
-def hardened(export_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("hardened")
-    cache = {}
-
-    def get(name, label, formulation="where"):
-        key = (name, label, formulation)
-        if key not in cache:
-            src = exported(name, label, export_dir)
-            stats = mst.calibrate(src, {"input": random_inputs(name, 16)}, progress=False)
-            out = d / f"{name}-{label}-{formulation}.onnx"
-            mst.harden(src, stats, alpha=0.2, output=out, formulation=formulation)
-            cache[key] = out
-        return cache[key]
-
-    return get
 
 
 @pytest.mark.parametrize("label", [e[0] for e in EXPORTS])
@@ -88,96 +66,6 @@ def test_fp16_check_flags_overflowing_constants(hardened, tmp_path):
     ir.save(m, bad)
     assert any("overflows fp16" in str(f) for f in check_trt(load_model(bad), fp16=True))
     assert not any("overflows fp16" in str(f) for f in check_trt(load_model(bad), fp16=False))
-
-
-@pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed on this machine (cannot be: see README)")
-def test_engine_builds_where_tensorrt_exists(hardened, tmp_path):
-    from mstransform.deploy.trt_engine import build_engine, parse_shapes
-
-    plan = tmp_path / "m.plan"
-    build_engine(hardened("resnet", "legacy-17-folded"), plan,
-                 profile=parse_shapes("1/4/8", {"input": (None, 1, 16, 16)}))
-    assert plan.stat().st_size > 0
-
-
-@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: the missing-dependency message cannot be shown")
-def test_engine_without_tensorrt_says_how_to_install(hardened, tmp_path, cli):
-    r = cli("engine", hardened("resnet", "legacy-17-folded"), "-o", tmp_path / "m.plan", "--shapes", "1/8/64")
-    assert r.code == 8 and "pip install tensorrt" in r.err and r.err.count("\n") == 1
-    assert not (tmp_path / "m.plan").exists()
-
-
-def test_run_reports_cpu_and_accuracy(cli):
-    r = cli("run", EXAMPLE / "model.onnx", "--data", EXAMPLE / "test.npz", "--limit", "500")
-    assert r.code == 0, r.err
-    first = r.out.splitlines()[0]
-    assert first.startswith("ONNX Runtime ") and first.endswith(" on CPUExecutionProvider")  # why: under --verbose
-    acc = float(r.out.split("accuracy ")[1].split("%")[0])
-    assert 80 < acc <= 100
-
-
-@pytest.mark.parametrize("case", ["one-class", "no-labels"])
-def test_compare_accuracy_refuses_what_is_not_a_classification_in_one_line(case, tmp_path):
-    """Accuracy needs class scores (runtime.accuracy.is_class_scores: two classes or more) and labels."""
-    import onnx.helper as oh
-    from helpers import tiny_model
-
-    from mstransform.core.errors import DataError
-
-    width = 1 if case == "one-class" else 3
-    model = tmp_path / "m.onnx"
-    onnx.save(tiny_model([oh.make_node("Identity", ["input"], ["scores"])], [("input", ["N", width])],
-                         [("scores", ["N", width])]), model)
-    data = {"input": np.zeros((4, width), np.float32)}
-    if case == "one-class":
-        data["labels"] = np.zeros(4, np.int64)
-    np.savez(tmp_path / "d.npz", **data)
-    with pytest.raises(DataError, match="needs class scores" if case == "one-class" else "no labels") as e:
-        mst.compare_accuracy([model], tmp_path / "d.npz")
-    assert "\n" not in str(e.value)
-
-
-def test_gpu_providers_are_asked_for_only_when_their_libraries_load(monkeypatch):
-    """onnxruntime-gpu lists TensorRT and CUDA even where libnvinfer/libcudart are missing; asking for
-    them there makes ONNX Runtime log an error and fall back. They must be skipped, with the reason."""
-    import onnxruntime
-
-    from mstransform.core.errors import DependencyError
-    from mstransform.runtime import session
-
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(session.PREFERRED))
-    loads = {"libcudart.so.13"}
-    monkeypatch.setattr(session, "library_loads", lambda names: bool(loads & set(names)))
-    chosen, why = session.choose_providers()
-    assert chosen == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert "Tensorrt skipped: libnvinfer.so.10 does not load" in why
-    loads.clear()
-    assert session.choose_providers()[0] == ["CPUExecutionProvider"]
-    with pytest.raises(DependencyError, match="TensorrtExecutionProvider cannot start"):  # a missing dependency: exit 8
-        session.choose_providers(["TensorrtExecutionProvider", "CPUExecutionProvider"])
-
-
-def test_run_writes_predictions(cli, tmp_path):
-    out = tmp_path / "p.npy"
-    r = cli("run", EXAMPLE / "model.onnx", "--data", EXAMPLE / "calib.npz", "--limit", "10", "-o", out)
-    assert r.code == 0 and np.load(out, allow_pickle=False).shape == (10,)
-
-
-def test_parse_shapes():
-    from mstransform.core.errors import UsageError
-    from mstransform.deploy.trt_engine import parse_shapes
-
-    p = parse_shapes("1/8/64", {"input": (None, 3, 224, 224)})
-    assert p.shapes["input"] == ((1, 3, 224, 224), (8, 3, 224, 224), (64, 3, 224, 224))
-    p = parse_shapes("x:1x3/2x3/4x3", {})
-    assert p.shapes["x"] == ((1, 3), (2, 3), (4, 3))
-    with pytest.raises(UsageError):
-        parse_shapes("8/1/64", {"input": (None, 3)})
-    for spec, words in [("x:1x3/2x3x1/4x3", "same rank"), ("x:0x3/2x3/4x3", "1 <= MIN <= OPT <= MAX"),
-                        ("x:1x3/2x3/4x-3", "1 <= MIN <= OPT <= MAX"), ("x:1x4/2x3/4x3", "1 <= MIN <= OPT <= MAX"),
-                        ("x:1x3/2x3/4x3,x:1x3/2x3/4x3", "twice")]:
-        with pytest.raises(UsageError, match=words):
-            parse_shapes(spec, {})
 
 
 def test_check_trt_knows_what_tensorrt_11_removed(hardened, cli):

@@ -1,4 +1,6 @@
-"""The TensorRT engine builder against stand-ins built from the real 10.x and 11.x bindings' facts."""
+"""The TensorRT engine builder (``deploy.trt_engine``) against stand-ins built from the real 10.x and 11.x
+bindings' facts; a real build where TensorRT exists, the install hint where it does not, and the profile's
+shapes."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +9,7 @@ import sys
 
 import onnx
 import pytest
+from hardened_zoo import hardened  # noqa: F401 -- the fixture
 from helpers import EXAMPLE, REPO
 
 import trt_standin
@@ -261,3 +264,37 @@ def test_every_tensorrt_name_the_builder_touches_exists_in_its_generation(major,
     assert (("BuilderFlag", "FP16") in touched) == (major == "10")
 
 
+# --- the engine on this machine, and the shapes of its profile --------------------------------
+
+@pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed on this machine (cannot be: see README)")
+def test_engine_builds_where_tensorrt_exists(hardened, tmp_path):
+    from mstransform.deploy.trt_engine import build_engine, parse_shapes
+
+    plan = tmp_path / "m.plan"
+    build_engine(hardened("resnet", "legacy-17-folded"), plan,
+                 profile=parse_shapes("1/4/8", {"input": (None, 1, 16, 16)}))
+    assert plan.stat().st_size > 0
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: the missing-dependency message cannot be shown")
+def test_engine_without_tensorrt_says_how_to_install(hardened, tmp_path, cli):
+    r = cli("engine", hardened("resnet", "legacy-17-folded"), "-o", tmp_path / "m.plan", "--shapes", "1/8/64")
+    assert r.code == 8 and "pip install tensorrt" in r.err and r.err.count("\n") == 1
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_parse_shapes():
+    from mstransform.core.errors import UsageError
+    from mstransform.deploy.trt_engine import parse_shapes
+
+    p = parse_shapes("1/8/64", {"input": (None, 3, 224, 224)})
+    assert p.shapes["input"] == ((1, 3, 224, 224), (8, 3, 224, 224), (64, 3, 224, 224))
+    p = parse_shapes("x:1x3/2x3/4x3", {})
+    assert p.shapes["x"] == ((1, 3), (2, 3), (4, 3))
+    with pytest.raises(UsageError):
+        parse_shapes("8/1/64", {"input": (None, 3)})
+    for spec, words in [("x:1x3/2x3x1/4x3", "same rank"), ("x:0x3/2x3/4x3", "1 <= MIN <= OPT <= MAX"),
+                        ("x:1x3/2x3/4x-3", "1 <= MIN <= OPT <= MAX"), ("x:1x4/2x3/4x3", "1 <= MIN <= OPT <= MAX"),
+                        ("x:1x3/2x3/4x3,x:1x3/2x3/4x3", "twice")]:
+        with pytest.raises(UsageError, match=words):
+            parse_shapes(spec, {})

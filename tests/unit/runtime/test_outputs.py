@@ -1,5 +1,6 @@
 """`mstransform run` on any model: every output written (`-o OUT.npz`), joined along its own batch axis;
-predictions and accuracy only where the first output holds class scores.
+predictions and accuracy only where the first output holds class scores (on the shipped example: the
+provider it ran on, the accuracy, the predictions file).
 
 Each reference is ONNX Runtime run here, directly, on the same batches of the same data; the joining
 along each output's batch axis and the accuracy are numpy's."""
@@ -13,7 +14,7 @@ import onnx.helper as oh
 import onnx.numpy_helper as onh
 import onnxruntime as ort
 import pytest
-from helpers import run_cli
+from helpers import EXAMPLE, run_cli
 
 import mstransform as mst
 
@@ -244,3 +245,20 @@ def test_openvino_writes_the_same_outputs(tmp_path):
         _close(got["seq_first"], np.concatenate([b["seq_first"] for b in ref], axis=1),
                                    rtol=1e-4, atol=1e-5)
         _close(got["hits"], ref[0]["hits"], rtol=0, atol=0)
+
+
+# -- the classifier's predictions and accuracy on the shipped example ------------------------------------
+
+def test_run_reports_cpu_and_accuracy(cli):
+    r = cli("run", EXAMPLE / "model.onnx", "--data", EXAMPLE / "test.npz", "--limit", "500")
+    assert r.code == 0, r.err
+    first = r.out.splitlines()[0]
+    assert first.startswith("ONNX Runtime ") and first.endswith(" on CPUExecutionProvider")  # why: under --verbose
+    acc = float(r.out.split("accuracy ")[1].split("%")[0])
+    assert 80 < acc <= 100
+
+
+def test_run_writes_predictions(cli, tmp_path):
+    out = tmp_path / "p.npy"
+    r = cli("run", EXAMPLE / "model.onnx", "--data", EXAMPLE / "calib.npz", "--limit", "10", "-o", out)
+    assert r.code == 0 and np.load(out, allow_pickle=False).shape == (10,)
