@@ -162,3 +162,23 @@ def test_cuda_eval_runs_twin_and_attacks_on_the_gpu(tmp_path):
     (res,) = json.loads((tmp_path / "r.json").read_text())["results"]
     assert res["twin_max_rel_diff"] <= 1e-4 and res["accuracy"]["clean"] > 80
     assert res["accuracy"]["worst-case"] <= res["accuracy"]["clean"]
+
+
+# -- statistics against float64 numpy, on the CPU ------------------------------------------------------
+
+def test_fx_stats_exact_against_numpy():
+    class Act(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(x)
+
+    x = (np.random.default_rng(0).standard_normal((37, 3, 4, 4)) * 3 + 1).astype(np.float32)
+    for bs in (1, 5, 37):
+        ep = torch.export.export(Act(), (torch.zeros(2, 3, 4, 4),),
+                                 dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=64)}})
+        stats = mst.calibrate(ep, x, batch_size=bs)
+        (s,) = stats.sites.values()
+        np.testing.assert_allclose(s.moments.mean, x.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-12)
+        np.testing.assert_allclose(s.moments.var, x.astype(np.float64).var(axis=(0, 2, 3)), rtol=1e-9)
+        assert s.moments.absmax is None  # max |x| only when asked, as on the ONNX path
+    (s,) = mst.calibrate(ep, x, batch_size=5, extent=True).sites.values()
+    np.testing.assert_array_equal(s.moments.absmax, np.abs(x).max(axis=(0, 2, 3)))

@@ -1,4 +1,5 @@
-"""The torch.fx pass: site parity with the ONNX pass, stats interchange, export parity, identity, BPDA."""
+"""The torch.fx pass (``passes/fx/transform.py``): site parity with the ONNX pass, stats interchange, export
+parity, alpha 0 as the identity, and catalogue entries found as in ONNX."""
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,7 @@ import mstransform as mst
 import zoo
 from mstransform.core import activations
 from mstransform.core.activations import ActivationKind, Form
-from mstransform.passes.fx.module import MeanSparse, straight_through
+from mstransform.passes.fx.module import MeanSparse
 from mstransform.passes.fx.transform import find_fx_sites
 
 
@@ -93,24 +94,6 @@ def test_stats_measured_on_fx_apply_to_onnx_and_back(tmp_path):
     assert sum(isinstance(m, MeanSparse) for m in gm.modules()) == 5
 
 
-def test_fx_stats_exact_against_numpy():
-    class Act(torch.nn.Module):
-        def forward(self, x):
-            return torch.relu(x)
-
-    x = (np.random.default_rng(0).standard_normal((37, 3, 4, 4)) * 3 + 1).astype(np.float32)
-    for bs in (1, 5, 37):
-        ep = torch.export.export(Act(), (torch.zeros(2, 3, 4, 4),),
-                                 dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=64)}})
-        stats = mst.calibrate(ep, x, batch_size=bs)
-        (s,) = stats.sites.values()
-        np.testing.assert_allclose(s.moments.mean, x.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-12)
-        np.testing.assert_allclose(s.moments.var, x.astype(np.float64).var(axis=(0, 2, 3)), rtol=1e-9)
-        assert s.moments.absmax is None  # max |x| only when asked, as on the ONNX path
-    (s,) = mst.calibrate(ep, x, batch_size=5, extent=True).sites.values()
-    np.testing.assert_array_equal(s.moments.absmax, np.abs(x).max(axis=(0, 2, 3)))
-
-
 @pytest.mark.parametrize("name", ["resnet", "mobilenet", "vit"])
 def test_export_parity(name, tmp_path):
     model, ep = export_program(name)
@@ -145,28 +128,6 @@ def test_alpha_zero_is_the_identity():
     x = torch.from_numpy(random_inputs("vit", 4, seed=2))
     with torch.no_grad():
         assert torch.equal(gm(x), ep.module()(x))
-
-
-def test_straight_through_gradient_is_identity_where_plain_is_zero():
-    op = MeanSparse(np.zeros(3), np.ones(3), 0.5, rank=2, axis=1)
-    x = torch.tensor([[0.1, -2.0, 0.3], [1.5, 0.2, -0.4]], requires_grad=True)
-    (g_plain,) = torch.autograd.grad(op(x).sum(), x)
-    blocked = (x.detach().abs() < 0.5)
-    assert torch.all(g_plain[blocked] == 0) and torch.all(g_plain[~blocked] == 1)
-    with straight_through(op):
-        y = op(x)
-        (g_st,) = torch.autograd.grad(y.sum(), x)
-    assert torch.all(g_st == 1)
-    assert torch.equal(y, op(x))  # forward values unchanged
-    assert not op.straight_through
-
-
-def test_set_alpha_switches_without_reinsertion():
-    op = MeanSparse(np.zeros(2), np.ones(2), 0.0, rank=2, axis=1)
-    x = torch.tensor([[0.2, -0.7]])
-    assert torch.equal(op(x), x)
-    op.set_alpha(0.5)
-    assert torch.equal(op(x), torch.tensor([[0.0, -0.7]]))
 
 
 class ConvSineRelu(torch.nn.Module):

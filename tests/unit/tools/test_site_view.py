@@ -1,5 +1,6 @@
-"""`sites --stats S --alpha A --data D`: the fraction of values each operator replaces, counted on data,
-against numpy in float64 on a small hand-built model; the figure across depth; the one-line refusals."""
+"""`sites --stats S --alpha A --data D` (``tools.site_view`` over ``runtime.replaced``): the fraction of values
+each operator replaces, counted on data, against numpy in float64 on a small hand-built model; the figure
+across depth; the one-line refusals."""
 from __future__ import annotations
 
 import subprocess
