@@ -1,6 +1,7 @@
 """The proof that the twin is the deployed model (``robustness.twin_check``): the plain and hardened example pass,
 planted errors in weights, centers, thresholds or channel order are refused, and a flip one rounding step from
-a band edge is counted, not refused."""
+a band edge is counted, not refused; decisions are compared as decisions (a value at its center, or far outside
+the band, is the same whichever way it is decided)."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +15,7 @@ from helpers import EXAMPLE
 
 from mstransform.core.errors import VerificationError
 from mstransform.robustness.twin import OnnxTwin, Unit
-from mstransform.robustness.twin_check import check_twin
+from mstransform.robustness.twin_check import check_twin, decision_flips
 
 MODEL = EXAMPLE / "model.onnx"
 
@@ -73,3 +74,32 @@ def test_twin_check_counts_a_flip_at_the_band_edge(tmp_path):
     inp = np.array([[[[below, 0.1, 0.9, -2.0]]]], np.float32)
     report = check_twin(twin, path, inp)
     assert report.flips == 1 and report.max_rel_diff < 1e-6
+
+
+# -- the twin check on trained weights ---------------------------------------------------------------
+
+F32 = np.float32
+
+@pytest.mark.parametrize("case", ["dead-channel", "constant-background", "saturated", "edge", "far"])
+def test_twin_decisions_are_compared_as_decisions(case):
+    """Planted cases of trained networks: a value equal to its center (a dead filter gives exactly its bias,
+    which is the mean) is the same whichever way it is decided; only a flip far from the edge is a defect."""
+    c, t = np.array([[0.5]], F32), np.array([[0.25]], F32)
+    if case == "dead-channel":  # both sides exactly the center
+        x_twin = x_ort = np.full((1, 4), 0.5, F32)
+    elif case == "constant-background":  # ORT exactly the center, the twin one rounding step away
+        x_ort = np.full((1, 4), 0.5, F32)
+        x_twin = np.nextafter(x_ort, F32(1))
+    elif case == "saturated":  # far outside the band on both sides, kept
+        x_ort = np.full((1, 4), 80.0, F32)
+        x_twin = x_ort + F32(1e-5)
+    elif case == "edge":  # one ulp either side of the edge: a real flip
+        x_ort = np.full((1, 1), np.nextafter(F32(0.75), F32(0)), F32)
+        x_twin = np.full((1, 1), F32(0.75), F32)
+    else:  # a twin unit with the wrong threshold replaces what ORT keeps
+        x_twin = x_ort = np.full((1, 1), 0.9, F32)
+        flips = decision_flips((x_twin, c, t * 2), (x_ort, c, t))
+        assert flips.all()
+        return
+    flips = decision_flips((x_twin, c, t), (x_ort, c, t))
+    assert flips.any() == (case == "edge"), case

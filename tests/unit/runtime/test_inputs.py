@@ -13,7 +13,6 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from mstransform.core.stats import Stats
-from mstransform.robustness.twin_check import decision_flips
 
 RNG = np.random.default_rng(0)
 W = (RNG.standard_normal((4, 3, 3, 3)) * 0.4).astype(np.float32)
@@ -274,35 +273,6 @@ def test_fp16_model_calibrates_and_hardens(tmp_path, cli):
     np.testing.assert_allclose(site.moments.mean, flat.mean(1), atol=2e-3 * flat.std(1).max())
     r = cli(model, "--stats", tmp_path / "s.npz")
     assert r.code == 0 and "numerics: 1 operator(s)" in r.out, r.err
-
-
-# -- the twin check on trained weights ---------------------------------------------------------------
-F32 = np.float32
-
-
-@pytest.mark.parametrize("case", ["dead-channel", "constant-background", "saturated", "edge", "far"])
-def test_twin_decisions_are_compared_as_decisions(case):
-    """Planted cases of trained networks: a value equal to its center (a dead filter gives exactly its bias,
-    which is the mean) is the same whichever way it is decided; only a flip far from the edge is a defect."""
-    c, t = np.array([[0.5]], F32), np.array([[0.25]], F32)
-    if case == "dead-channel":  # both sides exactly the center
-        x_twin = x_ort = np.full((1, 4), 0.5, F32)
-    elif case == "constant-background":  # ORT exactly the center, the twin one rounding step away
-        x_ort = np.full((1, 4), 0.5, F32)
-        x_twin = np.nextafter(x_ort, F32(1))
-    elif case == "saturated":  # far outside the band on both sides, kept
-        x_ort = np.full((1, 4), 80.0, F32)
-        x_twin = x_ort + F32(1e-5)
-    elif case == "edge":  # one ulp either side of the edge: a real flip
-        x_ort = np.full((1, 1), np.nextafter(F32(0.75), F32(0)), F32)
-        x_twin = np.full((1, 1), F32(0.75), F32)
-    else:  # a twin unit with the wrong threshold replaces what ORT keeps
-        x_twin = x_ort = np.full((1, 1), 0.9, F32)
-        flips = decision_flips((x_twin, c, t * 2), (x_ort, c, t))
-        assert flips.all()
-        return
-    flips = decision_flips((x_twin, c, t), (x_ort, c, t))
-    assert flips.any() == (case == "edge"), case
 
 
 def test_sites_inside_a_scan_body_count_every_step(tmp_path, cli):
