@@ -1,8 +1,8 @@
 """Calibration (``runtime.calibrate``) and its outcomes: the statistics equal float64 numpy over the whole data
 set within the in-graph bound, for any batching, shift schedule or sharding, with max |x| only when asked; an
 empty result is an error, sites of two control-flow bodies keep their own statistics whatever their inner value
-names, every sample of a one-shot iterable counts, torch models refuse another model's statistics, and
-degenerate base-model outputs on the calibration data are warned about."""
+names, every sample of a one-shot iterable counts, and degenerate base-model outputs on the calibration data
+are warned about."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +13,6 @@ import onnx.helper as oh
 import onnx.numpy_helper as onh
 import onnxruntime as ort
 import pytest
-import torch
-import torch.nn as nn
 from helpers import EXAMPLE, bad_input_cases, check_bad_input, exported, ingraph_tolerance, random_inputs, run_cli
 
 import mstransform as mst
@@ -195,34 +193,6 @@ def test_one_step_reads_the_model_once_and_checks_its_outputs_once(tmp_path, mon
     arguments._references_of.cache_clear()  # the scan is kept per version of the file
     mst.calibrate_and_harden(MODEL, CALIB, limit=64, output=tmp_path / "h.onnx", stats_output=tmp_path / "s.npz")
     assert reads.count(str(MODEL)) == 2 and len(checks) == 1
-
-
-# -- torch models and another model's statistics ---------------------------------------------------------------
-
-def convnet(width: int) -> nn.Module:
-    torch.manual_seed(width)
-    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 4, 3, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
-
-
-def test_harden_torch_refuses_another_models_stats():
-    x = np.random.default_rng(0).standard_normal((32, 3, 6, 6)).astype(np.float32)
-    stats = mst.calibrate(convnet(8), x, batch_size=16, progress=False)
-    other_arch = nn.Sequential(nn.Flatten(), nn.Linear(108, 10), nn.ReLU(), nn.Linear(10, 7), nn.ReLU()).eval()
-    for label, model in (("same architecture, other widths", convnet(12)), ("another architecture", other_arch)):
-        with pytest.raises(StatsError) as err:
-            mst.harden_torch(model, stats, alpha=0.2)
-        assert "\n" not in str(err.value), label
-    exported = torch.export.export(convnet(12), (torch.zeros(2, 3, 6, 6),))
-    with pytest.raises(StatsError, match="channels"):
-        mst.harden_torch(exported, stats, alpha=0.2)
-    with pytest.raises(UsageError, match="example"):  # no shapes to check against: asked for, not guessed
-        mst.harden_torch(convnet(12), dataclasses.replace(stats, inputs=()), alpha=0.2)
-    # its own stats still harden it, with or without an example batch
-    for example in (None, (torch.from_numpy(x[:2]),)):
-        hardened = mst.harden_torch(convnet(8), stats, alpha=0.2, example=example)
-        with torch.no_grad():
-            assert hardened(torch.from_numpy(x[:4])).shape == (4, 5)
 
 
 # -- degenerate outputs of the base model on the calibration data -------------------------------------------------

@@ -1,8 +1,9 @@
 """The torch.fx pass (``passes/fx/transform.py``): site parity with the ONNX pass, stats interchange, export
-parity, alpha 0 as the identity, and catalogue entries found as in ONNX."""
+parity, alpha 0 as the identity, catalogue entries found as in ONNX, and another model's statistics refused."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 
@@ -11,12 +12,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn as nn
 from helpers import assert_matches_reference, onnx_operator_values, random_inputs, torch_operator_values
 
 import mstransform as mst
 import zoo
 from mstransform.core import activations
 from mstransform.core.activations import ActivationKind, Form
+from mstransform.core.errors import StatsError, UsageError
 from mstransform.passes.fx.module import MeanSparse
 from mstransform.passes.fx.transform import find_fx_sites
 
@@ -167,3 +170,31 @@ def test_a_lone_erf_is_reported_as_in_onnx():
     assert len(table) == 0
     assert [(r.op_type, r.reason) for r in table.rejected] == [
         ("erf", "Erf computes no catalogue activation beyond its own op (it appears only inside a Gelu): not hardened")]
+
+
+# -- another model's statistics ------------------------------------------------------------------------------
+
+def convnet(width: int) -> nn.Module:
+    torch.manual_seed(width)
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 4, 3, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+
+
+def test_harden_torch_refuses_another_models_stats():
+    x = np.random.default_rng(0).standard_normal((32, 3, 6, 6)).astype(np.float32)
+    stats = mst.calibrate(convnet(8), x, batch_size=16, progress=False)
+    other_arch = nn.Sequential(nn.Flatten(), nn.Linear(108, 10), nn.ReLU(), nn.Linear(10, 7), nn.ReLU()).eval()
+    for label, model in (("same architecture, other widths", convnet(12)), ("another architecture", other_arch)):
+        with pytest.raises(StatsError) as err:
+            mst.harden_torch(model, stats, alpha=0.2)
+        assert "\n" not in str(err.value), label
+    exported = torch.export.export(convnet(12), (torch.zeros(2, 3, 6, 6),))
+    with pytest.raises(StatsError, match="channels"):
+        mst.harden_torch(exported, stats, alpha=0.2)
+    with pytest.raises(UsageError, match="example"):  # no shapes to check against: asked for, not guessed
+        mst.harden_torch(convnet(12), dataclasses.replace(stats, inputs=()), alpha=0.2)
+    # its own stats still harden it, with or without an example batch
+    for example in (None, (torch.from_numpy(x[:2]),)):
+        hardened = mst.harden_torch(convnet(8), stats, alpha=0.2, example=example)
+        with torch.no_grad():
+            assert hardened(torch.from_numpy(x[:4])).shape == (4, 5)
