@@ -1,4 +1,5 @@
-"""``--help`` as a newcomer reads it: every flag says what it does, grouped by topic (inputs, data, operator,
+"""The parser from its command table, and ``--help`` as a newcomer reads it: a command added to the table alone is
+parsed, listed and dispatched; every flag says what it does, grouped by topic (inputs, data, operator,
 output, checks, runtime, attack), the global options last; ``harden --help`` is held to a golden file."""
 from __future__ import annotations
 
@@ -43,3 +44,33 @@ def test_harden_help_is_the_golden_file():
     out = subprocess.run([sys.executable, "-m", "mstransform", "harden", "--help"], capture_output=True, text=True,
                          env=env, check=True).stdout
     assert out == GOLDEN.read_text()
+
+
+def test_a_command_added_to_the_table_alone_is_parsed_listed_dispatched_and_path_checked(monkeypatch, tmp_path):
+    """One ``Command`` entry (docs/layout.md's worked example): the parser, ``--help``'s list, the dispatch and the
+    role check of its path argument all come from it."""
+    from helpers import EXAMPLE, run_cli
+
+    from mstransform.core.errors import ModelError
+    from mstransform.tools import cli_parser
+
+    ran = []
+
+    def inspect_flags(p):
+        p.add_argument("model", help="the ONNX model")
+
+    def cmd_inspect(a):
+        ran.append(a.model)
+        print(f"inspected {Path(a.model).name}")
+        return 0
+
+    entry = cli_parser.Command("inspect", "what a model declares: inputs, outputs, opsets", inspect_flags, cmd_inspect)
+    monkeypatch.setitem(cli_parser.COMMANDS, "inspect", entry)
+    listed = build_parser().format_help()
+    assert "inspect" in listed and "what a model declares" in listed
+    done = run_cli("inspect", EXAMPLE / "model.onnx")
+    assert (done.code, done.out, ran) == (0, "inspected model.onnx\n", [str(EXAMPLE / "model.onnx")])
+    os.mkfifo(tmp_path / "pipe.onnx")  # the `model` role refuses a FIFO unopened, before the command runs
+    refused = run_cli("inspect", tmp_path / "pipe.onnx")
+    assert refused.code == ModelError.exit_code and refused.err.count("\n") == 1 and "pipe.onnx" in refused.err
+    assert len(ran) == 1
