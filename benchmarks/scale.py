@@ -1,6 +1,6 @@
 """Dataset-scale speed, measured side by side in one run (docs/robustness.md, docs/performance.md).
 
-    python benchmarks/scale.py [--only attack|calibration] [--rounds 3] [--device cpu|cuda]
+    python benchmarks/scale.py [--only attack|calibration|floor] [--rounds 3] [--device cpu|cuda]
 
 1. attack: APGD-CE images per second on the twin (the torch interpreter of the exported ONNX
    graph, what ``eval`` attacks) against the same attack on the native torch model it was exported
@@ -14,6 +14,8 @@
    ONNX Runtime inference over the same images and batches (a session made from the file, every
    batch run), each in a fresh process, rounds alternating which runs first; median ratio (target
    <= 1.10x), and the calibrating process's peak RSS at half and all the images (flat in N).
+3. floor: the least any in-graph calibration can cost on ResNet-50: every site also read by one
+   per-channel mean (and by sums of x and x*x), per batch against plain inference, in one process.
 """
 from __future__ import annotations
 
@@ -192,9 +194,58 @@ def section_calibration(tmp: Path, a) -> list[str]:
     return rows
 
 
+def section_floor(tmp: Path, a) -> list[str]:
+    """What any in-graph calibration must cost on ResNet-50 in ONNX Runtime CPU: the same network with
+    every site (each Relu's input) also read by one GlobalAveragePool (a per-channel mean: the least a
+    reduction can read, in the blocked layout) and by GlobalAveragePool of its square (sums without a
+    shift), against plain inference; per-batch times in one process, interleaved, medians."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from models import ResNet50, randomize_bn
+    from perf import export, session
+
+    torch.manual_seed(0)
+    base = export(randomize_bn(ResNet50()), torch.randn(1, 3, 224, 224), tmp / "resnet50-floor.onnx")
+    feeds = [n.input[0] for n in onnx.load(str(base)).graph.node if n.op_type == "Relu"]
+
+    def reading(kind: str) -> Path:
+        m = onnx.load(str(base))
+        for i, x in enumerate(feeds):
+            m.graph.node.append(onnx.helper.make_node("GlobalAveragePool", [x], [f"mean{i}"]))
+            m.graph.output.append(onnx.helper.make_tensor_value_info(f"mean{i}", onnx.TensorProto.FLOAT, None))
+            if kind == "sums":
+                m.graph.node.append(onnx.helper.make_node("Mul", [x, x], [f"sq{i}"]))
+                m.graph.node.append(onnx.helper.make_node("GlobalAveragePool", [f"sq{i}"], [f"msq{i}"]))
+                m.graph.output.append(onnx.helper.make_tensor_value_info(f"msq{i}", onnx.TensorProto.FLOAT, None))
+        onnx.save(m, str(tmp / f"{kind}.onnx"))
+        return tmp / f"{kind}.onnx"
+
+    sessions = {"plain": session(base), "mean only": session(reading("mean")), "sum and sum of squares":
+                session(reading("sums"))}
+    x = {"input": np.random.default_rng(0).random((32, 3, 224, 224), dtype=np.float32)}
+    for s in sessions.values():
+        s.run(None, x)
+    times = {k: [] for k in sessions}
+    for r in range(a.rounds * 4):
+        for k in (list(sessions) if r % 2 == 0 else list(sessions)[::-1]):
+            t = time.perf_counter()
+            sessions[k].run(None, x)
+            times[k].append(time.perf_counter() - t)
+    print(f"ResNet-50 224, {len(feeds)} sites, batch 32, ONNX Runtime {ort.__version__} CPU, 2 threads, "
+          f"{len(times['plain'])} interleaved runs", flush=True)
+    rows = ["| graph | s per batch (median) | ratio to plain (median of runs) | runs' ratios, min-max |", "|---|---|---|---|"]
+    for k, v in times.items():
+        ratios = [t / p for t, p in zip(v, times["plain"])]
+        rows.append(f"| {k} | {statistics.median(v):.3f} | {statistics.median(ratios):.3f}x | "
+                    f"{min(ratios):.2f}-{max(ratios):.2f} |")
+    print("\n".join(rows), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["attack", "calibration"])
+    ap.add_argument("--only", choices=["attack", "calibration", "floor"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="attack section only")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (attack section)")
@@ -207,7 +258,7 @@ def main() -> None:
     print(f"command: python benchmarks/scale.py {' '.join(sys.argv[1:])}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
-        for name, fn in (("attack", section_attack), ("calibration", section_calibration)):
+        for name, fn in (("attack", section_attack), ("calibration", section_calibration), ("floor", section_floor)):
             if a.only and name != a.only:
                 continue
             print(f"\n## {name}", flush=True)
