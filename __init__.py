@@ -22,16 +22,14 @@ from mstransform.core import __version__
 
 _API = {  # name -> module it lives in
     **{n: "mstransform.tools.api" for n in (  # tools/api.py's __all__ (a test holds them equal)
-        "Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "build_engine", "calibrate",
-        "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output", "evaluate", "find_sites",
-        "harden", "harden_model", "harden_torch", "load_model", "load_stats", "merge_stats", "package_torch", "run",
-        "sweep")},
+        "AttackConfig", "Hardened", "HardenReport", "OneStepResult", "RunResult", "TrtCheck", "bench", "build_engine",
+        "calibrate", "calibrate_and_harden", "check_trt", "compare_accuracy", "default_output", "evaluate",
+        "find_sites", "harden", "harden_model", "harden_torch", "load_model", "load_stats", "merge_stats",
+        "package_torch", "run", "site_fractions", "sweep")},
     **{n: "mstransform.core.options" for n in (
         "AlphaPlan", "Center", "Device", "Formulation", "Mode", "Placement", "Precision", "Runtime", "Selection")},
     "Stats": "mstransform.core.stats", "Preprocess": "mstransform.runtime.data",
-    "bench": "mstransform.tools.bench", "Dataset": "mstransform.runtime.dataset",
-    "site_fractions": "mstransform.tools.site_view",
-    "AttackConfig": "mstransform.robustness.attacks",
+    "Dataset": "mstransform.runtime.dataset",
 }
 __all__ = ["__version__", *sorted(_API)]
 
@@ -39,15 +37,12 @@ if TYPE_CHECKING:
     from mstransform.core.options import (AlphaPlan, Center, Device, Formulation, Mode, Placement, Precision,
                                           Runtime, Selection)
     from mstransform.core.stats import Stats
-    from mstransform.robustness.attacks import AttackConfig
     from mstransform.runtime.data import Preprocess
     from mstransform.runtime.dataset import Dataset
-    from mstransform.tools.api import (Hardened, HardenReport, OneStepResult, RunResult, TrtCheck, build_engine,
-                                       calibrate, calibrate_and_harden, check_trt, compare_accuracy, default_output,
-                                       evaluate, find_sites, harden, harden_model, harden_torch, load_model,
-                                       load_stats, merge_stats, package_torch, run, sweep)
-    from mstransform.tools.bench import bench
-    from mstransform.tools.site_view import site_fractions
+    from mstransform.tools.api import (AttackConfig, Hardened, HardenReport, OneStepResult, RunResult, TrtCheck, bench,
+                                       build_engine, calibrate, calibrate_and_harden, check_trt, compare_accuracy,
+                                       default_output, evaluate, find_sites, harden, harden_model, harden_torch,
+                                       load_model, load_stats, merge_stats, package_torch, run, site_fractions, sweep)
 
 
 def __getattr__(name):

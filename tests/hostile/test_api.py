@@ -313,5 +313,6 @@ def test_every_api_name_resolves_on_the_package():
     assert missing == []
     assert all(getattr(mst, n) is getattr(api, n) for n in api.__all__)
     assert set(api.__all__) <= set(mst.__all__)
+    assert {n for n, where in mst._API.items() if where == api.__name__} == set(api.__all__)  # the lazy table mirrors it
     assert [n for n in mst.__all__ if not hasattr(mst, n)] == []
     assert [n for n in passes.__all__ if not hasattr(passes, n)] == []
