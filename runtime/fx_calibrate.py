@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mstransform.core.errors import DataError
+from mstransform.core.errors import DataError, ModelError
 from mstransform.core.moments import Moments, chan_merge
 from mstransform.core.options import Placement, Selection
 from mstransform.core.stats import SiteStats, Stats
@@ -154,6 +154,8 @@ def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATI
     selection = Selection(include_se=include_se, framework="fx")
     gm, exported = editable(model, example)
     table = site_table(gm, exported, placement, selection)
+    if len(table) == 0:  # as on the ONNX path: empty stats are no result
+        raise ModelError("the torch model has no sites to calibrate: its graph holds no activation of the catalogue")
     fingerprint = fx_fingerprint(gm)  # of the model's own graph, before the observers go in
     names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     inputs = (input_record(names[0], first[0]),) if len(names) == 1 else ()

@@ -182,3 +182,21 @@ def test_fx_stats_exact_against_numpy():
         assert s.moments.absmax is None  # max |x| only when asked, as on the ONNX path
     (s,) = mst.calibrate(ep, x, batch_size=5, extent=True).sites.values()
     np.testing.assert_array_equal(s.moments.absmax, np.abs(x).max(axis=(0, 2, 3)))
+
+
+def test_a_torch_model_with_no_site_is_an_error_not_empty_stats():
+    """As on the ONNX path: a program whose graph holds no catalogue activation (a Conv then ``torch.sin``)
+    gives one ModelError, never a Stats with no site that would harden nothing."""
+    from mstransform.core.errors import ModelError
+
+    class SineHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return torch.sin(self.conv(x))
+
+    program = torch.export.export(SineHead().eval(), (torch.randn(1, 3, 8, 8),))
+    with pytest.raises(ModelError, match="no sites to calibrate"):
+        mst.calibrate(program, torch.randn(4, 3, 8, 8))
