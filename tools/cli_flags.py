@@ -244,7 +244,7 @@ def bench_flags(p):
     g.add_argument("--runs", type=int, default=10, help="timed calls per model in each round (default 10)")
     _add_providers(p)
     _add_device(p)
-    p.topic("runtime").add_argument("--runtime", default=Runtime.ONNXRUNTIME.value, metavar="R[,R]",
-                                    help="onnxruntime, openvino, or both comma-separated: one table per runtime "
-                                         "(default onnxruntime)")
+    p.topic("runtime").add_argument("--runtime", default=Runtime.ONNXRUNTIME.value, metavar="R[,R...]",
+                                    help="one or more runtimes (onnxruntime, openvino), comma-separated: one table "
+                                         "per runtime (default onnxruntime)")
     p.topic("output").add_argument("--json", help="also write the report as JSON")

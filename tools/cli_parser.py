@@ -46,7 +46,7 @@ COMMANDS = {c.name: c for c in (
     Command("check-trt", "static TensorRT compatibility check (no GPU needed)", flags.check_trt_flags,
             cmd.cmd_check_trt),
     Command("engine", "build a TensorRT engine (needs TensorRT and a GPU)", flags.engine_flags, cmd.cmd_engine),
-    Command("run", "batch inference on any model, on ONNX Runtime or OpenVINO: its outputs; where the first output "
+    Command("run", "batch inference on any model, on any --runtime: its outputs; where the first output "
                    "holds class scores, accuracy on labelled data, else predictions", flags.run_flags, cmd.cmd_run),
     Command("eval", "clean, white-box, black-box and straight-through accuracy, side by side", flags.eval_flags,
             cmd.cmd_eval),

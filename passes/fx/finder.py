@@ -1,6 +1,6 @@
 """The torch.fx adapter of the site finder: a ``GraphModule`` seen through
 :class:`~mstransform.passes.sites.finder.SiteSource`, with activations matched from the catalogue's
-torch references (:mod:`mstransform.passes.sites.catalogue`).
+torch references (:data:`mstransform.core.activations.ACTIVATIONS`).
 
 Site names: for a ``torch.export`` program a site is named ``node_<fx name>`` of the node
 producing the activation's output -- exactly the name the dynamo ONNX exporter gives that
@@ -21,7 +21,7 @@ import torch.nn as nn
 from mstransform.passes.fx.elementwise import FxElementwise, call_name
 from mstransform.core import activations
 from mstransform.core.activations import ActivationKind, Argument
-from mstransform.passes.sites.catalogue import FX_POOLS, Layout, kind
+from mstransform.passes.sites.placement import FX_POOLS, Layout, kind
 from mstransform.passes.sites.computed import find_composites
 from mstransform.passes.sites.finder import Candidate, Rejection
 
@@ -83,7 +83,11 @@ LINEAR_TARGETS = ("linear", "conv1d", "conv2d", "conv3d", "convolution")
 
 
 def _target_name(node: fx.Node) -> str:
+    """The op's name: ``conv1d`` for ``F.conv1d``, ``"conv1d"`` (a method) and ATen's ``aten.conv1d.default``."""
     t = node.target
+    packet = getattr(t, "overloadpacket", None)  # an ATen overload: its __name__ is "conv1d.default"
+    if packet is not None:
+        return packet.__name__
     return getattr(t, "__name__", None) or str(t).split(".")[-2 if str(t).endswith(".default") else -1]
 
 

@@ -151,11 +151,14 @@ def test_an_activation_added_to_the_table_alone_is_an_fx_site_and_keeps_the_layo
     x = torch.randn(2, 4, 16)
     _, before = find_fx_sites(ConvSineRelu(), example=(x,))
     assert [(s.kind, s.axis) for s in before] == [("Relu", 2), ("Clip(ReLU6)", 1)]
-    sine = ActivationKind("Sine", (Form("sine", np.sin),), frozenset({"Sin"}), ("function:torch.sin",))
+    sine = ActivationKind("Sine", (Form("sine", np.sin),), frozenset({"Sin"}),
+                          ("function:torch.sin", "method:sin", "aten:sin.default"))
     monkeypatch.setattr(activations, "ACTIVATIONS", activations.ACTIVATIONS + (sine,))
     _, table = find_fx_sites(ConvSineRelu(), example=(x,))
     assert [(s.kind, s.axis) for s in table] == [("Sine", 1), ("Relu", 1), ("Clip(ReLU6)", 1)], table.format()
     assert not [r for r in table.rejected if r.op_type == "Clip(ReLU6)"]  # hardtanh(-1, 1): no activation at all
+    _, aten = find_fx_sites(torch.export.export(ConvSineRelu(), (x,)), example=(x,))  # ATen names: aten:sin.default
+    assert [(s.kind, s.axis) for s in aten] == [("Sine", 1), ("Relu", 1), ("Clip(ReLU6)", 1)], aten.format()
 
 
 class LoneErf(torch.nn.Module):

@@ -110,7 +110,8 @@ def test_a_site_is_found_through_softsigns_layout(tmp_path):
     assert table.sites[1].axis_rule == "conv (N,C,H)"
 
 
-SINE = ActivationKind("Sine", (Form("sine", np.sin),), frozenset({"Sin"}), ("function:torch.sin", "method:sin"),
+SINE = ActivationKind("Sine", (Form("sine", np.sin),), frozenset({"Sin"}),
+                      ("function:torch.sin", "method:sin", "aten:sin.default"),
                       twin=TorchCall("torch.sin"))
 
 
