@@ -26,14 +26,14 @@ _CODES = {".": 255, "0": 0, "1": 1}
 
 
 def gather_stats(stats, group=None):
-    """On rank 0, the exact merge of every rank's stats (ranks in order); None elsewhere."""
+    """On every rank, the exact merge of every rank's stats (ranks in order)."""
     import torch
     import torch.distributed as dist
 
     from mstransform.core.moments import Moments
     from mstransform.core.stats import SiteStats, Stats
 
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    world = dist.get_world_size(group)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else None
     merged_sites = {}
     total = torch.tensor([stats.samples], dtype=torch.float64, device=device)
@@ -44,16 +44,13 @@ def gather_stats(stats, group=None):
         packed = torch.from_numpy(np.concatenate([[m.count], m.mean, m.m2, absmax]).astype(np.float64)).to(device)
         parts = [torch.empty_like(packed) for _ in range(world)]
         dist.all_gather(parts, packed, group=group)
-        if rank == 0:
-            acc = Moments.empty(m.channels)
-            c = m.channels
-            for p in parts:
-                p = p.cpu().numpy()
-                hi = p[1 + 2 * c:]
-                acc = acc.merge(Moments(int(p[0]), p[1:1 + c], p[1 + c:1 + 2 * c], None if np.isnan(hi).all() else hi))
-            merged_sites[name] = SiteStats(s.name, s.feed, s.kind, s.axis, s.rank, s.dtype, acc)
-    if rank != 0:
-        return None
+        acc = Moments.empty(m.channels)
+        c = m.channels
+        for p in parts:
+            p = p.cpu().numpy()
+            hi = p[1 + 2 * c:]
+            acc = acc.merge(Moments(int(p[0]), p[1:1 + c], p[1 + c:1 + 2 * c], None if np.isnan(hi).all() else hi))
+        merged_sites[name] = SiteStats(s.name, s.feed, s.kind, s.axis, s.rank, s.dtype, acc)
     return Stats(stats.fingerprint, stats.placement, merged_sites, int(total.item()), stats.selection)
 
 
@@ -67,10 +64,14 @@ def launched() -> tuple[int, int] | None:
 
 @contextlib.contextmanager
 def process_group(cuda: bool = False):
-    """The default process group: NCCL with each rank on the GPU of its ``LOCAL_RANK``, else gloo."""
+    """The default process group: NCCL with each rank on the GPU of its ``LOCAL_RANK``, else gloo. A group the
+    caller's own script has already made is used as it is, and left to the caller."""
     import torch
     import torch.distributed as dist
 
+    if dist.is_initialized():
+        yield dist.get_rank(), dist.get_world_size()
+        return
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -132,8 +133,8 @@ def calibrate_ranks(measure, *, shard=None, device=None, threads=None):
     """The stats of ``measure(shard=, providers=, threads=)`` (a calibration over this process's batches).
 
     In one process: ``measure`` on ``shard``. Under ``torchrun``: each rank measures batches ``rank, rank +
-    world, ...`` (one intra-op thread unless ``threads`` or ``OMP_NUM_THREADS`` says otherwise), and rank 0
-    returns the merge of every rank's stats; the other ranks return None."""
+    world, ...`` (one intra-op thread unless ``threads`` or ``OMP_NUM_THREADS`` says otherwise), and every rank
+    returns the merge of every rank's stats (the command line writes it from rank 0)."""
     from mstransform.core.errors import UsageError
     from mstransform.core.options import Device, choice
     from mstransform.runtime.session import providers_for

@@ -82,7 +82,8 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
     ``batch_axes`` names, per input, the axis holding the samples, or None to pass that input whole
     with every batch (default: found from the model, :mod:`mstransform.runtime.inputs`). ``selection``
     narrows the sites (include/exclude patterns, SE branches, channel-axis overrides). Under ``torchrun``
-    each rank measures its batches and rank 0 returns the merged stats, the other ranks None.
+    each rank measures its batches and every rank returns the merged stats (a process group the caller made is
+    used as it is).
     """
     placement = choice(Placement, placement, "placement")
     extent = placement is Placement.LINEAR_INPUTS if extent is None else bool(extent)
@@ -104,7 +105,7 @@ def calibrate(model, data, *, placement: Placement | str = Placement.ACTIVATIONS
     measure = functools.partial(calibrate_table, m, _find_sites(m, placement, selection), data, batch_size=batch_size,
                                 limit=limit, preprocess=preprocess, progress=progress, selection=selection, log=log,
                                 runtime=runtime, extent=extent, batch_axes=batch_axes)
-    return calibrate_ranks(measure, shard=shard, device=device, threads=threads)  # under torchrun: rank 0's merge
+    return calibrate_ranks(measure, shard=shard, device=device, threads=threads)  # under torchrun: the merge
 
 
 @checked

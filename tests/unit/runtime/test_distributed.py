@@ -39,3 +39,29 @@ def test_torchrun_ranks_merge_into_one_pass(tmp_path):
         assert np.all(np.abs(a.mean - b.mean) <= 2 * mean_f * np.sqrt(a.var) + 1e-300)
         assert np.all(np.abs(a.var - b.var) <= 2 * var_f * a.var + 1e-300)
         np.testing.assert_array_equal(a.absmax, b.absmax)
+
+
+def test_calibrate_in_a_users_own_process_group_uses_it_and_leaves_it(tmp_path):
+    """A user's torchrun script that made its own gloo group first: ``mst.calibrate`` measures within that group
+    (one rank here: every batch, the counts of one process), returns the stats, and leaves the group standing."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from helpers import EXAMPLE
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    script = (
+        "import sys, torch.distributed as dist, mstransform as mst\n"
+        "dist.init_process_group('gloo')\n"
+        f"s = mst.calibrate({str(EXAMPLE / 'model.onnx')!r}, {str(EXAMPLE / 'calib.npz')!r}, limit=64, progress=False)\n"
+        "print(s.samples, len(s), dist.is_initialized())\n"
+        "dist.destroy_process_group()\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
+           "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["64", str(len(mst.find_sites(EXAMPLE / "model.onnx"))), "True"]
