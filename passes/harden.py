@@ -90,13 +90,12 @@ def harden_model(model, stats: Stats | str | Path, *, alpha: float | AlphaPlan =
                       dtype_of=lambda s: written or (s.feed.dtype.numpy() if s.feed.dtype is not None else np.float32))
     operators = {site.name: Operator(params, site.axis, site.rank) for site, params in plan.entries}
     passes = []
+    # an opset-7 export lacks Where; bf16 Conv needs opset 22
+    upgrade = UpgradeOpsetPass() if precision is Precision.FP32 else precision_opset_pass(precision)
+    if upgrade.missing(m):
+        passes.append(upgrade)
     if precision is not Precision.FP32:
-        upgrade = precision_opset_pass(precision)
-        if upgrade.missing(m):  # bf16 Conv needs opset 22
-            passes.append(upgrade)
         passes.append(ConvertFloatPass(precision))
-    elif m.opset_imports.get("", 1) < OPERATOR_OPSET:  # an opset-7 export lacks Where
-        passes.append(UpgradeOpsetPass(OPERATOR_OPSET))
     passes += [InsertSparsifyPass(operators, formulation, placement=stats.placement, selection=site_selection),
                ProvenancePass(provenance(mode, center, plan_alpha, plan.stats, formulation, precision))]
     m = run_passes(ir.passes.PassManager(passes), m)

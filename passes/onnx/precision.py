@@ -26,7 +26,7 @@ from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, Precondi
 
 from mstransform.core.errors import ModelError
 from mstransform.core.options import Precision
-from mstransform.passes.graph.load import UpgradeOpsetPass
+from mstransform.passes.graph.load import OPERATOR_OPSET, UpgradeOpsetPass
 
 FLOAT = ir.DataType.FLOAT
 _TYPES = {Precision.FP16: ir.DataType.FLOAT16, Precision.BF16: ir.DataType.BFLOAT16}
@@ -194,14 +194,16 @@ def unsupported_ops(model: ir.Model, precision: Precision) -> list[tuple[str, in
 
 
 def precision_opset_pass(precision: Precision) -> UpgradeOpsetPass:
-    """The opset upgrade to the lowest standard opset where all ops take ``precision`` (bf16 Conv: opset 22)."""
+    """The opset upgrade to the lowest standard opset, at least the operator's own, where all ops take
+    ``precision`` (bf16 Conv: opset 22)."""
     precision = Precision(precision)
 
     def lacking(model: ir.Model) -> str | None:
         refused = unsupported_ops(model, precision)
         return f"{refused[0][0]} takes no {precision.value} tensors" if refused else None
 
-    return UpgradeOpsetPass(1, f"the first where every op takes {precision.value}", lacking)
+    return UpgradeOpsetPass(OPERATOR_OPSET, f"the first with the operator's ops where every op takes {precision.value}",
+                            lacking)
 
 
 _PREFIX = "mstransform/precision/"  # the name of every boundary Cast, so a second run finds them

@@ -167,3 +167,25 @@ def test_branch_weights_are_rounded_like_the_main_graph():
     for cond, want in ((True, r + w_then.astype(np.float16)), (False, r * w_else.astype(np.float16))):
         got = ReferenceEvaluator(proto).run(None, {"x": x, "c": np.array(cond)})[0]
         assert got.dtype == np.float32 and np.array_equal(got, want.astype(np.float32)), cond
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_an_opset_7_model_goes_to_an_opset_that_has_the_operator_before_it_is_converted(precision, tmp_path):
+    """An opset-7 export has no ``Where``: the reduced-precision path upgrades it as the fp32 path does (to the
+    first opset with the operator's ops where every op takes the type), so the written model is valid ONNX."""
+    import onnx.helper as h
+
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    graph = h.make_graph([h.make_node("Conv", ["x", "W"], ["c"]), h.make_node("Relu", ["c"], ["y"])], "g",
+                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                         [onnx.numpy_helper.from_array(w, "W")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 7)])
+    model.ir_version = 4
+    onnx.save(model, tmp_path / "m.onnx")
+    data = np.random.default_rng(1).random((16, 3, 8, 8), dtype=np.float32)
+    stats = mst.calibrate(tmp_path / "m.onnx", data, progress=False)
+    hardened = mst.harden_model(tmp_path / "m.onnx", stats, alpha=0.2, precision=precision).model
+    proto = ir.to_proto(hardened)
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version >= 9 and len(find_sparsify_ops(hardened.graph)) == 1
