@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
 import mstransform as mst  # noqa: E402
 from mstransform.runtime.data import head  # noqa: E402
@@ -34,7 +34,7 @@ from mstransform.runtime.session import first_line  # noqa: E402
 
 
 def _example(d: Path, n: int):
-    from conftest import EXAMPLE
+    from helpers import EXAMPLE
 
     stats = mst.calibrate(EXAMPLE / "model.onnx", EXAMPLE / "calib.npz", limit=512, progress=False)
     out = mst.harden(EXAMPLE / "model.onnx", stats, d / "example.onnx", alpha=0.3).output
@@ -43,7 +43,7 @@ def _example(d: Path, n: int):
 
 
 def _zoo(name: str, d: Path, n: int):
-    from conftest import exported, random_inputs
+    from helpers import exported, random_inputs
 
     with contextlib.redirect_stderr(io.StringIO()):
         path = exported(name, "legacy-17-folded", d)

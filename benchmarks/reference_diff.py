@@ -17,9 +17,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 import zoo  # noqa: E402
-from conftest import EXPORTS, random_inputs  # noqa: E402
+from helpers import EXPORTS, random_inputs  # noqa: E402
 
 import mstransform as mst  # noqa: E402
 

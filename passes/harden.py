@@ -22,7 +22,7 @@ from mstransform.core.errors import ModelError, MstError, StatsError, UsageError
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Selection, choice
 from mstransform.core.stats import Stats, load_stats
 from mstransform.passes.graph.fingerprint import fingerprint, weights_digest
-from mstransform.passes.graph.load import OPERATOR_OPSET, ProvenancePass, UpgradeOpsetPass, load_model
+from mstransform.passes.graph.load import ProvenancePass, UpgradeOpsetPass, load_model
 from mstransform.passes.onnx.precision import PRECISION_TYPES, ConvertFloatPass, precision_opset_pass
 from mstransform.passes.onnx.sparsify import COUNT, SKIPPED, Inserted, InsertSparsifyPass, Operator, inserted
 from mstransform.passes.sites.onnx_finder import find_sites

@@ -90,7 +90,7 @@ def timed_pair(base, hardened, x, *, rounds: int, runs: int, sync) -> tuple[floa
 
 def run_tests(table: Table) -> None:
     with table.step("CUDA tests (tests/unit/runtime/test_fx_calibrate.py)"):
-        r = subprocess.run([sys.executable, "-m", "pytest", str(REPO / "tests" / "test_devices.py"), "-q", "-rs",
+        r = subprocess.run([sys.executable, "-m", "pytest", str(REPO / "tests" / "unit" / "runtime" / "test_fx_calibrate.py"), "-q", "-rs",
                             "-p", "no:cacheprovider", "-n", "0"], capture_output=True, text=True, cwd=REPO)
         summary = next((line for line in reversed(r.stdout.splitlines()) if " in " in line and "=" in line),
                        r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()[-160:])

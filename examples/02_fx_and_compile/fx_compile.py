@@ -7,7 +7,7 @@ import torch
 import mstransform as mst
 from mstransform.passes.fx.module import straight_through
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "support"))
 import zoo  # noqa: E402  (small test architectures)
 
 model = zoo.build("resnet")
