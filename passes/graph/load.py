@@ -5,7 +5,11 @@ that prepare it for writing back.
 bytes, unknown opset, missing or escaping external data); then it names unnamed nodes
 (:class:`NameAfterOutputsPass`), fills in names onnx-ir needs, spells legacy ``-1``/``0`` dims as
 dynamic (:class:`DynamicDimsPass`) and infers shapes, marking what
-it inferred so :class:`DropInferredPass` can forget it before the model is written.
+it inferred so :class:`DropInferredPass` can forget it before the model is written. The passes that
+prepare it for writing: :class:`ProvenancePass` (how it was hardened, in its metadata) and
+:class:`UpgradeOpsetPass` (ONNX's version converter, to the first opset that has what the model lacks:
+the operator's ``Where`` for an opset-7 export, bf16 ``Conv`` for TensorRT 11), each model it returns
+prepared again as a loaded one is.
 """
 from __future__ import annotations
 
