@@ -1,4 +1,5 @@
-"""The catalogue's activation functions in float64, and recognising one from the values it computes.
+"""The activation catalogue (:data:`ACTIVATIONS`: each activation's float64 forms, ONNX ops, torch references, the
+twin's call) and recognising one from its values.
 
 Exporters spell one activation in many algebraically equal ways (commuted and reassociated
 products, reciprocal constants, ``Pow(x, 3)`` or ``x*x*x``, ``Sigmoid`` or ``1/(1+Exp(-x))``,

@@ -24,7 +24,7 @@ from mstransform.core.stats import InputRecord, SiteStats, Stats
 from mstransform.passes.graph.expose import exposed
 from mstransform.passes.graph.fingerprint import fingerprint, weights_digest
 from mstransform.passes.onnx.reductions import Reduction, fixable, reducing
-from mstransform.passes.sites.catalogue import axis_by_rank, channel_axis
+from mstransform.passes.sites.placement import axis_by_rank, channel_axis
 from mstransform.passes.sites.finder import Site, SiteTable
 from mstransform.passes.sites.onnx_finder import OnnxView, find_sites
 from mstransform.passes.sites.plan import nothing_selected

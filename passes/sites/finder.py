@@ -13,7 +13,7 @@ Activations inside Squeeze-and-Excitation branches are skipped unless asked for.
 
 :func:`build_site_table` is the one finder; it asks a :class:`SiteSource` adapter
 (``passes/sites/onnx_finder.py`` for ONNX, ``passes/fx/finder.py`` for torch.fx) about the graph and
-applies the catalogue's rules (:mod:`mstransform.passes.sites.catalogue`), so both graph kinds get
+applies the placement rules (:mod:`mstransform.passes.sites.placement`), so both graph kinds get
 the same sites, names aside.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mstransform.passes.sites.catalogue import (RESIDUAL, GraphView, channel_axis, is_residual, is_statistic,
+from mstransform.passes.sites.placement import (RESIDUAL, GraphView, channel_axis, is_residual, is_statistic,
                                          squeeze_excite_gate)
 from mstransform.core.errors import UsageError
 from mstransform.core.options import Placement, Selection

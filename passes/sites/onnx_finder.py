@@ -11,7 +11,7 @@ from mstransform.core.options import Placement, Selection, choice
 from mstransform.core.typed import typed
 from mstransform.passes.graph.subgraphs import graphs, owners, where
 from mstransform.passes.graph.values import const_array, is_const, other_input, static_shape
-from mstransform.passes.sites.catalogue import ONNX_POOLS, Layout, catalogue
+from mstransform.passes.sites.placement import ONNX_POOLS, Layout, catalogue
 from mstransform.passes.sites.finder import Candidate, Rejection, SiteTable, found_sites, select
 from mstransform.passes.sites.onnx_rules import match_activations
 

@@ -5,22 +5,21 @@
 claims its nodes, so a ``Tanh`` inside a GELU is never reported again as a plain Tanh. The
 single-op rules are pattern + check + match, in the spirit of onnxscript's rewrite rules:
 ``pattern`` binds the wiring from an anchor node, ``check`` tests constants and attributes, and
-both return a reason when the rule does not hold. A rule's ``kind`` is authoritative: it must
-name an entry of the activation catalogue (:mod:`mstransform.passes.sites.catalogue`).
+both return a reason when the rule does not hold. A rule's ``kind`` is authoritative: it names an entry of the
+activation catalogue (:data:`mstransform.core.activations.ACTIVATIONS`), read off it or, where the rule names its
+kinds itself (:class:`ClipRule`), checked against it at import (:func:`mstransform.passes.sites.placement.kind`).
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from mstransform.core import activations
 from mstransform.core.activations import ANCHORS, OPS
 from mstransform.passes.graph.values import close, const_array, is_const, scalar
-from mstransform.passes.sites.catalogue import catalogue, kind as catalogue_kind
+from mstransform.passes.sites.placement import catalogue, kind as catalogue_kind
 from mstransform.passes.sites.computed import Composite, Elementwise, Unresolved, find_composites
 
 
@@ -188,7 +187,7 @@ class CompositeRule(Rule):
         return tuple(catalogue().kinds)
 
     def match(self, node: ir.Node) -> Result:
-        found, unresolved = _kept_composites(node.graph)
+        found, unresolved = composites(node.graph)  # the whole graph's, at each call: for one node's question
         for c in found:
             if any(n is node for n in c.nodes):
                 return _composite_match(c)
@@ -198,25 +197,10 @@ class CompositeRule(Rule):
         return NoMatch(CompositeRule, node, f"{node.op_type} computes no catalogue activation beyond its own op")
 
 
-KEPT = "mstransform.composites"  # the graph's meta key of what composites() found last, with the nodes and catalogue
-
-
 def composites(graph: ir.Graph) -> tuple[list[Composite], list[Unresolved]]:
     """The spelled activations of ``graph`` and its unresolved anchors (:func:`find_composites` over its elementwise
-    view), kept in the graph's meta for :class:`CompositeRule`, which asks once per node."""
-    found = find_composites(OnnxElementwise(graph), _single, describe=_name)
-    graph.meta[KEPT] = (_key(graph), found)
-    return found
-
-
-def _key(graph: ir.Graph) -> tuple:
-    return tuple(weakref.ref(n) for n in graph), activations.ACTIVATIONS
-
-
-def _kept_composites(graph: ir.Graph) -> tuple[list[Composite], list[Unresolved]]:
-    """:func:`composites`, computed again only when the graph's nodes or the catalogue changed since."""
-    kept = graph.meta.get(KEPT)
-    return kept[1] if kept is not None and kept[0] == _key(graph) else composites(graph)
+    view); the graph is only read."""
+    return find_composites(OnnxElementwise(graph), _single, describe=_name)
 
 
 def _single(node: ir.Node) -> bool:

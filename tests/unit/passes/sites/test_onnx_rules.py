@@ -4,7 +4,7 @@ Each ONNX pattern rule (passes/sites/onnx_rules.py) is matched on the smallest g
 asserting what it binds (kind, form, the tensor entering the activation, the nodes it claims and the
 readers that must see the sparsified tensor), and refused on a near miss of that form, asserting the
 reason it gives. Then the placement rules: the gate and Squeeze-and-Excitation rejections
-(passes/sites/finder.py) and the channel-axis rules (passes/sites/catalogue.py).
+(passes/sites/finder.py) and the channel-axis rules (passes/sites/placement.py).
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import pytest
 from helpers import tiny_model
 
 import mstransform as mst
-from mstransform.passes.sites.catalogue import channel_axis
-from mstransform.passes.sites.onnx_rules import (ActivationMatch, ClipRule, CompositeRule, NoMatch, SingleOpRule,
-                                           match_activations)
 from mstransform.passes.sites.onnx_finder import OnnxView
+from mstransform.passes.sites.onnx_rules import (ActivationMatch, ClipRule, CompositeRule, NoMatch, SingleOpRule,
+                                                 composites, match_activations)
+from mstransform.passes.sites.placement import channel_axis
 
 
 def f32(v):
@@ -317,6 +317,16 @@ def test_composite_claims_its_nodes_and_leftovers_keep_their_reason():
     assert [(m.kind, m.form.split(":")[0]) for m in matches] == [("Gelu", "tanh")]
     assert {n.name: (r.rule, r.reason) for n, r in leftover.items()} == {
         "clamp": (ClipRule, "Clip(min=0.5, max=1.0) is a clamp, not ReLU6")}
+
+
+def test_finding_composites_leaves_the_graph_meta_as_it_was():
+    """Site finding only reads a user's in-memory graph: nothing is kept in its meta between calls."""
+    g = gelu_tanh()
+    before = dict(g.meta)
+    assert [c.identified.kind for c in composites(g)[0]] == ["Gelu"]
+    match_activations(g)
+    assert CompositeRule().match(named(g, "tanh")).kind == "Gelu"
+    assert dict(g.meta) == before
 
 
 # -- placement: gates of recurrent cells / GLU, Squeeze-and-Excitation ----------------------------

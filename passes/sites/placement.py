@@ -1,12 +1,13 @@
-"""The activation catalogue as the finders read it, and the placement rules, declared once for every graph kind.
+"""The placement rules over a :class:`GraphView` (SE branches, residuals, statistics, the channel axis), written once
+for every graph kind, and an index of the activation table for the finders.
 
-The catalogue itself is :data:`mstransform.core.activations.ACTIVATIONS`: each
-:class:`~mstransform.core.activations.ActivationKind` names one activation, its float64 forms and how it
-appears in an ONNX graph (single op types) and in a torch.fx graph (modules, functions, ATen overloads
-and tensor methods, by qualified name). The ONNX rules (``passes/sites/onnx_rules.py``), the ONNX
-layout (``passes/sites/onnx_finder.py``) and the FX matcher (``passes/fx/finder.py``) read it through the
-functions here, at each call, so an entry added to the table is found everywhere; a rule producing a kind
-outside it is a programming error caught at import.
+The table itself is :data:`mstransform.core.activations.ACTIVATIONS`. :func:`catalogue` indexes it as it is
+at each call (an :class:`Index`: each activation by name, the activation each single ONNX op is, the ONNX ops
+that keep their input's layout) and :func:`kind` looks one up. The ONNX rules (``passes/sites/onnx_rules.py``)
+and the ONNX layout (``passes/sites/onnx_finder.py``) read the table through them, the FX matcher
+(``passes/fx/finder.py``) through :func:`kind` and its own index of the torch references, so an entry added to
+the table is found everywhere. Most rules read their kinds off the table; a rule that names its kinds itself
+(:class:`~mstransform.passes.sites.onnx_rules.ClipRule`) has them checked against it at import.
 
 The rules that decide placement are written once over :class:`GraphView`, a small protocol
 the ONNX and FX adapters implement:
@@ -14,7 +15,8 @@ the ONNX and FX adapters implement:
 * :func:`squeeze_excite_gate` -- an activation whose input descends from a global pooling and
   whose output scales the pooled feature map sits in a Squeeze-and-Excitation branch;
 * :func:`is_residual` -- an ``Add`` of two computed tensors of one static shape;
-* :func:`channel_axis` -- the channel axis from the rank and the layout of the producers.
+* :func:`is_statistic` -- a tensor computed elementwise from reductions alone (a statistic, not a feature);
+* :func:`channel_axis` -- the channel axis from the rank and the layout of the producers (or the readers).
 """
 from __future__ import annotations
 
