@@ -144,15 +144,18 @@ def fixed_batch(specs: list[InputSpec]) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def parse_axes(specs: list[str] | None, param: str = "batch_axes", *, none: bool = True) -> dict[str, int | None]:
-    """``NAME=AXIS`` strings as the command line takes them (``--batch-axis``, ``--axis SITE=AXIS``), and
+def parse_axes(specs: list[str] | None, param: str = "batch_axes", *, none: bool = True,
+               form: str = "NAME=AXIS") -> dict[str, int | None]:
+    """``NAME=AXIS`` strings as the command line takes them (``--batch-axis NAME=AXIS``, ``--axis SITE=AXIS``), and
     ``NAME=none`` where ``none`` allows it; the same name given twice is refused unless both give the same
-    axis. Errors name ``param``, which the command line reports as its flag."""
-    spelling = "NAME=AXIS or NAME=none" if none else "NAME=AXIS"
+    axis. Errors name ``param``, which the command line reports as its flag, and spell the strings as ``form``
+    (the flag's own spelling)."""
+    key = form.partition("=")[0]
+    spelling = f"{form} or {key}=none" if none else form
     out: dict[str, int | None] = {}
     for spec in specs or []:
         if not isinstance(spec, str):
-            raise UsageError(f"holds {type(spec).__name__} {spec!r:.40}; expected NAME=AXIS strings", param=param)
+            raise UsageError(f"holds {type(spec).__name__} {spec!r:.40}; expected {form} strings", param=param)
         name, sep, text = spec.rpartition("=")
         if not sep or not name:
             raise UsageError(f"{spec!r}: expected {spelling}", param=param)
@@ -162,7 +165,7 @@ def parse_axes(specs: list[str] | None, param: str = "batch_axes", *, none: bool
             try:
                 axis = int(text)
             except ValueError:
-                integer = "NAME=AXIS with an integer axis" + (", or NAME=none" if none else "")
+                integer = f"{form} with an integer axis" + (f", or {key}=none" if none else "")
                 raise UsageError(f"{spec!r}: expected {integer}", param=param) from None
         if name in out and out[name] != axis:
             raise UsageError(f"{spec!r} conflicts with {name}={'none' if out[name] is None else out[name]} given "

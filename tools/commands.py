@@ -30,18 +30,18 @@ def _floats(text, flag: str):
     return values
 
 
-def _axes(specs, param: str) -> dict:
-    """``NAME=AXIS`` flags (``--axis``, ``--batch-axis``) by the one parser of that spelling; its errors name
-    ``param``, which the command line reports as the flag."""
+def _axes(specs, param: str, form: str) -> dict:
+    """``NAME=AXIS`` flags (``--axis SITE=AXIS``, ``--batch-axis NAME=AXIS``) by the one parser of that spelling;
+    its errors name ``param``, which the command line reports as the flag, and spell the strings as ``form``."""
     from mstransform.runtime.inputs import parse_axes
 
-    return parse_axes(specs, param, none=param == "batch_axes")
+    return parse_axes(specs, param, none=param == "batch_axes", form=form)
 
 
 def _selection(a) -> Selection:
     """The site selection flags (``--include/--exclude/--include-se/--axis``) as one :class:`Selection`."""
     return Selection(a.include, a.exclude, getattr(a, "include_se", False),
-                     tuple(_axes(getattr(a, "axis", None), "axes").items()))
+                     tuple(_axes(getattr(a, "axis", None), "axes", "SITE=AXIS").items()))
 
 
 def _shard(spec):
@@ -68,7 +68,7 @@ def _preprocess(a):
 
 
 def _batch_axes(a):
-    return _axes(getattr(a, "batch_axis", None), "batch_axes")
+    return _axes(getattr(a, "batch_axis", None), "batch_axes", "NAME=AXIS")
 
 
 def _attack_config(a, attacks):

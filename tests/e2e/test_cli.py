@@ -179,7 +179,9 @@ def test_axis_flags_share_one_parser(cli, tmp_path):
     r = cli("sites", MODEL, "--axis", "/Relu=1", "--axis", "/Relu=2")
     assert r.code == 2 and r.err.startswith("mstransform: error: --axis '/Relu=2' conflicts with /Relu=1"), r.err
     r = cli("sites", MODEL, "--axis", "/Relu=none")
-    assert r.code == 2 and r.err.startswith("mstransform: error: --axis ") and "integer axis" in r.err, r.err
+    assert r.code == 2 and "mstransform: error: --axis '/Relu=none': expected SITE=AXIS with an integer axis" in r.err, r.err
+    r = cli("sites", MODEL, "--axis", "/Relu")
+    assert r.code == 2 and r.err.startswith("mstransform: error: --axis '/Relu': expected SITE=AXIS\n"), r.err
     r = cli("calibrate", MODEL, "--data", CALIB, "-o", tmp_path / "s.npz", "--batch-axis", "input")
     assert r.code == 2 and "--batch-axis 'input': expected NAME=AXIS or NAME=none" in r.err, r.err
     assert not (tmp_path / "s.npz").exists()
