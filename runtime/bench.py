@@ -135,30 +135,32 @@ def bench_sessions(base, hardened, specs: list[InputSpec], hardened_specs: list[
         raise UsageError("is empty; give one batch size or more", param="batch_sizes")
     rows = []
     bar = tqdm(total=len(sizes) * rounds, desc="timing", unit="round", leave=False, disable=None if progress else True)
-    for b in sizes:
-        feed = random_feed(specs, b, seed)
-        sessions = {"base": base, "hardened": hardened}
-        for s in sessions.values():
-            for _ in range(warmup):
-                s.run(None, feed)
-        calls: dict[str, list[float]] = {k: [] for k in sessions}
-        round_ratios = []
-        for r in range(rounds):
-            order = ("base", "hardened") if r % 2 == 0 else ("hardened", "base")
-            this: dict[str, list[float]] = {k: [] for k in sessions}
-            for k in order:
-                run = sessions[k].run
-                for _ in range(runs):
-                    t0 = clock()
-                    run(None, feed)
-                    this[k].append(clock() - t0)
-            round_ratios.append(statistics.median(this["hardened"]) / statistics.median(this["base"]))
-            for k in sessions:
-                calls[k] += this[k]
-            bar.update()
-        tb, th = Timing.of(calls["base"]), Timing.of(calls["hardened"])
-        rows.append(BenchRow(b, tb, th, th.median_ms / tb.median_ms, min(round_ratios), max(round_ratios)))
-        if log:
-            log(f"batch {b}: base {_cell(tb)} ms, hardened {_cell(th)} ms, hardened/base {rows[-1].ratio:.3f}x")
-    bar.close()
+    try:
+        for b in sizes:
+            feed = random_feed(specs, b, seed)
+            sessions = {"base": base, "hardened": hardened}
+            for s in sessions.values():
+                for _ in range(warmup):
+                    s.run(None, feed)
+            calls: dict[str, list[float]] = {k: [] for k in sessions}
+            round_ratios = []
+            for r in range(rounds):
+                order = ("base", "hardened") if r % 2 == 0 else ("hardened", "base")
+                this: dict[str, list[float]] = {k: [] for k in sessions}
+                for k in order:
+                    run = sessions[k].run
+                    for _ in range(runs):
+                        t0 = clock()
+                        run(None, feed)
+                        this[k].append(clock() - t0)
+                round_ratios.append(statistics.median(this["hardened"]) / statistics.median(this["base"]))
+                for k in sessions:
+                    calls[k] += this[k]
+                bar.update()
+            tb, th = Timing.of(calls["base"]), Timing.of(calls["hardened"])
+            rows.append(BenchRow(b, tb, th, th.median_ms / tb.median_ms, min(round_ratios), max(round_ratios)))
+            if log:
+                log(f"batch {b}: base {_cell(tb)} ms, hardened {_cell(th)} ms, hardened/base {rows[-1].ratio:.3f}x")
+    finally:
+        bar.close()
     return rows

@@ -75,6 +75,37 @@ def test_rounds_interleave_and_alternate_order():
     assert {batch for _, batch in log} == {2}
 
 
+def test_the_progress_bar_is_closed_when_a_run_fails(monkeypatch):
+    """A session that raises mid-timing leaves no progress bar open: the bar is closed, the error goes on."""
+    import tqdm.auto
+
+    bars = []
+
+    class Bar:
+        def __init__(self, *args, **kwargs):
+            self.closed = False
+            bars.append(self)
+
+        def update(self, n=1):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    class Failing(FakeSession):
+        def run(self, names, feed):
+            if self.calls == 3:
+                raise RuntimeError("the runtime failed")
+            return super().run(names, feed)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    clock, log = Clock(), []
+    with pytest.raises(RuntimeError, match="the runtime failed"):
+        bench_sessions(FakeSession("base", [1.0], clock, log), Failing("hardened", [1.0], clock, log), SPEC, SPEC,
+                       batch_sizes=[1], warmup=1, rounds=2, runs=2, clock=clock, progress=True)
+    assert [b.closed for b in bars] == [True]
+
+
 def test_random_feed_follows_the_inputs():
     specs = [InputSpec("x", np.dtype(np.float32), (None, 3, 8, 8), 0),
              InputSpec("ids", np.dtype(np.int64), (None, 5), 0),
