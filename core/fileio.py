@@ -41,6 +41,14 @@ def _ours(e: OSError, *mine) -> bool:
     return all(os.path.abspath(os.fsdecode(n) if isinstance(n, bytes) else str(n)) in owned
                or _TMP_PREFIX in str(n) for n in names)
 
+def _file_path(path: str | Path) -> Path:
+    """``path`` as a Path, refused first when it names a folder (checked before pathlib, which drops a trailing
+    separator)."""
+    if names_folder(path):
+        raise OutputError(f"output path {os.fsdecode(path)} names a folder (it ends with a separator); "
+                          "give a file name")
+    return Path(path)
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path):
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
@@ -48,9 +56,7 @@ def atomic_output(path: str | Path):
     The temporary file is this call's own (a unique name), gets mode ``0666 & ~umask`` before
     the rename, and is removed on any failure. An OSError of the write (disk full, file-size
     limit, read-only file system) comes out as one OutputError line."""
-    if names_folder(path):  # before pathlib, which drops a trailing separator
-        raise OutputError(f"output path {os.fsdecode(path)} names a folder (it ends with a separator); give a file name")
-    path = Path(path)
+    path = _file_path(path)
     target = resolved(path, "output path")
     st = _stat(target)
     if st is not None and not stat.S_ISREG(st.st_mode):
@@ -72,18 +78,6 @@ def atomic_output(path: str | Path):
     except BaseException:
         _unlink(tmp)
         raise
-
-@contextlib.contextmanager
-def atomic_folder(parent: str | Path):
-    """A temporary folder of this call's own inside ``parent``, removed afterwards whatever happens."""
-    try:
-        tmpdir = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=parent)
-    except OSError as e:
-        raise as_output_error(e, Path(parent)) from None
-    try:
-        yield Path(tmpdir)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 class Publication:
     """What :func:`publishing` yields: ``path``, the temporary file to write and check (it has the
@@ -119,9 +113,7 @@ def publishing(output: str | Path, companions: tuple[str, ...] = (DATA_SUFFIX,))
     publishing the same output each check their own file; the last rename wins, whole: the
     renames of one output's files happen under an exclusive lock on its folder.
     """
-    if names_folder(output):  # before pathlib, which drops a trailing separator
-        raise OutputError(f"output path {os.fsdecode(output)} names a folder (it ends with a separator); give a file name")
-    output = Path(output)
+    output = _file_path(output)
     folder = resolved(output.parent, "output folder")
     dest = folder / output.name  # a final symbolic link is replaced, never written through
     st = _stat(dest)
@@ -185,14 +177,6 @@ def _folder_lock(folder: Path):
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-def replace_into(src: Path, dst: Path) -> None:
-    """Rename ``src`` onto ``dst``, mapping disk-full and permission errors to OutputError."""
-    try:
-        os.chmod(src, output_mode())
-        os.replace(src, dst)
-    except OSError as e:
-        raise as_output_error(e, dst) from None
 
 def remove_quietly(*paths: Path) -> None:
     for p in paths:

@@ -150,7 +150,7 @@ def check_outputs(outputs, inputs, *, models=()) -> list[Path | None]:
     """Refuse, before any work, every output that is an input, another output, or not writable.
 
     ``outputs`` and ``inputs`` are paths or None (absent). ``inputs`` must hold every file the
-    inputs reference (an input model's external data: ``passes.references.model_references``).
+    inputs reference (an input model's external data: ``passes.graph.external_data.model_references``).
     ``models`` names the outputs that are ONNX models: each also writes ``OUT.data`` (its
     external data) when it is big or its input had external data, so that file is checked too.
 

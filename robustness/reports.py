@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 from mstransform.core.errors import DataError, UsageError

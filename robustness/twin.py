@@ -179,8 +179,8 @@ CAST = {1: torch.float32, 10: torch.float16, 11: torch.float64, 7: torch.int64, 
 OPS = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": torch.matmul, "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul,
     "Div": lambda a, b: a / b if a.is_floating_point() or b.is_floating_point() else torch.div(a, b, rounding_mode="floor"),
-    "Pow": torch.pow, "Sqrt": torch.sqrt, "Erf": torch.erf, "Tanh": torch.tanh, "Sigmoid": torch.sigmoid,
-    "Exp": torch.exp, "Log": torch.log, "Abs": torch.abs, "Neg": torch.neg, "Sign": torch.sign,
+    "Pow": torch.pow, "Sqrt": torch.sqrt, "Erf": torch.erf, "Exp": torch.exp, "Log": torch.log, "Abs": torch.abs,
+    "Neg": torch.neg, "Sign": torch.sign,
     # the catalogue's activations run their table's torch call; these two have none with ONNX's semantics
     **{op: torch_call(k.twin) for k in ACTIVATIONS if k.twin is not None for op in k.onnx_ops},
     "HardSigmoid": _hard_sigmoid, "PRelu": lambda x, s: torch.where(x >= 0, x, x * s), "Clip": _clip,

@@ -20,7 +20,7 @@ from mstransform.core.fileio import publishing, retract
 from mstransform.core.guards import as_output_error
 from mstransform.core.options import AlphaPlan, Center, Formulation, Mode, Precision, Runtime, Selection, choice
 from mstransform.core.stats import InputRecord, Stats
-from mstransform.passes.graph.load import DropInferredPass, load_model
+from mstransform.passes.graph.load import ORIGIN, DropInferredPass, load_model
 from mstransform.passes.harden import Hardened, harden_model, inserted_line
 from mstransform.runtime.data import DataSource, Preprocess, head
 from mstransform.runtime.inputs import fixed_batch, input_specs
@@ -121,7 +121,7 @@ def base_session(loaded: ir.Model, runtime: Runtime, threads: int | None):
     try:
         return open_session(loaded, runtime=runtime, threads=threads, specialise=False)
     except ModelError:
-        source = loaded.meta.get("mstransform.path")  # set by load_model
+        source = loaded.meta.get(ORIGIN)  # set by load_model
         if source is None:
             raise
         return open_session(Path(source), runtime=runtime, threads=threads, specialise=False)

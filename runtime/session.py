@@ -42,7 +42,7 @@ class Session(Protocol):
         """The graph outputs: ports with ``name``."""
 
     def get_providers(self) -> list[str]:
-        """Where it runs, best first (ONNX Runtime's provider names)."""
+        """Where it runs, best first (ONNX Runtime's provider names; another runtime its own)."""
 
     def describe(self) -> str:
         """One line: the runtime, its version and where it runs."""

@@ -29,7 +29,7 @@ from mstransform.passes.harden import Hardened, refuse_hardened
 from mstransform.passes.sites.finder import SiteTable
 from mstransform.passes.sites.onnx_finder import find_sites as _find_sites
 from mstransform.passes.sites.plan import nothing_selected
-from mstransform.robustness.plots import plot_site_histogram, plot_sweep
+from mstransform.robustness.plots import plot_site_histogram
 from mstransform.runtime import publish as _publish
 from mstransform.runtime.accuracy import Accuracy, accuracy, is_class_scores, score
 from mstransform.runtime.calibrate import SampleHead, calibrate_table

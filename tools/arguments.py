@@ -26,7 +26,7 @@ from pathlib import Path
 from mstransform.core import errors
 from mstransform.core.errors import MstError, OutputError, UsageError
 from mstransform.core.guards import check_outputs, check_readable, is_path, names_folder, path_arg
-from mstransform.core.typed import check_types, hints_of
+from mstransform.core.typed import check_types
 
 
 @dataclass(frozen=True)
@@ -225,12 +225,10 @@ CONVERT = {  # parameter name -> its rule; these skip the annotation check (the 
                                               ("center", "Center"), ("formulation", "Formulation"),
                                               ("placement", "Placement"), ("precision", "Precision"))},
 }
-UNANNOTATED_CALLBACKS = ("progress",)  # progress=None or a function where it is not annotated
 
 
 def check_arguments(fn, arguments: dict, *, models_out: tuple[str, ...] = ()) -> dict:
     """``arguments`` (bound to ``fn``'s parameters) checked and converted; see the module's docstring."""
-    hints = hints_of(fn)
     params = inspect.signature(fn).parameters
     out = {}
     for name, value in check_types(fn, arguments, skip=(*ROLES, *CONVERT)).items():
@@ -240,8 +238,6 @@ def check_arguments(fn, arguments: dict, *, models_out: tuple[str, ...] = ()) ->
                              f"is None; leave it out for its default ({default!r:.40})", param=name)
         if name in CONVERT:
             value = CONVERT[name](value, name)
-        elif name in UNANNOTATED_CALLBACKS and name not in hints:
-            value = _callback(value, name)
         out[name] = value
     return check_paths(out, models_out=models_out)
 
