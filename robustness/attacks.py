@@ -209,12 +209,10 @@ def _evaluate(label, path, x, y, cfg, log, threads, device, runtime, chunks, sto
     from mstransform.robustness.twin import OnnxTwin
     from mstransform.robustness.twin_check import check_twin
 
-    providers = providers_for(device)
     dev = "cuda" if device is not None and choice(Device, device, "device") is Device.CUDA else "cpu"
     if dev == "cuda" and not torch.cuda.is_available():
         raise DependencyError("device cuda: this torch build sees no CUDA device (torch.cuda.is_available() is False)")
-    if dev == "cuda":  # ONNX Runtime on torch's current GPU: under torchrun, each rank's own (its LOCAL_RANK)
-        providers = [("CUDAExecutionProvider", {"device_id": torch.cuda.current_device()}), "CPUExecutionProvider"]
+    providers = providers_for(device, torch.cuda.current_device() if dev == "cuda" else None)
     session = open_session(path, runtime=runtime, threads=threads, providers=providers)
     check_classifier(session, x, y)
     twin = OnnxTwin(path).eval().to(dev)

@@ -145,11 +145,12 @@ def calibrate_ranks(measure, *, shard=None, device=None, threads=None):
         raise UsageError("under torchrun each process calibrates its rank's batches; leave --shard out", param="shard")
     cuda = device is not None and choice(Device, device, "device") is Device.CUDA
     with process_group(cuda=cuda) as (rank, world):
-        providers = providers_for(device)
         if cuda:  # the rank's own GPU (process_group made it torch's current device)
             import torch
 
-            providers = [("CUDAExecutionProvider", {"device_id": torch.cuda.current_device()}), "CPUExecutionProvider"]
+            providers = providers_for(device, torch.cuda.current_device())
+        else:
+            providers = providers_for(device)
         threads = threads if threads is not None else _rank_threads()
         return gather_stats(measure(shard=(rank, world), providers=providers, threads=threads))
 

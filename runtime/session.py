@@ -251,12 +251,16 @@ def describe(session: Session, why: str = "") -> str:
     return session.describe() + (f" ({why})" if why else "")
 
 
-def providers_for(device) -> list[str] | None:
-    """ONNX Runtime providers for a :class:`Device` (None: the preferred order TensorRT > CUDA > CPU)."""
+def providers_for(device, gpu: int | None = None) -> list | None:
+    """ONNX Runtime providers for a :class:`Device` (None: the preferred order TensorRT > CUDA > CPU); on CUDA,
+    ``gpu`` pins the GPU (torch's current device: under torchrun, each rank's own)."""
     if device is None:
         return None
     device = choice(Device, device, "device")
-    return ["CPUExecutionProvider"] if device is Device.CPU else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device is Device.CPU:
+        return ["CPUExecutionProvider"]
+    cuda = "CUDAExecutionProvider" if gpu is None else ("CUDAExecutionProvider", {"device_id": gpu})
+    return [cuda, "CPUExecutionProvider"]
 
 
 def make_session(model: ir.Model | str | Path, *, providers: list[str] | None = None, threads: int | None = None,

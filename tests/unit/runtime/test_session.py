@@ -22,3 +22,13 @@ def test_gpu_providers_are_asked_for_only_when_their_libraries_load(monkeypatch)
     assert session.choose_providers()[0] == ["CPUExecutionProvider"]
     with pytest.raises(DependencyError, match="TensorrtExecutionProvider cannot start"):  # a missing dependency: exit 8
         session.choose_providers(["TensorrtExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_providers_for_a_device_and_a_pinned_gpu():
+    """CPU: the CPU provider alone; CUDA: CUDA then CPU, pinned to a GPU where given (a torchrun rank's own)."""
+    from mstransform.runtime.session import providers_for
+
+    assert providers_for(None) is None
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    assert providers_for("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("cuda", 3) == [("CUDAExecutionProvider", {"device_id": 3}), "CPUExecutionProvider"]
