@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from mstransform.core.errors import OutputError
 
-from mstransform.core.guards import DATA_SUFFIX, _stat, as_output_error, file_id, names_folder, resolved
+from mstransform.core.guards import DATA_SUFFIX, _stat, as_output_error, file_id, output_file, resolved
 
 _TMP_PREFIX = ".mstransform-"
 
@@ -41,14 +41,6 @@ def _ours(e: OSError, *mine) -> bool:
     return all(os.path.abspath(os.fsdecode(n) if isinstance(n, bytes) else str(n)) in owned
                or _TMP_PREFIX in str(n) for n in names)
 
-def _file_path(path: str | Path) -> Path:
-    """``path`` as a Path, refused first when it names a folder (checked before pathlib, which drops a trailing
-    separator)."""
-    if names_folder(path):
-        raise OutputError(f"output path {os.fsdecode(path)} names a folder (it ends with a separator); "
-                          "give a file name")
-    return Path(path)
-
 @contextlib.contextmanager
 def atomic_output(path: str | Path):
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
@@ -56,7 +48,7 @@ def atomic_output(path: str | Path):
     The temporary file is this call's own (a unique name), gets mode ``0666 & ~umask`` before
     the rename, and is removed on any failure. An OSError of the write (disk full, file-size
     limit, read-only file system) comes out as one OutputError line."""
-    path = _file_path(path)
+    path = output_file(path)
     target = resolved(path, "output path")
     st = _stat(target)
     if st is not None and not stat.S_ISREG(st.st_mode):
@@ -113,7 +105,7 @@ def publishing(output: str | Path, companions: tuple[str, ...] = (DATA_SUFFIX,))
     publishing the same output each check their own file; the last rename wins, whole: the
     renames of one output's files happen under an exclusive lock on its folder.
     """
-    output = _file_path(output)
+    output = output_file(output)
     folder = resolved(output.parent, "output folder")
     dest = folder / output.name  # a final symbolic link is replaced, never written through
     st = _stat(dest)

@@ -79,6 +79,15 @@ def data_companion(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + DATA_SUFFIX)
 
+def output_file(raw) -> Path:
+    """``raw`` (an output path as given) as a Path, refused first when it can only name a folder: checked
+    before pathlib, which drops a trailing separator."""
+    text = os.fsdecode(os.fspath(raw))
+    if names_folder(text):
+        raise OutputError(f"output path {text} names a folder (it ends with a separator); give a file name")
+    return Path(text)
+
+
 def names_folder(raw) -> bool:
     """``-o newdir/``, ``-o out/.``: a path that can only name a folder (pathlib drops the slash)."""
     text = os.fspath(raw)
@@ -190,9 +199,7 @@ def _resolved_or_none(p) -> Path | None:
 
 def _check_one(out, owner, ins, seen) -> Path:
     label = f"output path {out}" if owner is None else f"{out} (the external data of output {owner})"
-    if names_folder(out):
-        raise OutputError(f"output path {out} names a folder (it ends with a separator); give a file name")
-    path = Path(out)
+    path = output_file(out)
     target = resolved(path, "output path")
     parent = target.parent
     size, most = len(os.fsencode(target.name)), _name_max(parent if parent.is_dir() else Path("/"))

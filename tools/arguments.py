@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mstransform.core import errors
 from mstransform.core.errors import MstError, OutputError, UsageError
-from mstransform.core.guards import check_outputs, check_readable, is_path, names_folder, path_arg
+from mstransform.core.guards import check_outputs, check_readable, is_path, output_file, path_arg
 from mstransform.core.typed import check_types
 
 
@@ -78,9 +78,8 @@ def check_paths(named: dict, *, models_out: tuple[str, ...] = ()) -> dict:
         else:
             values = [value]
         if role.output:
-            path = path_arg(value, name)
-            if names_folder(value):
-                raise OutputError(f"output path {path} names a folder (it ends with a separator); give a file name")
+            path_arg(value, name)  # its type first: str, bytes or os.PathLike
+            path = output_file(value)
             out[name] = path
             outputs.append(path)
             if name in models_out:
