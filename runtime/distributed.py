@@ -1,6 +1,6 @@
 """Calibration and evaluation across processes with ``torch.distributed``: every rank measures its
-shard of the batches, rank 0 gathers the moments and merges them with Chan's rule (``mstransform
-calibrate`` under ``torchrun``), or the ranks overlay their per-image verdicts (``mstransform eval``
+shard of the batches and every rank gets their merge by Chan's rule (``mstransform calibrate`` under
+``torchrun``, rank 0 writing it), or the ranks overlay their per-image verdicts (``mstransform eval``
 and ``sweep`` under ``torchrun``). The command line is the same as in one process::
 
     torchrun --nproc-per-node 2 -m mstransform calibrate MODEL --data DATA -o OUT [--batch-size B]
@@ -62,6 +62,11 @@ def launched() -> tuple[int, int] | None:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
+def local_gpu() -> int | None:
+    """This rank's GPU under ``torchrun`` (its ``LOCAL_RANK``); None in one process."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if launched() is not None else None
+
+
 @contextlib.contextmanager
 def process_group(cuda: bool = False):
     """The default process group: NCCL with each rank on the GPU of its ``LOCAL_RANK``, else gloo. A group the
@@ -69,11 +74,11 @@ def process_group(cuda: bool = False):
     import torch
     import torch.distributed as dist
 
+    if cuda:
+        torch.cuda.set_device(local_gpu() or 0)
     if dist.is_initialized():
         yield dist.get_rank(), dist.get_world_size()
         return
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
         yield dist.get_rank(), dist.get_world_size()

@@ -34,7 +34,7 @@ from mstransform.runtime import publish as _publish
 from mstransform.runtime.accuracy import Accuracy, accuracy, is_class_scores, score
 from mstransform.runtime.calibrate import SampleHead, calibrate_table
 from mstransform.runtime.data import DataSource, Preprocess
-from mstransform.runtime.distributed import calibrate_ranks
+from mstransform.runtime.distributed import calibrate_ranks, launched  # launched: for the commands, not public
 from mstransform.runtime.inputs import input_specs
 from mstransform.runtime.outputs import declared_outputs, gather_outputs
 from mstransform.runtime.publish import HardenReport, retract_output

@@ -8,7 +8,6 @@ the command table (:data:`mstransform.tools.cli_parser.COMMANDS`) imports this m
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -133,7 +132,7 @@ def cmd_calibrate(a) -> int:
                           limit=a.limit,
                           preprocess=_preprocess(a), threads=a.threads, shard=_shard(a.shard), log=say,
                           device=a.device, runtime=a.runtime, extent=a.extent, batch_axes=_batch_axes(a))
-    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank holds the merge: rank 0 writes it
+    if (api.launched() or (0, 1))[0] != 0:  # under torchrun every rank holds the merge: rank 0 writes it
         return 0
     stats.save(out)
     print(f"calibrated {len(stats)} site(s) on {stats.samples} sample(s) in {time.perf_counter() - t0:.1f} s; "

@@ -108,7 +108,8 @@ def evaluate(models: list[str | Path], data, cfg: AttackConfig, *, progress: boo
                             f"{[(s.name, s.shape) for s in specs]}; compare models of one architecture")
     x, y = load_labelled(data, specs, cfg.n)
     for path in models:
-        session = open_session(path, runtime=runtime, threads=threads, providers=providers_for(device))
+        session = open_session(path, runtime=runtime, threads=threads,
+                               providers=providers_for(device, distributed.local_gpu()))
         check_classifier(session, x, y)
     key = run_key(cfg, models, data, runtime, device)
     if not launched:

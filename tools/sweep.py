@@ -113,7 +113,8 @@ def sweep(model, stats: Stats, data, alphas: list[float], cfg: AttackConfig, *, 
         raise UsageError("under torchrun each process sweeps its rank's shard; leave --shard out", param="shard")
     cfg = dataclasses.replace(cfg, attacks=("apgd-ce", "bpda"))
     x, y = load_labelled(data, input_specs(load_model(model)), cfg.n)
-    check_classifier(open_session(model, runtime=runtime, threads=threads, providers=providers_for(device)), x, y)
+    check_classifier(open_session(model, runtime=runtime, threads=threads,
+                                  providers=providers_for(device, distributed.local_gpu())), x, y)
     stats = stats if isinstance(stats, Stats) else load_stats(stats)
     key = run_key(cfg, [model], data, runtime, device, alphas=alphas, stats=stats.sha256())
     if not launched:

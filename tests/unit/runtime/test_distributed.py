@@ -10,8 +10,8 @@ from mstransform.core.stats import Stats
 
 
 def test_torchrun_ranks_merge_into_one_pass(tmp_path):
-    """`mstransform calibrate` under torchrun: two gloo ranks, each calibrating every other batch, gathered on
-    rank 0: the same statistics as one process, within twice the in-graph bound (the batches are the same, the
+    """`mstransform calibrate` under torchrun: two gloo ranks, each calibrating every other batch, merged and
+    written by rank 0: the same statistics as one process, within twice the in-graph bound (the batches are the same, the
     shifts differ)."""
     import subprocess
     import sys

@@ -37,3 +37,12 @@ def test_json_results_of_sites_calibrate_harden_run_and_check_trt(tmp_path):
     assert list(out) == ["logits"] and out["logits"]["shape"] == list(logits.shape)
     assert doc["run"]["accuracy"]["correct"] == int((logits.argmax(1) == labels).sum())
     assert doc["trt"]["ok"] is True and doc["trt"]["command"] == "check-trt"
+
+
+def test_calibrate_writes_its_stats_where_rank_is_set_without_a_launcher(tmp_path, monkeypatch):
+    """``RANK`` alone (no ``WORLD_SIZE``: no torchrun) is one process: it calibrates every batch and writes -o."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    r = run_cli("calibrate", EXAMPLE / "model.onnx", "--data", EXAMPLE / "calib.npz", "-o", tmp_path / "s.npz",
+                "--limit", "64")
+    assert r.code == 0 and (tmp_path / "s.npz").is_file() and "wrote" in r.out, r.err
