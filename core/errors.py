@@ -6,7 +6,7 @@ with the class's code. Anything else is a bug and prints a traceback.
 
 The line is printed through :meth:`MstError.render`, which escapes control and line-breaking
 characters (:func:`one_line`): a file name holding a newline cannot split it. An ``OSError``
-gets the class of the path it names (``mstransform.core.fileio.classify_os_error``). One status
+gets the class of the path it names (``mstransform.core.guards.classify_os_error``). One status
 is not an error: 141 (:data:`EXIT_BROKEN_PIPE`) when the reader of standard output closed the pipe.
 """
 from __future__ import annotations

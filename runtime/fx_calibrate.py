@@ -155,7 +155,8 @@ def calibrate_fx(model, data, *, placement: Placement | str = Placement.ACTIVATI
     gm, exported = editable(model, example)
     table = site_table(gm, exported, placement, selection)
     if len(table) == 0:  # as on the ONNX path: empty stats are no result
-        raise ModelError("the torch model has no sites to calibrate: its graph holds no activation of the catalogue")
+        why = f" ({table.rejected[0].node}: {table.rejected[0].reason})" if table.rejected else ""
+        raise ModelError(f"the torch model has no sites to calibrate{why}")
     fingerprint = fx_fingerprint(gm)  # of the model's own graph, before the observers go in
     names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     inputs = (input_record(names[0], first[0]),) if len(names) == 1 else ()

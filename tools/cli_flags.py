@@ -245,6 +245,6 @@ def bench_flags(p):
     _add_providers(p)
     _add_device(p)
     p.topic("runtime").add_argument("--runtime", default=Runtime.ONNXRUNTIME.value, metavar="R[,R...]",
-                                    help="one or more runtimes (onnxruntime, openvino), comma-separated: one table "
-                                         "per runtime (default onnxruntime)")
+                                    help=f"one or more runtimes ({', '.join(r.value for r in Runtime)}), comma-separated: "
+                                         "one table per runtime (default onnxruntime)")
     p.topic("output").add_argument("--json", help="also write the report as JSON")

@@ -88,7 +88,7 @@ def _target_name(node: fx.Node) -> str:
     packet = getattr(t, "overloadpacket", None)  # an ATen overload: its __name__ is "conv1d.default"
     if packet is not None:
         return packet.__name__
-    return getattr(t, "__name__", None) or str(t).split(".")[-2 if str(t).endswith(".default") else -1]
+    return getattr(t, "__name__", None) or str(t).split(".")[-1]
 
 
 class FxView:

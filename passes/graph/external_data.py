@@ -1,6 +1,6 @@
 """The files an ONNX model references: its external-data files.
 
-The floor's output guard (:func:`mstransform.core.fileio.check_outputs`) cannot read ONNX, so the
+The floor's output guard (:func:`mstransform.core.guards.check_outputs`) cannot read ONNX, so the
 callers that check outputs against an input model add what this module lists to the inputs:
 an output that is (or whose ``OUT.data`` is) an input model's weights file would otherwise
 overwrite the input through it.
@@ -45,7 +45,7 @@ def model_references(model) -> list[Path]:
 
 def with_references(*models) -> list:
     """Each of ``models`` (paths or None) followed by the files it references: the inputs to give
-    :func:`~mstransform.core.fileio.check_outputs` for the model inputs of a command."""
+    :func:`~mstransform.core.guards.check_outputs` for the model inputs of a command."""
     out = []
     for m in models:
         if m is None:

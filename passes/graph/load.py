@@ -232,6 +232,7 @@ class UpgradeOpsetPass(FunctionalPass):
         DropInferredPass()(model)  # the annotations this tool inferred must not become the model's own
         proto = ir.to_proto(model)
         latest = onnx.defs.onnx_opset_version()
+        still = self.missing(model)
         for target in range(max(current + 1, self.opset), latest + 1):
             try:
                 upgraded = ir.from_proto(onnx.version_converter.convert_version(proto, target))
@@ -239,10 +240,11 @@ class UpgradeOpsetPass(FunctionalPass):
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ModelError(f"ONNX's version converter cannot take this model from opset {current} to {target}, "
                                  f"{self.reason}: {first}") from None
-            if self.missing(upgraded) is None:
+            still = self.missing(upgraded)
+            if still is None:
                 upgraded.ir_version = max(upgraded.ir_version or 0, model.ir_version or 0)
                 return PassResult(reprepared(upgraded, model), True)
-        raise ModelError(f"{self.missing(model)} at any ONNX opset up to {latest}")
+        raise ModelError(f"{still} at any ONNX opset up to {latest}")  # what the newest opset still lacks
 
 
 def reprepared(model: ir.Model, like: ir.Model) -> ir.Model:
